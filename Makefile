@@ -1,0 +1,35 @@
+# greenpipe: `make run` starts web + three workers; `make test` runs the suite.
+# Both build .venv from requirements.txt first (once, and again when it changes).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench loadtest scenario lint clean
+
+$(STAMP): requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+run: $(STAMP)  ## web on :4567 + workers on :4444-4446, via honcho (Procfile)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start
+
+test: $(STAMP)  ## the whole suite: unit tests and real processes
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)  ## benchmarks (not tests): prints a table, writes bench/results/
+	$(BIN)/python -m bench
+
+loadtest: $(STAMP)  ## ab-style Locust run against a running web (make run first)
+	$(BIN)/python -m loadtest -n 100000 -c 100 http://127.0.0.1:4567/
+
+scenario: $(STAMP)  ## starts everything, kills a worker mid-run, draws the chart
+	$(BIN)/python -m loadtest.scenario
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

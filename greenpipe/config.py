@@ -1,0 +1,313 @@
+"""Settings for web.py and server.py: defaults < environment < flags, resolved once.
+
+Only this module reads ``os.environ``; the library receives frozen settings objects.
+Every value is converted and checked here, and a bad one raises `ConfigError`
+naming the setting, the value, where it came from and what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from greenpipe.errors import ConfigError
+
+KiB = 1 << 10
+MiB = 1 << 20
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB}
+_UNITS |= {"mib": MiB, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d+)$")
+_HANDLER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+# -- converters: each takes the raw text and returns the value or raises ValueError
+# -- whose text says what was expected (config wraps it with name, value and source).
+
+
+def _port(raw: str) -> int:
+    if not raw.strip().isdigit() or not 0 <= int(raw) <= 65535:
+        raise ValueError("an integer port 0-65535 (0: let the OS choose)")
+    return int(raw)
+
+
+def _host(raw: str) -> str:
+    host = raw.strip()
+    if not host or any(c.isspace() or c in "/@[]" for c in host):
+        raise ValueError("a host name or IP address such as 127.0.0.1 or 0.0.0.0")
+    return host
+
+
+def _positive_int(raw: str) -> int:
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError("a whole number of at least 1")
+    return int(raw)
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 86400:
+        raise ValueError("a number of seconds above 0, such as 2.5")
+    return value
+
+
+def _size(raw: str) -> int:
+    match = _SIZE.match(raw)
+    if not match or int(match[1]) < 1:
+        raise ValueError("a size in bytes such as 1048576, 512KiB or 1MiB")
+    return int(match[1]) * _UNITS[(match[2] or "").lower()]
+
+
+def _flag(raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("a yes/no value: 1, true, yes, on, 0, false, no or off")
+
+
+def _log_level(raw: str) -> str:
+    name = raw.strip().upper()
+    if name not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("one of DEBUG, INFO, WARNING, ERROR")
+    return name
+
+
+def _handler(raw: str) -> str:
+    if not _HANDLER.match(raw.strip()):
+        raise ValueError(
+            "a handler as package.module:callable, e.g. greenpipe.handlers:log_job"
+        )
+    return raw.strip()
+
+
+def _path(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("a file path")
+    return raw.strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One configured worker: a ZeroMQ endpoint and how jobs are handed to it.
+
+    ``reliable`` endpoints speak the greenpipe protocol (DEALER to a worker's ROUTER,
+    acknowledged, re-sent on loss). ``push+tcp://…`` endpoints are plain ZeroMQ
+    PULL sockets in any language: PUSH, at most once, no acknowledgements.
+    """
+
+    address: str
+    reliable: bool = True
+
+    def __str__(self) -> str:
+        return self.address if self.reliable else "push+" + self.address
+
+
+def parse_endpoint(item: str) -> Endpoint:
+    """Turn ``host:port``, ``tcp://…``, ``ipc://…`` or ``push+…`` into an Endpoint."""
+    text = item.strip()
+    reliable = not text.startswith("push+")
+    if not reliable:
+        text = text[len("push+") :]
+    if text.startswith("ipc://") and len(text) > len("ipc://"):
+        return Endpoint(text, reliable)
+    bare = text[len("tcp://") :] if text.startswith("tcp://") else text
+    match = _HOST_PORT.match(bare)
+    if not match or not 1 <= int(match["port"]) <= 65535:
+        raise ValueError(
+            "a comma-separated list of workers as host:port (1-65535), "
+            "tcp://host:port, ipc://path, or push+tcp://host:port for a plain "
+            "PULL worker"
+        )
+    return Endpoint(f"tcp://{match['host']}:{int(match['port'])}", reliable)
+
+
+def _workers(raw: str) -> tuple[Endpoint, ...]:
+    items = [item for item in raw.split(",") if item.strip()]
+    if not items:
+        raise ValueError("at least one worker, e.g. 127.0.0.1:4444,127.0.0.1:4445")
+    endpoints = tuple(parse_endpoint(item) for item in items)
+    seen: set[str] = set()
+    for endpoint in endpoints:
+        if endpoint.address in seen:
+            raise ValueError(f"each worker once ({endpoint.address} is listed twice)")
+        seen.add(endpoint.address)
+    return endpoints
+
+
+def _setting(
+    default: Any, parse: Callable[[str], Any], help: str, shown: str = ""
+) -> Any:
+    """A dataclass field that knows how to read itself from text."""
+    return field(
+        default=default, metadata={"parse": parse, "help": help, "shown": shown}
+    )
+
+
+DEFAULT_WORKERS = tuple(
+    Endpoint(f"tcp://127.0.0.1:{port}") for port in (4444, 4445, 4446)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    """Everything web.py needs; see the README's configuration table."""
+
+    port: int = _setting(4567, _port, "HTTP port")
+    host: str = _setting("127.0.0.1", _host, "HTTP interface to bind")
+    workers: tuple[Endpoint, ...] = _setting(
+        DEFAULT_WORKERS,
+        _workers,
+        "workers in round-robin order (host:port, tcp://, ipc://, push+tcp://)",
+        "127.0.0.1:4444,127.0.0.1:4445,127.0.0.1:4446",
+    )
+    ready_timeout: float = _setting(
+        10.0, _seconds, "seconds a request waits for the barrier"
+    )
+    max_body: int = _setting(MiB, _size, "largest request body accepted", "1MiB")
+    max_pending: int = _setting(
+        1000, _positive_int, "jobs waiting for a worker, at most"
+    )
+    max_connections: int = _setting(
+        1000, _positive_int, "HTTP connections served at once"
+    )
+    drain_timeout: float = _setting(
+        3.0, _seconds, "seconds to wait for acks when stopping"
+    )
+    heartbeat: float = _setting(0.5, _seconds, "seconds between heartbeats, both ways")
+    heartbeat_timeout: float = _setting(
+        3.0, _seconds, "silence after which a worker is lost"
+    )
+    job_timeout: float = _setting(
+        30.0, _seconds, "time limit a worker gives each handler"
+    )
+    max_attempts: int = _setting(
+        3, _positive_int, "deliveries of a job before dead-letter"
+    )
+    max_wait: float = _setting(30.0, _seconds, "cap on Prefer: wait=N, seconds")
+    dead_letter: str = _setting("dead-letter.jsonl", _path, "file for jobs given up on")
+    access_log: bool = _setting(False, _flag, "log one line per HTTP request")
+    log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """Everything server.py needs: its port, and optional tuning."""
+
+    port: int = _setting(
+        4444, _port, "port to bind (0: the OS picks, and it is logged)"
+    )
+    host: str = _setting("127.0.0.1", _host, "interface to bind")
+    concurrency: int = _setting(100, _positive_int, "jobs handled at once (greenlets)")
+    handler: str = _setting(
+        "greenpipe.handlers:log_job", _handler, "package.module:callable run per job"
+    )
+    drain_timeout: float = _setting(
+        3.0, _seconds, "seconds to finish jobs when stopping"
+    )
+    max_frame: int = _setting(
+        16 * MiB + 64 * KiB,
+        _size,
+        "largest job frame accepted from a peer",
+        "16MiB+64KiB",
+    )
+    log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
+
+
+def env_names(name: str) -> tuple[str, ...]:
+    """Environment variables for a setting, strongest first.
+
+    ``port`` in lower case (the original setup's spelling) outranks ``PORT``,
+    which honcho exports to every process it starts (5000, 5100, …).
+    """
+    return ("port", "PORT") if name == "port" else (name.upper(),)
+
+
+def _lookup(name: str, flags: Mapping[str, str], environ: Mapping[str, str]):
+    if name in flags:
+        return flags[name], f"flag --{name.replace('_', '-')}"
+    for env in env_names(name):
+        if env in environ:
+            return environ[env], f"environment variable {env}"
+    return None, "default"
+
+
+def _shown_default(f: Any) -> str:
+    if f.metadata["shown"]:
+        return f.metadata["shown"]
+    return str(f.default).lower() if isinstance(f.default, bool) else str(f.default)
+
+
+def _load(cls: type, prog: str, argv: Sequence[str] | None, environ: Mapping[str, str]):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(cls.__doc__ or "").splitlines()[0],
+        argument_default=argparse.SUPPRESS,
+        epilog="Each flag also reads the environment variable named in its help; "
+        "flags win over the environment, which wins over the defaults.",
+    )
+    for f in fields(cls):
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            metavar=f.name.upper(),
+            help=f"{f.metadata['help']} [env {'/'.join(env_names(f.name))}; "
+            f"default {_shown_default(f)}]",
+        )
+    flags = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        raw, source = _lookup(f.name, flags, environ)
+        if raw is None:
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](raw)
+        except ValueError as exc:
+            label = env_names(f.name)[-1]
+            raise ConfigError(
+                f"{label}: expected {exc}, got {raw!r} ({source}); fix it, or unset it "
+                f"to use the default {_shown_default(f)}"
+            ) from None
+    return cls(**values)
+
+
+def load_web(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ
+) -> WebSettings:
+    """Resolve web.py's settings from flags, then environment, then defaults."""
+    settings = _load(WebSettings, "web.py", argv, environ)
+    if settings.heartbeat * 2 > settings.heartbeat_timeout:
+        raise ConfigError(
+            f"HEARTBEAT_TIMEOUT: expected at least twice HEARTBEAT "
+            f"({settings.heartbeat} s), got {settings.heartbeat_timeout}; "
+            "raise HEARTBEAT_TIMEOUT or lower HEARTBEAT"
+        )
+    if settings.max_attempts > 255:
+        raise ConfigError(
+            f"MAX_ATTEMPTS: expected at most 255, got {settings.max_attempts}; lower it"
+        )
+    return settings
+
+
+def load_worker(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ
+) -> WorkerSettings:
+    """Resolve server.py's settings from flags, then environment, then defaults."""
+    return _load(WorkerSettings, "server.py", argv, environ)
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr in the house format; honcho adds the time and process name."""
+    logging.basicConfig(
+        level=getattr(logging, level), format="%(levelname)s %(name)s: %(message)s"
+    )

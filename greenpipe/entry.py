@@ -1,0 +1,36 @@
+"""What web.py and server.py share: logging, settings, and the exit codes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from greenpipe.config import configure_logging
+from greenpipe.errors import ConfigError, GreenpipeError
+
+log = logging.getLogger("greenpipe")
+S = TypeVar("S")
+
+
+def main(
+    load: Callable[[Sequence[str] | None], S],
+    run: Callable[[S], int],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Load settings, then run: 2 on a bad setting, 1 on another greenpipe error.
+
+    Anything else keeps its traceback: it is a bug, not a user's mistake.
+    """
+    configure_logging("INFO")
+    try:
+        settings = load(argv)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    logging.getLogger().setLevel(settings.log_level)  # type: ignore[attr-defined]
+    try:
+        return run(settings)
+    except GreenpipeError as exc:
+        log.error("%s", exc)
+        return 1

@@ -1,0 +1,25 @@
+"""The exceptions greenpipe raises: one base, one subclass per boundary."""
+
+
+class GreenpipeError(Exception):
+    """Base class: entry points catch this, log it and exit non-zero."""
+
+
+class ConfigError(GreenpipeError):
+    """A setting has a bad value; the message names the setting, value and source."""
+
+
+class ProtocolError(GreenpipeError):
+    """A frame does not follow the greenpipe protocol (dropped, counted, logged)."""
+
+
+class LinkError(GreenpipeError):
+    """A ZeroMQ operation on a link failed for a reason other than "full"."""
+
+
+class Unavailable(GreenpipeError):
+    """The web cannot accept a job now; answered as 503 with Retry-After."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -1,0 +1,220 @@
+"""One configured worker as the web sees it: its socket, its monitor, its state.
+
+A `Link` owns a DEALER connected to a worker's ROUTER and a monitor socket on
+it; one reader greenlet waits on each (zmq.green allows one waiter per socket,
+pyzmq#1154) and hands what it reads to the dispatcher. Sends never wait:
+``NOBLOCK``, and "full" is the caller's business. A `PushLink` is the
+at-most-once variant for plain PULL workers written in any language.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import gevent
+import zmq.green as zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from greenpipe.config import Endpoint
+from greenpipe.errors import LinkError
+
+if TYPE_CHECKING:
+    from greenpipe.dispatcher import Job
+
+log = logging.getLogger(__name__)
+
+# Link states, as /stats and /healthz show them ("full" is derived from credit).
+CONNECTING = (
+    "connecting"  # waiting for the worker's READY (first time, or after a leave)
+)
+READY = "ready"  # takes jobs while it has credit
+FULL = "full"  # ready, but as many jobs in flight as the worker allows
+LOST = "lost"  # crashed, hung or cut off; its jobs went elsewhere; reconnecting
+LEAVING = "leaving"  # said BYE: finishing what it holds, takes nothing new
+
+_MONITORED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+_ids = itertools.count(1)
+
+OnMessage = Callable[["Link", list[bytes]], None]
+OnEvent = Callable[["Link", int], None]
+
+
+class Link:
+    """A greenpipe worker behind an acknowledged DEALER connection."""
+
+    reliable = True  # acknowledged, re-sent on loss
+
+    def __init__(
+        self,
+        index: int,
+        endpoint: Endpoint,
+        context: zmq.Context,
+        on_message: OnMessage,
+        on_event: OnEvent,
+    ) -> None:
+        self.index = index
+        self.endpoint = endpoint
+        self.name = str(endpoint)
+        self.state = CONNECTING
+        self.credit = 0  # jobs the worker allows in flight (from READY)
+        self.max_frame = 0  # largest job frame the worker accepts (from READY)
+        self.worker_name = ""
+        self.jobs: dict[bytes, Job] = {}  # in flight, oldest first
+        self.suspects = 0  # jobs in `jobs` that were re-sent (attempt > 1)
+        self.sent = self.acked = self.failed = self.resent = 0
+        self.last_seen = 0.0  # monotonic time of the last message from the worker
+        self.ever_ready = False
+        self._context = context
+        self._on_message = on_message
+        self._on_event = on_event
+        self._sock: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self._readers: list[gevent.Greenlet] = []
+
+    @property
+    def status(self) -> str:
+        if self.state == READY and len(self.jobs) >= self.credit:
+            return FULL
+        return self.state
+
+    def can_take(self) -> bool:
+        return self.state == READY and len(self.jobs) < self.credit
+
+    def _socket(self) -> zmq.Socket:
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.SNDHWM, 10_000)  # credit bounds jobs; this bounds batches
+        sock.setsockopt(zmq.RCVHWM, 10_000)
+        sock.setsockopt(
+            zmq.HANDSHAKE_IVL, 3_000
+        )  # a frozen peer's TCP accept is not enough
+        sock.setsockopt(
+            zmq.MAXMSGSIZE, 64 << 20
+        )  # results; a larger frame drops the link
+        return sock
+
+    def open(self) -> None:
+        """Create the socket and its monitor, connect, and start the readers."""
+        sock = self._socket()
+        sock.setsockopt(
+            zmq.LINGER, 0
+        )  # a closed link's unsent jobs are re-sent elsewhere
+        sock.setsockopt(
+            zmq.IMMEDIATE, 1
+        )  # no queueing to a connection not yet complete
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)  # ms; a restarted worker is back fast
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        monitor = sock.get_monitor_socket(
+            _MONITORED, f"inproc://greenpipe-monitor-{next(_ids)}"
+        )
+        try:
+            sock.connect(self.endpoint.address)
+        except zmq.ZMQError as exc:
+            monitor.close(0)
+            sock.close(0)
+            raise LinkError(
+                f"cannot connect to worker {self.name}: {exc}; check WORKERS"
+            ) from exc
+        self._sock, self._monitor = sock, monitor
+        self._readers = [gevent.spawn(self._watch, monitor, sock)]
+        if self.reliable:
+            self._readers.append(gevent.spawn(self._read, sock))
+
+    def close(self) -> None:
+        """Close both sockets now (unsent messages are dropped); readers exit."""
+        sock, monitor = self._sock, self._monitor
+        self._sock = self._monitor = None
+        readers, self._readers = self._readers, []
+        current = gevent.getcurrent()
+        for reader in readers:
+            if reader is not current:
+                reader.kill(block=False)
+        if sock is not None:
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            monitor.close(0)
+            sock.close(0)
+
+    def reset(self) -> None:
+        """Drop the connection and start afresh (a new routing id at the worker)."""
+        self.close()
+        self.open()
+
+    def send(self, frames: Sequence[bytes]) -> bool:
+        """Queue one message without waiting. False if it cannot go now.
+
+        With IMMEDIATE set, "cannot go" means no connection is complete or the
+        high-water mark is reached; the caller keeps the message's jobs.
+        """
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            raise LinkError(f"sending to worker {self.name} failed: {exc}") from exc
+        return True
+
+    def receive_queued(self) -> None:
+        """Hand over whatever the socket already holds, without waiting."""
+        sock = self._sock
+        while sock is not None and sock is self._sock:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                return
+            self._on_message(self, frames)
+
+    def _read(self, sock: zmq.Socket) -> None:
+        count = 0
+        while sock is self._sock:
+            try:
+                frames = sock.recv_multipart()
+            except zmq.ZMQError:
+                return  # closed under us: reset() or close()
+            if sock is not self._sock:
+                return
+            self._on_message(self, frames)
+            count += 1
+            if count % 64 == 0:
+                gevent.sleep(0)  # a busy link must not starve the HTTP greenlets
+
+    def _watch(self, monitor: zmq.Socket, sock: zmq.Socket) -> None:
+        while sock is self._sock:
+            try:
+                event = recv_monitor_message(monitor)
+            except zmq.ZMQError:
+                return
+            if sock is not self._sock:
+                return
+            self._on_event(self, event["event"])
+
+    def __repr__(self) -> str:
+        return (
+            f"<Link {self.index} {self.name} {self.status} {len(self.jobs)} in flight>"
+        )
+
+
+class PushLink(Link):
+    """A plain ZeroMQ PULL worker (any language): PUSH, at most once, no acks.
+
+    Ready once the ZMTP handshake completes; jobs go out as a single frame, the
+    request body, which is what a foreign PULL worker expects. A job handed to
+    libzmq counts as delivered: if the worker dies, what sat in buffers is lost.
+    """
+
+    reliable = False  # at most once
+
+    def _socket(self) -> zmq.Socket:
+        sock = self._context.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, 1_000)
+        return sock
+
+    def can_take(self) -> bool:
+        return self.state == READY

@@ -1,0 +1,240 @@
+"""The greenpipe wire protocol (version 1) between web.py and server.py.
+
+Every message starts with a one-byte kind. The web's DEALER sends web kinds;
+the worker's ROUTER sees them behind the connection's routing id and answers on
+the same connection. Decoders validate everything: without authentication,
+libzmq turns raw bytes sent to a worker's port into ZMTP/1.0 messages, so any
+frame may be garbage. They raise `ProtocolError`; nothing here opens a socket.
+
+    web -> worker                       worker -> web
+    HELLO  version, heartbeat, name     READY      version, credit, max frame, name
+    JOBS   job, job, ...                ACKS       ack, ack, ...
+    PING                                HEARTBEAT
+    DONE   (nothing more will follow)   BYE        [reason]
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qs
+
+from greenpipe.errors import ProtocolError
+
+VERSION = 1
+
+# web -> worker
+HELLO = b"\x01"  # a web asks to send jobs; answered by READY (or BYE with a reason)
+JOBS = b"\x02"  # one or more jobs, one frame each (see encode_job)
+PING = b"\x03"  # the web is alive; a worker forgets webs that stay silent
+DONE = b"\x04"  # the web sends nothing more on this connection (answers BYE)
+# worker -> web
+READY = b"\x11"  # the worker takes jobs: up to `credit` unacknowledged at once
+ACKS = b"\x12"  # one or more acknowledgements, one frame each (see encode_ack)
+HEARTBEAT = b"\x13"  # sent from the worker's event loop: proves the loop runs
+BYE = b"\x14"  # the worker is leaving (or refuses): send nothing more
+
+WEB_KINDS = frozenset((HELLO, JOBS, PING, DONE))
+WORKER_KINDS = frozenset((READY, ACKS, HEARTBEAT, BYE))
+
+# Acknowledgement status bytes.
+OK = 0  # handler returned; payload is its JSON result, if one was asked for
+FAILED = 1  # handler raised or timed out; payload is the error text (UTF-8)
+
+# Job flags.
+WANTS_REPLY = 0x01  # an HTTP client waits (Prefer: wait): send the result back
+
+_HELLO = struct.Struct("!BI")  # version, heartbeat interval in ms
+_READY = struct.Struct("!BII")  # version, credit, largest frame accepted
+# flags, attempt, time limit in ms (0: none), then lengths of id, method, path,
+# query, content type; the body is the rest of the frame.
+_JOB = struct.Struct("!BBIBBHHH")
+_ACK = struct.Struct("!BB")  # status, id length; then id, then payload
+
+JOB_OVERHEAD = _JOB.size + 255 + 255 + 3 * 65535  # the most a job adds to its body
+_ID = re.compile(rb"^[A-Za-z0-9_.:-]{1,64}$")
+MAX_NAME = 200
+
+
+def encode_hello(heartbeat_s: float, name: str) -> list[bytes]:
+    return [
+        HELLO,
+        _HELLO.pack(VERSION, round(heartbeat_s * 1000)),
+        name.encode()[:MAX_NAME],
+    ]
+
+
+def decode_hello(frames: Sequence[bytes]) -> tuple[int, float, str]:
+    """Return (version, heartbeat seconds, web name) from a HELLO message."""
+    if len(frames) != 3 or len(frames[1]) != _HELLO.size:
+        raise ProtocolError(f"HELLO needs 3 frames with a {_HELLO.size}-byte header")
+    version, heartbeat_ms = _HELLO.unpack(frames[1])
+    if not 10 <= heartbeat_ms <= 60_000:
+        raise ProtocolError(f"HELLO heartbeat {heartbeat_ms} ms is outside 10-60000")
+    return version, heartbeat_ms / 1000, _text(frames[2][:MAX_NAME])
+
+
+def encode_ready(credit: int, max_frame: int, name: str) -> list[bytes]:
+    return [READY, _READY.pack(VERSION, credit, max_frame), name.encode()[:MAX_NAME]]
+
+
+def decode_ready(frames: Sequence[bytes]) -> tuple[int, int, int, str]:
+    """Return (version, credit, max frame, worker name) from a READY message."""
+    if len(frames) != 3 or len(frames[1]) != _READY.size:
+        raise ProtocolError(f"READY needs 3 frames with a {_READY.size}-byte header")
+    version, credit, max_frame = _READY.unpack(frames[1])
+    if credit < 1:
+        raise ProtocolError("READY with credit 0")
+    return version, credit, max_frame, _text(frames[2][:MAX_NAME])
+
+
+def encode_bye(reason: str = "") -> list[bytes]:
+    return [BYE, reason.encode()[:MAX_NAME]] if reason else [BYE]
+
+
+def decode_bye(frames: Sequence[bytes]) -> str:
+    return _text(frames[1][:MAX_NAME]) if len(frames) > 1 else ""
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def valid_id(job_id: bytes) -> bool:
+    return _ID.match(job_id) is not None
+
+
+def encode_job(
+    job_id: bytes,
+    attempt: int,
+    method: bytes,
+    path: bytes,
+    query: bytes,
+    content_type: bytes,
+    body: bytes,
+    flags: int = 0,
+    timeout_ms: int = 0,
+) -> bytes:
+    """One job as one frame. Lengths must fit their fields (the web checks them)."""
+    head = _JOB.pack(
+        flags,
+        attempt,
+        timeout_ms,
+        len(job_id),
+        len(method),
+        len(path),
+        len(query),
+        len(content_type),
+    )
+    return b"".join((head, job_id, method, path, query, content_type, body))
+
+
+class Job:
+    """A job as a worker's handler sees it.
+
+    ``body`` is the raw request body; ``json()`` parses it (and raises ValueError
+    if it is not JSON). ``attempt`` is 1 on first delivery and grows each time the
+    web re-sends the job after losing the worker that held it.
+    """
+
+    __slots__ = ("id", "attempt", "method", "path", "query", "content_type", "body")
+    __slots__ += ("timeout", "wants_reply", "raw_id", "worker")
+
+    def __init__(
+        self,
+        raw_id: bytes,
+        attempt: int,
+        method: str,
+        path: str,
+        query: str,
+        content_type: str,
+        body: bytes,
+        timeout: float = 0.0,
+        wants_reply: bool = False,
+    ) -> None:
+        self.raw_id = raw_id
+        self.id = raw_id.decode("ascii")
+        self.attempt = attempt
+        self.method = method
+        self.path = path
+        self.query = query
+        self.content_type = content_type
+        self.body = body
+        self.timeout = timeout  # seconds; 0 means no limit
+        self.wants_reply = wants_reply
+        self.worker = ""  # set by the worker that runs it, e.g. "worker :4444"
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def args(self) -> dict[str, list[str]]:
+        """The query string parsed, e.g. ``{"n": ["1"]}``."""
+        return parse_qs(self.query)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} attempt {self.attempt} {self.method} {self.path}>"
+
+
+def decode_job(frame: bytes) -> Job:
+    """Parse and validate one job frame."""
+    if len(frame) < _JOB.size:
+        raise ProtocolError(
+            f"job frame of {len(frame)} bytes is shorter than its header"
+        )
+    flags, attempt, timeout_ms, n_id, n_method, n_path, n_query, n_ctype = (
+        _JOB.unpack_from(frame)
+    )
+    end_id = _JOB.size + n_id
+    end_method = end_id + n_method
+    end_path = end_method + n_path
+    end_query = end_path + n_query
+    end_ctype = end_query + n_ctype
+    if end_ctype > len(frame):
+        raise ProtocolError(
+            f"job frame of {len(frame)} bytes is shorter than its fields"
+        )
+    raw_id = frame[_JOB.size : end_id]
+    if not _ID.match(raw_id):
+        raise ProtocolError(f"job id {raw_id[:80]!r} is not 1-64 of [A-Za-z0-9_.:-]")
+    if attempt < 1:
+        raise ProtocolError(f"job {raw_id.decode()} has attempt 0")
+    try:
+        method = frame[end_id:end_method].decode("ascii")
+        path = frame[end_method:end_path].decode("utf-8", "surrogateescape")
+        query = frame[end_path:end_query].decode("latin-1")
+        content_type = frame[end_query:end_ctype].decode("latin-1")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(
+            f"job {raw_id.decode()}: undecodable field ({exc})"
+        ) from None
+    if not method.isalpha():
+        raise ProtocolError(f"job {raw_id.decode()}: method {method!r} is not a word")
+    return Job(
+        raw_id,
+        attempt,
+        method,
+        path,
+        query,
+        content_type,
+        frame[end_ctype:],
+        timeout_ms / 1000,
+        bool(flags & WANTS_REPLY),
+    )
+
+
+def encode_ack(raw_id: bytes, status: int = OK, payload: bytes = b"") -> bytes:
+    return _ACK.pack(status, len(raw_id)) + raw_id + payload
+
+
+def decode_ack(frame: bytes) -> tuple[bytes, int, bytes]:
+    """Return (job id, status, payload) from one acknowledgement frame."""
+    if len(frame) < 3:
+        raise ProtocolError(f"ack frame of {len(frame)} bytes is too short")
+    status, n_id = frame[0], frame[1]
+    if status not in (OK, FAILED) or len(frame) < 2 + n_id:
+        raise ProtocolError(f"ack frame with status {status} and id length {n_id}")
+    return frame[2 : 2 + n_id], status, frame[2 + n_id :]

@@ -1,0 +1,373 @@
+"""The worker side of the bridge: receive jobs, run the handler, acknowledge.
+
+One ROUTER bound on the worker's port serves every web that connects; each
+answer (READY, ACKS, HEARTBEAT, BYE) goes back on the connection the web used,
+so a worker needs no configuration but its port. The receive greenlet is the
+only one waiting on the socket; handlers run in a pool of CONCURRENCY
+greenlets; a sender greenlet batches acknowledgements and sends heartbeats
+from this process's own event loop, so a loop that stops turning stops them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.pool
+import zmq.green as zmq
+
+from greenpipe import protocol
+from greenpipe.config import WorkerSettings
+from greenpipe.errors import ConfigError, LinkError, ProtocolError
+from greenpipe.protocol import Job
+from greenpipe.throttle import Throttle
+
+log = logging.getLogger(__name__)
+monotonic = time.monotonic
+
+Handler = Callable[[Job], Any]
+MAX_PEERS = 256  # webs remembered at once; the stalest is forgotten first
+
+
+def load_handler(spec: str) -> Handler:
+    """Import ``package.module:callable`` (HANDLER), naming what went wrong."""
+    module_name, _, attr_path = spec.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"HANDLER: cannot import module {module_name!r} from {spec!r} ({exc}); "
+            "check the spelling and that it is on PYTHONPATH"
+        ) from None
+    for attr in attr_path.split("."):
+        target = getattr(target, attr, None)
+        if target is None:
+            raise ConfigError(
+                f"HANDLER: {module_name} has no {attr_path!r} (from {spec!r}); "
+                "check the name after the colon"
+            )
+    if not callable(target):
+        raise ConfigError(
+            f"HANDLER: {spec!r} is a {type(target).__name__}, not a callable"
+        )
+    return target
+
+
+class Peer:
+    """A web connected to this worker, known by the routing id of its connection."""
+
+    __slots__ = ("name", "heartbeat", "last_seen", "done", "acks")
+
+    def __init__(self, name: str, heartbeat: float) -> None:
+        self.name = name
+        self.heartbeat = heartbeat  # seconds, as the web asked in HELLO
+        self.last_seen = monotonic()
+        self.done = False  # the web said DONE: nothing more will come from it
+        self.acks: list[bytes] = []  # encoded, not yet sent
+
+
+class Worker:
+    """Runs a handler for every job the connected webs send; see module docstring."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        handler: Handler,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.name = f"worker :{settings.port}"
+        self.endpoint = ""
+        self._context = context or zmq.Context.instance()
+        self._sock: zmq.Socket | None = None
+        self._pool = gevent.pool.Pool(settings.concurrency)
+        self._peers: dict[bytes, Peer] = {}
+        self._wake = gevent.event.Event()  # acks to send
+        self._peers_done = gevent.event.Event()  # every web said DONE
+        self._stopping = gevent.event.Event()
+        self._draining = False
+        self._throttle = Throttle(log)
+        self.received = self.handled = self.failed = self.malformed = 0
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def bind(self) -> str:
+        """Bind the ROUTER; returns the resolved endpoint (the real port for port 0)."""
+        sock = self._context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished web raises, not drops
+        sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_frame)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, 3_000)  # half-open junk connections go away
+        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.setsockopt(zmq.RCVHWM, 10_000)
+        address = f"tcp://{self.settings.host}:{self.settings.port or '*'}"
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise LinkError(
+                f"cannot bind {address}: {exc}; is another server.py on port "
+                f"{self.settings.port}? Stop it or pick another port "
+                "(--port, 0 for any)"
+            ) from None
+        self._sock = sock
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.name = f"worker :{self.endpoint.rsplit(':', 1)[1]}"
+        return self.endpoint
+
+    def serve(self) -> None:
+        """Serve until `stop`, then drain: BYE, finish and acknowledge, close."""
+        if self._sock is None:
+            self.bind()
+        greenlets = [gevent.spawn(self._receive), gevent.spawn(self._send_loop)]
+        log.info(
+            "%s: listening on %s (concurrency %d, handler %s)",
+            self.name,
+            self.endpoint,
+            self.settings.concurrency,
+            self.settings.handler,
+        )
+        self._stopping.wait()
+        self._drain()
+        gevent.killall(greenlets, block=False)
+        log.info(
+            "%s: stopped; handled %d jobs (%d failed), dropped %d malformed messages",
+            self.name,
+            self.handled,
+            self.failed,
+            self.malformed,
+        )
+
+    def stop(self) -> bool:
+        """Ask `serve` to drain and return; True if it had been asked already."""
+        already = self._stopping.is_set()
+        self._stopping.set()
+        return already
+
+    def _drain(self) -> None:
+        deadline = monotonic() + self.settings.drain_timeout
+        self._draining = True
+        log.info("%s: stopping; saying BYE to %d webs", self.name, len(self._peers))
+        for ident in list(self._peers):
+            self._send(ident, protocol.encode_bye("worker is stopping"))
+        # DONE from a web means everything it sent is here: only then can the
+        # pool's emptiness mean "nothing left".
+        self._check_done()
+        self._peers_done.wait(max(0.0, deadline - monotonic()))
+        if not self._pool.join(timeout=max(0.0, deadline - monotonic())):
+            log.warning(
+                "%s: %d jobs still running after DRAIN_TIMEOUT %g s; "
+                "the web re-sends them",
+                self.name,
+                len(self._pool),
+                self.settings.drain_timeout,
+            )
+            self._pool.kill(block=False)
+        self._flush()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            # Linger long enough for the last acknowledgements to leave.
+            sock.close(linger=int(1000 * min(1.0, max(0.2, deadline - monotonic()))))
+
+    # -- receiving --------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        sock = self._sock
+        count = 0
+        while sock is not None and not sock.closed:
+            try:
+                frames = sock.recv_multipart()
+            except zmq.ZMQError:
+                return  # closed while draining
+            self._on_message(frames)
+            count += 1
+            if count % 64 == 0:
+                gevent.sleep(0)
+
+    def _on_message(self, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            self._drop(frames[0] if frames else b"", "a message without a kind frame")
+            return
+        ident, kind = frames[0], frames[1]
+        peer = self._peers.get(ident)
+        if kind == protocol.JOBS:
+            if peer is None:
+                self._drop(ident, "jobs from a connection that never said HELLO")
+                return
+            peer.last_seen = monotonic()
+            for frame in frames[2:]:
+                try:
+                    job = protocol.decode_job(frame)
+                except ProtocolError as exc:
+                    self._drop(ident, str(exc))
+                    continue
+                self.received += 1
+                job.worker = self.name
+                self._pool.spawn(self._run, peer, job)  # waits while the pool is full
+        elif kind == protocol.PING and peer is not None and len(frames) == 2:
+            peer.last_seen = monotonic()
+        elif kind == protocol.HELLO:
+            self._hello(ident, peer, frames[1:])
+        elif kind == protocol.DONE and peer is not None and len(frames) == 2:
+            peer.done = True
+            self._check_done()
+        else:
+            self._drop(
+                ident,
+                f"unexpected message kind {kind[:8]!r} ({len(frames) - 1} frames)",
+            )
+
+    def _hello(self, ident: bytes, peer: Peer | None, frames: list[bytes]) -> None:
+        try:
+            version, heartbeat, web_name = protocol.decode_hello(frames)
+        except ProtocolError as exc:
+            self._drop(ident, str(exc))
+            return
+        if version != protocol.VERSION:
+            reason = f"{self.name} speaks protocol {protocol.VERSION}, not {version}"
+            self._send(ident, protocol.encode_bye(reason))
+            return
+        if self._draining:
+            self._send(ident, protocol.encode_bye("worker is stopping"))
+            return
+        if peer is None:
+            if len(self._peers) >= MAX_PEERS:
+                stalest = min(self._peers, key=lambda key: self._peers[key].last_seen)
+                del self._peers[stalest]
+            peer = self._peers[ident] = Peer(web_name, heartbeat)
+            log.info("%s: %s connected", self.name, web_name)
+        peer.last_seen = monotonic()
+        ready = protocol.encode_ready(
+            self.settings.concurrency, self.settings.max_frame, self.name
+        )
+        self._send(ident, ready)
+
+    def _drop(self, ident: bytes, what: str) -> None:
+        self.malformed += 1
+        self._throttle.warning(
+            "malformed",
+            "%s: dropped a malformed message from connection %s: %s "
+            "(%d dropped so far)",
+            self.name,
+            ident.hex()[:16] or "?",
+            what,
+            self.malformed,
+        )
+
+    # -- handling ------------------------------------------------------------
+
+    def _run(self, peer: Peer, job: Job) -> None:
+        timeout = gevent.Timeout(job.timeout) if job.timeout else None
+        status, payload = protocol.OK, b""
+        try:
+            if timeout is not None:
+                timeout.start()
+            result = self.handler(job)
+            if job.wants_reply and result is not None:
+                payload = json.dumps(result).encode()
+        except gevent.Timeout as exc:
+            if exc is not timeout:
+                raise
+            status, payload = (
+                protocol.FAILED,
+                f"handler exceeded {job.timeout:g} s".encode(),
+            )
+            log.error(
+                "%s: job %s: handler exceeded %g s (JOB_TIMEOUT)",
+                self.name,
+                job.id,
+                job.timeout,
+            )
+        except Exception as exc:
+            status, payload = protocol.FAILED, _error_text(exc)
+            log.exception("%s: job %s failed", self.name, job.id)
+        finally:
+            if timeout is not None:
+                timeout.close()
+        self.handled += 1
+        if status != protocol.OK:
+            self.failed += 1
+        peer.acks.append(protocol.encode_ack(job.raw_id, status, payload))
+        self._wake.set()
+
+    # -- sending -------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        next_beat = monotonic()
+        while True:
+            self._wake.wait(max(0.0, next_beat - monotonic()))
+            self._wake.clear()
+            self._flush()
+            now = monotonic()
+            if now >= next_beat:
+                self._beat(now)
+                intervals = [peer.heartbeat for peer in self._peers.values()]
+                next_beat = now + min(intervals, default=0.5)
+
+    def _flush(self) -> None:
+        for ident, peer in list(self._peers.items()):
+            if peer.acks:
+                acks, peer.acks = peer.acks, []
+                if not self._send(ident, [protocol.ACKS, *acks]):
+                    peer.acks[:0] = acks  # full: try again next time
+
+    def _beat(self, now: float) -> None:
+        for ident, peer in list(self._peers.items()):
+            if now - peer.last_seen > max(5.0, 10 * peer.heartbeat):
+                log.info("%s: %s went silent; forgetting it", self.name, peer.name)
+                self._forget(ident)
+            else:
+                self._send(ident, [protocol.HEARTBEAT])
+
+    def _send(self, ident: bytes, frames: list[bytes]) -> bool:
+        """Send to one web without waiting; False if its queue is full."""
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            sock.send_multipart([ident, *frames], zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:  # that connection is gone
+                self._forget(ident)
+                return True
+            raise
+        return True
+
+    def _forget(self, ident: bytes) -> None:
+        peer = self._peers.pop(ident, None)
+        if peer is not None and self._draining:
+            self._check_done()
+
+    def _check_done(self) -> None:
+        if all(peer.done for peer in self._peers.values()):
+            self._peers_done.set()
+
+
+def _error_text(exc: BaseException) -> bytes:
+    return f"{type(exc).__name__}: {exc}".encode()[:4000]
+
+
+def run(settings: WorkerSettings) -> int:
+    """server.py's body: load the handler, bind, serve until SIGTERM/SIGINT."""
+    worker = Worker(settings, load_handler(settings.handler))
+    worker.bind()
+
+    def on_signal() -> None:
+        if worker.stop():
+            log.warning("%s: second signal; exiting now", worker.name)
+            raise SystemExit(1)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, on_signal)
+    worker.serve()
+    return 0
