@@ -91,6 +91,39 @@ def _error(status: int, error: str, detail: str, headers: dict[str, str] | None 
     return json_response(status, {"error": error, "detail": detail}, headers)
 
 
+def _read_body(environ: dict, limit: int) -> bytes:
+    """The request body, at most `limit` bytes (MAX_BODY), or 413.
+
+    Read from the server's input directly: Werkzeug's MAX_CONTENT_LENGTH check
+    on a chunked body answers 413 for a body of exactly the limit.
+    """
+    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    length = environ.get("CONTENT_LENGTH", "")
+    size = limit + 1
+    if not chunked:
+        if not length:
+            return b""
+        if not length.isdigit():
+            raise BadRequest(f"Content-Length {length!r} is not a number of bytes")
+        size = int(length)
+        if size > limit:
+            raise RequestEntityTooLarge()
+    try:
+        body = environ["wsgi.input"].read(size)
+    except (OSError, ValueError) as exc:  # a broken chunked body, a reset connection
+        raise BadRequest(
+            f"the request body could not be read ({exc}); send it again"
+        ) from None
+    if len(body) > limit:
+        raise RequestEntityTooLarge()
+    if not chunked and len(body) < size:
+        raise BadRequest(
+            f"the body ended after {len(body)} of {size} bytes (Content-Length); "
+            "send it whole"
+        )
+    return body
+
+
 def _is_json(content_type: str) -> bool:
     mime = content_type.split(";", 1)[0].strip().lower()
     return mime == "application/json" or mime.endswith("+json")
@@ -98,7 +131,6 @@ def _is_json(content_type: str) -> bool:
 
 def create_app(dispatcher: DispatcherLike, settings: WebSettings) -> Flask:
     app = Flask("greenpipe")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body
 
     @app.route("/", methods=["GET"])
     @app.route("/jobs", methods=["POST"])
@@ -117,15 +149,7 @@ def create_app(dispatcher: DispatcherLike, settings: WebSettings) -> Flask:
                 f"Content-Type is {len(content_type)} bytes long; at most "
                 f"{MAX_CONTENT_TYPE} are accepted"
             )
-        try:
-            body = request.get_data(cache=False)
-        except (
-            OSError,
-            ValueError,
-        ) as exc:  # a broken chunked body, a reset connection
-            raise BadRequest(
-                f"the request body could not be read ({exc}); send it again"
-            ) from None
+        body = _read_body(environ, settings.max_body)
         if body and _is_json(content_type):
             try:
                 json.loads(body)

@@ -33,7 +33,7 @@ _HANDLER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 def _port(raw: str) -> int:
     if not raw.strip().isdigit() or not 0 <= int(raw) <= 65535:
-        raise ValueError("an integer port 0-65535 (0: let the OS choose)")
+        raise ValueError("an integer port 0-65535 (0: the OS picks one)")
     return int(raw)
 
 
@@ -233,13 +233,17 @@ def env_names(name: str) -> tuple[str, ...]:
     return ("port", "PORT") if name == "port" else (name.upper(),)
 
 
-def _lookup(name: str, flags: Mapping[str, str], environ: Mapping[str, str]):
+def _lookup(
+    name: str, flags: Mapping[str, str], environ: Mapping[str, str]
+) -> tuple[str | None, str, str]:
+    """Return (raw text, where it came from, the name to show in errors)."""
+    label = env_names(name)[0]
     if name in flags:
-        return flags[name], f"flag --{name.replace('_', '-')}"
+        return flags[name], f"flag --{name.replace('_', '-')}", label
     for env in env_names(name):
         if env in environ:
-            return environ[env], f"environment variable {env}"
-    return None, "default"
+            return environ[env], f"environment variable {env}", env
+    return None, "default", label
 
 
 def _shown_default(f: Any) -> str:
@@ -248,10 +252,16 @@ def _shown_default(f: Any) -> str:
     return str(f.default).lower() if isinstance(f.default, bool) else str(f.default)
 
 
-def _load(cls: type, prog: str, argv: Sequence[str] | None, environ: Mapping[str, str]):
+def _load(
+    cls: type,
+    prog: str,
+    description: str,
+    argv: Sequence[str] | None,
+    environ: Mapping[str, str],
+):
     parser = argparse.ArgumentParser(
         prog=prog,
-        description=(cls.__doc__ or "").splitlines()[0],
+        description=description,
         argument_default=argparse.SUPPRESS,
         epilog="Each flag also reads the environment variable named in its help; "
         "flags win over the environment, which wins over the defaults.",
@@ -267,13 +277,12 @@ def _load(cls: type, prog: str, argv: Sequence[str] | None, environ: Mapping[str
     flags = vars(parser.parse_args(argv))
     values: dict[str, Any] = {}
     for f in fields(cls):
-        raw, source = _lookup(f.name, flags, environ)
+        raw, source, label = _lookup(f.name, flags, environ)
         if raw is None:
             continue
         try:
             values[f.name] = f.metadata["parse"](raw)
         except ValueError as exc:
-            label = env_names(f.name)[-1]
             raise ConfigError(
                 f"{label}: expected {exc}, got {raw!r} ({source}); fix it, or unset it "
                 f"to use the default {_shown_default(f)}"
@@ -285,7 +294,8 @@ def load_web(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ
 ) -> WebSettings:
     """Resolve web.py's settings from flags, then environment, then defaults."""
-    settings = _load(WebSettings, "web.py", argv, environ)
+    description = "greenpipe web: turns every HTTP request into one job for the workers."
+    settings = _load(WebSettings, "web.py", description, argv, environ)
     if settings.heartbeat * 2 > settings.heartbeat_timeout:
         raise ConfigError(
             f"HEARTBEAT_TIMEOUT: expected at least twice HEARTBEAT "
@@ -303,7 +313,8 @@ def load_worker(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ
 ) -> WorkerSettings:
     """Resolve server.py's settings from flags, then environment, then defaults."""
-    return _load(WorkerSettings, "server.py", argv, environ)
+    description = "greenpipe worker: runs each job it receives, then acknowledges it."
+    return _load(WorkerSettings, "server.py", description, argv, environ)
 
 
 def configure_logging(level: str) -> None:

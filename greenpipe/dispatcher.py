@@ -167,6 +167,8 @@ class Dispatcher:
 
         Before the barrier is met, waits for it up to READY_TIMEOUT; after that,
         never waits: the job is queued and the dispatcher greenlet sends it.
+        Jobs beyond what the ready workers have credit for are "waiting", and
+        at most MAX_PENDING of them are accepted.
         """
         if not self._barrier.is_set() and not self._barrier.wait(
             self.settings.ready_timeout
@@ -176,15 +178,19 @@ class Dispatcher:
         if self._draining:
             self.rejected += 1
             raise Unavailable("this web process is stopping; retry on another", 1)
-        if not any(link.state is READY for link in self.links):
+        free = live = 0
+        for link in self.links:
+            if link.state is READY:
+                live += 1
+                free += max(0, link.credit - len(link.jobs))
+        if not live:
+            self.rejected += 1
+            raise Unavailable(f"no worker can take jobs now ({self._states()}); retry soon")
+        waiting = len(self._fresh) + len(self._retry) - free
+        if waiting >= self.settings.max_pending:
             self.rejected += 1
             raise Unavailable(
-                f"no worker can take jobs now ({self._states()}); retry soon"
-            )
-        if len(self._fresh) >= self.settings.max_pending:
-            self.rejected += 1
-            raise Unavailable(
-                f"{len(self._fresh)} jobs already wait for a worker (MAX_PENDING="
+                f"{waiting} jobs already wait for a worker (MAX_PENDING="
                 f"{self.settings.max_pending}); retry soon, or add workers"
             )
         job = Job(
@@ -308,7 +314,8 @@ class Dispatcher:
             if not link.reliable:
                 continue
             if link.state in (CONNECTING, LOST):
-                self._hello(link)
+                if link.connected:  # in case a HELLO went to a worker that died since
+                    self._hello(link)
                 continue
             link.send([protocol.PING])
             silent = now - link.last_seen
@@ -437,6 +444,7 @@ class Dispatcher:
             )
 
     def _on_event(self, link: Link, event: int) -> None:
+        link.connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             if not link.reliable:
                 link.state = READY

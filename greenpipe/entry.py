@@ -31,6 +31,9 @@ def main(
     logging.getLogger().setLevel(settings.log_level)  # type: ignore[attr-defined]
     try:
         return run(settings)
+    except ConfigError as exc:  # found late, e.g. a HANDLER that does not import
+        log.error("%s", exc)
+        return 2
     except GreenpipeError as exc:
         log.error("%s", exc)
         return 1

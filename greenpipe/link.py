@@ -35,6 +35,7 @@ FULL = "full"  # ready, but as many jobs in flight as the worker allows
 LOST = "lost"  # crashed, hung or cut off; its jobs went elsewhere; reconnecting
 LEAVING = "leaving"  # said BYE: finishing what it holds, takes nothing new
 
+PUSH_HWM = 1_000  # messages queued to a plain PULL worker, at most
 _MONITORED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 _ids = itertools.count(1)
 
@@ -67,6 +68,7 @@ class Link:
         self.sent = self.acked = self.failed = self.resent = 0
         self.last_seen = 0.0  # monotonic time of the last message from the worker
         self.ever_ready = False
+        self.connected = False  # the ZMTP handshake completed (monitor events)
         self._context = context
         self._on_message = on_message
         self._on_event = on_event
@@ -85,26 +87,28 @@ class Link:
 
     def _socket(self) -> zmq.Socket:
         sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.SNDHWM, 10_000)  # credit bounds jobs; this bounds batches
+        # IMMEDIATE stays 0 here: with 1, libzmq terminates the pipe when the
+        # connection drops and discards acknowledgements not yet read, so a worker
+        # that acks and then leaves would have its last jobs re-sent. Queueing to
+        # an incomplete connection is harmless: one peer per socket, and the
+        # dispatcher only sends jobs to a link in state READY.
+        sock.setsockopt(zmq.IMMEDIATE, 0)
+        # Credit bounds the jobs in flight; the HWMs only bound batches.
+        sock.setsockopt(zmq.SNDHWM, 10_000)
         sock.setsockopt(zmq.RCVHWM, 10_000)
-        sock.setsockopt(
-            zmq.HANDSHAKE_IVL, 3_000
-        )  # a frozen peer's TCP accept is not enough
-        sock.setsockopt(
-            zmq.MAXMSGSIZE, 64 << 20
-        )  # results; a larger frame drops the link
+        # A frozen worker's kernel still accepts TCP: give up on the greeting.
+        sock.setsockopt(zmq.HANDSHAKE_IVL, 3_000)
+        # Results come back in acks; a larger frame drops the connection.
+        sock.setsockopt(zmq.MAXMSGSIZE, 64 << 20)
         return sock
 
     def open(self) -> None:
         """Create the socket and its monitor, connect, and start the readers."""
         sock = self._socket()
-        sock.setsockopt(
-            zmq.LINGER, 0
-        )  # a closed link's unsent jobs are re-sent elsewhere
-        sock.setsockopt(
-            zmq.IMMEDIATE, 1
-        )  # no queueing to a connection not yet complete
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)  # ms; a restarted worker is back fast
+        # A closed link's unsent jobs are re-sent elsewhere: drop them at once.
+        sock.setsockopt(zmq.LINGER, 0)
+        # ms; a restarted worker is back in well under a second.
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         monitor = sock.get_monitor_socket(
             _MONITORED, f"inproc://greenpipe-monitor-{next(_ids)}"
@@ -118,6 +122,7 @@ class Link:
                 f"cannot connect to worker {self.name}: {exc}; check WORKERS"
             ) from exc
         self._sock, self._monitor = sock, monitor
+        self.connected = False
         self._readers = [gevent.spawn(self._watch, monitor, sock)]
         if self.reliable:
             self._readers.append(gevent.spawn(self._read, sock))
@@ -147,8 +152,8 @@ class Link:
     def send(self, frames: Sequence[bytes]) -> bool:
         """Queue one message without waiting. False if it cannot go now.
 
-        With IMMEDIATE set, "cannot go" means no connection is complete or the
-        high-water mark is reached; the caller keeps the message's jobs.
+        "Cannot go" means the high-water mark is reached (or, for a PushLink,
+        no connection is complete); the caller keeps the message's jobs.
         """
         sock = self._sock
         if sock is None:
@@ -211,9 +216,15 @@ class PushLink(Link):
 
     reliable = False  # at most once
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.credit = PUSH_HWM  # no acks: libzmq's queue is the only bound
+
     def _socket(self) -> zmq.Socket:
         sock = self._context.socket(zmq.PUSH)
-        sock.setsockopt(zmq.SNDHWM, 1_000)
+        # At most once: nothing queued to a connection not yet complete.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.SNDHWM, PUSH_HWM)
         return sock
 
     def can_take(self) -> bool:

@@ -212,13 +212,15 @@ class Worker:
                 self.received += 1
                 job.worker = self.name
                 self._pool.spawn(self._run, peer, job)  # waits while the pool is full
-        elif kind == protocol.PING and peer is not None and len(frames) == 2:
-            peer.last_seen = monotonic()
+        elif kind == protocol.PING and len(frames) == 2:
+            if peer is not None:  # else: from a web this worker forgot; it will HELLO
+                peer.last_seen = monotonic()
         elif kind == protocol.HELLO:
             self._hello(ident, peer, frames[1:])
-        elif kind == protocol.DONE and peer is not None and len(frames) == 2:
-            peer.done = True
-            self._check_done()
+        elif kind == protocol.DONE and len(frames) == 2:
+            if peer is not None:
+                peer.done = True
+                self._check_done()
         else:
             self._drop(
                 ident,

@@ -1,0 +1,65 @@
+"""Handlers for tests (HANDLER=tests.handlers:record).
+
+`record` appends "job-id attempt" to $GREENPIPE_RECORD_DIR/<worker port>.ids
+after the job's work is done, one unbuffered write per job, so the file is the
+handler's own account of what it handled, independent of the web's counters.
+The JSON body steers the work:
+
+    {"sleep": 0.2}                  cooperative: gevent.sleep(0.2)
+    {"block": 3}                    blocks the worker's event loop for 3 s
+    {"block_first": 3}              the same, on attempt 1 only
+    {"fail": "text"}                raises RuntimeError("text")
+    {"result": ...}                 returned as the result
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import gevent
+from gevent import monkey
+
+from greenpipe.protocol import Job
+
+_fds: dict[str, int] = {}
+_blocking_sleep = monkey.get_original("time", "sleep")
+
+
+def _record(job: Job) -> None:
+    directory = os.environ.get("GREENPIPE_RECORD_DIR")
+    if not directory:
+        return
+    port = job.worker.rsplit(":", 1)[1]
+    fd = _fds.get(port)
+    if fd is None:
+        path = os.path.join(directory, f"{port}.ids")
+        fd = _fds[port] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, f"{job.id} {job.attempt}\n".encode())
+
+
+def record(job: Job):
+    steer = {}
+    if job.body[:1] == b"{":
+        try:
+            steer = json.loads(job.body)
+        except ValueError:
+            steer = {}
+    if steer.get("sleep"):
+        gevent.sleep(steer["sleep"])
+    if steer.get("block"):
+        _busy(steer["block"])
+    if steer.get("block_first") and job.attempt == 1:
+        _busy(steer["block_first"])
+    _record(job)
+    if steer.get("fail"):
+        raise RuntimeError(steer["fail"])
+    return steer.get("result")
+
+
+def _busy(seconds: float) -> None:
+    """Hold the event loop: an unpatched sleep, as a careless handler would."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        _blocking_sleep(0.05)

@@ -1,0 +1,126 @@
+"""Frames: round trips, and validation that turns any garbage into ProtocolError."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+
+from greenpipe import protocol
+from greenpipe.errors import ProtocolError
+
+
+def test_job_round_trip_keeps_every_field():
+    frame = protocol.encode_job(
+        b"ab12-7", 2, b"POST", "/jobs/é".encode(), b"n=1&m=%20", b"application/json",
+        b'{"x": 1}', protocol.WANTS_REPLY, 30_000,
+    )  # fmt: skip
+    job = protocol.decode_job(frame)
+    assert (job.id, job.attempt, job.method, job.path) == (
+        "ab12-7",
+        2,
+        "POST",
+        "/jobs/é",
+    )
+    assert (job.query, job.content_type) == ("n=1&m=%20", "application/json")
+    assert job.body == b'{"x": 1}' and job.json() == {"x": 1}
+    assert job.args == {"n": ["1"], "m": [" "]}
+    assert job.wants_reply and job.timeout == 30.0
+
+
+def test_empty_body_and_binary_body():
+    for body in (b"", bytes(range(256)) * 4):
+        frame = protocol.encode_job(b"id-1", 1, b"GET", b"/", b"", b"", body)
+        assert protocol.decode_job(frame).body == body
+
+
+def test_ack_round_trip():
+    frame = protocol.encode_ack(b"ab-1", protocol.FAILED, b"RuntimeError: no")
+    assert protocol.decode_ack(frame) == (b"ab-1", protocol.FAILED, b"RuntimeError: no")
+    assert protocol.decode_ack(protocol.encode_ack(b"ab-2")) == (
+        b"ab-2",
+        protocol.OK,
+        b"",
+    )
+
+
+def test_control_messages_round_trip():
+    version, heartbeat, name = protocol.decode_hello(
+        protocol.encode_hello(0.25, "web x")
+    )
+    assert (version, heartbeat, name) == (protocol.VERSION, 0.25, "web x")
+    ready = protocol.decode_ready(protocol.encode_ready(100, 1 << 20, "worker :4444"))
+    assert ready == (protocol.VERSION, 100, 1 << 20, "worker :4444")
+    assert protocol.decode_bye(protocol.encode_bye("stopping")) == "stopping"
+    assert protocol.decode_bye(protocol.encode_bye()) == ""
+
+
+@pytest.mark.parametrize(
+    ("frame", "needle"),
+    [
+        (b"", "shorter than its header"),
+        (b"\x00" * 13, "shorter than its header"),
+        (
+            struct.pack("!BBIBBHHH", 0, 1, 0, 200, 0, 0, 0, 0) + b"x",
+            "shorter than its fields",
+        ),
+        (
+            protocol.encode_job(b"bad id!", 1, b"GET", b"/", b"", b"", b""),
+            "is not 1-64 of",
+        ),
+        (protocol.encode_job(b"ok-1", 0, b"GET", b"/", b"", b"", b""), "attempt 0"),
+        (protocol.encode_job(b"ok-1", 1, b"G T", b"/", b"", b"", b""), "is not a word"),
+        (protocol.encode_job(b"ok-1", 1, b"\xff", b"/", b"", b"", b""), "undecodable"),
+    ],
+)
+def test_bad_job_frames_are_named(frame, needle):
+    with pytest.raises(ProtocolError, match=needle):
+        protocol.decode_job(frame)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [protocol.HELLO],
+        [protocol.HELLO, b"\x01", b"x"],
+        [protocol.HELLO, b"\x01\x00\x00\x00\x00", b""],
+    ],
+)
+def test_bad_hello(frames):
+    with pytest.raises(ProtocolError):
+        protocol.decode_hello(frames)
+
+
+def test_random_bytes_never_raise_anything_but_protocol_error():
+    rng = random.Random(1234)
+    for _ in range(20_000):
+        frame = rng.randbytes(rng.randrange(0, 64))
+        for decode in (protocol.decode_job, protocol.decode_ack):
+            try:
+                decode(frame)
+            except ProtocolError:
+                pass
+        frames = [
+            rng.randbytes(rng.randrange(0, 12)) for _ in range(rng.randrange(0, 4))
+        ]
+        for decode in (protocol.decode_hello, protocol.decode_ready):
+            try:
+                decode(frames)
+            except ProtocolError:
+                pass
+
+
+def test_mutated_valid_frames_never_raise_anything_but_protocol_error():
+    rng = random.Random(99)
+    good = protocol.encode_job(
+        b"abc-1", 1, b"POST", b"/jobs", b"a=1", b"text/plain", b"body"
+    )
+    for _ in range(20_000):
+        frame = bytearray(good)
+        for _ in range(rng.randrange(1, 4)):
+            frame[rng.randrange(len(frame))] = rng.randrange(256)
+        try:
+            protocol.decode_job(bytes(frame)[: rng.randrange(len(frame) + 1)])
+        except ProtocolError:
+            pass
