@@ -320,6 +320,13 @@ class Dispatcher:
             link.send([protocol.PING])
             silent = now - link.last_seen
             if silent > timeout:
+                # A busy web may not have read what arrived: silence must be the
+                # worker's, not this loop's.
+                link.receive_queued()
+                silent = now - link.last_seen
+            if link.state not in (READY, LEAVING):
+                continue  # receive_queued() handed in a BYE or the link was lost
+            if silent > timeout:
                 self._lose(link, f"no heartbeat for {silent:.1f} s")
             elif link.jobs:
                 oldest = next(iter(link.jobs.values()))
