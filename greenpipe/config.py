@@ -294,7 +294,9 @@ def load_web(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ
 ) -> WebSettings:
     """Resolve web.py's settings from flags, then environment, then defaults."""
-    description = "greenpipe web: turns every HTTP request into one job for the workers."
+    description = (
+        "greenpipe web: turns every HTTP request into one job for the workers."
+    )
     settings = _load(WebSettings, "web.py", description, argv, environ)
     if settings.heartbeat * 2 > settings.heartbeat_timeout:
         raise ConfigError(

@@ -15,7 +15,6 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable
 from typing import NamedTuple
 
 import gevent
@@ -178,21 +177,27 @@ class Dispatcher:
         if self._draining:
             self.rejected += 1
             raise Unavailable("this web process is stopping; retry on another", 1)
-        free = live = 0
         for link in self.links:
             if link.state is READY:
-                live += 1
-                free += max(0, link.credit - len(link.jobs))
-        if not live:
-            self.rejected += 1
-            raise Unavailable(f"no worker can take jobs now ({self._states()}); retry soon")
-        waiting = len(self._fresh) + len(self._retry) - free
-        if waiting >= self.settings.max_pending:
+                break
+        else:
             self.rejected += 1
             raise Unavailable(
-                f"{waiting} jobs already wait for a worker (MAX_PENDING="
-                f"{self.settings.max_pending}); retry soon, or add workers"
+                f"no worker can take jobs now ({self._states()}); retry soon"
             )
+        queued = len(self._fresh) + len(self._retry)
+        if queued >= self.settings.max_pending:  # only then can too many be waiting
+            waiting = queued - sum(
+                max(0, link.credit - len(link.jobs))
+                for link in self.links
+                if link.state is READY
+            )
+            if waiting >= self.settings.max_pending:
+                self.rejected += 1
+                raise Unavailable(
+                    f"{waiting} jobs already wait for a worker (MAX_PENDING="
+                    f"{self.settings.max_pending}); retry soon, or add workers"
+                )
         job = Job(
             self._prefix + format(next(self._seq), "x"),
             method,
@@ -264,10 +269,10 @@ class Dispatcher:
         sent = 0
         try:
             if link.reliable:
-                frames = [protocol.JOBS]
+                records = []
                 for job in jobs:
                     job.sent_at = now
-                    frames.append(
+                    records.append(
                         protocol.encode_job(
                             job.key,
                             job.attempt,
@@ -280,7 +285,7 @@ class Dispatcher:
                             timeout_ms,
                         )
                     )
-                sent = len(jobs) if link.send(frames) else 0
+                sent = self._send_records(link, records)
             else:
                 for job in jobs:
                     if not link.send([job.key, job.body]):
@@ -306,6 +311,26 @@ class Dispatcher:
         else:
             link.state = LOST
         self._wake.set()
+
+    @staticmethod
+    def _send_records(link: Link, records: list[bytes]) -> int:
+        """Send job records in as few JOBS frames as the worker's MAX_FRAME allows.
+
+        Returns how many records libzmq took (the rest stay with the caller).
+        """
+        limit = link.max_frame
+        if sum(map(len, records)) <= limit:
+            return len(records) if link.send([protocol.JOBS, b"".join(records)]) else 0
+        sent = start = size = 0
+        for end, record in enumerate(records):
+            if size + len(record) > limit and end > start:
+                if not link.send([protocol.JOBS, b"".join(records[start:end])]):
+                    return sent
+                sent, start, size = end, end, 0
+            size += len(record)
+        if link.send([protocol.JOBS, b"".join(records[start:])]):
+            sent = len(records)
+        return sent
 
     def _tick(self) -> None:
         now = monotonic()
@@ -346,7 +371,7 @@ class Dispatcher:
         kind = frames[0]
         link.last_seen = monotonic()
         if kind == protocol.ACKS:
-            self._acks(link, itertools.islice(frames, 1, None))
+            self._acks(link, frames)
         elif kind == protocol.HEARTBEAT:
             pass
         elif kind == protocol.READY:
@@ -356,11 +381,25 @@ class Dispatcher:
         else:
             self._malformed(link, f"unknown message kind {kind[:8]!r}")
 
-    def _acks(self, link: Link, frames: Iterable[bytes]) -> None:
+    def _acks(self, link: Link, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            self._malformed(link, "ACKS without its frame of ids")
+            return
         jobs = link.jobs
-        for frame in frames:
+        done = 0
+        for key in frames[1].split():
+            job = jobs.pop(key, None)
+            if job is None:
+                self.stray_acks += 1
+                continue
+            done += 1
+            if job.attempt > 1:
+                link.suspects -= 1
+            if job.reply is not None:
+                job.reply.set(Outcome(link.name, "ok", b""))
+        for frame in itertools.islice(frames, 2, None):
             try:
-                key, status, payload = protocol.decode_ack(frame)
+                key, status, payload = protocol.decode_result(frame)
             except ProtocolError as exc:
                 self._malformed(link, str(exc))
                 continue
@@ -368,19 +407,17 @@ class Dispatcher:
             if job is None:
                 self.stray_acks += 1
                 continue
+            done += 1
             if job.attempt > 1:
                 link.suspects -= 1
-            link.acked += 1
-            self.acked += 1
             if status != protocol.OK:
                 link.failed += 1
                 self.failed += 1
             if job.reply is not None:
-                job.reply.set(
-                    Outcome(
-                        link.name, "ok" if status == protocol.OK else "failed", payload
-                    )
-                )
+                ok = status == protocol.OK
+                job.reply.set(Outcome(link.name, "ok" if ok else "failed", payload))
+        link.acked += done
+        self.acked += done
         if self._fresh or self._retry:
             self._wake.set()
         if self._draining:

@@ -8,9 +8,13 @@ frame may be garbage. They raise `ProtocolError`; nothing here opens a socket.
 
     web -> worker                       worker -> web
     HELLO  version, heartbeat, name     READY      version, credit, max frame, name
-    JOBS   job, job, ...                ACKS       ack, ack, ...
+    JOBS   jobs (one frame)             ACKS       ids done, [result, result, ...]
     PING                                HEARTBEAT
     DONE   (nothing more will follow)   BYE        [reason]
+
+Jobs travel as self-delimiting records packed into one frame, and plain
+acknowledgements as one frame of space-separated ids: a batch costs two
+frames, not two per job (per-frame calls dominate pyzmq's cost under gevent).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -28,20 +32,20 @@ VERSION = 1
 
 # web -> worker
 HELLO = b"\x01"  # a web asks to send jobs; answered by READY (or BYE with a reason)
-JOBS = b"\x02"  # one or more jobs, one frame each (see encode_job)
+JOBS = b"\x02"  # one or more jobs, concatenated in one frame (see encode_job)
 PING = b"\x03"  # the web is alive; a worker forgets webs that stay silent
 DONE = b"\x04"  # the web sends nothing more on this connection (answers BYE)
 # worker -> web
 READY = b"\x11"  # the worker takes jobs: up to `credit` unacknowledged at once
-ACKS = b"\x12"  # one or more acknowledgements, one frame each (see encode_ack)
+ACKS = b"\x12"  # ids of jobs done, space-separated; then a frame per result
 HEARTBEAT = b"\x13"  # sent from the worker's event loop: proves the loop runs
 BYE = b"\x14"  # the worker is leaving (or refuses): send nothing more
 
 WEB_KINDS = frozenset((HELLO, JOBS, PING, DONE))
 WORKER_KINDS = frozenset((READY, ACKS, HEARTBEAT, BYE))
 
-# Acknowledgement status bytes.
-OK = 0  # handler returned; payload is its JSON result, if one was asked for
+# Result status bytes (results travel only for failures and awaited jobs).
+OK = 0  # handler returned; payload is its JSON result
 FAILED = 1  # handler raised or timed out; payload is the error text (UTF-8)
 
 # Job flags.
@@ -49,10 +53,10 @@ WANTS_REPLY = 0x01  # an HTTP client waits (Prefer: wait): send the result back
 
 _HELLO = struct.Struct("!BI")  # version, heartbeat interval in ms
 _READY = struct.Struct("!BII")  # version, credit, largest frame accepted
-# flags, attempt, time limit in ms (0: none), then lengths of id, method, path,
-# query, content type; the body is the rest of the frame.
-_JOB = struct.Struct("!BBIBBHHH")
-_ACK = struct.Struct("!BB")  # status, id length; then id, then payload
+# flags, attempt, time limit in ms (0: none), then the lengths of id, method,
+# path, query, content type and body, which follow in that order.
+_JOB = struct.Struct("!BBIBBHHHI")
+_RESULT = struct.Struct("!BB")  # status, id length; then id, then payload
 
 JOB_OVERHEAD = _JOB.size + 255 + 255 + 3 * 65535  # the most a job adds to its body
 _ID = re.compile(rb"^[A-Za-z0-9_.:-]{1,64}$")
@@ -118,7 +122,10 @@ def encode_job(
     flags: int = 0,
     timeout_ms: int = 0,
 ) -> bytes:
-    """One job as one frame. Lengths must fit their fields (the web checks them)."""
+    """One job as a record; records concatenate into a JOBS frame.
+
+    Lengths must fit their fields: the web checks them before accepting a job.
+    """
     head = _JOB.pack(
         flags,
         attempt,
@@ -128,6 +135,7 @@ def encode_job(
         len(path),
         len(query),
         len(content_type),
+        len(body),
     )
     return b"".join((head, job_id, method, path, query, content_type, body))
 
@@ -179,25 +187,48 @@ class Job:
         return f"<Job {self.id} attempt {self.attempt} {self.method} {self.path}>"
 
 
-def decode_job(frame: bytes) -> Job:
-    """Parse and validate one job frame."""
-    if len(frame) < _JOB.size:
+def decode_jobs(frame: bytes) -> Iterator[Job]:
+    """Parse and validate the job records of a JOBS frame, in order.
+
+    Raises ProtocolError at the first bad record; the ones before it are good,
+    the ones after it cannot be found and are lost with it.
+    """
+    if not frame:
+        raise ProtocolError("JOBS frame is empty")
+    offset, size = 0, len(frame)
+    while offset < size:
+        job, offset = _decode_job_at(frame, offset)
+        yield job
+
+
+def decode_job(record: bytes) -> Job:
+    """Parse exactly one job record."""
+    job, end = _decode_job_at(record, 0)
+    if end != len(record):
+        raise ProtocolError(f"{len(record) - end} bytes after the job record")
+    return job
+
+
+def _decode_job_at(frame: bytes, offset: int) -> tuple[Job, int]:
+    if len(frame) - offset < _JOB.size:
         raise ProtocolError(
-            f"job frame of {len(frame)} bytes is shorter than its header"
+            f"job record of {len(frame) - offset} bytes is shorter than its header"
         )
-    flags, attempt, timeout_ms, n_id, n_method, n_path, n_query, n_ctype = (
-        _JOB.unpack_from(frame)
+    flags, attempt, timeout_ms, n_id, n_method, n_path, n_query, n_ctype, n_body = (
+        _JOB.unpack_from(frame, offset)
     )
-    end_id = _JOB.size + n_id
+    end_id = offset + _JOB.size + n_id
     end_method = end_id + n_method
     end_path = end_method + n_path
     end_query = end_path + n_query
     end_ctype = end_query + n_ctype
-    if end_ctype > len(frame):
+    end = end_ctype + n_body
+    if end > len(frame):
         raise ProtocolError(
-            f"job frame of {len(frame)} bytes is shorter than its fields"
+            f"job record needs {end - offset} bytes, the frame has "
+            f"{len(frame) - offset}"
         )
-    raw_id = frame[_JOB.size : end_id]
+    raw_id = frame[offset + _JOB.size : end_id]
     if not _ID.match(raw_id):
         raise ProtocolError(f"job id {raw_id[:80]!r} is not 1-64 of [A-Za-z0-9_.:-]")
     if attempt < 1:
@@ -213,28 +244,35 @@ def decode_job(frame: bytes) -> Job:
         ) from None
     if not method.isalpha():
         raise ProtocolError(f"job {raw_id.decode()}: method {method!r} is not a word")
-    return Job(
+    job = Job(
         raw_id,
         attempt,
         method,
         path,
         query,
         content_type,
-        frame[end_ctype:],
+        frame[end_ctype:end],
         timeout_ms / 1000,
         bool(flags & WANTS_REPLY),
     )
+    return job, end
 
 
-def encode_ack(raw_id: bytes, status: int = OK, payload: bytes = b"") -> bytes:
-    return _ACK.pack(status, len(raw_id)) + raw_id + payload
+def encode_acks(done: Sequence[bytes], results: Sequence[bytes] = ()) -> list[bytes]:
+    """An ACKS message: ids of jobs done without a result, then result frames."""
+    return [ACKS, b" ".join(done), *results]
 
 
-def decode_ack(frame: bytes) -> tuple[bytes, int, bytes]:
-    """Return (job id, status, payload) from one acknowledgement frame."""
+def encode_result(raw_id: bytes, status: int, payload: bytes = b"") -> bytes:
+    """A job's outcome that carries something: a failure, or an awaited result."""
+    return _RESULT.pack(status, len(raw_id)) + raw_id + payload
+
+
+def decode_result(frame: bytes) -> tuple[bytes, int, bytes]:
+    """Return (job id, status, payload) from one result frame."""
     if len(frame) < 3:
-        raise ProtocolError(f"ack frame of {len(frame)} bytes is too short")
+        raise ProtocolError(f"result frame of {len(frame)} bytes is too short")
     status, n_id = frame[0], frame[1]
     if status not in (OK, FAILED) or len(frame) < 2 + n_id:
-        raise ProtocolError(f"ack frame with status {status} and id length {n_id}")
+        raise ProtocolError(f"result frame with status {status} and id length {n_id}")
     return frame[2 : 2 + n_id], status, frame[2 + n_id :]

@@ -2,8 +2,8 @@
 
 Stock `gevent.pywsgi` writes a response's headers and body in two sends; on a
 keep-alive connection Nagle's algorithm and the client's delayed ACK then stall
-each request about 40 ms. `Server` sets TCP_NODELAY on every accepted socket
-and sends headers and body in one write.
+each request about 40 ms. `Server` sets TCP_NODELAY on every accepted socket,
+sends headers and body in one write, and yields after each keep-alive request.
 """
 
 from __future__ import annotations
@@ -27,6 +27,16 @@ STOP_REQUESTS_S = 1.0  # time given to requests in progress when stopping
 
 
 class _Handler(WSGIHandler):
+    def handle_one_request(self):
+        result = super().handle_one_request()
+        if result is True:
+            # Keep-alive: when the next request is already buffered, pywsgi would
+            # serve it without yielding, and a busy connection would starve the
+            # dispatcher and the ack readers (and other connections) for as long
+            # as its client keeps sending. Yield once per request.
+            gevent.sleep(0)
+        return result
+
     def _write_with_headers(self, data: bytes) -> None:
         # One send for the status line, headers and (non-chunked) body.
         if self.response_use_chunked or not data:

@@ -20,8 +20,8 @@ from typing import Any
 
 import gevent
 import gevent.event
-import gevent.pool
 import zmq.green as zmq
+from greenlet import getcurrent
 
 from greenpipe import protocol
 from greenpipe.config import WorkerSettings
@@ -34,6 +34,11 @@ monotonic = time.monotonic
 
 Handler = Callable[[Job], Any]
 MAX_PEERS = 256  # webs remembered at once; the stalest is forgotten first
+NO_DEADLINE = float("inf")
+
+
+class JobTimeout(Exception):
+    """Thrown into a handler still running past its job's time limit (JOB_TIMEOUT)."""
 
 
 def load_handler(spec: str) -> Handler:
@@ -63,14 +68,15 @@ def load_handler(spec: str) -> Handler:
 class Peer:
     """A web connected to this worker, known by the routing id of its connection."""
 
-    __slots__ = ("name", "heartbeat", "last_seen", "done", "acks")
+    __slots__ = ("name", "heartbeat", "last_seen", "done", "ok", "results")
 
     def __init__(self, name: str, heartbeat: float) -> None:
         self.name = name
         self.heartbeat = heartbeat  # seconds, as the web asked in HELLO
         self.last_seen = monotonic()
         self.done = False  # the web said DONE: nothing more will come from it
-        self.acks: list[bytes] = []  # encoded, not yet sent
+        self.ok: list[bytes] = []  # ids of jobs done, not yet acknowledged
+        self.results: list[bytes] = []  # failures and awaited results, encoded
 
 
 class Worker:
@@ -88,7 +94,13 @@ class Worker:
         self.endpoint = ""
         self._context = context or zmq.Context.instance()
         self._sock: zmq.Socket | None = None
-        self._pool = gevent.pool.Pool(settings.concurrency)
+        # Handlers run in raw greenlets (a gevent.pool costs a third of the time
+        # per job); `_busy` counts them, `_active` gives each its deadline.
+        self._busy = 0
+        self._active: dict[Any, tuple[float, Job]] = {}
+        self._slot = gevent.event.Event()  # set when a handler returns
+        self._idle = gevent.event.Event()  # set when none runs
+        self._idle.set()
         self._peers: dict[bytes, Peer] = {}
         self._wake = gevent.event.Event()  # acks to send
         self._peers_done = gevent.event.Event()  # every web said DONE
@@ -162,15 +174,14 @@ class Worker:
         # pool's emptiness mean "nothing left".
         self._check_done()
         self._peers_done.wait(max(0.0, deadline - monotonic()))
-        if not self._pool.join(timeout=max(0.0, deadline - monotonic())):
+        if not self._idle.wait(max(0.0, deadline - monotonic())):
             log.warning(
                 "%s: %d jobs still running after DRAIN_TIMEOUT %g s; "
                 "the web re-sends them",
                 self.name,
-                len(self._pool),
+                self._busy,
                 self.settings.drain_timeout,
             )
-            self._pool.kill(block=False)
         self._flush()
         sock, self._sock = self._sock, None
         if sock is not None:
@@ -203,15 +214,14 @@ class Worker:
                 self._drop(ident, "jobs from a connection that never said HELLO")
                 return
             peer.last_seen = monotonic()
-            for frame in frames[2:]:
-                try:
-                    job = protocol.decode_job(frame)
-                except ProtocolError as exc:
-                    self._drop(ident, str(exc))
-                    continue
-                self.received += 1
-                job.worker = self.name
-                self._pool.spawn(self._run, peer, job)  # waits while the pool is full
+            if len(frames) != 3:
+                self._drop(ident, f"JOBS with {len(frames) - 2} frames, not 1")
+                return
+            try:
+                for job in protocol.decode_jobs(frames[2]):
+                    self._start(peer, job)
+            except ProtocolError as exc:
+                self._drop(ident, str(exc))
         elif kind == protocol.PING and len(frames) == 2:
             if peer is not None:  # else: from a web this worker forgot; it will HELLO
                 peer.last_seen = monotonic()
@@ -266,39 +276,57 @@ class Worker:
 
     # -- handling ------------------------------------------------------------
 
+    def _start(self, peer: Peer, job: Job) -> None:
+        self.received += 1
+        job.worker = self.name
+        while self._busy >= self.settings.concurrency:
+            self._slot.clear()  # full: stop reading until a handler returns
+            self._slot.wait()
+        self._busy += 1
+        self._idle.clear()
+        gevent.spawn_raw(self._run, peer, job)
+
     def _run(self, peer: Peer, job: Job) -> None:
-        timeout = gevent.Timeout(job.timeout) if job.timeout else None
+        me = getcurrent()
+        deadline = monotonic() + job.timeout if job.timeout else NO_DEADLINE
+        self._active[me] = (deadline, job)
         status, payload = protocol.OK, b""
         try:
-            if timeout is not None:
-                timeout.start()
             result = self.handler(job)
             if job.wants_reply and result is not None:
                 payload = json.dumps(result).encode()
-        except gevent.Timeout as exc:
-            if exc is not timeout:
-                raise
-            status, payload = (
-                protocol.FAILED,
-                f"handler exceeded {job.timeout:g} s".encode(),
-            )
-            log.error(
-                "%s: job %s: handler exceeded %g s (JOB_TIMEOUT)",
-                self.name,
-                job.id,
-                job.timeout,
-            )
+        except JobTimeout:
+            status = protocol.FAILED
+            payload = f"handler exceeded {job.timeout:g} s (JOB_TIMEOUT)".encode()
+            log.error("%s: job %s: %s", self.name, job.id, payload.decode())
         except Exception as exc:
             status, payload = protocol.FAILED, _error_text(exc)
             log.exception("%s: job %s failed", self.name, job.id)
         finally:
-            if timeout is not None:
-                timeout.close()
+            del self._active[me]
+            self._busy -= 1
+            self._slot.set()
+            if not self._busy:
+                self._idle.set()
         self.handled += 1
         if status != protocol.OK:
             self.failed += 1
-        peer.acks.append(protocol.encode_ack(job.raw_id, status, payload))
+        if status == protocol.OK and not payload:
+            peer.ok.append(job.raw_id)
+        else:
+            peer.results.append(protocol.encode_result(job.raw_id, status, payload))
         self._wake.set()
+
+    def _reap(self, now: float) -> None:
+        """Interrupt handlers past their deadline (checked every heartbeat).
+
+        Only cooperative handlers can be interrupted; one holding the event loop
+        stops the heartbeats too, and the web treats the worker as frozen.
+        """
+        for runner, (deadline, job) in list(self._active.items()):
+            if deadline <= now:
+                self._active[runner] = (NO_DEADLINE, job)
+                gevent.kill(runner, JobTimeout)
 
     # -- sending -------------------------------------------------------------
 
@@ -311,15 +339,17 @@ class Worker:
             now = monotonic()
             if now >= next_beat:
                 self._beat(now)
+                self._reap(now)
                 intervals = [peer.heartbeat for peer in self._peers.values()]
                 next_beat = now + min(intervals, default=0.5)
 
     def _flush(self) -> None:
         for ident, peer in list(self._peers.items()):
-            if peer.acks:
-                acks, peer.acks = peer.acks, []
-                if not self._send(ident, [protocol.ACKS, *acks]):
-                    peer.acks[:0] = acks  # full: try again next time
+            if peer.ok or peer.results:
+                ok, results = peer.ok, peer.results
+                peer.ok, peer.results = [], []
+                if not self._send(ident, protocol.encode_acks(ok, results)):
+                    peer.ok[:0], peer.results[:0] = ok, results  # full: next time
 
     def _beat(self, now: float) -> None:
         for ident, peer in list(self._peers.items()):

@@ -118,11 +118,13 @@ def test_junk_sent_to_a_worker_port_is_dropped_counted_and_it_keeps_serving(
     assert sock.poll(5000), "no READY to a well-formed HELLO"
     assert sock.recv_multipart()[0] == protocol.READY
     bad_jobs = [
-        b"",
-        b"\x00" * 14,
-        protocol.encode_job(b"bad id", 1, b"GET", b"/", b"", b"", b""),
+        [protocol.JOBS, b""],
+        [protocol.JOBS, b"\x00" * 14],
+        [protocol.JOBS, protocol.encode_job(b"bad id", 1, b"GET", b"/", b"", b"", b"")],
+        [protocol.JOBS, b"a", b"b"],
     ]
-    sock.send_multipart([protocol.JOBS, *bad_jobs])
+    for frames in bad_jobs:
+        sock.send_multipart(frames)
     sock.send(b"x" * (17 << 20))  # over MAX_FRAME: libzmq drops the connection
     sock.close()
     ctx.term()
@@ -150,8 +152,8 @@ def test_web_drops_malformed_frames_from_a_worker(start_web):
         fake.send_multipart([ident, *protocol.encode_ready(10, 1 << 20, "fake")])
         web.proc.expect("barrier met")
         fake.send_multipart([ident, b"\x77", b"junk"])
-        fake.send_multipart([ident, protocol.ACKS, b"\xff"])
-        fake.send_multipart([ident, protocol.ACKS, protocol.encode_ack(b"nobody-1")])
+        fake.send_multipart([ident, protocol.ACKS, b"", b"\xff"])
+        fake.send_multipart([ident, protocol.ACKS, b"nobody-1"])
         fake.send_multipart([ident, protocol.HEARTBEAT])
         stats = poll_until(
             web.stats, lambda s: s["stray_acks"] == 1, 5, "a stray ack counted"

@@ -35,14 +35,36 @@ def test_empty_body_and_binary_body():
         assert protocol.decode_job(frame).body == body
 
 
-def test_ack_round_trip():
-    frame = protocol.encode_ack(b"ab-1", protocol.FAILED, b"RuntimeError: no")
-    assert protocol.decode_ack(frame) == (b"ab-1", protocol.FAILED, b"RuntimeError: no")
-    assert protocol.decode_ack(protocol.encode_ack(b"ab-2")) == (
-        b"ab-2",
-        protocol.OK,
-        b"",
+def test_acks_and_results_round_trip():
+    frames = protocol.encode_acks(
+        [b"ab-1", b"ab-2"], [protocol.encode_result(b"ab-3", 1, b"no")]
     )
+    assert frames[0] == protocol.ACKS and frames[1].split() == [b"ab-1", b"ab-2"]
+    assert protocol.decode_result(frames[2]) == (b"ab-3", protocol.FAILED, b"no")
+    assert protocol.encode_acks([]) == [protocol.ACKS, b""]
+
+
+def test_records_concatenate_into_one_frame_and_come_back_in_order():
+    records = [
+        protocol.encode_job(b"j-%d" % i, 1, b"POST", b"/jobs", b"", b"", b"x" * i)
+        for i in range(5)
+    ]
+    jobs = list(protocol.decode_jobs(b"".join(records)))
+    assert [(job.id, job.body) for job in jobs] == [
+        (f"j-{i}", b"x" * i) for i in range(5)
+    ]
+
+
+def test_a_bad_record_keeps_the_good_ones_before_it():
+    good = protocol.encode_job(b"ok-1", 1, b"GET", b"/", b"", b"", b"")
+    bad = protocol.encode_job(b"bad id", 1, b"GET", b"/", b"", b"", b"")
+    seen = []
+    with pytest.raises(ProtocolError, match="is not 1-64 of"):
+        for job in protocol.decode_jobs(good + bad + good):
+            seen.append(job.id)
+    assert seen == ["ok-1"]
+    with pytest.raises(ProtocolError, match="empty"):
+        list(protocol.decode_jobs(b""))
 
 
 def test_control_messages_round_trip():
@@ -60,10 +82,14 @@ def test_control_messages_round_trip():
     ("frame", "needle"),
     [
         (b"", "shorter than its header"),
-        (b"\x00" * 13, "shorter than its header"),
+        (b"\x00" * 17, "shorter than its header"),
         (
-            struct.pack("!BBIBBHHH", 0, 1, 0, 200, 0, 0, 0, 0) + b"x",
-            "shorter than its fields",
+            struct.pack("!BBIBBHHHI", 0, 1, 0, 200, 0, 0, 0, 0, 0) + b"x",
+            "needs 218 bytes",
+        ),
+        (
+            protocol.encode_job(b"ok-1", 1, b"GET", b"/", b"", b"", b"") + b"z",
+            "1 bytes after",
         ),
         (
             protocol.encode_job(b"bad id!", 1, b"GET", b"/", b"", b"", b""),
@@ -96,11 +122,15 @@ def test_random_bytes_never_raise_anything_but_protocol_error():
     rng = random.Random(1234)
     for _ in range(20_000):
         frame = rng.randbytes(rng.randrange(0, 64))
-        for decode in (protocol.decode_job, protocol.decode_ack):
+        for decode in (protocol.decode_job, protocol.decode_result):
             try:
                 decode(frame)
             except ProtocolError:
                 pass
+        try:
+            list(protocol.decode_jobs(frame))
+        except ProtocolError:
+            pass
         frames = [
             rng.randbytes(rng.randrange(0, 12)) for _ in range(rng.randrange(0, 4))
         ]
@@ -121,6 +151,8 @@ def test_mutated_valid_frames_never_raise_anything_but_protocol_error():
         for _ in range(rng.randrange(1, 4)):
             frame[rng.randrange(len(frame))] = rng.randrange(256)
         try:
-            protocol.decode_job(bytes(frame)[: rng.randrange(len(frame) + 1)])
+            list(
+                protocol.decode_jobs(bytes(frame)[: rng.randrange(len(frame) + 1)] * 2)
+            )
         except ProtocolError:
             pass
