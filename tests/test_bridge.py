@@ -264,3 +264,32 @@ def test_graceful_web_stop_waits_for_acknowledgements(
     assert web.proc.stop() == 0
     web.proc.expect(r"stopped; accepted 30, acknowledged 30 \(0 failed\)")
     assert handled_ids(record_dir).keys() == load.accepted_ids()
+
+
+def test_prefer_wait_returns_the_handlers_result_or_error(start_worker, start_web):
+    workers = [start_worker() for _ in range(3)]
+    web = start_web(workers, job_timeout=1)
+    status, headers, body = web.post(
+        "/jobs", {"result": {"sum": 5050}}, headers={"Prefer": "wait=5"}
+    )
+    assert status == 200, body
+    assert body["result"] == {"sum": 5050}
+    assert body["worker"] == f"tcp://127.0.0.1:{workers[0].port}"
+    assert headers["Preference-Applied"] == "wait=5"
+
+    status, _, body = web.post("/jobs", {"fail": "boom"}, headers={"Prefer": "wait=5"})
+    assert status == 502, body
+    assert body["detail"] == "RuntimeError: boom"
+    workers[1].proc.expect("job .* failed")  # logged with its traceback
+    workers[1].proc.expect("RuntimeError: boom")
+
+    # A handler past JOB_TIMEOUT (sent with the job) is interrupted and fails.
+    status, _, body = web.post("/jobs", {"sleep": 10}, headers={"Prefer": "wait=5"})
+    assert status == 502, body
+    assert "exceeded 1 s (JOB_TIMEOUT)" in body["detail"]
+
+    # Not acknowledged within the wait: 504 (and later it fails on JOB_TIMEOUT).
+    status, _, body = web.post("/jobs", {"sleep": 2}, headers={"Prefer": "wait=0.2"})
+    assert status == 504 and "still delivered at least once" in body["detail"]
+    stats = web.wait_settled()
+    assert (stats["failed"], stats["resent"]) == (3, 0), stats
