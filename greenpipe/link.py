@@ -110,6 +110,9 @@ class Link:
         # ms; a restarted worker is back in well under a second.
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        # ms; a SYN lost on a cut network is not retried for seconds by the
+        # kernel: give up on it and reconnect, so a healed link is back fast.
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, 1000)
         monitor = sock.get_monitor_socket(
             _MONITORED, f"inproc://greenpipe-monitor-{next(_ids)}"
         )

@@ -10,6 +10,9 @@ The JSON body steers the work:
     {"block_first": 3}              the same, on attempt 1 only
     {"fail": "text"}                raises RuntimeError("text")
     {"result": ...}                 returned as the result
+
+GREENPIPE_SLEEP=0.2 in a worker's environment makes every job sleep that long
+there: one slow worker among fast ones.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from greenpipe.protocol import Job
 
 _fds: dict[str, int] = {}
 _blocking_sleep = monkey.get_original("time", "sleep")
+_EXTRA_SLEEP = float(os.environ.get("GREENPIPE_SLEEP", "0"))
 
 
 def _record(job: Job) -> None:
@@ -48,6 +52,8 @@ def record(job: Job):
             steer = {}
     if steer.get("sleep"):
         gevent.sleep(steer["sleep"])
+    if _EXTRA_SLEEP:
+        gevent.sleep(_EXTRA_SLEEP)
     if steer.get("block"):
         _busy(steer["block"])
     if steer.get("block_first") and job.attempt == 1:
