@@ -73,6 +73,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(
+        "--verbose", action="store_true", help="also show Locust's own tables"
+    )
+    parser.add_argument(
         "--html", metavar="FILE", help="Locust's HTML report, written here"
     )
     parser.add_argument(
@@ -128,6 +131,8 @@ def run_locust(args: argparse.Namespace, summary_path: str) -> int:
         argv += ["--processes", str(args.processes)]
     if args.html:
         argv += ["--html", args.html]
+    if not args.verbose:  # Locust's own tables (logged at INFO) give way to ours
+        argv.append("--skip-log-setup")
     return subprocess.run(argv, stdout=sys.stderr).returncode
 
 

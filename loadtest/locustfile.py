@@ -229,25 +229,30 @@ def _master(environment, options) -> None:
 
 
 def _progress(environment, options, count) -> None:
+    """A progress line every --ab-progress seconds, and a last one at the end."""
     if not options.ab_progress:
         return
     total = options.ab_requests
     started = time.monotonic()
 
+    def line() -> None:
+        done = count()
+        rate = done / max(1e-9, time.monotonic() - started)
+        failed = environment.stats.total.num_failures
+        of = f"/{total}" if total else ""
+        print(
+            f"progress: {done}{of} requests, {rate:,.0f}/s, {failed} failed",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def loop() -> None:
         while True:
             gevent.sleep(options.ab_progress)
-            done = count()
-            rate = done / max(1e-9, time.monotonic() - started)
-            failed = environment.stats.total.num_failures
-            of = f"/{total}" if total else ""
-            print(
-                f"progress: {done}{of} requests, {rate:,.0f}/s, {failed} failed",
-                file=sys.stderr,
-                flush=True,
-            )
+            line()
 
     gevent.spawn(loop)
+    environment.events.quitting.add_listener(lambda **_kw: line())
 
 
 def _summary_on_quit(environment, options, totals) -> None:

@@ -25,22 +25,10 @@ import gevent
 from gevent import monkey
 
 from greenpipe.protocol import Job
+from loadtest.handlers import write_record
 
-_fds: dict[str, int] = {}
 _blocking_sleep = monkey.get_original("time", "sleep")
 _EXTRA_SLEEP = float(os.environ.get("GREENPIPE_SLEEP", "0"))
-
-
-def _record(job: Job) -> None:
-    directory = os.environ.get("GREENPIPE_RECORD_DIR")
-    if not directory:
-        return
-    port = job.worker.rsplit(":", 1)[1]
-    fd = _fds.get(port)
-    if fd is None:
-        path = os.path.join(directory, f"{port}.ids")
-        fd = _fds[port] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(fd, f"{job.id} {job.attempt}\n".encode())
 
 
 def record(job: Job):
@@ -58,7 +46,7 @@ def record(job: Job):
         _busy(steer["block"])
     if steer.get("block_first") and job.attempt == 1:
         _busy(steer["block_first"])
-    _record(job)
+    write_record(job)
     if steer.get("fail"):
         raise RuntimeError(steer["fail"])
     return steer.get("result")

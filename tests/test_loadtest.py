@@ -1,0 +1,126 @@
+"""Short real runs of the Locust load tools against real web and worker processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import PYTHON, ROOT, free_port, read_records
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def loadtest(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "-m", "loadtest", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def system(start_worker, start_web):
+    workers = [start_worker() for _ in range(3)]
+    return start_web(workers), workers
+
+
+def test_ab_run_stops_at_exactly_n_and_agrees_with_stats_and_records(
+    system, record_dir
+):
+    web, workers = system
+    before = web.stats()
+    result = loadtest("-n", "601", "-c", "12", "--json", web.url + "/")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    summary, check = report["summary"], report["delivery"]
+    assert summary["requests"] == 601 and summary["failures"] == 0
+    assert summary["exact"] is True
+    assert check["accepted"] == check["acked"] == 601 and check["missing"] == 0
+    after = web.stats()
+    assert after["accepted"] - before["accepted"] == 601
+    records = read_records(record_dir)
+    for worker, row in zip(workers, check["workers"], strict=True):
+        assert row["acked"] == len(records[str(worker.port)]), (row, worker.port)
+    handled = [job_id for entries in records.values() for job_id, _ in entries]
+    assert len(handled) == len(set(handled)) == 601
+    assert "progress: " in result.stderr
+
+
+def test_ab_text_summary_and_verdict(system):
+    web, _ = system
+    result = loadtest("-n", "300", "-c", "10", web.url + "/")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Complete requests:      300 (exactly -n)" in out
+    assert "Failed requests:        0" in out
+    assert "Requests per second:" in out and "p99" in out
+    assert "largest/smallest share: 1.000" in out
+    assert "Verdict: all 300 accepted jobs acknowledged" in out
+
+
+def test_ab_with_several_locust_processes_is_still_exact(system):
+    web, _ = system
+    result = loadtest(
+        "-n", "301", "-c", "10", "--processes", "2", "--json", web.url + "/"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["summary"]["requests"] == 301
+    assert report["delivery"]["accepted"] == 301 == report["delivery"]["acked"]
+
+
+def test_ab_against_a_stopped_web_fails_clearly():
+    port = free_port()
+    result = loadtest("-n", "10", "-c", "1", f"http://127.0.0.1:{port}/")
+    assert result.returncode == 2
+    assert f"cannot reach http://127.0.0.1:{port}" in result.stderr
+    assert "is web.py running?" in result.stderr
+
+
+def test_ab_counts_503s_as_failures_by_kind(start_worker, start_web):
+    worker = start_worker()
+    web = start_web([worker])
+    worker.proc.signal(signal.SIGKILL)
+    web.wait_state(0, ["lost"], timeout=5)
+    result = loadtest("-n", "20", "-c", "2", web.url + "/")
+    assert result.returncode == 1
+    assert "Failed requests:        20" in result.stdout
+    assert "expected 202, got 503: 20" in result.stdout
+
+
+def test_locustfile_runs_as_is_headless(system):
+    web, _ = system
+    result = subprocess.run(
+        [PYTHON, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless",
+         "-u", "4", "-r", "4", "--host", web.url, "--ab-requests", "40", "--only-summary"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert web.wait_settled()["accepted"] == 40
+
+
+def test_scenario_draws_the_chart_and_loses_nothing(tmp_path: Path):
+    out = tmp_path / "scenario"
+    result = subprocess.run(
+        [PYTHON, "-m", "loadtest.scenario", "--duration", "9", "--kill-at", "3",
+         "--restart-at", "6", "--users", "8", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    report = json.loads((out / "scenario.json").read_text())
+    assert report["lost"] == 0 and report["http_failures"] == 0, report
+    assert report["accepted"] > 0 and report["absorbed_s"] is not None
+    assert report["rejoined_s"] is not None and report["rejoined_s"] < 2.0, report
+    assert all(code == 0 for code in report["exit_codes"].values()), report
+    png = (out / "scenario.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    from PIL import Image
+
+    with Image.open(out / "scenario.png") as image:
+        assert image.size[0] > 600 and image.size[1] > 300
