@@ -105,6 +105,7 @@ class Dispatcher:
         self._throttle = Throttle(log)
         self.accepted = self.acked = self.failed = self.resent = self.rejected = 0
         self.stray_acks = self.malformed = 0
+        self.pushed = 0  # handed to plain PULL workers: at most once, never acked
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -295,6 +296,7 @@ class Dispatcher:
             self._throttle.warning(f"send:{link.name}", "%s", exc)
         link.sent += sent
         if not link.reliable:
+            self.pushed += sent
             for job in jobs[:sent]:
                 if job.reply is not None:  # nothing will ever come back from a PULL
                     job.reply.set(Outcome(link.name, "unacknowledged", b""))
@@ -601,6 +603,7 @@ class Dispatcher:
             "failed": self.failed,
             "resent": self.resent,
             "dead_lettered": self.dead_letters.count,
+            "pushed": self.pushed,
             "rejected": self.rejected,
             "stray_acks": self.stray_acks,
             "malformed": self.malformed,

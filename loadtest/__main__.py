@@ -171,6 +171,7 @@ def delivery(before: dict, after: dict, waited: float) -> dict[str, Any]:
         )
     shares = [w["acked"] or w["sent"] for w in workers]
     missing = accepted - acked - _delta(after, before, "dead_lettered")
+    missing -= _delta(after, before, "pushed")
     return {
         "accepted": accepted,
         "acked": acked,

@@ -195,10 +195,10 @@ class Web:
             lambda s: (
                 s["pending"] == 0
                 and s["in_flight"] == 0
-                and s["acked"] + s["dead_lettered"] >= s["accepted"]
+                and s["acked"] + s["dead_lettered"] + s["pushed"] >= s["accepted"]
             ),
             timeout,
-            "every accepted job acknowledged (acked + dead_lettered == accepted)",
+            "every accepted job done (acked + dead_lettered + pushed == accepted)",
         )
 
     def wait_state(self, index: int, states: Iterable[str], timeout: float = 10.0):
