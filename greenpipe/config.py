@@ -197,6 +197,10 @@ class WebSettings:
     max_wait: float = _setting(30.0, _seconds, "cap on Prefer: wait=N, seconds")
     dead_letter: str = _setting("dead-letter.jsonl", _path, "file for jobs given up on")
     access_log: bool = _setting(False, _flag, "log one line per HTTP request")
+    web_processes: int = _setting(1, _positive_int, "web.py processes sharing the port")
+    reuse_port: bool = _setting(
+        False, _flag, "bind HTTP with SO_REUSEPORT (shared port)"
+    )
     log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
 
 
@@ -317,6 +321,21 @@ def load_worker(
     """Resolve server.py's settings from flags, then environment, then defaults."""
     description = "greenpipe worker: runs each job it receives, then acknowledges it."
     return _load(WorkerSettings, "server.py", description, argv, environ)
+
+
+def to_flags(settings: Any) -> list[str]:
+    """Flags that load back into the same settings (for child processes)."""
+    argv = []
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, bool):
+            text = "yes" if value else "no"
+        elif isinstance(value, tuple):
+            text = ",".join(map(str, value))
+        else:
+            text = str(value)
+        argv += ["--" + f.name.replace("_", "-"), text]
+    return argv
 
 
 def configure_logging(level: str) -> None:

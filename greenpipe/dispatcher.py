@@ -596,6 +596,7 @@ class Dispatcher:
 
     def stats(self) -> dict:
         return {
+            "pid": os.getpid(),
             "accepted": self.accepted,
             "pending": len(self._fresh) + len(self._retry),
             "in_flight": sum(len(link.jobs) for link in self.links),

@@ -293,3 +293,29 @@ def test_prefer_wait_returns_the_handlers_result_or_error(start_worker, start_we
     assert status == 504 and "still delivered at least once" in body["detail"]
     stats = web.wait_settled()
     assert (stats["failed"], stats["resent"]) == (3, 0), stats
+
+
+def test_web_processes_share_the_port_each_with_exact_round_robin(
+    start_worker, start_web, record_dir
+):
+    workers = [start_worker() for _ in range(3)]
+    web = start_web(workers, web_processes=2, wait_barrier=False)
+    web.proc.expect("barrier met", times=2)
+    web.proc.expect(r"2 processes sharing http://127\.0\.0\.1:\d+")
+    load = Load(web.port, total=600, concurrency=16, payload={}).join(60)
+    assert load.statuses() == {202: 600}, load.statuses()
+    prefixes = {job_id.rsplit("-", 1)[0] for job_id in load.accepted_ids()}
+    assert len(prefixes) == 2, (
+        f"both web processes should have taken requests: {prefixes}"
+    )
+    poll_until(
+        lambda: sum(handled_ids(record_dir).values()),
+        lambda n: n >= 600,
+        20,
+        "600 handled",
+    )
+    assert handled_ids(record_dir).keys() == load.accepted_ids()
+    records = read_records(record_dir)
+    for index, worker in enumerate(workers):  # round-robin holds per web process
+        for job_id, _ in records[str(worker.port)]:
+            assert (job_seq(job_id) - 1) % 3 == index, (job_id, index)
