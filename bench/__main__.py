@@ -1,0 +1,335 @@
+"""greenpipe's benchmarks: throughput against the Flask/gevent ceiling, and more.
+
+    python -m bench                        # everything, a few minutes (make bench)
+    python -m bench --sections macro --systems bare,greenpipe --rounds 5
+    python -m bench --quick                # a tiny run: checks that it all works
+
+Sections:
+  macro    each system on free ports, fresh for every run, driven by wrk (or
+           Locust if wrk is missing: then the client, not the web, is the
+           limit), systems alternating in rounds; requests/s median and range,
+           ratio to the bare Flask/gevent app, p50/p99, web CPU per request,
+           accepted vs handled (the workers' own counts), per-worker split
+  micro    the hot path on its own (python -m bench.micro)
+  latency  request sent -> handler started at 50% of greenpipe's peak
+  memory   web RSS across a 100,000-request run; bytes per job in flight
+
+The table goes to stdout and to bench/results/<date>-<commit>.md. These are
+measurements on a shared, noisy machine: compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+from bench import load, systems
+from tests.support import PYTHON, ROOT, Proc
+
+RESULTS = ROOT / "bench" / "results"
+TICK_US = 1e6 / 100  # /proc clock ticks are 10 ms (USER_HZ = 100)
+
+
+@dataclass
+class Sample:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float
+    accepted: int
+    handled: int | None
+    split: dict[str, int] = field(default_factory=dict)
+    catch_up_s: float | None = 0.0
+
+
+def _accepted(running: systems.Running, result: load.LoadResult) -> int:
+    """What the web(s) accepted, from their own stop lines; else the 2xx count."""
+    lines = running.web[0].matches(r"stopped; accepted (\d+)")
+    return sum(int(m[1]) for m in lines) if lines else result.ok
+
+
+def measure(name: str, connections: int, seconds: float, catch_up: float) -> Sample:
+    running = systems.SYSTEMS[name]()
+    try:
+        load.run(running.url + "/", connections, 1.0)  # warm up: connections, caches
+        ticks = running.web_ticks()
+        result = load.run(running.url + "/", connections, seconds)
+        cpu_us = (running.web_ticks() - ticks) * TICK_US / max(1, result.requests)
+        waited, _ = systems.wait_caught_up(running, result.ok, catch_up)
+        counted = running.handled_live()  # a queue system: Redis counts as it runs
+    finally:
+        stopped = running.stop()  # greenpipe: the workers' own counts, after a drain
+    handled, split = counted or stopped or (None, {})
+    return Sample(
+        result.ok_rps, result.p50_ms, result.p99_ms, cpu_us,
+        _accepted(running, result), handled, split, waited,
+    )  # fmt: skip
+
+
+def macro(
+    names: list[str], rounds: int, connections: int, seconds: float, catch_up: float
+):
+    samples: dict[str, list[Sample]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        for name in names:
+            sample = measure(name, connections, seconds, catch_up)
+            samples[name].append(sample)
+            print(
+                f"  round {round_ + 1}: {name:<10} {sample.rps:8.0f} req/s",
+                file=sys.stderr,
+            )
+    return samples
+
+
+def macro_table(samples: dict[str, list[Sample]], skipped: dict[str, str]) -> list[str]:
+    base = (
+        statistics.median(s.rps for s in samples["bare"])
+        if samples.get("bare")
+        else None
+    )
+    rows = [
+        "| system | requests/s (median, range) | ratio | p50 ms | p99 ms | web CPU µs/req "
+        "| accepted / handled | per worker | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, runs in samples.items():
+        median = statistics.median(s.rps for s in runs)
+        ratio = f"{median / base:.2f}" if base else "-"
+        last = runs[-1]
+        handled = "-" if last.handled is None else str(last.handled)
+        split = " / ".join(str(v) for _, v in sorted(last.split.items())) or "-"
+        notes = []
+        if last.catch_up_s is None:
+            notes.append(
+                f"workers not caught up {handled} of {last.accepted} after the wait"
+            )
+        elif last.catch_up_s > 1:
+            notes.append(f"workers caught up {last.catch_up_s:.0f} s after the load")
+        rows.append(
+            f"| {LABELS[name]} | {median:,.0f} "
+            f"({min(s.rps for s in runs):,.0f}-{max(s.rps for s in runs):,.0f}) | {ratio} | "
+            f"{statistics.median(s.p50_ms for s in runs):.1f} | "
+            f"{statistics.median(s.p99_ms for s in runs):.1f} | "
+            f"{statistics.median(s.cpu_us for s in runs):.0f} | {last.accepted} / {handled} | "
+            f"{split} | {'; '.join(notes)} |"
+        )
+    for name, why in skipped.items():
+        rows.append(f"| {LABELS[name]} | skipped: {why} | | | | | | | |")
+    return rows
+
+
+LABELS = {
+    "bare": "bare Flask/gevent (ceiling)",
+    "greenpipe": "greenpipe (acknowledged)",
+    "plain": "greenpipe -> plain PULL (at most once)",
+    "multi": "greenpipe, 2 web processes (SO_REUSEPORT)",
+    "celery": "Flask + Celery on Redis",
+    "rq": "Flask + RQ on Redis",
+}
+
+
+def _json_of(argv: list[str], timeout: float) -> dict:
+    out = subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(argv[2:])} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def micro(quick: bool) -> list[str]:
+    data = _json_of([PYTHON, "-m", "bench.micro", *(["--quick"] if quick else [])], 600)
+    frames, disp, worker = data["frames"], data["dispatcher"], data["worker_jobs_per_s"]
+    return [
+        f"- frames: encode a job record {frames['encode_us']:.2f} µs, decode one from a "
+        f"100-job frame {frames['decode_us']:.2f} µs, clear one ack {frames['acks_us']:.2f} µs",
+        f"- dispatcher, no HTTP: {disp['cpu_us_per_job']:.1f} µs of web CPU per job (all "
+        f"threads, submit to ack), {disp['jobs_per_s']:,.0f} jobs/s",
+        f"- one worker process, no-op handler: {worker['batch_32']:,.0f} jobs/s in batches of "
+        f"32, {worker['batch_1']:,.0f} jobs/s one by one (target 25,000)",
+    ]
+
+
+def latency(rate: float, seconds: float) -> list[str]:
+    data = _json_of([PYTHON, "-m", "bench.latency", "--rate", f"{rate:.0f}",
+                     "--seconds", f"{seconds:g}"], 600)  # fmt: skip
+    handler, http = data["handler_start"], data["http"]
+    return [
+        f"- at {rate:,.0f} requests/s (50% of greenpipe's median peak), open loop, "
+        f"{data['requests']} requests, {data['failures']} failures:",
+        f"  request sent -> handler started: p50 {handler['p50_ms']:.1f} ms, "
+        f"p99 {handler['p99_ms']:.1f} ms, max {handler['max_ms']:.1f} ms",
+        f"  request sent -> 202 received: p50 {http['p50_ms']:.1f} ms, "
+        f"p99 {http['p99_ms']:.1f} ms (the Python client shares the 2 cores)",
+    ]
+
+
+POST_LUA = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "text/plain"\nwrk.body = string.rep("x", 1024)\n'
+
+
+def memory(rps: float, quick: bool) -> list[str]:
+    lines = []
+    running = systems.greenpipe()
+    try:
+        target = 5_000 if quick else 100_000
+        seconds = min(90.0, max(3.0, target / max(rps, 1.0) * 1.15))
+        web = running.web[0]
+        load.run(running.url + "/", 100, 1.0)
+        rss = [web.rss_kib()]
+        started = time.monotonic()
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(1.0):
+                rss.append(web.rss_kib())
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        result = load.run(running.url + "/", 100, seconds)
+        stop.set()
+        thread.join(5)
+        rss.append(web.rss_kib())
+        lines.append(
+            f"- web RSS over {result.requests:,} requests in {time.monotonic() - started:.0f} s: "
+            f"{rss[0] / 1024:.1f} MiB at the start, {rss[-1] / 1024:.1f} MiB at the end, "
+            f"{max(rss) / 1024:.1f} MiB at most (sampled every second)"
+        )
+    finally:
+        running.stop()
+    lines.append(_bytes_in_flight(quick))
+    return lines
+
+
+def _bytes_in_flight(quick: bool) -> str:
+    """Workers hold every job; RSS growth of the web per job held (1 KiB bodies)."""
+    if load.tool() != "wrk":
+        return "- bytes per job in flight: needs wrk (POST bodies); skipped"
+    procs, ports = [], []
+    try:
+        for index in range(3):
+            proc = Proc(f"worker{index}", [PYTHON, str(ROOT / "server.py"), "--port", "0",
+                        "--handler", "bench.stamp:hold", "--concurrency", "50000"])  # fmt: skip
+            procs.append(proc)
+            ports.append(int(proc.expect(r"listening on tcp://[^:]+:(\d+)")[1]))
+        web = Proc("web", [PYTHON, str(ROOT / "web.py"), "--port", "0", "--workers",
+                   ",".join(f"127.0.0.1:{p}" for p in ports), "--dead-letter", "/dev/null"])  # fmt: skip
+        procs.append(web)
+        port = int(web.expect(r"serving http://[^:]+:(\d+)")[1])
+        web.expect("barrier met")
+        before = web.rss_kib()
+        with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+            script.write(POST_LUA)
+            script.flush()
+            subprocess.run(["wrk", "-t1", "-c50", f"-d{2 if quick else 6}s", "-s", script.name,
+                            f"http://127.0.0.1:{port}/jobs"], capture_output=True, timeout=60)  # fmt: skip
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/stats", timeout=5
+        ) as response:
+            held = json.load(response)["in_flight"]
+        grown = (web.rss_kib() - before) * 1024
+        return (
+            f"- bytes per job in flight: {grown / max(held, 1):,.0f} bytes of web RSS per job "
+            f"({held:,} jobs of 1 KiB held by the workers, RSS +{grown / 2**20:.1f} MiB)"
+        )
+    finally:
+        for proc in reversed(procs):
+            proc.stop(15)
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                         capture_output=True, text=True).stdout.strip()  # fmt: skip
+    return out or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--systems", default="bare,greenpipe,plain,multi,celery,rq")
+    parser.add_argument("--sections", default="macro,micro,latency,memory")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
+    parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--catch-up", type=float, default=60.0,
+                        help="seconds to wait for queue workers to finish after the load")  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true", help="1 round of 2 s, small counts"
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="do not write bench/results/"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.seconds, args.catch_up = 1, 2.0, 10.0
+    sections = args.sections.split(",")
+    names = [n for n in args.systems.split(",") if n]
+    unknown = set(names) - set(systems.SYSTEMS)
+    if unknown:
+        parser.error(
+            f"unknown systems {sorted(unknown)}; choose from {sorted(systems.SYSTEMS)}"
+        )
+    available = systems.availability()
+    skipped = {n: available[n] for n in names if available[n]}
+    names = [n for n in names if n not in skipped]
+    if "macro" in sections and "bare" not in names:
+        names.insert(0, "bare")  # the ceiling every ratio needs
+    started = time.monotonic()
+    out = [
+        f"# greenpipe benchmarks, {time.strftime('%Y-%m-%d %H:%M %Z')}, commit {_commit()}",
+        "",
+        f"{platform.node()}, {platform.machine()}, Python {platform.python_version()}, "
+        f"load from {load.tool()} (1 thread, {args.connections} keep-alive connections, "
+        f"{args.seconds:g} s per run, {args.rounds} rounds, systems alternating), "
+        "3 no-op workers per system.",
+        "",
+    ]
+    if load.tool() != "wrk":
+        out.append("**wrk is not installed: Locust drives the load and is itself the limit; "
+                   "ratios understate the web. `apt-get install wrk` for real figures.**\n")  # fmt: skip
+    peak = None
+    if "macro" in sections:
+        print("macro ...", file=sys.stderr)
+        samples = macro(
+            names, args.rounds, args.connections, args.seconds, args.catch_up
+        )
+        out += ["## Throughput", "", *macro_table(samples, skipped), ""]
+        if "greenpipe" in samples:
+            peak = statistics.median(s.rps for s in samples["greenpipe"])
+    if "micro" in sections:
+        print("micro ...", file=sys.stderr)
+        out += ["## Hot path, piece by piece", "", *micro(args.quick), ""]
+    if "latency" in sections:
+        print("latency ...", file=sys.stderr)
+        rate = (peak or 3000) / 2
+        out += [
+            "## End-to-end latency",
+            "",
+            *latency(rate, 3 if args.quick else 10),
+            "",
+        ]
+    if "memory" in sections:
+        print("memory ...", file=sys.stderr)
+        out += ["## Memory", "", *memory(peak or 3000, args.quick), ""]
+    out.append(f"({time.monotonic() - started:.0f} s in all)")
+    report = "\n".join(out)
+    print(report)
+    if not args.no_write:
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / f"{time.strftime('%Y%m%d-%H%M')}-{_commit()}.md"
+        path.write_text(report + "\n")
+        (RESULTS / "latest.md").write_text(report + "\n")
+        print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""Micro-benchmarks of the hot path, each on its own (prints JSON).
+
+    python -m bench.micro            # all
+    python -m bench.micro --quick    # small counts (the test suite)
+
+- frames: encode one job record, decode one from a 100-job frame, build and
+  read an ACKS message (µs per job, timeit, one core);
+- dispatcher: a real Dispatcher in this process feeding three no-op workers
+  over loopback; CPU of this process (all threads) per job, from submit to
+  acknowledgement, no HTTP;
+- worker: one server.py process driven by a plain DEALER at full speed,
+  batches of 32 and of 1: jobs per second it receives, handles and
+  acknowledges (target: 25,000 no-op jobs/s).
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import timeit  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gevent  # noqa: E402
+
+from greenpipe import protocol  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def frames(count: int) -> dict[str, float]:
+    record = protocol.encode_job(
+        b"3f9a1c2b-1a2b", 1, b"GET", b"/", b"", b"", b"", 0, 30000
+    )
+    batch = record * 100
+
+    def encode() -> bytes:
+        return protocol.encode_job(
+            b"3f9a1c2b-1a2b", 1, b"GET", b"/", b"", b"", b"", 0, 30000
+        )
+
+    ids = [b"3f9a1c2b-%x" % i for i in range(100)]
+    table = dict.fromkeys(ids, 1)
+
+    def acks() -> None:
+        frame = protocol.encode_acks(ids)[1]
+        held = dict(table)
+        for key in frame.split():
+            held.pop(key, None)
+
+    per = 1e6 / count
+    return {
+        "encode_us": timeit.timeit(encode, number=count) * per,
+        "decode_us": timeit.timeit(
+            lambda: list(protocol.decode_jobs(batch)), number=count // 100
+        )
+        * per,
+        "acks_us": timeit.timeit(acks, number=count // 100) * per,
+    }
+
+
+def _worker(*flags: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "server.py"), "--port", "0", "--handler",
+         "greenpipe.handlers:noop", *flags],
+        stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    for line in proc.stderr:
+        if match := re.search(r"listening on (tcp://\S+)", line):
+            return proc, match[1]
+    raise SystemExit("bench.micro: a worker did not start")
+
+
+def dispatcher(count: int) -> dict[str, float]:
+    from greenpipe.config import load_web
+    from greenpipe.dispatcher import Dispatcher
+
+    workers = [_worker() for _ in range(3)]
+    try:
+        addresses = ",".join(endpoint for _, endpoint in workers)
+        settings = load_web(["--workers", addresses, "--max-pending", str(count)], {})
+        disp = Dispatcher(settings)
+        disp.start()
+        assert disp._barrier.wait(10), "workers not ready"
+        started, cpu = time.perf_counter(), time.process_time()
+        for _ in range(count // 100):
+            for _ in range(100):  # as a loop iteration of 100 HTTP requests would
+                disp.submit(b"GET", b"/", b"", b"", b"")
+            gevent.sleep(0)
+            while disp.outstanding() > 300:
+                gevent.sleep(0.0005)
+        while disp.outstanding():
+            gevent.sleep(0.0005)
+        cpu = time.process_time() - cpu
+        wall = time.perf_counter() - started
+        disp.close()
+    finally:
+        for proc, _ in workers:
+            proc.terminate()
+            proc.wait(10)
+    return {"cpu_us_per_job": cpu / count * 1e6, "jobs_per_s": count / wall}
+
+
+def worker(count: int, batch: int) -> float:
+    import zmq  # a plain client: the worker, not the driver, must be the bottleneck
+
+    proc, endpoint = _worker("--concurrency", "200")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(endpoint)
+    sock.send_multipart(protocol.encode_hello(0.5, "bench.micro"))
+    while sock.recv_multipart()[0] != protocol.READY:
+        pass
+    credit, sent, acked = 200, 0, 0
+    records = [
+        protocol.encode_job(b"m-%x" % i, 1, b"GET", b"/", b"", b"", b"")
+        for i in range(batch)
+    ]
+    frame = b"".join(records)  # the same ids each batch: the worker does not care
+    started = time.perf_counter()
+    while acked < count:
+        while sent - acked + batch <= credit and sent < count:
+            sock.send_multipart([protocol.JOBS, frame])
+            sent += batch
+        reply = sock.recv_multipart()
+        if reply[0] == protocol.ACKS:
+            acked += len(reply[1].split())
+    rate = acked / (time.perf_counter() - started)
+    sock.close(0)
+    ctx.term()
+    proc.terminate()
+    proc.wait(10)
+    return rate
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.micro", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    scale = 10 if args.quick else 1
+    results = {
+        "frames": frames(200_000 // scale),
+        "dispatcher": dispatcher(100_000 // scale),
+        "worker_jobs_per_s": {
+            "batch_32": worker(200_000 // scale, 32),
+            "batch_1": worker(50_000 // scale, 1),
+        },
+    }
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
