@@ -31,6 +31,12 @@ STOP_REQUESTS_S = 1.0  # time given to requests in progress when stopping
 
 
 class _Handler(WSGIHandler):
+    def log_request(self) -> None:
+        # pywsgi formats the access-log line (a datetime, string work) even when
+        # the log is off: skip it unless ACCESS_LOG is on.
+        if self.server.access_log:
+            super().log_request()
+
     def handle_one_request(self):
         result = super().handle_one_request()
         if result is True:
@@ -61,6 +67,7 @@ class Server(WSGIServer):
     """A pooled WSGIServer with TCP_NODELAY and single-write responses."""
 
     handler_class = _Handler
+    access_log = False
 
     def handle(self, sock: socket.socket, address: object) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -110,6 +117,7 @@ def make_server(
         ),
         environ={"SERVER_NAME": host},  # skip a reverse DNS lookup at start
     )
+    server.access_log = access_log
     server.start()
     return server
 

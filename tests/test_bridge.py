@@ -319,3 +319,12 @@ def test_web_processes_share_the_port_each_with_exact_round_robin(
     for index, worker in enumerate(workers):  # round-robin holds per web process
         for job_id, _ in records[str(worker.port)]:
             assert (job_seq(job_id) - 1) % 3 == index, (job_id, index)
+
+
+def test_access_log_is_off_by_default_and_on_when_asked(start_worker, start_web):
+    worker = start_worker()
+    quiet = start_web([worker])
+    loud = start_web([worker], access_log="yes")
+    assert quiet.get("/?a=1")[0] == 202 and loud.get("/?a=1")[0] == 202
+    loud.proc.expect(r'"GET /\?a=1 HTTP/1.1" 202')
+    assert not quiet.proc.matches(r'"GET /\?a=1 HTTP/1.1"')
