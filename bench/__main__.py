@@ -33,7 +33,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from bench import load, systems
-from tests.support import PYTHON, ROOT, Proc
+from tests.support import PYTHON, ROOT
 
 RESULTS = ROOT / "bench" / "results"
 TICK_US = 1e6 / 100  # /proc clock ticks are 10 ms (USER_HZ = 100)
@@ -91,19 +91,20 @@ def macro(
 
 
 def macro_table(samples: dict[str, list[Sample]], skipped: dict[str, str]) -> list[str]:
-    base = (
-        statistics.median(s.rps for s in samples["bare"])
-        if samples.get("bare")
-        else None
-    )
+    """One row per system. The ratio is the median over rounds of (system / bare
+    in the same round): neighbours in time share the machine's mood."""
+    bare = samples.get("bare")
     rows = [
-        "| system | requests/s (median, range) | ratio | p50 ms | p99 ms | web CPU µs/req "
+        "| system | requests/s (median, range) | ratio to bare | p50 ms | p99 ms | web CPU µs/req "
         "| accepted / handled | per worker | notes |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, runs in samples.items():
         median = statistics.median(s.rps for s in runs)
-        ratio = f"{median / base:.2f}" if base else "-"
+        ratios = [
+            r.rps / b.rps for r, b in zip(runs, bare or [], strict=False) if b.rps
+        ]
+        ratio = f"{statistics.median(ratios):.2f}" if ratios else "-"
         last = runs[-1]
         handled = "-" if last.handled is None else str(last.handled)
         split = " / ".join(str(v) for _, v in sorted(last.split.items())) or "-"
@@ -213,27 +214,18 @@ def _bytes_in_flight(quick: bool) -> str:
     """Workers hold every job; RSS growth of the web per job held (1 KiB bodies)."""
     if load.tool() != "wrk":
         return "- bytes per job in flight: needs wrk (POST bodies); skipped"
-    procs, ports = [], []
+    running = systems.greenpipe(
+        handler="bench.stamp:hold", worker_flags=("--concurrency", "50000")
+    )
     try:
-        for index in range(3):
-            proc = Proc(f"worker{index}", [PYTHON, str(ROOT / "server.py"), "--port", "0",
-                        "--handler", "bench.stamp:hold", "--concurrency", "50000"])  # fmt: skip
-            procs.append(proc)
-            ports.append(int(proc.expect(r"listening on tcp://[^:]+:(\d+)")[1]))
-        web = Proc("web", [PYTHON, str(ROOT / "web.py"), "--port", "0", "--workers",
-                   ",".join(f"127.0.0.1:{p}" for p in ports), "--dead-letter", "/dev/null"])  # fmt: skip
-        procs.append(web)
-        port = int(web.expect(r"serving http://[^:]+:(\d+)")[1])
-        web.expect("barrier met")
+        web = running.web[0]
         before = web.rss_kib()
         with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
             script.write(POST_LUA)
             script.flush()
             subprocess.run(["wrk", "-t1", "-c50", f"-d{2 if quick else 6}s", "-s", script.name,
-                            f"http://127.0.0.1:{port}/jobs"], capture_output=True, timeout=60)  # fmt: skip
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/stats", timeout=5
-        ) as response:
+                            f"{running.url}/jobs"], capture_output=True, timeout=60)  # fmt: skip
+        with urllib.request.urlopen(f"{running.url}/stats", timeout=5) as response:
             held = json.load(response)["in_flight"]
         grown = (web.rss_kib() - before) * 1024
         return (
@@ -241,8 +233,7 @@ def _bytes_in_flight(quick: bool) -> str:
             f"({held:,} jobs of 1 KiB held by the workers, RSS +{grown / 2**20:.1f} MiB)"
         )
     finally:
-        for proc in reversed(procs):
-            proc.stop(15)
+        running.stop()
 
 
 def _commit() -> str:
@@ -296,6 +287,15 @@ def main(argv: list[str] | None = None) -> int:
         out.append("**wrk is not installed: Locust drives the load and is itself the limit; "
                    "ratios understate the web. `apt-get install wrk` for real figures.**\n")  # fmt: skip
     peak = None
+
+    def section(title: str, produce) -> None:
+        print(f"{title} ...", file=sys.stderr)
+        try:
+            lines = produce()
+        except Exception as exc:  # one broken section must not lose the others
+            lines = [f"- failed: {type(exc).__name__}: {exc}"]
+        out.extend([f"## {title}", "", *lines, ""])
+
     if "macro" in sections:
         print("macro ...", file=sys.stderr)
         samples = macro(

@@ -24,7 +24,7 @@ from pathlib import Path  # noqa: E402
 import gevent  # noqa: E402
 import gevent.queue  # noqa: E402
 
-from tests.support import PYTHON, ROOT, Proc  # noqa: E402
+from bench.systems import greenpipe  # noqa: E402
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -86,22 +86,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as stamps:
-        procs, ports = [], []
+        running = greenpipe(handler="bench.stamp:stamp", env={"BENCH_STAMPS": stamps})
         try:
-            for index in range(3):
-                proc = Proc(f"worker{index}", [PYTHON, str(ROOT / "server.py"), "--port", "0",
-                            "--handler", "bench.stamp:stamp"], env={"BENCH_STAMPS": stamps})  # fmt: skip
-                procs.append(proc)
-                ports.append(int(proc.expect(r"listening on tcp://[^:]+:(\d+)")[1]))
-            web = Proc("web", [PYTHON, str(ROOT / "web.py"), "--port", "0", "--workers",
-                       ",".join(f"127.0.0.1:{p}" for p in ports), "--dead-letter", "/dev/null"])  # fmt: skip
-            procs.append(web)
-            port = int(web.expect(r"serving http://[^:]+:(\d+)")[1])
-            web.expect("barrier met")
+            port = int(running.url.rsplit(":", 1)[1])
             http_latency, failures = drive(port, args.rate, args.seconds)
         finally:
-            for proc in reversed(procs):
-                proc.stop(10)
+            running.stop()
         handler = [
             float(x) for p in Path(stamps).glob("*.lat") for x in p.read_text().split()
         ]

@@ -48,7 +48,7 @@ def _ms(text: str) -> float:
 def wrk(url: str, connections: int, seconds: float) -> LoadResult:
     """One wrk thread, keep-alive connections, GET url."""
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url],
         capture_output=True, text=True, check=True, timeout=seconds + 60,
     ).stdout  # fmt: skip
     total, took = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s)", out).group(1, 2)

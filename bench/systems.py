@@ -129,13 +129,27 @@ def bare() -> Running:
     return running
 
 
-def greenpipe(web_processes: int = 1) -> Running:
+def greenpipe(
+    web_processes: int = 1,
+    handler: str = NOOP,
+    worker_flags: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Running:
+    """web.py + 3 server.py (the no-op handler unless told otherwise)."""
     name = "greenpipe (acknowledged)"
     if web_processes > 1:
         name = f"greenpipe, {web_processes} web processes"
     running = Running(name)
-    argv = [PYTHON, str(ROOT / "server.py"), "--port", "0", "--handler", NOOP]
-    ports = _workers(running, argv, r"listening on tcp://[^:]+:(\d+)")
+    argv = [
+        PYTHON,
+        str(ROOT / "server.py"),
+        "--port",
+        "0",
+        "--handler",
+        handler,
+        *worker_flags,
+    ]
+    ports = _workers(running, argv, r"listening on tcp://[^:]+:(\d+)", env=env)
     web = [PYTHON, str(ROOT / "web.py"), "--port", "0", "--workers",
            ",".join(f"127.0.0.1:{p}" for p in ports), "--web-processes", str(web_processes),
            "--dead-letter", "/dev/null"]  # fmt: skip

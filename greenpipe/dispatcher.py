@@ -15,6 +15,7 @@ import os
 import secrets
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import gevent
@@ -389,22 +390,7 @@ class Dispatcher:
             return
         jobs = link.jobs
         done = 0
-        for key in frames[1].split():
-            job = jobs.pop(key, None)
-            if job is None:
-                self.stray_acks += 1
-                continue
-            done += 1
-            if job.attempt > 1:
-                link.suspects -= 1
-            if job.reply is not None:
-                job.reply.set(Outcome(link.name, "ok", b""))
-        for frame in itertools.islice(frames, 2, None):
-            try:
-                key, status, payload = protocol.decode_result(frame)
-            except ProtocolError as exc:
-                self._malformed(link, str(exc))
-                continue
+        for key, status, payload in self._outcomes(link, frames):
             job = jobs.pop(key, None)
             if job is None:
                 self.stray_acks += 1
@@ -424,6 +410,18 @@ class Dispatcher:
             self._wake.set()
         if self._draining:
             self._check_settled()
+
+    def _outcomes(
+        self, link: Link, frames: list[bytes]
+    ) -> Iterator[tuple[bytes, int, bytes]]:
+        """(job id, status, payload) for each job an ACKS message reports done."""
+        for key in frames[1].split():
+            yield key, protocol.OK, b""
+        for frame in itertools.islice(frames, 2, None):
+            try:
+                yield protocol.decode_result(frame)
+            except ProtocolError as exc:
+                self._malformed(link, str(exc))
 
     def _ready(self, link: Link, frames: list[bytes]) -> None:
         try:

@@ -206,24 +206,18 @@ class Puller(_Socket):
 
         Raises LinkError once the puller is closed.
         """
-        try:
-            message = self._next(multipart=False)
-        except _Closed:
-            raise LinkError(
-                f"puller on {', '.join(self.endpoints)} is closed"
-            ) from None
-        assert isinstance(message, bytes)
-        return message
+        return self._get(multipart=False)  # type: ignore[return-value]
 
     def recv_multipart(self) -> list[bytes]:
+        return self._get(multipart=True)  # type: ignore[return-value]
+
+    def _get(self, multipart: bool) -> list[bytes] | bytes:
         try:
-            message = self._next(multipart=True)
+            return self._next(multipart)
         except _Closed:
             raise LinkError(
                 f"puller on {', '.join(self.endpoints)} is closed"
             ) from None
-        assert isinstance(message, list)
-        return message
 
     def recv_json(self) -> Any:
         return json.loads(self.recv())
