@@ -95,11 +95,11 @@ def _proc(
 
 
 def _workers(
-    running: Running, argv: list[str], pattern: str, count: int = 3
+    running: Running, argv: list[str], pattern: str, env: dict | None = None
 ) -> list[int]:
     ports = []
-    for index in range(count):
-        proc = _proc(running, f"worker{index + 1}", argv)
+    for index in range(3):
+        proc = _proc(running, f"worker{index + 1}", argv, env)
         ports.append(int(proc.expect(pattern, 20)[1]))
         running.workers.append(proc)
     return ports

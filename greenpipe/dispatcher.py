@@ -228,10 +228,13 @@ class Dispatcher:
         while not self._closed:
             self._wake.wait(max(0.0, next_tick - monotonic()))
             self._wake.clear()
-            self._flush()
-            if monotonic() >= next_tick:
-                self._tick()
-                next_tick = monotonic() + interval
+            try:
+                self._flush()
+                if monotonic() >= next_tick:
+                    next_tick = monotonic() + interval
+                    self._tick()
+            except Exception:  # a bug must not stop the dispatching for good
+                self._throttle.exception("dispatcher", "dispatcher: unexpected error")
 
     def _choose(self, suspect: bool) -> Link | None:
         """The next link in round-robin order that can take a job now.
@@ -371,6 +374,12 @@ class Dispatcher:
     # -- what the links hand in ------------------------------------------------------
 
     def _on_message(self, link: Link, frames: list[bytes]) -> None:
+        try:
+            self._handle(link, frames)
+        except Exception:  # a bug must not kill the link's reader
+            self._throttle.exception(f"bug:{link.name}", "dispatcher: unexpected error")
+
+    def _handle(self, link: Link, frames: list[bytes]) -> None:
         kind = frames[0]
         link.last_seen = monotonic()
         if kind == protocol.ACKS:
@@ -488,6 +497,12 @@ class Dispatcher:
             )
 
     def _on_event(self, link: Link, event: int) -> None:
+        try:
+            self._event(link, event)
+        except Exception:  # a bug must not kill the link's monitor reader
+            self._throttle.exception(f"bug:{link.name}", "dispatcher: unexpected error")
+
+    def _event(self, link: Link, event: int) -> None:
         link.connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             if not link.reliable:

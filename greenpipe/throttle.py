@@ -19,7 +19,9 @@ class Throttle:
         self._next: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def log(self, level: int, key: str, message: str, *args: object) -> None:
+    def log(
+        self, level: int, key: str, message: str, *args: object, exc_info: bool = False
+    ) -> None:
         now = time.monotonic()
         if now < self._next.get(key, 0.0):
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
@@ -30,10 +32,14 @@ class Throttle:
         suppressed = self._suppressed.pop(key, 0)
         if suppressed:
             message += f" ({suppressed} similar messages suppressed)"
-        self._log.log(level, message, *args)
+        self._log.log(level, message, *args, exc_info=exc_info)
 
     def warning(self, key: str, message: str, *args: object) -> None:
         self.log(logging.WARNING, key, message, *args)
 
     def error(self, key: str, message: str, *args: object) -> None:
         self.log(logging.ERROR, key, message, *args)
+
+    def exception(self, key: str, message: str, *args: object) -> None:
+        """ERROR with the current traceback: a bug, kept alive but not hidden."""
+        self.log(logging.ERROR, key, message, *args, exc_info=True)

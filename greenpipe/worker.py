@@ -198,7 +198,10 @@ class Worker:
                 frames = sock.recv_multipart()
             except zmq.ZMQError:
                 return  # closed while draining
-            self._on_message(frames)
+            try:
+                self._on_message(frames)
+            except Exception:  # a bug must not stop this worker receiving
+                self._throttle.exception("receive", "%s: unexpected error", self.name)
             count += 1
             if count % 64 == 0:
                 gevent.sleep(0)
@@ -335,13 +338,16 @@ class Worker:
         while True:
             self._wake.wait(max(0.0, next_beat - monotonic()))
             self._wake.clear()
-            self._flush()
             now = monotonic()
-            if now >= next_beat:
-                self._beat(now)
-                self._reap(now)
-                intervals = [peer.heartbeat for peer in self._peers.values()]
-                next_beat = now + min(intervals, default=0.5)
+            try:
+                self._flush()
+                if now >= next_beat:
+                    intervals = [peer.heartbeat for peer in self._peers.values()]
+                    next_beat = now + min(intervals, default=0.5)
+                    self._beat(now)
+                    self._reap(now)
+            except Exception:  # a bug must not stop the heartbeats and acks
+                self._throttle.exception("send", "%s: unexpected error", self.name)
 
     def _flush(self) -> None:
         for ident, peer in list(self._peers.items()):
