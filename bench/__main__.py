@@ -247,10 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--systems", default="bare,greenpipe,plain,multi,celery,rq")
     parser.add_argument("--sections", default="macro,micro,latency,memory")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=6.0, help="per measurement")
     parser.add_argument("--connections", type=int, default=100)
-    parser.add_argument("--catch-up", type=float, default=30.0,
+    parser.add_argument("--catch-up", type=float, default=15.0,
                         help="seconds to wait for queue workers to finish after the load")  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true", help="1 round of 2 s, small counts"
