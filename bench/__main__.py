@@ -10,6 +10,8 @@ Sections:
            limit), systems alternating in rounds; requests/s median and range,
            ratio to the bare Flask/gevent app, p50/p99, web CPU per request,
            accepted vs handled (the workers' own counts), per-worker split
+  paired   bare and greenpipe running side by side, measured back to back in
+           alternating order: the steadiest ratio a noisy machine can give
   micro    the hot path on its own (python -m bench.micro)
   latency  request sent -> handler started at 50% of greenpipe's peak
   memory   web RSS across a 100,000-request run; bytes per job in flight
@@ -147,6 +149,41 @@ def _json_of(argv: list[str], timeout: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def paired(pairs: int, connections: int, seconds: float) -> list[str]:
+    """bare and greenpipe both running, measured back to back, order alternating.
+
+    On a shared machine the speed drifts by tens of percent over minutes; two
+    runs a few seconds apart see nearly the same machine, so the median of the
+    pair ratios is the steadiest figure this box can give.
+    """
+    bare, gp = systems.bare(), systems.greenpipe()
+    ratios, cpu = [], {"bare": [], "greenpipe": []}
+    try:
+        for index in range(pairs):
+            order = [("bare", bare), ("greenpipe", gp)]
+            if index % 2:
+                order.reverse()
+            rps = {}
+            for name, running in order:
+                ticks = running.web_ticks()
+                result = load.run(running.url + "/", connections, seconds)
+                rps[name] = result.ok_rps
+                cpu[name].append(
+                    (running.web_ticks() - ticks) * TICK_US / max(1, result.requests)
+                )
+            ratios.append(rps["greenpipe"] / rps["bare"])
+    finally:
+        gp.stop()
+        bare.stop()
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return [
+        f"- greenpipe / bare, {pairs} back-to-back pairs of {seconds:g} s: median ratio "
+        f"{statistics.median(ratios):.2f} (quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}); "
+        f"web CPU per request {statistics.median(cpu['greenpipe']):.0f} µs against "
+        f"{statistics.median(cpu['bare']):.0f} µs",
+    ]
+
+
 def micro(quick: bool) -> list[str]:
     data = _json_of([PYTHON, "-m", "bench.micro", *(["--quick"] if quick else [])], 600)
     frames, disp, worker = data["frames"], data["dispatcher"], data["worker_jobs_per_s"]
@@ -246,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--systems", default="bare,greenpipe,plain,multi,celery,rq")
-    parser.add_argument("--sections", default="macro,micro,latency,memory")
+    parser.add_argument("--sections", default="macro,paired,micro,latency,memory")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=6.0, help="per measurement")
     parser.add_argument("--connections", type=int, default=100)
@@ -304,21 +341,20 @@ def main(argv: list[str] | None = None) -> int:
         out += ["## Throughput", "", *macro_table(samples, skipped), ""]
         if "greenpipe" in samples:
             peak = statistics.median(s.rps for s in samples["greenpipe"])
+    if "paired" in sections:
+        section(
+            "Paired: greenpipe against the ceiling",
+            lambda: paired(
+                3 if args.quick else 12, args.connections, 2 if args.quick else 3
+            ),
+        )
     if "micro" in sections:
-        print("micro ...", file=sys.stderr)
-        out += ["## Hot path, piece by piece", "", *micro(args.quick), ""]
+        section("Hot path, piece by piece", lambda: micro(args.quick))
     if "latency" in sections:
-        print("latency ...", file=sys.stderr)
         rate = (peak or 3000) / 2
-        out += [
-            "## End-to-end latency",
-            "",
-            *latency(rate, 3 if args.quick else 10),
-            "",
-        ]
+        section("End-to-end latency", lambda: latency(rate, 3 if args.quick else 10))
     if "memory" in sections:
-        print("memory ...", file=sys.stderr)
-        out += ["## Memory", "", *memory(peak or 3000, args.quick), ""]
+        section("Memory", lambda: memory(peak or 3000, args.quick))
     out.append(f"({time.monotonic() - started:.0f} s in all)")
     report = "\n".join(out)
     print(report)
