@@ -5,7 +5,7 @@ after the job's work is done, one unbuffered write per job, so the file is the
 handler's own account of what it handled, independent of the web's counters.
 The JSON body steers the work:
 
-    {"sleep": 0.2}                  cooperative: gevent.sleep(0.2)
+    {"sleep": 0.2}                  sleeps 0.2 s cooperatively (gevent)
     {"block": 3}                    blocks the worker's event loop for 3 s
     {"block_first": 3}              the same, on attempt 1 only
     {"fail": "text"}                raises RuntimeError("text")

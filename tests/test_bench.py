@@ -20,9 +20,13 @@ def test_bench_quick_runs_every_section():
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "| bare Flask/gevent (ceiling) |" in out and "| 1.00 |" in out
-    row = re.search(r"\| greenpipe \(acknowledged\) \| [\d,]+ .*? \| (\d+) / (\d+) \|", out)
+    row = re.search(
+        r"\| greenpipe \(acknowledged\) \| [\d,]+ .*? \| (\d+) / (\d+) \|", out
+    )
     assert row, out
-    assert row[1] == row[2], f"greenpipe accepted {row[1]} but its workers handled {row[2]}"
+    assert row[1] == row[2], (
+        f"greenpipe accepted {row[1]} but its workers handled {row[2]}"
+    )
     assert "| greenpipe -> plain PULL (at most once) |" in out
     for section in ("## Hot path", "## End-to-end latency", "## Memory"):
         assert section in out, out

@@ -80,7 +80,8 @@ def test_close_ends_a_paused_iteration_and_recv_says_closed(pair):
     _, puller = pair
     puller.pause()
     iterator = gevent.spawn(lambda: list(puller))
-    gevent.sleep(0)
+    gevent.idle()  # let the iterator start and block on the pause
+    assert not iterator.dead
     puller.close()
     assert iterator.get(timeout=5) == []
     with pytest.raises(LinkError, match="is closed"):
@@ -92,7 +93,7 @@ def test_context_managers_close_their_sockets():
         Pusher("tcp://127.0.0.1:*", bind=True) as pusher,
         Puller(pusher.endpoint) as puller,
     ):
-        pass
+        assert not pusher.closed and not puller.closed
     assert pusher.closed and puller.closed
 
 

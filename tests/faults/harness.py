@@ -10,6 +10,7 @@ and by ``python -m tests.faults --report`` (longer, prints the table).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -364,10 +365,8 @@ class Netns:
             self._in_ns("iptables", "-D", *self.rules.pop())
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self.heal()
-        except subprocess.CalledProcessError:
-            pass
         for argv in (
             ("ip", "netns", "del", self.name),
             ("ip", "link", "del", self.outer),
