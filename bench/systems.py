@@ -54,7 +54,6 @@ class Running:
     web: list[Proc] = field(default_factory=list)
     workers: list[Proc] = field(default_factory=list)
     redis_url: str = ""
-    acknowledged: bool = True
 
     def web_ticks(self) -> int:
         return sum(cpu_ticks(proc.pid) for proc in self.web)
@@ -120,7 +119,7 @@ def _web(
 
 
 def bare() -> Running:
-    running = Running("bare Flask/gevent (ceiling)", acknowledged=False)
+    running = Running("bare Flask/gevent (ceiling)")
     _web(
         running,
         [PYTHON, "-m", "bench.bare", "--port", "0"],
@@ -160,7 +159,7 @@ def greenpipe(
 
 
 def greenpipe_plain() -> Running:
-    running = Running("greenpipe -> plain PULL (at most once)", acknowledged=False)
+    running = Running("greenpipe -> plain PULL (at most once)")
     argv = [PYTHON, "-m", "bench.pull_counter", "--port", "0"]
     ports = _workers(running, argv, r"listening on tcp://[^:]+:(\d+)")
     web = [PYTHON, str(ROOT / "web.py"), "--port", "0", "--workers",

@@ -460,7 +460,7 @@ class Dispatcher:
             credit,
             worker_name,
         )
-        if max_frame < self.settings.max_body + protocol.JOB_OVERHEAD // 64:
+        if max_frame < self.settings.max_body + protocol.JOB_OVERHEAD:
             log.warning(
                 "worker %s accepts frames up to %d bytes but MAX_BODY is %d: raise "
                 "the worker's MAX_FRAME or lower MAX_BODY, or large jobs will "

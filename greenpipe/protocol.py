@@ -41,8 +41,6 @@ ACKS = b"\x12"  # ids of jobs done, space-separated; then a frame per result
 HEARTBEAT = b"\x13"  # sent from the worker's event loop: proves the loop runs
 BYE = b"\x14"  # the worker is leaving (or refuses): send nothing more
 
-WEB_KINDS = frozenset((HELLO, JOBS, PING, DONE))
-WORKER_KINDS = frozenset((READY, ACKS, HEARTBEAT, BYE))
 
 # Result status bytes (results travel only for failures and awaited jobs).
 OK = 0  # handler returned; payload is its JSON result
@@ -58,7 +56,9 @@ _READY = struct.Struct("!BII")  # version, credit, largest frame accepted
 _JOB = struct.Struct("!BBIBBHHHI")
 _RESULT = struct.Struct("!BB")  # status, id length; then id, then payload
 
-JOB_OVERHEAD = _JOB.size + 255 + 255 + 3 * 65535  # the most a job adds to its body
+# What a job from web.py adds to its body, at most: the header, a 64-byte id, a
+# method, a path and query within pywsgi's 8 KiB request line, a 1 KiB type.
+JOB_OVERHEAD = _JOB.size + 64 + 16 + 8192 + 1024
 _ID = re.compile(rb"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_NAME = 200
 
@@ -105,10 +105,6 @@ def decode_bye(frames: Sequence[bytes]) -> str:
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
-
-
-def valid_id(job_id: bytes) -> bool:
-    return _ID.match(job_id) is not None
 
 
 def encode_job(

@@ -151,10 +151,12 @@ class Worker:
         self._drain()
         gevent.killall(greenlets, block=False)
         log.info(
-            "%s: stopped; handled %d jobs (%d failed), dropped %d malformed messages",
+            "%s: stopped; handled %d jobs (%d failed) of %d received, "
+            "dropped %d malformed messages",
             self.name,
             self.handled,
             self.failed,
+            self.received,
             self.malformed,
         )
 

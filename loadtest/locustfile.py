@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import sys
 import time
 
@@ -35,8 +34,6 @@ import gevent
 from locust import FastHttpUser, events, task
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
-
-log = logging.getLogger("loadtest")
 
 
 @events.init_command_line_parser.add_listener

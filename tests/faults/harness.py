@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -388,7 +387,3 @@ def warm_up(cluster: Cluster, load: Load, jobs: int = 200) -> None:
         30,
         f"{jobs} jobs sent to the workers",
     )
-
-
-def random_worker(rng: random.Random, count: int) -> int:
-    return rng.randrange(count)
