@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench loadtest scenario lint clean
+.PHONY: run test test-without-tools bench loadtest scenario lint clean
 
 $(STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,16 @@ run: $(STAMP)  ## web on :4567 + workers on :4444-4446, via honcho (Procfile)
 
 test: $(STAMP)  ## the whole suite: unit tests and real processes
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tests that use optional system tools, run as on a machine without them:
+# each must skip with a reason naming the tool, or fall back (CI runs this too).
+OPTIONAL_TOOLS := wrk,iptables,ip,redis-server,promtool,chromium,ab
+test-without-tools: $(STAMP)
+	GREENPIPE_HIDE_TOOLS=$(OPTIONAL_TOOLS) $(BIN)/python -m pytest -rs \
+	  tests/faults/test_faults.py::test_network_cut_and_heal \
+	  tests/test_bench.py::test_wrk_load_against_the_bare_app \
+	  tests/test_bench.py::test_locust_stats_without_percentiles_are_reported_not_fatal \
+	  tests/test_metrics.py::test_promtool_accepts_the_metrics
 
 bench: $(STAMP)  ## benchmarks (not tests): prints a table, writes bench/results/
 	$(BIN)/python -m bench

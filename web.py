@@ -1,19 +1,30 @@
 """greenpipe web: turns every HTTP request into one job for the workers.
 
-Serves    HTTP      http://HOST:port        GET /, POST /jobs, GET /healthz, GET /stats
+Serves    HTTP      http://HOST:port        GET /, POST /jobs, GET /jobs/<id>,
+                                            GET /healthz, GET /stats
 Connects  DEALER    each of WORKERS         JOBS / PING out; READY / ACKS / HEARTBEAT in
 Run       python web.py      (or: python web.py --port 0 --workers 127.0.0.1:4444)
+
+This file is also the example to copy: a Flask app written with greenpipe's
+public API only.
 """
 
 from gevent import monkey
 
 monkey.patch_all()  # first statement: patching late leaves blocking sockets behind
 
-from greenpipe import config, entry, webserver  # noqa: E402
+from flask import Flask  # noqa: E402
+
+from greenpipe import Greenpipe, json_errors, serve  # noqa: E402
+
+app = Flask("greenpipe")
+pipe = Greenpipe(app)  # settings: app.config GREENPIPE_*, environment, flags
+app.register_blueprint(pipe.forwarding())  # GET / and POST /jobs: one job each
+json_errors(app)  # every error as JSON that says what to do
 
 
 def main(argv: list[str] | None = None) -> int:
-    return entry.main(config.load_web, webserver.run, argv)
+    return serve(app, argv)  # flags as before; SIGTERM drains, then exits 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ Sections:
            accepted vs handled (the workers' own counts), per-worker split
   paired   bare and greenpipe running side by side, measured back to back in
            alternating order: the steadiest ratio a noisy machine can give
+  journal  the journal off, none (default) and batch against bare, back to
+           back; bytes written per job and the journal's size after the run
   micro    the hot path on its own (python -m bench.micro)
   latency  request sent -> handler started at 50% of greenpipe's peak
   memory   web RSS across a 100,000-request run; bytes per job in flight
@@ -35,7 +37,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from bench import load, systems
-from tests.support import PYTHON, ROOT
+from greenpipe.testing import PYTHON, ROOT
 
 RESULTS = ROOT / "bench" / "results"
 TICK_US = 1e6 / 100  # /proc clock ticks are 10 ms (USER_HZ = 100)
@@ -44,8 +46,8 @@ TICK_US = 1e6 / 100  # /proc clock ticks are 10 ms (USER_HZ = 100)
 @dataclass
 class Sample:
     rps: float
-    p50_ms: float
-    p99_ms: float
+    p50_ms: float | None
+    p99_ms: float | None
     cpu_us: float
     accepted: int
     handled: int | None
@@ -120,14 +122,20 @@ def macro_table(samples: dict[str, list[Sample]], skipped: dict[str, str]) -> li
         rows.append(
             f"| {LABELS[name]} | {median:,.0f} "
             f"({min(s.rps for s in runs):,.0f}-{max(s.rps for s in runs):,.0f}) | {ratio} | "
-            f"{statistics.median(s.p50_ms for s in runs):.1f} | "
-            f"{statistics.median(s.p99_ms for s in runs):.1f} | "
+            f"{_median_ms(s.p50_ms for s in runs)} | "
+            f"{_median_ms(s.p99_ms for s in runs)} | "
             f"{statistics.median(s.cpu_us for s in runs):.0f} | {last.accepted} / {handled} | "
             f"{split} | {'; '.join(notes)} |"
         )
     for name, why in skipped.items():
         rows.append(f"| {LABELS[name]} | skipped: {why} | | | | | | | |")
     return rows
+
+
+def _median_ms(values) -> str:
+    """Median of the runs that measured it; "n/a" when none did (too short)."""
+    known = [v for v in values if v is not None]
+    return f"{statistics.median(known):.1f}" if known else "n/a (run too short)"
 
 
 LABELS = {
@@ -171,10 +179,14 @@ def paired(pairs: int, connections: int, seconds: float) -> list[str]:
                 cpu[name].append(
                     (running.web_ticks() - ticks) * TICK_US / max(1, result.requests)
                 )
-            ratios.append(rps["greenpipe"] / rps["bare"])
+            if rps["bare"]:  # a load tool that measured nothing gives no ratio
+                ratios.append(rps["greenpipe"] / rps["bare"])
     finally:
         gp.stop()
         bare.stop()
+    if not ratios:
+        return [f"- greenpipe / bare: no pair measured any request ({load.tool()} runs "
+                f"of {seconds:g} s were too short); run longer (--seconds)"]  # fmt: skip
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     return [
         f"- greenpipe / bare, {pairs} back-to-back pairs of {seconds:g} s: median ratio "
@@ -182,6 +194,64 @@ def paired(pairs: int, connections: int, seconds: float) -> list[str]:
         f"web CPU per request {statistics.median(cpu['greenpipe']):.0f} µs against "
         f"{statistics.median(cpu['bare']):.0f} µs",
     ]
+
+
+def journal(pairs: int, connections: int, seconds: float) -> list[str]:
+    """The journal's cost: off, none (the default) and batch against the ceiling.
+
+    All four systems run at once and are measured back to back, the order
+    rotating each round, so each ratio compares neighbours in time.
+    """
+    running = {"bare": systems.bare()}
+    for mode in ("off", "none", "batch"):
+        running[mode] = systems.greenpipe(journal=mode)
+    rps: dict[str, list[float]] = {name: [] for name in running}
+    p99: dict[str, list[float]] = {name: [] for name in running}
+    names = list(running)
+    try:
+        for index in range(pairs):
+            order = names[index % len(names) :] + names[: index % len(names)]
+            for name in order:
+                result = load.run(running[name].url + "/", connections, seconds)
+                rps[name].append(result.ok_rps)
+                if result.p99_ms is not None:
+                    p99[name].append(result.p99_ms)
+        report = {
+            mode: _stats_of(running[mode].url)["journal"] for mode in ("none", "batch")
+        }
+    finally:
+        for each in running.values():
+            each.stop()
+
+    def ratio(name: str, base: str) -> str:
+        pairs_ = [a / b for a, b in zip(rps[name], rps[base], strict=True) if b]
+        return f"{statistics.median(pairs_):.2f}" if pairs_ else "-"
+
+    def p99_of(name: str) -> float:
+        return statistics.median(p99[name]) if p99[name] else float("nan")
+
+    lines = [f"- {pairs} rounds of {seconds:g} s, the four systems back to back:"]
+    for name, label in (("off", "journal off"), ("none", "journal none (default)"),
+                        ("batch", "journal batch (fdatasync per group)")):  # fmt: skip
+        lines.append(
+            f"  - {label}: {statistics.median(rps[name]):,.0f} req/s, ratio to bare "
+            f"{ratio(name, 'bare')}, to journal off {ratio(name, 'off')}, p99 "
+            f"{p99_of(name):.1f} ms ({p99_of(name) / p99_of('bare'):.2f}x bare's)"
+        )
+    for mode in ("none", "batch"):
+        info = report[mode]
+        per_job = info["bytes_written"] / max(1, info["jobs_written"])
+        lines.append(
+            f"  - {mode}: {info['jobs_written']:,} jobs journaled in {info['groups']:,} "
+            f"group commits, {per_job:.0f} bytes per job written, "
+            f"{info['bytes_on_disk']:,} bytes on disk after the run"
+        )
+    return lines
+
+
+def _stats_of(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/stats", timeout=5) as response:
+        return json.load(response)
 
 
 def micro(quick: bool) -> list[str]:
@@ -274,8 +344,11 @@ def _bytes_in_flight(quick: bool) -> str:
 
 
 def _commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                         capture_output=True, text=True).stdout.strip()  # fmt: skip
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                             capture_output=True, text=True).stdout.strip()  # fmt: skip
+    except OSError:  # git not installed: a tarball, a minimal machine
+        return "unknown"
     return out or "unknown"
 
 
@@ -283,7 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--systems", default="bare,greenpipe,plain,multi,celery,rq")
-    parser.add_argument("--sections", default="macro,paired,micro,latency,memory")
+    parser.add_argument(
+        "--sections", default="macro,paired,journal,micro,latency,memory"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=6.0, help="per measurement")
     parser.add_argument("--connections", type=int, default=100)
@@ -346,6 +421,13 @@ def main(argv: list[str] | None = None) -> int:
             "Paired: greenpipe against the ceiling",
             lambda: paired(
                 3 if args.quick else 12, args.connections, 2 if args.quick else 3
+            ),
+        )
+    if "journal" in sections:
+        section(
+            "Journal: off, none (default), batch",
+            lambda: journal(
+                3 if args.quick else 8, args.connections, 2 if args.quick else 3
             ),
         )
     if "micro" in sections:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import re
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.support import ROOT
+from greenpipe.testing import ROOT
 
 
 @dataclass
@@ -21,8 +22,8 @@ class LoadResult:
     requests: int  # answered
     ok: int  # answered 2xx
     seconds: float
-    p50_ms: float
-    p99_ms: float
+    p50_ms: float | None  # None: the run was too short for the tool to say
+    p99_ms: float | None
 
     @property
     def rps(self) -> float:
@@ -34,6 +35,7 @@ class LoadResult:
 
 
 def tool() -> str:
+    """ "wrk" when it is on PATH, else "locust" (the fallback, itself tested)."""
     return "wrk" if shutil.which("wrk") else "locust"
 
 
@@ -70,22 +72,54 @@ def locust(url: str, connections: int, seconds: float) -> LoadResult:
     parts = urlsplit(url)
     with tempfile.TemporaryDirectory() as tmp:
         prefix = str(Path(tmp) / "run")
-        subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
              "--headless", "-u", str(connections), "-r", str(connections), "-t", f"{seconds:g}s",
              "--host", f"{parts.scheme}://{parts.netloc}", "--csv", prefix, "--post-weight", "0",
              "--skip-log-setup", "--ab-progress", "0"],
             capture_output=True, text=True, timeout=seconds + 60, cwd=ROOT,
         )  # fmt: skip
-        with open(f"{prefix}_stats.csv") as file:
-            row = next(r for r in csv.DictReader(file) if r["Name"] == "Aggregated")
-    requests = int(row["Request Count"])
-    failed = int(row["Failure Count"])
-    rps = float(row["Requests/s"])
+        try:
+            with open(f"{prefix}_stats.csv") as file:
+                rows = list(csv.DictReader(file))
+        except OSError:
+            raise RuntimeError(
+                f"Locust wrote no statistics (exit {done.returncode}); its output "
+                f"ends:\n{done.stderr[-1500:]}"
+            ) from None
+    return from_locust_stats(rows, seconds)
+
+
+def from_locust_stats(rows: list[dict[str, str]], seconds: float) -> LoadResult:
+    """A LoadResult from the rows of Locust's ``*_stats.csv``.
+
+    Locust writes "N/A" for a percentile it could not compute (no request
+    finished, e.g. a 1 s warm-up on a slow machine): that becomes None, which
+    the report shows as "too short to measure"; it is never a crash.
+    """
+    row = next((r for r in rows if r.get("Name") == "Aggregated"), None)
+    if row is None:
+        return LoadResult("locust", 0, 0, seconds, None, None)
+    requests = _count(row.get("Request Count"))
+    failed = _count(row.get("Failure Count"))
+    rps = _number(row.get("Requests/s")) or 0.0
     return LoadResult(
         "locust", requests, requests - failed, requests / rps if rps else seconds,
-        float(row["50%"]), float(row["99%"]),
+        _number(row.get("50%")), _number(row.get("99%")),
     )  # fmt: skip
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text or "")
+    except ValueError:  # "N/A", "", or something Locust may print one day
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _count(text: str | None) -> int:
+    value = _number(text)
+    return int(value) if value is not None else 0
 
 
 def run(url: str, connections: int, seconds: float) -> LoadResult:

@@ -22,6 +22,7 @@ import json  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 import timeit  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -83,10 +84,12 @@ def dispatcher(count: int) -> dict[str, float]:
     workers = [_worker() for _ in range(3)]
     try:
         addresses = ",".join(endpoint for _, endpoint in workers)
-        settings = load_web(["--workers", addresses, "--max-pending", str(count)], {})
+        journal = tempfile.mkdtemp(prefix="greenpipe-micro-journal-")
+        settings = load_web(["--workers", addresses, "--max-pending", str(count),
+                             "--journal-dir", journal], {})  # fmt: skip
         disp = Dispatcher(settings)
         disp.start()
-        assert disp._barrier.wait(10), "workers not ready"
+        assert disp.wait_barrier(10), "workers not ready"
         started, cpu = time.perf_counter(), time.process_time()
         for _ in range(count // 100):
             for _ in range(100):  # as a loop iteration of 100 HTTP requests would

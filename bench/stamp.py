@@ -13,7 +13,7 @@ import time
 
 import gevent
 
-from greenpipe.protocol import Job
+from greenpipe.jobs import Job
 
 _fds: dict[str, int] = {}
 

@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 
-from tests.support import PYTHON, ROOT, Proc, free_port
+from greenpipe.testing import PYTHON, ROOT, Proc, free_port
 
 NOOP = "greenpipe.handlers:noop"
+
+
+def journal_flags(mode: str) -> list[str]:
+    """A fresh journal directory per run (a run's leftovers never replay into the next)."""
+    if mode == "off":
+        return ["--journal-dir", "off"]
+    directory = tempfile.mkdtemp(prefix="greenpipe-bench-journal-")
+    return ["--journal-dir", directory, "--journal-sync", mode]
 
 
 def cpu_ticks(root: int) -> int:
@@ -133,8 +142,13 @@ def greenpipe(
     handler: str = NOOP,
     worker_flags: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    journal: str = "none",
 ) -> Running:
-    """web.py + 3 server.py (the no-op handler unless told otherwise)."""
+    """web.py + 3 server.py (the no-op handler unless told otherwise).
+
+    `journal`: "none" (the default: written, not synced), "batch" (an
+    fdatasync per group commit) or "off".
+    """
     name = "greenpipe (acknowledged)"
     if web_processes > 1:
         name = f"greenpipe, {web_processes} web processes"
@@ -151,7 +165,7 @@ def greenpipe(
     ports = _workers(running, argv, r"listening on tcp://[^:]+:(\d+)", env=env)
     web = [PYTHON, str(ROOT / "web.py"), "--port", "0", "--workers",
            ",".join(f"127.0.0.1:{p}" for p in ports), "--web-processes", str(web_processes),
-           "--dead-letter", "/dev/null"]  # fmt: skip
+           "--dead-letter", "/dev/null", *journal_flags(journal)]  # fmt: skip
     _web(running, web, r"serving http://[^:]+:(\d+)", "barrier met")
     if web_processes > 1:
         running.web[0].expect("barrier met", 20, times=web_processes)
@@ -163,7 +177,8 @@ def greenpipe_plain() -> Running:
     argv = [PYTHON, "-m", "bench.pull_counter", "--port", "0"]
     ports = _workers(running, argv, r"listening on tcp://[^:]+:(\d+)")
     web = [PYTHON, str(ROOT / "web.py"), "--port", "0", "--workers",
-           ",".join(f"push+tcp://127.0.0.1:{p}" for p in ports), "--dead-letter", "/dev/null"]  # fmt: skip
+           ",".join(f"push+tcp://127.0.0.1:{p}" for p in ports), "--dead-letter", "/dev/null",
+           *journal_flags("none")]  # fmt: skip
     _web(running, web, r"serving http://[^:]+:(\d+)", "barrier met")
     return running
 

@@ -1,3 +1,62 @@
-"""greenpipe: a gevent web app feeding a pool of ZeroMQ workers, acknowledged."""
+"""greenpipe: hand jobs from a gevent Flask app to a pool of ZeroMQ workers.
+
+Round-robin behind a readiness barrier, acknowledged (at least once), bounded.
+The public names, importable from ``greenpipe`` directly:
+
+- `Greenpipe`: the Flask extension (``pipe = Greenpipe(app)``; ``pipe.push``)
+- `Pipe`: the core, without Flask (``Pipe(workers=[...]).push(...)``)
+- `Handlers`: the worker's registry of handlers by job name
+- `Job`: what a handler receives; `Receipt`, `Outcome`, `Status`: what
+  ``push`` gives back
+- `serve`: run a Flask app with greenpipe as web.py does
+- `GreenpipeError`, `ConfigError`, `Unavailable`, `UnknownJob`: the errors
+
+Importing ``greenpipe`` imports none of them until one is used, so an entry
+point can import it before ``gevent.monkey.patch_all()`` without harm.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_WHERE = {
+    "Greenpipe": "greenpipe.ext",
+    "Pipe": "greenpipe.pipe",
+    "Receipt": "greenpipe.pipe",
+    "Handlers": "greenpipe.registry",
+    "UnknownJob": "greenpipe.registry",
+    "Job": "greenpipe.jobs",
+    "Outcome": "greenpipe.jobs",
+    "Status": "greenpipe.jobs",
+    "serve": "greenpipe.webserver",
+    "json_errors": "greenpipe.app",
+    "GreenpipeError": "greenpipe.errors",
+    "ConfigError": "greenpipe.errors",
+    "Unavailable": "greenpipe.errors",
+}
+__all__ = sorted(_WHERE)
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
+    from greenpipe.app import json_errors  # noqa: F401
+    from greenpipe.errors import ConfigError, GreenpipeError, Unavailable  # noqa: F401
+    from greenpipe.ext import Greenpipe  # noqa: F401
+    from greenpipe.jobs import Job, Outcome, Status  # noqa: F401
+    from greenpipe.pipe import Pipe, Receipt  # noqa: F401
+    from greenpipe.registry import Handlers, UnknownJob  # noqa: F401
+    from greenpipe.webserver import serve  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'greenpipe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

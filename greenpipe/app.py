@@ -1,8 +1,10 @@
-"""The Flask app: every GET / and POST /jobs becomes one job; errors are JSON.
+"""The HTTP side as Flask pieces: blueprints, JSON errors, and web.py's app.
 
-`create_app(dispatcher, settings)` takes its dispatcher, so tests can pass a
-fake. A client can never cause a 500 with a traceback: every error is
-``{"error": ..., "detail": ...}`` naming what was wrong and what to do.
+`forwarding_blueprint` turns every GET / and POST /jobs into one job;
+`ops_blueprint` serves /healthz, /stats and /jobs/<id>; `json_errors` makes
+every error ``{"error": ..., "detail": ...}`` naming what was wrong and what
+to do, never a traceback. `create_app(dispatcher, settings)` assembles them
+around a given dispatcher, so tests can pass a fake.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from flask import Flask, Response, request
+from flask import Blueprint, Flask, Response, request
 from werkzeug.exceptions import (
     BadRequest,
     HTTPException,
@@ -24,11 +28,12 @@ from werkzeug.exceptions import (
 
 from greenpipe.config import WebSettings
 from greenpipe.errors import Unavailable
+from greenpipe.jobs import Status
 
 log = logging.getLogger(__name__)
 
 MAX_CONTENT_TYPE = 1024  # bytes; the job frame has 16 bits for it, this is plenty
-ROUTES = "GET /, POST /jobs, GET /healthz and GET /stats"
+ROUTES = "GET /, POST /jobs, GET /jobs/<id>, GET /healthz and GET /stats"
 
 
 class DispatcherLike(Protocol):
@@ -44,6 +49,8 @@ class DispatcherLike(Protocol):
     def outcome(self, job: Any, timeout: float) -> Any: ...
     def health(self) -> tuple[bool, dict]: ...
     def stats(self) -> dict: ...
+    def status(self, job_id: str) -> dict | None: ...
+    def owns(self, job_id: str) -> bool: ...
 
 
 def parse_wait(header: str | None, cap: float) -> float:
@@ -70,6 +77,24 @@ def parse_wait(header: str | None, cap: float) -> float:
             )
         return min(seconds, cap)
     return 0.0
+
+
+def idempotency_key(header: str | None) -> str:
+    """The ``Idempotency-Key`` header's key (IETF httpapi draft), or 400.
+
+    A structured-field string ("...") or a bare token, 1-255 printable ASCII.
+    """
+    if header is None:
+        return ""
+    key = header.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
+        raise BadRequest(
+            f"Idempotency-Key {header[:80]!r} is not 1-255 printable ASCII "
+            'characters; send e.g. Idempotency-Key: "8e03978e-40d5-43e8"'
+        )
+    return key
 
 
 def json_response(
@@ -129,14 +154,24 @@ def _is_json(content_type: str) -> bool:
     return mime == "application/json" or mime.endswith("+json")
 
 
-def create_app(dispatcher: DispatcherLike, settings: WebSettings) -> Flask:
-    app = Flask("greenpipe")
+def forwarding_blueprint(
+    source: Callable[[], DispatcherLike], settings: WebSettings | None = None
+) -> Blueprint:
+    """GET / and POST /jobs: each request becomes one job, named by its path.
 
-    @app.route("/", methods=["GET"])
-    @app.route("/jobs", methods=["POST"])
+    `source` gives the pipe to submit to (resolved per request, so it can be
+    started lazily in the serving process); MAX_BODY and MAX_WAIT come from
+    `settings`, else from the pipe's own.
+    """
+    bp = Blueprint("greenpipe_forwarding", __name__)
+
+    @bp.route("/", methods=["GET"])
+    @bp.route("/jobs", methods=["POST"])
     def create_job() -> Response:
         environ = request.environ
-        wait = parse_wait(environ.get("HTTP_PREFER"), settings.max_wait)
+        pipe = source()
+        limits = settings or pipe.settings
+        wait = parse_wait(environ.get("HTTP_PREFER"), limits.max_wait)
         encoding = environ.get("HTTP_CONTENT_ENCODING", "").strip().lower()
         if encoding not in ("", "identity"):
             raise UnsupportedMediaType(
@@ -149,7 +184,7 @@ def create_app(dispatcher: DispatcherLike, settings: WebSettings) -> Flask:
                 f"Content-Type is {len(content_type)} bytes long; at most "
                 f"{MAX_CONTENT_TYPE} are accepted"
             )
-        body = _read_body(environ, settings.max_body)
+        body = _read_body(environ, limits.max_body)
         if body and _is_json(content_type):
             try:
                 json.loads(body)
@@ -158,37 +193,98 @@ def create_app(dispatcher: DispatcherLike, settings: WebSettings) -> Flask:
                     f"the body is not valid JSON ({exc}) but Content-Type is "
                     f"{content_type!r}; send valid JSON or another Content-Type"
                 ) from None
-        job = dispatcher.submit(
+        key = idempotency_key(environ.get("HTTP_IDEMPOTENCY_KEY"))
+        job = pipe.submit(
             environ["REQUEST_METHOD"].encode("ascii"),
             environ.get("PATH_INFO", "/").encode("latin-1"),
             environ.get("QUERY_STRING", "").encode("latin-1"),
             content_type.encode("latin-1"),
             body,
             reply=wait > 0,
+            **({"key": key} if key else {}),
         )
         if not wait:
             return accepted(job.id)
-        return _waited(dispatcher, job, wait)
+        return _waited(pipe, job, wait)
 
-    @app.get("/healthz")
+    return bp
+
+
+def ops_blueprint(source: Callable[[], DispatcherLike]) -> Blueprint:
+    """GET /healthz, /stats and /jobs/<id>: what the pipe is doing, as JSON."""
+    bp = Blueprint("greenpipe_ops", __name__)
+
+    @bp.get("/healthz")
     def healthz() -> Response:
-        ok, report = dispatcher.health()
+        ok, report = source().health()
         return json_response(200 if ok else 503, report)
 
-    @app.get("/stats")
+    @bp.get("/stats")
     def stats() -> Response:
-        return json_response(200, dispatcher.stats())
+        return json_response(200, source().stats())
 
-    @app.errorhandler(Unavailable)
-    def unavailable(exc: Unavailable) -> Response:
+    @bp.get("/metrics")
+    def metrics() -> Response:
+        pipe = source()
+        settings = getattr(pipe, "settings", None)
+        render = getattr(pipe, "metrics", None)
+        if render is None or not getattr(settings, "metrics", True):
+            raise NotFound()
+        if getattr(settings, "reuse_port", False):
+            # One scrape would reach one process at random and read as the whole.
+            return _error(
+                421,
+                "misdirected request",
+                f"several web processes share this port; this one (pid "
+                f"{os.getpid()}) cannot speak for the others. Scrape each process "
+                "on a port of its own (not yet available; see the README)",
+            )
+        return Response(render(), mimetype=None, headers={
+            "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})  # fmt: skip
+
+    @bp.get("/jobs/<job_id>")
+    def job_status(job_id: str) -> Response:
+        pipe = source()
+        found = pipe.status(job_id)
+        if found is not None:
+            return json_response(200, found)
+        pid = os.getpid()
+        if not pipe.owns(job_id) and getattr(pipe.settings, "reuse_port", False):
+            # Several processes share this port (WEB_PROCESSES, REUSE_PORT): the
+            # one that accepted the job knows it; a new connection may reach it.
+            return _error(
+                421,
+                "misdirected request",
+                f"job {job_id!r} was not accepted by this web process (pid {pid}) "
+                "but perhaps by another one sharing this port; ask again on a new "
+                "connection (the kernel spreads connections over the processes)",
+                {"Retry-After": "0", "Connection": "close"},
+            )
         return _error(
-            503, "unavailable", str(exc), {"Retry-After": str(exc.retry_after)}
+            404,
+            "unknown job",
+            f"no job {job_id!r} here (pid {pid}): never accepted, or its record "
+            f"expired (kept {pipe.settings.status_ttl:g} s, at most "
+            f"{pipe.settings.status_keep} jobs: GREENPIPE_STATUS_TTL, STATUS_KEEP)",
         )
+
+    return bp
+
+
+def unavailable(exc: Unavailable) -> Response:
+    """503 with Retry-After and a JSON body: no worker can take the job now."""
+    return _error(503, "unavailable", str(exc), {"Retry-After": str(exc.retry_after)})
+
+
+def json_errors(app: Flask, routes: str = ROUTES) -> None:
+    """Answer every error of `app` as ``{"error": ..., "detail": ...}``, never HTML."""
+
+    app.register_error_handler(Unavailable, unavailable)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
-        return _error(exc.code or 500, exc.name, _detail(exc, settings), headers)
+        return _error(exc.code or 500, exc.name, _detail(exc, app, routes), headers)
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> Response:
@@ -197,13 +293,21 @@ def create_app(dispatcher: DispatcherLike, settings: WebSettings) -> Flask:
             500, "internal error", "a bug in greenpipe; the web's log has the details"
         )
 
+
+def create_app(dispatcher: DispatcherLike, settings: WebSettings) -> Flask:
+    """web.py's app around a given dispatcher (tests pass a fake)."""
+    app = Flask("greenpipe")
+    app.config["GREENPIPE_MAX_BODY"] = settings.max_body
+    app.register_blueprint(forwarding_blueprint(lambda: dispatcher, settings))
+    app.register_blueprint(ops_blueprint(lambda: dispatcher))
+    json_errors(app)
     return app
 
 
 def _waited(dispatcher: DispatcherLike, job: Any, wait: float) -> Response:
     applied = {"Preference-Applied": f"wait={wait:g}"}
     outcome = dispatcher.outcome(job, wait)
-    if outcome is None:
+    if outcome is None or outcome.status is Status.TIMEOUT:
         return json_response(
             504,
             {
@@ -214,17 +318,17 @@ def _waited(dispatcher: DispatcherLike, job: Any, wait: float) -> Response:
             },
             applied,
         )
-    if outcome.status == "ok":
+    if outcome.status is Status.OK:
         result = json.loads(outcome.payload) if outcome.payload else None
         return json_response(
             200, {"id": job.id, "worker": outcome.worker, "result": result}, applied
         )
-    if outcome.status == "unacknowledged":
+    if outcome.status is Status.UNACKNOWLEDGED:
         detail = "sent at most once to a plain PULL worker, which sends nothing back"
         return json_response(
             202, {"id": job.id, "worker": outcome.worker, "detail": detail}
         )
-    error = "handler failed" if outcome.status == "failed" else "given up"
+    error = "handler failed" if outcome.status is Status.FAILED else "given up"
     return json_response(
         502,
         {
@@ -237,9 +341,9 @@ def _waited(dispatcher: DispatcherLike, job: Any, wait: float) -> Response:
     )
 
 
-def _detail(exc: HTTPException, settings: WebSettings) -> str:
+def _detail(exc: HTTPException, app: Flask, routes: str) -> str:
     if isinstance(exc, NotFound):
-        return f"no route for {request.method} {request.path}; the routes are {ROUTES}"
+        return f"no route for {request.method} {request.path}; the routes are {routes}"
     if isinstance(exc, MethodNotAllowed):
         allowed = ", ".join(sorted(exc.valid_methods or ()))
         return f"{request.method} is not allowed on {request.path}; use {allowed}"
@@ -247,7 +351,8 @@ def _detail(exc: HTTPException, settings: WebSettings) -> str:
         length = request.content_length
         given = f"Content-Length {length}" if length is not None else "a chunked body"
         return (
-            f"the body ({given}) is over MAX_BODY ({settings.max_body} bytes); send a "
+            f"the body ({given}) is over MAX_BODY "
+            f"({app.config.get('GREENPIPE_MAX_BODY', '?')} bytes); send a "
             "smaller body, or raise MAX_BODY"
         )
     return exc.description or exc.name

@@ -91,6 +91,27 @@ def _handler(raw: str) -> str:
     return raw.strip()
 
 
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError("one of " + ", ".join(options))
+        return value
+
+    return parse
+
+
+def _journal_dir(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("a directory path, or off")
+    return "off" if value.lower() in ("off", "no", "0", "false") else value
+
+
+def _optional_spec(raw: str) -> str:
+    return _handler(raw) if raw.strip() else ""
+
+
 def _path(raw: str) -> str:
     if not raw.strip():
         raise ValueError("a file path")
@@ -160,11 +181,9 @@ DEFAULT_WORKERS = tuple(
 
 
 @dataclass(frozen=True, slots=True)
-class WebSettings:
-    """Everything web.py needs; see the README's configuration table."""
+class PipeSettings:
+    """What a `Pipe` (the dispatcher) needs: workers, bounds, timing; no HTTP."""
 
-    port: int = _setting(4567, _port, "HTTP port")
-    host: str = _setting("127.0.0.1", _host, "HTTP interface to bind")
     workers: tuple[Endpoint, ...] = _setting(
         DEFAULT_WORKERS,
         _workers,
@@ -177,9 +196,6 @@ class WebSettings:
     max_body: int = _setting(MiB, _size, "largest request body accepted", "1MiB")
     max_pending: int = _setting(
         1000, _positive_int, "jobs waiting for a worker, at most"
-    )
-    max_connections: int = _setting(
-        1000, _positive_int, "HTTP connections served at once"
     )
     drain_timeout: float = _setting(
         3.0, _seconds, "seconds to wait for acks when stopping"
@@ -194,14 +210,50 @@ class WebSettings:
     max_attempts: int = _setting(
         3, _positive_int, "deliveries of a job before dead-letter"
     )
-    max_wait: float = _setting(30.0, _seconds, "cap on Prefer: wait=N, seconds")
     dead_letter: str = _setting("dead-letter.jsonl", _path, "file for jobs given up on")
-    access_log: bool = _setting(False, _flag, "log one line per HTTP request")
-    web_processes: int = _setting(1, _positive_int, "web.py processes sharing the port")
+    status_keep: int = _setting(
+        10_000, _positive_int, "finished jobs whose status GET /jobs/<id> keeps"
+    )
+    status_ttl: float = _setting(
+        300.0, _seconds, "seconds a finished job's status is kept"
+    )
+    journal_dir: str = _setting(
+        ".greenpipe-journal",
+        _journal_dir,
+        "directory of the journal that 202s survive a crash by (off: none)",
+    )
+    journal_sync: str = _setting(
+        "none",
+        _choice("none", "batch"),
+        "none: survives a process crash; batch: fdatasync per group, a power loss",
+    )
+    journal_corrupt: str = _setting(
+        "salvage",
+        _choice("salvage", "refuse"),
+        "a damaged journal segment: replay what can be read, or refuse to start",
+    )
+    idempotency_ttl: float = _setting(
+        3600.0, _seconds, "seconds an Idempotency-Key maps to its first job"
+    )
+    metrics: bool = _setting(True, _flag, "serve GET /metrics (Prometheus)")
     reuse_port: bool = _setting(
         False, _flag, "bind HTTP with SO_REUSEPORT (shared port)"
     )
     log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings(PipeSettings):
+    """Everything web.py needs: the pipe's settings and the HTTP server's."""
+
+    port: int = _setting(4567, _port, "HTTP port")
+    host: str = _setting("127.0.0.1", _host, "HTTP interface to bind")
+    max_connections: int = _setting(
+        1000, _positive_int, "HTTP connections served at once"
+    )
+    max_wait: float = _setting(30.0, _seconds, "cap on Prefer: wait=N, seconds")
+    access_log: bool = _setting(False, _flag, "log one line per HTTP request")
+    web_processes: int = _setting(1, _positive_int, "web.py processes sharing the port")
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +266,14 @@ class WorkerSettings:
     host: str = _setting("127.0.0.1", _host, "interface to bind")
     concurrency: int = _setting(100, _positive_int, "jobs handled at once (greenlets)")
     handler: str = _setting(
-        "greenpipe.handlers:log_job", _handler, "package.module:callable run per job"
+        "greenpipe.handlers:log_job",
+        _handler,
+        "package.module:NAME, a callable or a Handlers registry run per job",
+    )
+    app: str = _setting(
+        "",
+        _optional_spec,
+        "package.module:app, a Flask app whose context handlers run in",
     )
     drain_timeout: float = _setting(
         3.0, _seconds, "seconds to finish jobs when stopping"
@@ -238,12 +297,18 @@ def env_names(name: str) -> tuple[str, ...]:
 
 
 def _lookup(
-    name: str, flags: Mapping[str, str], environ: Mapping[str, str]
+    name: str,
+    flags: Mapping[str, str],
+    environ: Mapping[str, str],
+    app_config: Mapping[str, Any],
 ) -> tuple[str | None, str, str]:
     """Return (raw text, where it came from, the name to show in errors)."""
     label = env_names(name)[0]
     if name in flags:
         return flags[name], f"flag --{name.replace('_', '-')}", label
+    key = "GREENPIPE_" + name.upper()
+    if key in app_config:
+        return _text(app_config[key]), f"app.config[{key!r}]", key
     for env in env_names(name):
         if env in environ:
             return environ[env], f"environment variable {env}", env
@@ -256,12 +321,22 @@ def _shown_default(f: Any) -> str:
     return str(f.default).lower() if isinstance(f.default, bool) else str(f.default)
 
 
+def _text(value: Any) -> str:
+    """app.config values may be typed: True, 3, 2.5, ["127.0.0.1:4444", ...]."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
 def _load(
     cls: type,
     prog: str,
     description: str,
     argv: Sequence[str] | None,
     environ: Mapping[str, str],
+    app_config: Mapping[str, Any] | None = None,
 ):
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -281,7 +356,7 @@ def _load(
     flags = vars(parser.parse_args(argv))
     values: dict[str, Any] = {}
     for f in fields(cls):
-        raw, source, label = _lookup(f.name, flags, environ)
+        raw, source, label = _lookup(f.name, flags, environ, app_config or {})
         if raw is None:
             continue
         try:
@@ -295,13 +370,20 @@ def _load(
 
 
 def load_web(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] = os.environ,
+    app_config: Mapping[str, Any] | None = None,
 ) -> WebSettings:
-    """Resolve web.py's settings from flags, then environment, then defaults."""
+    """Resolve web.py's settings: flags, then app.config, environment, defaults.
+
+    `app_config` is a Flask app's config: ``GREENPIPE_WORKERS`` and the like
+    (the environment variable's name with a ``GREENPIPE_`` prefix), typed
+    values allowed (a list of workers, an int, a bool).
+    """
     description = (
         "greenpipe web: turns every HTTP request into one job for the workers."
     )
-    settings = _load(WebSettings, "web.py", description, argv, environ)
+    settings = _load(WebSettings, "web.py", description, argv, environ, app_config)
     if settings.heartbeat * 2 > settings.heartbeat_timeout:
         raise ConfigError(
             f"HEARTBEAT_TIMEOUT: expected at least twice HEARTBEAT "

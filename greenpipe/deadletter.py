@@ -6,10 +6,8 @@ import base64
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from greenpipe.dispatcher import Job
+from greenpipe.jobs import Envelope
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +24,7 @@ class DeadLetters:
         self.path = path
         self.count = 0
 
-    def write(self, job: Job, reason: str, worker: str) -> None:
+    def write(self, job: Envelope, reason: str, worker: str) -> None:
         self.count += 1
         record = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -1,10 +1,12 @@
-"""The web side of the bridge: barrier, round-robin, jobs in flight, re-sends.
+"""The web side of the bridge: admission, the barrier, and the orchestration.
 
 Request greenlets call `Dispatcher.submit`, which only queues the job (bounded)
 and wakes the dispatcher greenlet; that greenlet sends queued jobs in one batch
-per worker, and every heartbeat it pings, checks liveness and ack deadlines.
-The links' reader greenlets hand in acknowledgements and control messages.
-Nothing here waits on a socket, so nothing on the request path does either.
+per worker (`flush`), and every heartbeat it pings and checks liveness and ack
+deadlines (`tick`). The links' reader greenlets hand in acknowledgements and
+control messages. Each link keeps its own state and jobs (`greenpipe.link`);
+the choice of the next one is `greenpipe.rotation`. Nothing here waits on a
+socket, so nothing on the request path does either.
 """
 
 from __future__ import annotations
@@ -14,83 +16,120 @@ import logging
 import os
 import secrets
 import time
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
 
 import gevent
 import gevent.event
 import zmq.green as zmq
+from gevent.hub import Waiter
+from greenlet import getcurrent
 
 from greenpipe import protocol
-from greenpipe.config import WebSettings
+from greenpipe.config import Endpoint, PipeSettings
 from greenpipe.deadletter import DeadLetters
 from greenpipe.errors import LinkError, ProtocolError, Unavailable
-from greenpipe.link import CONNECTING, LEAVING, LOST, READY, Link, PushLink
+from greenpipe.jobs import Envelope, Outcome, Status
+from greenpipe.journal import Journal, JournalError
+from greenpipe.link import LEAVING, READY, Link, OnEvent, OnMessage, PushLink
+from greenpipe.rotation import Rotation
+from greenpipe.status import JobRecords
 from greenpipe.throttle import Throttle
 
 log = logging.getLogger(__name__)
-monotonic = time.monotonic
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0, 30.0)  # fmt: skip
+COMMIT_TIMEOUT = 5.0  # seconds a request waits for its group's journal write
+MAX_KEYS = 100_000  # idempotency keys remembered at once
 
 
-class Outcome(NamedTuple):
-    """What became of a job someone waits for (Prefer: wait)."""
-
-    worker: str
-    status: str  # "ok", "failed" (handler raised), "dead" (given up), "unacknowledged"
-    payload: bytes  # the handler's JSON result, or an error text
+_parked: object = None  # the last greenlet that waited for a group commit
 
 
-class Job:
-    """A job as the web holds it: the request's parts, and where it has been."""
+def took_turn() -> bool:
+    """True if the calling greenlet waited for a group commit since last asked.
 
-    __slots__ = ("key", "id", "attempt", "method", "path", "query", "content_type")
-    __slots__ += ("body", "flags", "sent_at", "reply")
+    A request that waited has given the dispatcher (and everyone else) a turn:
+    the web server's yield after each keep-alive request is then redundant.
+    """
+    global _parked
+    me = getcurrent()
+    if _parked is me:
+        _parked = None
+        return True
+    return False
 
-    def __init__(
-        self,
-        job_id: str,
-        method: bytes,
-        path: bytes,
-        query: bytes,
-        content_type: bytes,
-        body: bytes,
-        reply: gevent.event.AsyncResult | None = None,
-    ) -> None:
-        self.id = job_id
-        self.key = job_id.encode("ascii")
-        self.attempt = 0  # deliveries so far
-        self.method = method
-        self.path = path
-        self.query = query
-        self.content_type = content_type
-        self.body = body
-        self.flags = protocol.WANTS_REPLY if reply is not None else 0
-        self.sent_at = 0.0
-        self.reply = reply
+
+class _Group:
+    """Jobs submitted since the journal's last write: their 202s wait for it.
+
+    Each waiting request parks on a bare `gevent.hub.Waiter`, and one hub
+    callback wakes them all: a `gevent.event.Event` per group measured several
+    per cent of the web's CPU (its thread-safe link machinery, per waiter).
+    """
+
+    __slots__ = ("waiters", "settled", "error")
+
+    def __init__(self) -> None:
+        self.waiters: list[Waiter] = []
+        self.settled = False
+        self.error = ""
+
+    def wait(self) -> None:
+        global _parked
+        if not self.settled:
+            waiter = Waiter()
+            self.waiters.append(waiter)
+            waiter.get()
+            _parked = getcurrent()
+
+    def settle(self, error: str = "") -> None:
+        self.settled, self.error = True, error
+        if self.waiters:
+            gevent.get_hub().loop.run_callback(self._wake_all)
+
+    def _wake_all(self) -> None:  # in the hub: where a Waiter is switched from
+        for waiter in self.waiters:
+            waiter.switch(None)
+
+
+# Makes the link for one configured worker (tests pass one without sockets).
+LinkFactory = Callable[[int, Endpoint, OnMessage, OnEvent], Link]
 
 
 class Dispatcher:
-    """Feeds the configured workers; see DESIGN.md for the invariants it keeps."""
+    """Feeds the configured workers; see DESIGN.md for the invariants it keeps.
+
+    `clock` (seconds, monotonic) and `link_factory` are seams for tests: a
+    scripted history of messages can drive a dispatcher whose links open no
+    socket, on a clock the test moves.
+    """
 
     def __init__(
         self,
-        settings: WebSettings,
+        settings: PipeSettings,
         context: zmq.Context | None = None,
         name: str = "",
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        link_factory: LinkFactory | None = None,
     ) -> None:
         self.settings = settings
         self.name = name or f"web pid {os.getpid()}"
         self._context = context or zmq.Context.instance()
+        self._clock = clock
+        make = link_factory or self._make_link
         self.links: list[Link] = [
-            (Link if endpoint.reliable else PushLink)(
-                index, endpoint, self._context, self._on_message, self._on_event
-            )
+            make(index, endpoint, self._on_message, self._on_event)
             for index, endpoint in enumerate(settings.workers)
         ]
-        self._fresh: deque[Job] = deque()  # accepted, never sent
-        self._retry: deque[Job] = deque()  # taken back from a lost worker
-        self._cursor = 0  # the next link in round-robin order
+        self._acknowledged = [link for link in self.links if link.reliable]
+        self._rotation = Rotation(self.links)
+        self.records = JobRecords(settings.status_keep, settings.status_ttl, clock)
+        self._fresh: deque[Envelope] = deque()  # accepted, never sent
+        self._retry: deque[Envelope] = deque()  # taken back from a lost worker
         self._prefix = secrets.token_hex(4) + "-"
         self._seq = itertools.count(1)
         self._barrier = gevent.event.Event()
@@ -103,14 +142,56 @@ class Dispatcher:
         # A worker enforces the job time limit itself; this is the web's backstop.
         self._ack_deadline = 2 * settings.job_timeout + settings.heartbeat_timeout
         self.dead_letters = DeadLetters(settings.dead_letter)
+        self.journal: Journal | None = None
+        if settings.journal_dir != "off":
+            self.journal = Journal(
+                settings.journal_dir, settings.journal_sync, settings.journal_corrupt
+            )
+            self.journal.keys = self._live_keys  # carried across dropped segments
+        self._incoming: list[Envelope] = []  # submitted, not yet journaled
+        self._incoming_keys: list[bytes] = []
+        self._group = _Group()
+        self._committing = False  # a group's write and sync are under way
+        self._keys: dict[str, tuple[str, float]] = {}  # Idempotency-Key -> job id
+        self.replayed = 0
         self._throttle = Throttle(log)
         self.accepted = self.acked = self.failed = self.resent = self.rejected = 0
         self.stray_acks = self.malformed = 0
-        self.pushed = 0  # handed to plain PULL workers: at most once, never acked
+        self.rejected_by: dict[str, int] = {}  # 503s by reason (see _reject)
+        # Accepted -> acknowledged, seconds: a count per bucket (+Inf last), sum.
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def _make_link(
+        self, index: int, endpoint: Endpoint, on_message: OnMessage, on_event: OnEvent
+    ) -> Link:
+        kind = Link if endpoint.reliable else PushLink
+        return kind(index, endpoint, self._context, on_message, on_event)
 
     # -- lifecycle ---------------------------------------------------------------
 
     def start(self) -> None:
+        """Replay the journal (if any), open the links, start the greenlet.
+
+        Raises ConfigError or JournalError if the journal cannot be opened.
+        """
+        if self.journal is not None:
+            replay = self.journal.open()
+            for job in replay.jobs:
+                job.accepted_at = self._clock()  # for the latency histogram
+            self._fresh.extend(replay.jobs)
+            now = time.time()
+            ttl = self.settings.idempotency_ttl
+            self._keys = {k: v for k, v in replay.keys.items() if now - v[1] < ttl}
+            self.replayed = len(replay.jobs)
+            log.info(
+                "journal: %s (slot %d, sync %s): replaying %d jobs owed%s",
+                self.journal.path,
+                self.journal.slot,
+                self.journal.sync,
+                self.replayed,
+                f", adopted slots {replay.adopted}" if replay.adopted else "",
+            )
         for link in self.links:
             link.open()
         self._greenlet = gevent.spawn(self._run)
@@ -125,6 +206,19 @@ class Dispatcher:
         self._check_settled()
         self._settled.wait(timeout)
         left = 0
+        for job in itertools.chain(self._retry, self._fresh):
+            self.dead_letters.write(job, "web stopped before a worker took it", "")
+            left += 1
+        if self.journal is not None:  # they stay owed: the next start replays them
+            left = self.outstanding()
+            if left:
+                log.warning(
+                    "journal: %d jobs unacknowledged at stop stay in %s and are "
+                    "replayed at the next start",
+                    left,
+                    self.journal.path,
+                )
+            return left
         for job in itertools.chain(self._retry, self._fresh):
             self.dead_letters.write(job, "web stopped before a worker took it", "")
             left += 1
@@ -143,15 +237,18 @@ class Dispatcher:
     def close(self) -> None:
         """Say DONE to every worker (it forgets this web) and close the sockets."""
         self._closed = True
-        for link in self.links:
-            if link.reliable and link.state in (READY, LEAVING):
+        for link in self._acknowledged:
+            if link.state in (READY, LEAVING):
                 try:
                     link.send([protocol.DONE])
                 except LinkError:
                     pass
+        for link in self.links:
             link.close()
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
+        if self.journal is not None:
+            self.journal.close()
 
     # -- the request path -----------------------------------------------------------
 
@@ -163,27 +260,39 @@ class Dispatcher:
         content_type: bytes,
         body: bytes,
         reply: bool = False,
-    ) -> Job:
+        name: bytes = b"",
+        key: str = "",
+    ) -> Envelope:
         """Accept one job, or raise `Unavailable` (a 503) without waiting long.
 
         Before the barrier is met, waits for it up to READY_TIMEOUT; after that,
         never waits: the job is queued and the dispatcher greenlet sends it.
         Jobs beyond what the ready workers have credit for are "waiting", and
-        at most MAX_PENDING of them are accepted.
+        at most MAX_PENDING of them are accepted. With a journal, returns once
+        the job is written (group commit by the dispatcher greenlet), or raises
+        `Unavailable` naming the journal's error: never a 202 for a job not
+        kept. A repeated idempotency `key` returns its first job, creating none.
         """
+        if key:
+            first = self._keys.get(key)
+            if (
+                first is not None
+                and time.time() - first[1] < self.settings.idempotency_ttl
+            ):
+                return Envelope(first[0], method, path, query, content_type, b"")
         if not self._barrier.is_set() and not self._barrier.wait(
             self.settings.ready_timeout
         ):
-            self.rejected += 1
+            self._reject("barrier")
             raise Unavailable(self._barrier_message(), retry_after=2)
         if self._draining:
-            self.rejected += 1
+            self._reject("stopping")
             raise Unavailable("this web process is stopping; retry on another", 1)
         for link in self.links:
             if link.state is READY:
                 break
         else:
-            self.rejected += 1
+            self._reject("no_worker")
             raise Unavailable(
                 f"no worker can take jobs now ({self._states()}); retry soon"
             )
@@ -195,27 +304,100 @@ class Dispatcher:
                 if link.state is READY
             )
             if waiting >= self.settings.max_pending:
-                self.rejected += 1
+                self._reject("max_pending")
                 raise Unavailable(
                     f"{waiting} jobs already wait for a worker (MAX_PENDING="
                     f"{self.settings.max_pending}); retry soon, or add workers"
                 )
-        job = Job(
-            self._prefix + format(next(self._seq), "x"),
+        job = Envelope(
+            # A fixed length (ab counts a response of another length as failed).
+            self._prefix + format(next(self._seq), "010x"),
             method,
             path,
             query,
             content_type,
             body,
             gevent.event.AsyncResult() if reply else None,
+            name,
         )
-        self._fresh.append(job)
-        self.accepted += 1
+        job.accepted_at = self._clock()
+        if key:
+            self._remember(key, job.id)
+        if self.journal is None:
+            self._fresh.append(job)
+            self.accepted += 1
+            self._wake.set()
+            return job
+        group = self._group
+        self._incoming.append(job)
+        self._incoming_keys.append(key.encode("latin-1") if key else b"")
         self._wake.set()
+        # No timer per request (arming one costs more than the write): the
+        # dispatcher greenlet always settles the group, and a stalled sync is
+        # bounded by the group's own deadline (see _commit).
+        group.wait()
+        if group.error:
+            self._reject("journal")
+            self._keys.pop(key, None)
+            raise Unavailable(f"job not accepted: {group.error}", 2)
+        self.accepted += 1
         return job
 
+    def _reject(self, reason: str) -> None:
+        self.rejected += 1
+        self.rejected_by[reason] = self.rejected_by.get(reason, 0) + 1
+
+    def _remember(self, key: str, job_id: str) -> None:
+        keys = self._keys
+        keys[key] = (job_id, time.time())
+        if len(keys) > MAX_KEYS:
+            del keys[next(iter(keys))]
+
+    def _live_keys(self) -> dict[str, tuple[str, float]]:
+        horizon = time.time() - self.settings.idempotency_ttl
+        return {k: v for k, v in self._keys.items() if v[1] >= horizon}
+
+    def _commit(self) -> None:
+        """Journal every job submitted since the last write, then release them.
+
+        With JOURNAL_SYNC=batch the write and its fdatasync run in a greenlet
+        of their own, one group at a time: the dispatcher goes on sending what
+        is already journaled and reading acks meanwhile, and the jobs that
+        arrive during a sync form the next group.
+        """
+        if self._committing:
+            return  # the group after the one being synced waits its turn
+        jobs, keys, group = self._incoming, self._incoming_keys, self._group
+        self._incoming, self._incoming_keys, self._group = [], [], _Group()
+        if self.journal is not None and self.journal.sync == "batch":
+            self._committing = True
+            gevent.spawn(self._write_group, jobs, keys, group)
+        else:
+            self._write_group(jobs, keys, group)
+
+    def _write_group(
+        self, jobs: list[Envelope], keys: list[bytes], group: _Group
+    ) -> None:
+        journal = self.journal
+        assert journal is not None
+        stalled = JournalError(
+            f"the journal write took over {COMMIT_TIMEOUT:g} s ({journal.path}); "
+            "is the disk stalled?"
+        )
+        try:
+            with gevent.Timeout(COMMIT_TIMEOUT, stalled):  # one timer per group
+                journal.append_jobs(jobs, keys)
+        except JournalError as exc:
+            group.settle(str(exc))
+        else:
+            self._fresh.extend(jobs)
+            group.settle()
+        finally:
+            self._committing = False
+            self._wake.set()  # send these, and write the next group
+
     @staticmethod
-    def outcome(job: Job, timeout: float) -> Outcome | None:
+    def outcome(job: Envelope, timeout: float) -> Outcome | None:
         """Wait up to `timeout` s for what became of a job submitted with reply."""
         assert job.reply is not None, "submit(..., reply=True) first"
         return job.reply.wait(timeout)
@@ -224,127 +406,67 @@ class Dispatcher:
 
     def _run(self) -> None:
         interval = self.settings.heartbeat
-        next_tick = monotonic()
+        clock = self._clock
+        next_tick = clock()
         while not self._closed:
-            self._wake.wait(max(0.0, next_tick - monotonic()))
+            self._wake.wait(max(0.0, next_tick - clock()))
             self._wake.clear()
             try:
-                self._flush()
-                if monotonic() >= next_tick:
-                    next_tick = monotonic() + interval
-                    self._tick()
+                self.flush()
+                if clock() >= next_tick:
+                    next_tick = clock() + interval
+                    self.tick()
             except Exception:  # a bug must not stop the dispatching for good
                 self._throttle.exception("dispatcher", "dispatcher: unexpected error")
 
-    def _choose(self, suspect: bool) -> Link | None:
-        """The next link in round-robin order that can take a job now.
+    def flush(self) -> None:
+        """Send every queued job that a worker has credit for, one batch per link.
 
-        A re-sent job (a suspect: it may be what killed its last worker) only goes
-        to a worker holding no other suspect, so one poison job cannot drag the
-        jobs it was sent with to the dead-letter file along with it.
+        With a journal, what was submitted since the last flush is written
+        first: an acknowledgement can never be recorded before its job.
         """
-        links, count, start = self.links, len(self.links), self._cursor
-        for step in range(count):
-            link = links[(start + step) % count]
-            if link.can_take() and not (suspect and link.suspects):
-                self._cursor = (start + step + 1) % count
-                return link
-        return None
-
-    def _flush(self) -> None:
-        batches: dict[Link, list[Job]] = {}
+        if self._incoming:
+            self._commit()
+        batches: dict[Link, list[Envelope]] = {}
         for queue, suspect in ((self._retry, True), (self._fresh, False)):
             while queue:
-                link = self._choose(suspect)
+                link = self._rotation.choose(suspect)
                 if link is None:
                     break
                 job = queue.popleft()
                 job.attempt += 1
-                if link.reliable:
-                    link.jobs[job.key] = job
-                    if job.attempt > 1:
-                        link.suspects += 1
+                link.assign(job)
                 batches.setdefault(link, []).append(job)
         for link, jobs in batches.items():
             self._send(link, jobs)
 
-    def _send(self, link: Link, jobs: list[Job]) -> None:
-        now = monotonic()
-        timeout_ms = self._job_timeout_ms
+    def _send(self, link: Link, jobs: list[Envelope]) -> None:
         sent = 0
         try:
-            if link.reliable:
-                records = []
-                for job in jobs:
-                    job.sent_at = now
-                    records.append(
-                        protocol.encode_job(
-                            job.key,
-                            job.attempt,
-                            job.method,
-                            job.path,
-                            job.query,
-                            job.content_type,
-                            job.body,
-                            job.flags,
-                            timeout_ms,
-                        )
-                    )
-                sent = self._send_records(link, records)
-            else:
-                for job in jobs:
-                    if not link.send([job.key, job.body]):
-                        break
-                    sent += 1
+            sent = link.deliver(jobs, self._clock(), self._job_timeout_ms)
         except LinkError as exc:
             self._throttle.warning(f"send:{link.name}", "%s", exc)
-        link.sent += sent
-        if not link.reliable:
-            self.pushed += sent
+        if not link.reliable:  # at most once: done when libzmq has it
             for job in jobs[:sent]:
-                if job.reply is not None:  # nothing will ever come back from a PULL
-                    job.reply.set(Outcome(link.name, "unacknowledged", b""))
+                self._finish(job, Status.UNACKNOWLEDGED, link.name)
         if sent == len(jobs):
             return
         # Not handed to libzmq: take them back in order, and reconnect the link.
-        for job in reversed(jobs[sent:]):
-            link.jobs.pop(job.key, None)
+        unsent = jobs[sent:]
+        link.give_back(unsent)
+        for job in reversed(unsent):
             job.attempt -= 1
             (self._retry if job.attempt else self._fresh).appendleft(job)
-        if link.reliable:
-            link.suspects = sum(1 for job in link.jobs.values() if job.attempt > 1)
-            self._lose(link, "cannot send: connection not complete")
-        else:
-            link.state = LOST
-        self._wake.set()
+        self._lose(link, "cannot send: connection not complete")
 
-    @staticmethod
-    def _send_records(link: Link, records: list[bytes]) -> int:
-        """Send job records in as few JOBS frames as the worker's MAX_FRAME allows.
-
-        Returns how many records libzmq took (the rest stay with the caller).
-        """
-        limit = link.max_frame
-        if sum(map(len, records)) <= limit:
-            return len(records) if link.send([protocol.JOBS, b"".join(records)]) else 0
-        sent = start = size = 0
-        for end, record in enumerate(records):
-            if size + len(record) > limit and end > start:
-                if not link.send([protocol.JOBS, b"".join(records[start:end])]):
-                    return sent
-                sent, start, size = end, end, 0
-            size += len(record)
-        if link.send([protocol.JOBS, b"".join(records[start:])]):
-            sent = len(records)
-        return sent
-
-    def _tick(self) -> None:
-        now = monotonic()
+    def tick(self) -> None:
+        """Every HEARTBEAT: greet, ping, and lose the silent and the overdue."""
+        if self.journal is not None:
+            self.journal.flush_acks()
+        now = self._clock()
         timeout = self.settings.heartbeat_timeout
-        for link in self.links:
-            if not link.reliable:
-                continue
-            if link.state in (CONNECTING, LOST):
+        for link in self._acknowledged:
+            if link.needs_hello():
                 if link.connected:  # in case a HELLO went to a worker that died since
                     self._hello(link)
                 continue
@@ -381,11 +503,15 @@ class Dispatcher:
 
     def _handle(self, link: Link, frames: list[bytes]) -> None:
         kind = frames[0]
-        link.last_seen = monotonic()
+        link.last_seen = self._clock()
         if kind == protocol.ACKS:
             self._acks(link, frames)
         elif kind == protocol.HEARTBEAT:
-            pass
+            if len(frames) > 1:
+                try:
+                    link.figures = protocol.decode_heartbeat(frames)
+                except ProtocolError as exc:
+                    self._malformed(link, str(exc))
         elif kind == protocol.READY:
             self._ready(link, frames)
         elif kind == protocol.BYE:
@@ -397,22 +523,36 @@ class Dispatcher:
         if len(frames) < 2:
             self._malformed(link, "ACKS without its frame of ids")
             return
-        jobs = link.jobs
         done = 0
+        # Per job on the hot path: bound methods and one clock read per message.
+        settle, store = link.settle, self.records.store
+        worker, now = link.name, self._clock()
+        journaled: list[Envelope] = []
+        keep = journaled.append if self.journal is not None else None
+        counts, bounds, waited = self.latency_counts, LATENCY_BUCKETS, 0.0
         for key, status, payload in self._outcomes(link, frames):
-            job = jobs.pop(key, None)
+            job = settle(key)
             if job is None:
                 self.stray_acks += 1
                 continue
             done += 1
-            if job.attempt > 1:
-                link.suspects -= 1
+            outcome = Status.OK
             if status != protocol.OK:
                 link.failed += 1
                 self.failed += 1
+                outcome = Status.FAILED
+            store[job.id] = (outcome, worker, job.attempt, payload, now)
+            took = now - job.accepted_at
+            waited += took
+            counts[bisect_left(bounds, took)] += 1
+            if keep is not None:
+                keep(job)
             if job.reply is not None:
-                ok = status == protocol.OK
-                job.reply.set(Outcome(link.name, "ok" if ok else "failed", payload))
+                job.resolve(worker, outcome, payload)
+        self.latency_sum += waited
+        self.records.trim()
+        if journaled:
+            self.journal.acked(journaled)  # type: ignore[union-attr]
         link.acked += done
         self.acked += done
         if self._fresh or self._retry:
@@ -448,18 +588,10 @@ class Dispatcher:
                 protocol.VERSION,
             )
             return
-        link.credit, link.max_frame, link.worker_name = credit, max_frame, worker_name
-        if link.state not in (CONNECTING, LOST):
+        joined = link.ready(credit, max_frame, worker_name)
+        if joined is None:
             return  # an answer to a repeated HELLO
-        back = link.state == LOST or link.ever_ready
-        link.state = READY
-        log.info(
-            "worker %s %s: credit %d (%s)",
-            link.name,
-            "back" if back else "ready",
-            credit,
-            worker_name,
-        )
+        log.info("worker %s %s: credit %d (%s)", link.name, joined, credit, worker_name)
         if max_frame < self.settings.max_body + protocol.JOB_OVERHEAD:
             log.warning(
                 "worker %s accepts frames up to %d bytes but MAX_BODY is %d: raise "
@@ -469,10 +601,11 @@ class Dispatcher:
                 max_frame,
                 self.settings.max_body,
             )
-        self._mark_ready(link)
+        self._joined(link)
 
-    def _mark_ready(self, link: Link) -> None:
-        link.last_seen = monotonic()
+    def _joined(self, link: Link) -> None:
+        """`link` is in the rotation: count it for the barrier, send what waits."""
+        link.last_seen = self._clock()
         if not link.ever_ready:
             link.ever_ready = True
             if all(each.ever_ready for each in self.links):
@@ -483,8 +616,7 @@ class Dispatcher:
     def _bye(self, link: Link, frames: list[bytes]) -> None:
         reason = protocol.decode_bye(frames)
         link.send([protocol.DONE])  # nothing more from us on this connection
-        if link.state == READY:
-            link.state = LEAVING
+        if link.leave():
             log.info(
                 "worker %s is leaving; %d jobs in flight", link.name, len(link.jobs)
             )
@@ -503,31 +635,18 @@ class Dispatcher:
             self._throttle.exception(f"bug:{link.name}", "dispatcher: unexpected error")
 
     def _event(self, link: Link, event: int) -> None:
-        link.connected = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            if not link.reliable:
-                link.state = READY
-                log.info("plain PULL worker %s connected (at most once)", link.name)
-                self._mark_ready(link)
-            elif link.state in (CONNECTING, LOST):
+            if link.handshake():
+                self._joined(link)
+            elif link.needs_hello():
                 self._hello(link)
         elif event == zmq.EVENT_DISCONNECTED:
-            if not link.reliable:
-                if link.state == READY:
-                    link.state = LOST
-                    log.warning("plain PULL worker %s disconnected", link.name)
-            elif link.state in (READY, LEAVING):
-                link.receive_queued()  # acks that arrived before the close still count
-                if link.state in (READY, LEAVING):
-                    self._lose(
-                        link, "connection closed", graceful=link.state == LEAVING
-                    )
+            if link.disconnected():
+                self._lose(link, "connection closed", graceful=link.state == LEAVING)
 
     def _lose(self, link: Link, reason: str, graceful: bool = False) -> None:
         """Take back every job `link` holds, re-queue or dead-letter it, reconnect."""
-        jobs = list(link.jobs.values())
-        link.jobs.clear()
-        link.suspects = 0
+        jobs = link.take_back(graceful)
         requeued = 0
         for job in jobs:
             if job.attempt >= self.settings.max_attempts:
@@ -535,17 +654,15 @@ class Dispatcher:
                     self.settings.max_attempts
                 )
                 self.dead_letters.write(job, note, link.name)
-                if job.reply is not None:
-                    job.reply.set(Outcome(link.name, "dead", note.encode()))
+                self._finish(job, Status.DEAD, link.name, note.encode())
             else:
                 self._retry.append(job)
                 requeued += 1
         link.resent += requeued
         self.resent += requeued
-        link.state = CONNECTING if graceful else LOST
         if graceful and not jobs:
             log.info("worker %s left", link.name)
-        else:
+        elif link.reliable:
             log.warning(
                 "worker %s %s (%s): %d jobs re-sent, %d dead-lettered",
                 link.name,
@@ -554,10 +671,18 @@ class Dispatcher:
                 requeued,
                 len(jobs) - requeued,
             )
-        link.reset()
         self._wake.set()
         if self._draining:
             self._check_settled()
+
+    def _finish(
+        self, job: Envelope, status: Status, worker: str, payload: bytes = b""
+    ) -> None:
+        """`job` is done with: keep its record for status lookups, wake a waiter."""
+        self.records.add(job.id, status, worker, job.attempt, payload)
+        if self.journal is not None:  # no longer owed
+            self.journal.acked((job,))
+        job.resolve(worker, status, payload)
 
     def _malformed(self, link: Link, what: str) -> None:
         self.malformed += 1
@@ -574,6 +699,48 @@ class Dispatcher:
             self._settled.set()
 
     # -- reporting -----------------------------------------------------------------
+
+    def status(self, job_id: str) -> dict | None:
+        """What became of a job this process accepted; None if unknown or expired.
+
+        Jobs not finished are looked for where they are (a link's in-flight
+        table, the queues): a lookup is rare, a map kept per job is not free.
+        """
+        key = job_id.encode("ascii", "replace")
+        for link in self.links:
+            job = link.jobs.get(key)
+            if job is not None:
+                return {"id": job_id, "status": "in_flight", "worker": link.name,
+                        "attempt": job.attempt}  # fmt: skip
+        for queue in (self._retry, self._fresh):
+            for job in queue:
+                if job.id == job_id:
+                    return {"id": job_id, "status": "queued", "attempt": job.attempt}
+        return self.records.get(job_id)
+
+    def owns(self, job_id: str) -> bool:
+        """True if `job_id` was made by this process (whatever became of it)."""
+        return job_id.startswith(self._prefix)
+
+    @property
+    def barrier_met(self) -> bool:
+        return self._barrier.is_set()
+
+    def wait_barrier(self, timeout: float) -> bool:
+        """Block up to `timeout` s until every configured worker said READY once."""
+        return self._barrier.wait(timeout)
+
+    def now(self) -> float:
+        """The dispatcher's clock (monotonic seconds)."""
+        return self._clock()
+
+    def pending(self) -> int:
+        """Jobs accepted and waiting for a worker."""
+        return len(self._fresh) + len(self._retry)
+
+    def pushed(self) -> int:
+        """Jobs handed to plain PULL workers: at most once, never acknowledged."""
+        return sum(link.sent for link in self.links if not link.reliable)
 
     def outstanding(self) -> int:
         """Jobs accepted and not yet acknowledged (waiting or in flight)."""
@@ -597,43 +764,47 @@ class Dispatcher:
 
     def health(self) -> tuple[bool, dict]:
         ready = [link.name for link in self.links if link.state == READY]
+        journal_ok = self.journal is None or self.journal.healthy
         ok = self._barrier.is_set() and bool(ready) and not self._draining
+        ok = ok and journal_ok
         return ok, {
             "status": "ok" if ok else "unavailable",
             "barrier": self._barrier.is_set(),
+            "journal": "off"
+            if self.journal is None
+            else ("ok" if journal_ok else self.journal.last_error),  # fmt: skip
             "ready": ready,
             "not_ready": {
                 link.name: link.status for link in self.links if link.state != READY
             },
         }
 
+    def _journal_report(self) -> dict:
+        journal = self.journal
+        if journal is None:
+            return {"mode": "off"}
+        return {"mode": journal.sync, "path": journal.path, "slot": journal.slot,
+                "healthy": journal.healthy, "last_error": journal.last_error,
+                "jobs_written": journal.written, "groups": journal.groups,
+                "bytes_written": journal.bytes_written,
+                "failures": journal.failures, "replayed": self.replayed,
+                "bytes_on_disk": journal.size()}  # fmt: skip
+
     def stats(self) -> dict:
         return {
             "pid": os.getpid(),
             "accepted": self.accepted,
-            "pending": len(self._fresh) + len(self._retry),
+            "pending": self.pending(),
             "in_flight": sum(len(link.jobs) for link in self.links),
             "acked": self.acked,
             "failed": self.failed,
             "resent": self.resent,
             "dead_lettered": self.dead_letters.count,
-            "pushed": self.pushed,
+            "pushed": self.pushed(),
             "rejected": self.rejected,
             "stray_acks": self.stray_acks,
             "malformed": self.malformed,
             "barrier": self._barrier.is_set(),
-            "workers": [
-                {
-                    "endpoint": link.name,
-                    "state": link.status,
-                    "delivery": "at-least-once" if link.reliable else "at-most-once",
-                    "sent": link.sent,
-                    "acked": link.acked,
-                    "failed": link.failed,
-                    "in_flight": len(link.jobs),
-                    "resent": link.resent,
-                    "credit": link.credit,
-                }
-                for link in self.links
-            ],
+            "journal": self._journal_report(),
+            "workers": [link.report() for link in self.links],
         }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from greenpipe.protocol import Job
+from greenpipe.jobs import Job
 
 log = logging.getLogger("greenpipe.jobs")
 

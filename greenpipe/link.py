@@ -1,10 +1,17 @@
-"""One configured worker as the web sees it: its socket, its monitor, its state.
+"""One configured worker as the web sees it: its socket, its state, its jobs.
 
 A `Link` owns a DEALER connected to a worker's ROUTER and a monitor socket on
 it; one reader greenlet waits on each (zmq.green allows one waiter per socket,
-pyzmq#1154) and hands what it reads to the dispatcher. Sends never wait:
-``NOBLOCK``, and "full" is the caller's business. A `PushLink` is the
-at-most-once variant for plain PULL workers written in any language.
+pyzmq#1154) and hands what it reads to the dispatcher. It also owns its state
+machine and the jobs it holds: the dispatcher says what happened (READY, BYE,
+a handshake, a disconnect, a loss) and the link makes the transition:
+
+    CONNECTING --READY--> READY --BYE--> LEAVING --closed--> CONNECTING
+                            |                                  (a graceful leave)
+                            +--silent, closed, ack overdue--> LOST --READY--> READY
+
+Sends never wait: ``NOBLOCK``, and "full" is the caller's business. A
+`PushLink` is the at-most-once variant for plain PULL workers in any language.
 """
 
 from __future__ import annotations
@@ -12,17 +19,15 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import gevent
 import zmq.green as zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from greenpipe import protocol
 from greenpipe.config import Endpoint
 from greenpipe.errors import LinkError
-
-if TYPE_CHECKING:
-    from greenpipe.dispatcher import Job
+from greenpipe.jobs import Envelope
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +68,14 @@ class Link:
         self.credit = 0  # jobs the worker allows in flight (from READY)
         self.max_frame = 0  # largest job frame the worker accepts (from READY)
         self.worker_name = ""
-        self.jobs: dict[bytes, Job] = {}  # in flight, oldest first
+        self.jobs: dict[bytes, Envelope] = {}  # in flight, oldest first
         self.suspects = 0  # jobs in `jobs` that were re-sent (attempt > 1)
         self.sent = self.acked = self.failed = self.resent = 0
         self.last_seen = 0.0  # monotonic time of the last message from the worker
         self.ever_ready = False
+        # The worker's own figures from its last HEARTBEAT: handled, failed,
+        # refused handshakes, run time sum, run time bucket counts.
+        self.figures: tuple | None = None
         self.connected = False  # the ZMTP handshake completed (monitor events)
         self._context = context
         self._on_message = on_message
@@ -75,6 +83,8 @@ class Link:
         self._sock: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
         self._readers: list[gevent.Greenlet] = []
+
+    # -- state ------------------------------------------------------------------
 
     @property
     def status(self) -> str:
@@ -84,6 +94,137 @@ class Link:
 
     def can_take(self) -> bool:
         return self.state == READY and len(self.jobs) < self.credit
+
+    def assign(self, job: Envelope) -> None:
+        """`job` goes out on this link: held until acknowledged or taken back."""
+        self.jobs[job.key] = job
+        if job.attempt > 1:
+            self.suspects += 1
+
+    def settle(self, key: bytes) -> Envelope | None:
+        """The worker acknowledged `key`: forget it. None if it was not held here."""
+        job = self.jobs.pop(key, None)
+        if job is not None and job.attempt > 1:
+            self.suspects -= 1
+        return job
+
+    def give_back(self, jobs: Sequence[Envelope]) -> None:
+        """`jobs` never reached libzmq: they are no longer held here."""
+        for job in jobs:
+            self.jobs.pop(job.key, None)
+        self.suspects = sum(1 for job in self.jobs.values() if job.attempt > 1)
+
+    def ready(self, credit: int, max_frame: int, worker_name: str) -> str | None:
+        """READY from the worker: "ready" or "back" if it (re)joins the rotation.
+
+        None when it was in the rotation already (an answer to a repeated HELLO).
+        """
+        self.credit, self.max_frame, self.worker_name = credit, max_frame, worker_name
+        if self.state not in (CONNECTING, LOST):
+            return None
+        back = self.state == LOST or self.ever_ready
+        self.state = READY
+        return "back" if back else "ready"
+
+    def leave(self) -> bool:
+        """BYE from the worker: no new jobs. False if it was not in the rotation."""
+        if self.state != READY:
+            return False
+        self.state = LEAVING
+        return True
+
+    def needs_hello(self) -> bool:
+        """True while the worker has not (or no longer) said READY on this link."""
+        return self.state in (CONNECTING, LOST)
+
+    def handshake(self) -> bool:
+        """The ZMTP handshake completed. True if that alone puts it in rotation."""
+        self.connected = True
+        return False  # a greenpipe worker joins with READY, after HELLO
+
+    def disconnected(self) -> bool:
+        """The connection closed. True if the jobs it holds must be taken back.
+
+        Reads what the socket already holds first: acknowledgements that beat
+        the close still count.
+        """
+        self.connected = False
+        if self.state not in (READY, LEAVING):
+            return False
+        self.receive_queued()
+        return self.state in (READY, LEAVING)
+
+    def take_back(self, graceful: bool) -> list[Envelope]:
+        """Out of the rotation: return every job held, oldest first, and reconnect.
+
+        A graceful leave (BYE, then closed) waits for READY as a new worker
+        would; a loss is LOST until the worker answers again.
+        """
+        jobs = list(self.jobs.values())
+        self.jobs.clear()
+        self.suspects = 0
+        self.state = CONNECTING if graceful else LOST
+        self.reset()
+        return jobs
+
+    def deliver(self, jobs: Sequence[Envelope], now: float, timeout_ms: int) -> int:
+        """Send `jobs` (already assigned) in as few frames as the worker allows.
+
+        Returns how many libzmq took; the rest are the caller's to take back.
+        Raises LinkError if the socket fails for a reason other than "full".
+        """
+        records = []
+        for job in jobs:
+            job.sent_at = now
+            records.append(
+                protocol.encode_job(
+                    job.key,
+                    job.attempt,
+                    job.method,
+                    job.path,
+                    job.query,
+                    job.content_type,
+                    job.body,
+                    job.flags,
+                    timeout_ms,
+                    job.name,
+                )
+            )
+        sent = self._send_records(records)
+        self.sent += sent
+        return sent
+
+    def _send_records(self, records: list[bytes]) -> int:
+        """Job records in as few JOBS frames as the worker's MAX_FRAME allows."""
+        limit = self.max_frame
+        if sum(map(len, records)) <= limit:
+            return len(records) if self.send([protocol.JOBS, b"".join(records)]) else 0
+        sent = start = size = 0
+        for end, record in enumerate(records):
+            if size + len(record) > limit and end > start:
+                if not self.send([protocol.JOBS, b"".join(records[start:end])]):
+                    return sent
+                sent, start, size = end, end, 0
+            size += len(record)
+        if self.send([protocol.JOBS, b"".join(records[start:])]):
+            sent = len(records)
+        return sent
+
+    def report(self) -> dict:
+        """This link's line in /stats."""
+        return {
+            "endpoint": self.name,
+            "state": self.status,
+            "delivery": "at-least-once" if self.reliable else "at-most-once",
+            "sent": self.sent,
+            "acked": self.acked,
+            "failed": self.failed,
+            "in_flight": len(self.jobs),
+            "resent": self.resent,
+            "credit": self.credit,
+        }
+
+    # -- sockets ------------------------------------------------------------------
 
     def _socket(self) -> zmq.Socket:
         sock = self._context.socket(zmq.DEALER)
@@ -232,3 +373,36 @@ class PushLink(Link):
 
     def can_take(self) -> bool:
         return self.state == READY
+
+    def assign(self, job: Envelope) -> None:
+        pass  # nothing comes back to settle: not held
+
+    def needs_hello(self) -> bool:
+        return False  # a plain PULL socket speaks no greenpipe
+
+    def handshake(self) -> bool:
+        self.connected = True
+        self.state = READY
+        log.info("plain PULL worker %s connected (at most once)", self.name)
+        return True
+
+    def disconnected(self) -> bool:
+        self.connected = False
+        if self.state == READY:
+            self.state = LOST
+            log.warning("plain PULL worker %s disconnected", self.name)
+        return False  # what it was sent is gone or handled: at most once
+
+    def take_back(self, graceful: bool) -> list[Envelope]:
+        self.state = LOST  # libzmq reconnects it; the handshake brings it back
+        return []
+
+    def deliver(self, jobs: Sequence[Envelope], now: float, timeout_ms: int) -> int:
+        """One frame per job, its body, which is what a foreign PULL worker expects."""
+        sent = 0
+        for job in jobs:
+            if not self.send([job.key, job.body]):
+                break
+            sent += 1
+        self.sent += sent
+        return sent

@@ -1,4 +1,4 @@
-"""The greenpipe wire protocol (version 1) between web.py and server.py.
+"""The greenpipe wire protocol (version 2) between web.py and server.py.
 
 Every message starts with a one-byte kind. The web's DEALER sends web kinds;
 the worker's ROUTER sees them behind the connection's routing id and answers on
@@ -9,7 +9,7 @@ frame may be garbage. They raise `ProtocolError`; nothing here opens a socket.
     web -> worker                       worker -> web
     HELLO  version, heartbeat, name     READY      version, credit, max frame, name
     JOBS   jobs (one frame)             ACKS       ids done, [result, result, ...]
-    PING                                HEARTBEAT
+    PING                                HEARTBEAT  [figures]
     DONE   (nothing more will follow)   BYE        [reason]
 
 Jobs travel as self-delimiting records packed into one frame, and plain
@@ -19,16 +19,14 @@ frames, not two per job (per-frame calls dominate pyzmq's cost under gevent).
 
 from __future__ import annotations
 
-import json
 import re
 import struct
 from collections.abc import Iterator, Sequence
-from typing import Any
-from urllib.parse import parse_qs
 
 from greenpipe.errors import ProtocolError
+from greenpipe.jobs import WANTS_REPLY, Job
 
-VERSION = 1
+VERSION = 2  # 2: a job record carries its name (1 had none)
 
 # web -> worker
 HELLO = b"\x01"  # a web asks to send jobs; answered by READY (or BYE with a reason)
@@ -46,19 +44,20 @@ BYE = b"\x14"  # the worker is leaving (or refuses): send nothing more
 OK = 0  # handler returned; payload is its JSON result
 FAILED = 1  # handler raised or timed out; payload is the error text (UTF-8)
 
-# Job flags.
-WANTS_REPLY = 0x01  # an HTTP client waits (Prefer: wait): send the result back
+# Job flags: WANTS_REPLY (greenpipe.jobs), an HTTP client waits for the result.
 
 _HELLO = struct.Struct("!BI")  # version, heartbeat interval in ms
 _READY = struct.Struct("!BII")  # version, credit, largest frame accepted
-# flags, attempt, time limit in ms (0: none), then the lengths of id, method,
-# path, query, content type and body, which follow in that order.
-_JOB = struct.Struct("!BBIBBHHHI")
+# flags, attempt, time limit in ms (0: none), then the lengths of id, name,
+# method, path, query, content type and body, which follow in that order. An
+# empty name means "the path": a forwarded request is named by its path.
+_JOB = struct.Struct("!BBIBBBHHHI")
 _RESULT = struct.Struct("!BB")  # status, id length; then id, then payload
 
 # What a job from web.py adds to its body, at most: the header, a 64-byte id, a
 # method, a path and query within pywsgi's 8 KiB request line, a 1 KiB type.
-JOB_OVERHEAD = _JOB.size + 64 + 16 + 8192 + 1024
+JOB_OVERHEAD = _JOB.size + 64 + 255 + 16 + 8192 + 1024
+MAX_JOB_NAME = 255  # bytes of UTF-8
 _ID = re.compile(rb"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_NAME = 200
 
@@ -117,6 +116,7 @@ def encode_job(
     body: bytes,
     flags: int = 0,
     timeout_ms: int = 0,
+    name: bytes = b"",
 ) -> bytes:
     """One job as a record; records concatenate into a JOBS frame.
 
@@ -127,60 +127,14 @@ def encode_job(
         attempt,
         timeout_ms,
         len(job_id),
+        len(name),
         len(method),
         len(path),
         len(query),
         len(content_type),
         len(body),
     )
-    return b"".join((head, job_id, method, path, query, content_type, body))
-
-
-class Job:
-    """A job as a worker's handler sees it.
-
-    ``body`` is the raw request body; ``json()`` parses it (and raises ValueError
-    if it is not JSON). ``attempt`` is 1 on first delivery and grows each time the
-    web re-sends the job after losing the worker that held it.
-    """
-
-    __slots__ = ("id", "attempt", "method", "path", "query", "content_type", "body")
-    __slots__ += ("timeout", "wants_reply", "raw_id", "worker")
-
-    def __init__(
-        self,
-        raw_id: bytes,
-        attempt: int,
-        method: str,
-        path: str,
-        query: str,
-        content_type: str,
-        body: bytes,
-        timeout: float = 0.0,
-        wants_reply: bool = False,
-    ) -> None:
-        self.raw_id = raw_id
-        self.id = raw_id.decode("ascii")
-        self.attempt = attempt
-        self.method = method
-        self.path = path
-        self.query = query
-        self.content_type = content_type
-        self.body = body
-        self.timeout = timeout  # seconds; 0 means no limit
-        self.wants_reply = wants_reply
-        self.worker = ""  # set by the worker that runs it, e.g. "worker :4444"
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def args(self) -> dict[str, list[str]]:
-        """The query string parsed, e.g. ``{"n": ["1"]}``."""
-        return parse_qs(self.query)
-
-    def __repr__(self) -> str:
-        return f"<Job {self.id} attempt {self.attempt} {self.method} {self.path}>"
+    return b"".join((head, job_id, name, method, path, query, content_type, body))
 
 
 def decode_jobs(frame: bytes) -> Iterator[Job]:
@@ -210,11 +164,11 @@ def _decode_job_at(frame: bytes, offset: int) -> tuple[Job, int]:
         raise ProtocolError(
             f"job record of {len(frame) - offset} bytes is shorter than its header"
         )
-    flags, attempt, timeout_ms, n_id, n_method, n_path, n_query, n_ctype, n_body = (
-        _JOB.unpack_from(frame, offset)
-    )
+    (flags, attempt, timeout_ms, n_id, n_name, n_method, n_path, n_query, n_ctype,
+     n_body) = _JOB.unpack_from(frame, offset)  # fmt: skip
     end_id = offset + _JOB.size + n_id
-    end_method = end_id + n_method
+    end_name = end_id + n_name
+    end_method = end_name + n_method
     end_path = end_method + n_path
     end_query = end_path + n_query
     end_ctype = end_query + n_ctype
@@ -230,7 +184,8 @@ def _decode_job_at(frame: bytes, offset: int) -> tuple[Job, int]:
     if attempt < 1:
         raise ProtocolError(f"job {raw_id.decode()} has attempt 0")
     try:
-        method = frame[end_id:end_method].decode("ascii")
+        name = frame[end_id:end_name].decode("utf-8")
+        method = frame[end_name:end_method].decode("ascii")
         path = frame[end_method:end_path].decode("utf-8", "surrogateescape")
         query = frame[end_path:end_query].decode("latin-1")
         content_type = frame[end_query:end_ctype].decode("latin-1")
@@ -238,7 +193,7 @@ def _decode_job_at(frame: bytes, offset: int) -> tuple[Job, int]:
         raise ProtocolError(
             f"job {raw_id.decode()}: undecodable field ({exc})"
         ) from None
-    if not method.isalpha():
+    if method and not method.isalpha():
         raise ProtocolError(f"job {raw_id.decode()}: method {method!r} is not a word")
     job = Job(
         raw_id,
@@ -250,8 +205,33 @@ def _decode_job_at(frame: bytes, offset: int) -> tuple[Job, int]:
         frame[end_ctype:end],
         timeout_ms / 1000,
         bool(flags & WANTS_REPLY),
+        name or path,
     )
     return job, end
+
+
+# Handler run time buckets (seconds), the same on every worker; +Inf is implied.
+RUN_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
+# handled, failed, handshakes refused (reserved for CURVE's allowlist: 0 until
+# then), run time sum (s), then a count per bucket (not cumulative), +Inf last.
+_FIGURES = struct.Struct("!QQQd" + "Q" * (len(RUN_BUCKETS) + 1))
+
+
+def encode_heartbeat(
+    handled: int, failed: int, refused: int, run_sum: float, run_counts: Sequence[int]
+) -> list[bytes]:
+    """A HEARTBEAT carrying the worker's own figures (for the web's /metrics)."""
+    return [HEARTBEAT, _FIGURES.pack(handled, failed, refused, run_sum, *run_counts)]
+
+
+def decode_heartbeat(frames: Sequence[bytes]) -> tuple | None:
+    """(handled, failed, refused, run time sum, bucket counts), None if bare."""
+    if len(frames) == 1:
+        return None
+    if len(frames) != 2 or len(frames[1]) != _FIGURES.size:
+        raise ProtocolError(f"HEARTBEAT figures must be one {_FIGURES.size}-byte frame")
+    handled, failed, refused, run_sum, *counts = _FIGURES.unpack(frames[1])
+    return handled, failed, refused, run_sum, tuple(counts)
 
 
 def encode_acks(done: Sequence[bytes], results: Sequence[bytes] = ()) -> list[bytes]:

@@ -14,17 +14,22 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 
 import gevent
 import gevent.event
+from flask import Flask
 from gevent.pool import Pool
 from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 
-from greenpipe.app import create_app
-from greenpipe.config import WebSettings, to_flags
-from greenpipe.dispatcher import Dispatcher
-from greenpipe.errors import LinkError
+import greenpipe
+from greenpipe import entry
+from greenpipe.app import json_errors
+from greenpipe.config import WebSettings, load_web, to_flags
+from greenpipe.dispatcher import took_turn
+from greenpipe.errors import ConfigError, LinkError
+from greenpipe.ext import Greenpipe
 
 log = logging.getLogger(__name__)
 STOP_REQUESTS_S = 1.0  # time given to requests in progress when stopping
@@ -43,8 +48,10 @@ class _Handler(WSGIHandler):
             # Keep-alive: when the next request is already buffered, pywsgi would
             # serve it without yielding, and a busy connection would starve the
             # dispatcher and the ack readers (and other connections) for as long
-            # as its client keeps sending. Yield once per request.
-            gevent.sleep(0)
+            # as its client keeps sending. Yield once per request, unless the
+            # request already waited for the journal's group commit.
+            if not took_turn():
+                gevent.sleep(0)
         return result
 
     def _write_with_headers(self, data: bytes) -> None:
@@ -122,10 +129,36 @@ def make_server(
     return server
 
 
-def run(settings: WebSettings) -> int:
+def default_app() -> Flask:
+    """The app of web.py and ``greenpipe web``: every request one job."""
+    app = Flask("greenpipe")
+    pipe = Greenpipe(app)
+    app.register_blueprint(pipe.forwarding())
+    json_errors(app)
+    return app
+
+
+def serve(app: Flask, argv: Sequence[str] | None = None) -> int:
+    """Serve `app` (with `Greenpipe` set up on it) as web.py does; an exit code.
+
+    Settings: flags, then ``app.config``'s ``GREENPIPE_*``, then the
+    environment, then defaults. Starts the pipe, serves HTTP on a pooled
+    gevent server until SIGTERM/SIGINT, then stops accepting, drains (up to
+    DRAIN_TIMEOUT) and exits 0. A bad setting exits 2 with its message.
+    """
+    return entry.main(
+        lambda args: load_web(args, os.environ, app.config),
+        lambda settings: run(settings, app),
+        argv,
+    )
+
+
+def run(settings: WebSettings, app: Flask | None = None) -> int:
     """Serve HTTP and feed the workers until SIGTERM/SIGINT, then drain and exit 0."""
     if settings.web_processes > 1:
         return supervise(settings)
+    if app is None:
+        app = default_app()
     stopping = gevent.event.Event()
 
     def on_signal() -> None:
@@ -137,8 +170,14 @@ def run(settings: WebSettings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, on_signal)
 
-    dispatcher = Dispatcher(settings)
-    app = create_app(dispatcher, settings)
+    state = app.extensions.get("greenpipe")
+    if state is None:
+        raise ConfigError(
+            "serve(app): greenpipe is not set up on this app; call Greenpipe(app) "
+            "before serving it"
+        )
+    state.settings = settings  # the command line's word is the last
+    app.config["GREENPIPE_MAX_BODY"] = settings.max_body
     server = make_server(
         app,
         settings.host,
@@ -147,10 +186,11 @@ def run(settings: WebSettings) -> int:
         settings.access_log,
         settings.reuse_port,
     )
+    pipe = state.ext.start(app)
+    dispatcher = pipe.dispatcher
     dispatcher.name = (
         f"web http://{settings.host}:{server.server_port} pid {os.getpid()}"
     )
-    dispatcher.start()
     log.info(
         "web: serving http://%s:%d (pid %d), feeding %d workers: %s",
         settings.host,
@@ -162,7 +202,7 @@ def run(settings: WebSettings) -> int:
     stopping.wait()
     log.info("web: stopping; finishing requests, then waiting for acknowledgements")
     server.stop(timeout=STOP_REQUESTS_S)
-    left = dispatcher.drain(settings.drain_timeout)
+    left = pipe.drain(settings.drain_timeout)
     if left:
         log.warning(
             "web: %d jobs unacknowledged after DRAIN_TIMEOUT %g s; written to %s",
@@ -170,8 +210,8 @@ def run(settings: WebSettings) -> int:
             settings.drain_timeout,
             settings.dead_letter,
         )
-    stats = dispatcher.stats()
-    dispatcher.close()
+    stats = pipe.stats()
+    state.ext.stop(app, 0)
     log.info(
         "web: stopped; accepted %d, acknowledged %d (%d failed), re-sent %d, "
         "dead-lettered %d",
@@ -195,9 +235,19 @@ def supervise(settings: WebSettings) -> int:
     reserve = listener(settings.host, settings.port, reuse_port=True)  # fixes port 0
     port = reserve.getsockname()[1]
     child = replace(settings, web_processes=1, reuse_port=True, port=port)
-    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "web.py")
-    argv = [sys.executable, script, *to_flags(child)]
-    children = [subprocess.Popen(argv) for _ in range(settings.web_processes)]
+    # The children run what this process runs: the same script (web.py, or a
+    # user's own), else greenpipe's own app.
+    script = sys.argv[0] if sys.argv[0].endswith(".py") else ""
+    start = (
+        [script] if script and os.path.isfile(script) else ["-m", "greenpipe", "web"]
+    )
+    argv = [sys.executable, *start, *to_flags(child)]
+    # The children import greenpipe from where this process did (a checkout
+    # run as python web.py, or site-packages).
+    home = os.path.dirname(os.path.dirname(os.path.abspath(greenpipe.__file__)))
+    path = os.pathsep.join(filter(None, [home, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    children = [subprocess.Popen(argv, env=env) for _ in range(settings.web_processes)]
     reserve.close()  # bound to the port until the children had bound it too
     log.info(
         "web: %d processes sharing http://%s:%d (pids %s)",
@@ -210,16 +260,20 @@ def supervise(settings: WebSettings) -> int:
     for watcher in watchers:
         watcher.link(lambda _: stopping.set())
     stopping.wait()
+    stopped = {c.pid for c in children if c.poll() is None}
     for c in children:
-        if c.poll() is None:
+        if c.pid in stopped:
             c.send_signal(signal.SIGTERM)
     codes = []
     for c in children:
         try:
-            codes.append(c.wait(settings.drain_timeout + STOP_REQUESTS_S + 1))
+            code = c.wait(settings.drain_timeout + STOP_REQUESTS_S + 1)
         except subprocess.TimeoutExpired:
             c.kill()
-            codes.append(c.wait())
+            code = c.wait()
+        # A child stopped by our SIGTERM before it had installed its handler
+        # (still starting) held nothing: that is a clean stop, not a failure.
+        codes.append(0 if c.pid in stopped and code == -signal.SIGTERM else code)
     if any(codes):
         log.error("web: children exited %s", codes)
         return 1

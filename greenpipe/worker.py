@@ -15,6 +15,7 @@ import json
 import logging
 import signal
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,7 @@ from greenlet import getcurrent
 from greenpipe import protocol
 from greenpipe.config import WorkerSettings
 from greenpipe.errors import ConfigError, LinkError, ProtocolError
-from greenpipe.protocol import Job
+from greenpipe.jobs import Job
 from greenpipe.throttle import Throttle
 
 log = logging.getLogger(__name__)
@@ -41,26 +42,29 @@ class JobTimeout(Exception):
     """Thrown into a handler still running past its job's time limit (JOB_TIMEOUT)."""
 
 
-def load_handler(spec: str) -> Handler:
-    """Import ``package.module:callable`` (HANDLER), naming what went wrong."""
+def load_handler(spec: str, setting: str = "HANDLER") -> Handler:
+    """Import ``package.module:NAME`` (a callable or a `Handlers` registry).
+
+    Errors name the setting, the spec and what went wrong.
+    """
     module_name, _, attr_path = spec.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(
-            f"HANDLER: cannot import module {module_name!r} from {spec!r} ({exc}); "
+            f"{setting}: cannot import module {module_name!r} from {spec!r} ({exc}); "
             "check the spelling and that it is on PYTHONPATH"
         ) from None
     for attr in attr_path.split("."):
         target = getattr(target, attr, None)
         if target is None:
             raise ConfigError(
-                f"HANDLER: {module_name} has no {attr_path!r} (from {spec!r}); "
+                f"{setting}: {module_name} has no {attr_path!r} (from {spec!r}); "
                 "check the name after the colon"
             )
     if not callable(target):
         raise ConfigError(
-            f"HANDLER: {spec!r} is a {type(target).__name__}, not a callable"
+            f"{setting}: {spec!r} is a {type(target).__name__}, not a callable"
         )
     return target
 
@@ -108,6 +112,8 @@ class Worker:
         self._draining = False
         self._throttle = Throttle(log)
         self.received = self.handled = self.failed = self.malformed = 0
+        self._run_sum = 0.0  # seconds in handlers, all jobs
+        self._run_counts = [0] * (len(protocol.RUN_BUCKETS) + 1)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -293,12 +299,13 @@ class Worker:
 
     def _run(self, peer: Peer, job: Job) -> None:
         me = getcurrent()
-        deadline = monotonic() + job.timeout if job.timeout else NO_DEADLINE
+        started = monotonic()
+        deadline = started + job.timeout if job.timeout else NO_DEADLINE
         self._active[me] = (deadline, job)
         status, payload = protocol.OK, b""
         try:
             result = self.handler(job)
-            if job.wants_reply and result is not None:
+            if result is not None:  # for Prefer: wait, and for GET /jobs/<id>
                 payload = json.dumps(result).encode()
         except JobTimeout:
             status = protocol.FAILED
@@ -313,6 +320,9 @@ class Worker:
             self._slot.set()
             if not self._busy:
                 self._idle.set()
+        took = monotonic() - started
+        self._run_sum += took
+        self._run_counts[bisect_left(protocol.RUN_BUCKETS, took)] += 1
         self.handled += 1
         if status != protocol.OK:
             self.failed += 1
@@ -360,12 +370,15 @@ class Worker:
                     peer.ok[:0], peer.results[:0] = ok, results  # full: next time
 
     def _beat(self, now: float) -> None:
+        beat = protocol.encode_heartbeat(
+            self.handled, self.failed, 0, self._run_sum, self._run_counts
+        )
         for ident, peer in list(self._peers.items()):
             if now - peer.last_seen > max(5.0, 10 * peer.heartbeat):
                 log.info("%s: %s went silent; forgetting it", self.name, peer.name)
                 self._forget(ident)
             else:
-                self._send(ident, [protocol.HEARTBEAT])
+                self._send(ident, beat)
 
     def _send(self, ident: bytes, frames: list[bytes]) -> bool:
         """Send to one web without waiting; False if its queue is full."""
@@ -397,9 +410,31 @@ def _error_text(exc: BaseException) -> bytes:
     return f"{type(exc).__name__}: {exc}".encode()[:4000]
 
 
+def in_app_context(handler: Handler, spec: str) -> Handler:
+    """Run `handler` inside the Flask app named by `spec` (APP), created once.
+
+    Handlers then use their app's config and extensions (``current_app``).
+    """
+    app = load_handler(spec, "APP")
+    if not hasattr(app, "app_context"):
+        raise ConfigError(
+            f"APP: {spec!r} is a {type(app).__name__}, not a Flask app; name the "
+            "app object, e.g. myapp:app"
+        )
+
+    def run_in_context(job: Job) -> Any:
+        with app.app_context():
+            return handler(job)
+
+    return run_in_context
+
+
 def run(settings: WorkerSettings) -> int:
     """server.py's body: load the handler, bind, serve until SIGTERM/SIGINT."""
-    worker = Worker(settings, load_handler(settings.handler))
+    handler = load_handler(settings.handler)
+    if settings.app:
+        handler = in_app_context(handler, settings.app)
+    worker = Worker(settings, handler)
     worker.bind()
 
     def on_signal() -> None:

@@ -25,10 +25,7 @@ gevent.monkey.patch_all()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
 import signal  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
@@ -39,6 +36,7 @@ from typing import Any  # noqa: E402
 import gevent  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
+from greenpipe.testing import Proc, start_web, start_worker  # noqa: E402
 from loadtest.locustfile import JobUser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,52 +50,6 @@ class ScenarioUser(JobUser):
         super()._expect_202(response)
         if response.status_code == 202:
             ACCEPTED.add(json.loads(response.content)["id"])
-
-
-class Child:
-    """A process started by the scenario; a greenlet collects its output."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        self.name = name
-        self.popen = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = gevent.spawn(self._read)
-
-    def _read(self) -> None:
-        for line in self.popen.stdout:
-            self.lines.append(line.rstrip())
-
-    def expect(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                if match := regex.search(line):
-                    return match
-            if self.popen.poll() is not None and self._reader.dead:
-                break
-            gevent.sleep(0.05)
-        tail = "\n".join(self.lines[-15:])
-        raise SystemExit(
-            f"scenario: {self.name} did not log {pattern!r}; last lines:\n{tail}"
-        )
-
-    def stop(self) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGCONT)
-            self.popen.send_signal(signal.SIGTERM)
-        try:
-            return self.popen.wait(8)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            return self.popen.wait(5)
 
 
 @dataclass
@@ -116,28 +68,36 @@ class System:
         for old in self.records.glob("*.ids"):
             old.unlink()
         self.env = {"GREENPIPE_RECORD_DIR": str(self.records), "LOG_LEVEL": "WARNING"}
-        self.children: list[Child] = []
-        self.workers: list[Child] = []
+        self.children: list[Proc] = []
+        self.workers: list[Proc] = []
         self.ports: list[int] = []
         for index in range(3):
-            child = self.start_worker(index, 0)
-            self.ports.append(int(child.expect(r"listening on tcp://[^:]+:(\d+)")[1]))
+            child, port = self.start_worker(index, 0)
+            self.ports.append(port)
             self.workers.append(child)
-        addresses = ",".join(f"127.0.0.1:{port}" for port in self.ports)
-        argv = [sys.executable, "web.py", "--port", "0", "--workers", addresses]
-        argv += ["--dead-letter", str(out / "dead-letter.jsonl"), "--log-level", "INFO"]
-        self.web = Child("web", argv, {})
+        addresses = [f"127.0.0.1:{port}" for port in self.ports]
+        web = start_web(
+            addresses,
+            timeout=20,
+            dead_letter=out / "dead-letter.jsonl",
+            journal_dir=out / "journal",
+            log_level="INFO",
+        )
+        self.web = web.proc
         self.children.append(self.web)
-        port = self.web.expect(r"serving http://[^:]+:(\d+)")[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.web.expect("barrier met")
+        self.url = web.url
 
-    def start_worker(self, index: int, port: int) -> Child:
-        argv = [sys.executable, "server.py", "--port", str(port)]
-        argv += ["--handler", "loadtest.handlers:record", "--log-level", "INFO"]
-        child = Child(f"worker{index + 1}", argv, self.env)
+    def start_worker(self, index: int, port: int) -> tuple[Proc, int]:
+        child, real_port = start_worker(
+            f"worker{index + 1}",
+            port,
+            self.env,
+            timeout=20,
+            handler="greenpipe.testing:record",
+            log_level="INFO",
+        )
         self.children.append(child)
-        return child
+        return child, real_port
 
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/stats", timeout=5) as response:
@@ -153,10 +113,13 @@ class System:
 
     def stop(self) -> dict[str, int]:
         """SIGTERM the web first (it drains), then the workers; their exit codes."""
-        return {
-            child.name: child.stop()
-            for child in [self.web, *[c for c in self.children if c is not self.web]]
-        }
+        codes = {}
+        for child in [self.web, *[c for c in self.children if c is not self.web]]:
+            try:
+                codes[child.name] = child.stop(timeout=8)
+            except AssertionError:  # overran: killed, and it says so
+                codes[child.name] = -9
+        return codes
 
 
 def _rate(samples: list[Sample], index: int | None, start: float, end: float) -> float:
@@ -274,8 +237,7 @@ def run(args: argparse.Namespace) -> int:
     if args.signal == "KILL":
         victim_child.popen.wait(10)
         system.children.remove(victim_child)  # its exit code is ours: -9
-        system.workers[victim] = system.start_worker(victim, system.ports[victim])
-        system.workers[victim].expect("listening on")
+        system.workers[victim], _ = system.start_worker(victim, system.ports[victim])
     else:
         victim_child.popen.send_signal(signal.SIGCONT)
     back_at = time.monotonic() - started

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +11,20 @@ from typing import Any
 
 import pytest
 
-from tests.support import PYTHON, ROOT, Proc, Web
+from greenpipe import testing
+from tests.support import Proc, Web, path_without
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """GREENPIPE_HIDE_TOOLS=wrk,iptables,...: run as on a machine without them.
+
+    `make test-without-tools` (and CI) use it to prove that every test needing
+    an optional system tool skips with a reason or falls back, never fails.
+    """
+    hidden = [t for t in os.environ.get("GREENPIPE_HIDE_TOOLS", "").split(",") if t]
+    if hidden:
+        folder = tempfile.mkdtemp(prefix="greenpipe-path-")
+        os.environ["PATH"] = path_without(hidden, Path(folder) / "bin")
 
 
 @dataclass
@@ -20,13 +35,6 @@ class WorkerProc:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-
-def _flags(options: dict[str, Any]) -> list[str]:
-    argv = []
-    for name, value in options.items():
-        argv += [f"--{name.replace('_', '-')}", str(value)]
-    return argv
 
 
 @pytest.fixture
@@ -68,22 +76,15 @@ def start_worker(procs: list[Proc], record_dir: Path):
     ) -> WorkerProc:
         nonlocal count
         count += 1
-        argv = [
-            PYTHON,
-            str(ROOT / "server.py"),
-            "--port",
-            str(port),
-            "--handler",
-            handler,
-        ]
-        proc = Proc(
+        proc, real_port = testing.start_worker(
             f"worker{count}",
-            argv + _flags(options),
-            env={"GREENPIPE_RECORD_DIR": str(record_dir), **(env or {})},
+            port,
+            {"GREENPIPE_RECORD_DIR": str(record_dir), **(env or {})},
+            handler=handler,
+            **options,
         )
         procs.append(proc)
-        match = proc.expect(r"listening on tcp://[^:]+:(\d+)", timeout=15)
-        return WorkerProc(proc, int(match[1]))
+        return WorkerProc(proc, real_port)
 
     return start
 
@@ -100,20 +101,11 @@ def start_web(procs: list[Proc], tmp_path: Path):
     ) -> Web:
         addresses = [w.address if isinstance(w, WorkerProc) else w for w in workers]
         options.setdefault("dead_letter", tmp_path / "dead-letter.jsonl")
-        argv = [
-            PYTHON,
-            str(ROOT / "web.py"),
-            "--port",
-            "0",
-            "--workers",
-            ",".join(addresses),
-        ]
-        proc = Proc("web", argv + _flags(options), env=env)
-        procs.append(proc)
-        match = proc.expect(r"serving http://[^:]+:(\d+)", timeout=15)
-        web = Web(proc, int(match[1]))
-        if wait_barrier:
-            proc.expect("barrier met", timeout=15)
+        options.setdefault("journal_dir", tmp_path / "journal")
+        web = testing.start_web(
+            addresses, env=env, wait_barrier=wait_barrier, **options
+        )
+        procs.append(web.proc)
         return web
 
     return start

@@ -24,8 +24,8 @@ import time
 import gevent
 from gevent import monkey
 
-from greenpipe.protocol import Job
-from loadtest.handlers import write_record
+from greenpipe.jobs import Job
+from greenpipe.testing import write_record
 
 _blocking_sleep = monkey.get_original("time", "sleep")
 _EXTRA_SLEEP = float(os.environ.get("GREENPIPE_SLEEP", "0"))

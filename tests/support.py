@@ -1,8 +1,8 @@
-"""Helpers for tests that run web.py and server.py as real processes.
+"""Test-only helpers: concurrent HTTP load, job ids, a PATH without tools.
 
-`Proc` starts a process whose output a thread collects line by line;
-`expect(pattern)` blocks until such a line appears, with a deadline and a
-failure message naming what did not happen. Nothing here sleeps to wait.
+The process helpers (`Proc`, `start_web`, `start_worker`, `Web`, ...) live in
+`greenpipe.testing`, shared with the benchmarks, the load tests and the fault
+suite; they are re-exported here for the tests' convenience.
 """
 
 from __future__ import annotations
@@ -10,230 +10,25 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-
-
-class Proc:
-    """A child process with its merged stdout/stderr gathered into `lines`."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: list[str],
-        env: dict[str, str] | None = None,
-        cwd: Path = ROOT,
-    ) -> None:
-        self.name = name
-        self.argv = argv
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.popen = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
-        self.pid = self.popen.pid
-        self.lines: list[str] = []
-        self.expected_exit: int | None = 0  # None: any (the test killed it)
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def tail(self, count: int = 20) -> str:
-        with self._changed:
-            return "\n".join(self.lines[-count:])
-
-    def matches(self, pattern: str) -> list[re.Match[str]]:
-        regex = re.compile(pattern)
-        with self._changed:
-            return [m for m in map(regex.search, self.lines) if m]
-
-    def expect(
-        self, pattern: str, timeout: float = 10.0, times: int = 1
-    ) -> re.Match[str]:
-        """Wait until `times` lines (counted from the start) match; return the last."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                found = [m for m in map(regex.search, self.lines) if m]
-                if len(found) >= times:
-                    return found[times - 1]
-                left = deadline - time.monotonic()
-                if left <= 0 or (
-                    self.popen.poll() is not None and not self._reader.is_alive()
-                ):
-                    state = (
-                        "running"
-                        if self.popen.poll() is None
-                        else (f"exited {self.popen.returncode}")
-                    )
-                    raise AssertionError(
-                        f"{self.name} ({state}): {len(found)} of {times} lines matching "
-                        f"{pattern!r} within {timeout} s; last lines:\n{self.tail()}"
-                    )
-                self._changed.wait(min(left, 0.5))
-
-    def signal(self, signum: int) -> None:
-        if signum in (signal.SIGKILL, signal.SIGSTOP):
-            self.expected_exit = None
-        self.popen.send_signal(signum)
-
-    def wait_exit(self, timeout: float = 5.0) -> int:
-        try:
-            code = self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(5)
-            raise AssertionError(
-                f"{self.name} did not exit within {timeout} s (killed); last lines:\n"
-                f"{self.tail()}"
-            ) from None
-        self._reader.join(5)
-        return code
-
-    def stop(self, timeout: float = 5.0) -> int:
-        """SIGTERM, then wait; fail with the last lines if it overruns."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGCONT)  # in case a test froze it
-            self.popen.send_signal(signal.SIGTERM)
-        return self.wait_exit(timeout)
-
-    @property
-    def running(self) -> bool:
-        return self.popen.poll() is None
-
-    def rss_kib(self) -> int:
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+)", status)[1])
-
-    def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
-
-
-def free_port() -> int:
-    """A port nothing listens on now (for a process that must be told it in advance)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Web:
-    """A running web.py and a small HTTP client for it."""
-
-    def __init__(self, proc: Proc, port: int) -> None:
-        self.proc = proc
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | str | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float = 10.0,
-    ) -> tuple[int, dict[str, str], Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            raw = resp.read()
-            return resp.status, dict(resp.getheaders()), _json_or_text(raw)
-        finally:
-            conn.close()
-
-    def get(self, path: str, **kw: Any) -> tuple[int, dict[str, str], Any]:
-        return self.request("GET", path, **kw)
-
-    def post(self, path: str, payload: Any = None, **kw: Any):
-        headers = kw.pop("headers", {})
-        body = kw.pop("body", None)
-        if payload is not None:
-            body = json.dumps(payload)
-            headers = {"Content-Type": "application/json", **headers}
-        return self.request("POST", path, body=body, headers=headers, **kw)
-
-    def stats(self) -> dict[str, Any]:
-        status, _, body = self.get("/stats")
-        assert status == 200, f"/stats answered {status}: {body}"
-        return body
-
-    def worker_stats(self) -> list[dict[str, Any]]:
-        return self.stats()["workers"]
-
-    def wait_settled(self, timeout: float = 20.0) -> dict[str, Any]:
-        """Poll /stats until every accepted job is acknowledged or dead-lettered."""
-        return poll_until(
-            self.stats,
-            lambda s: (
-                s["pending"] == 0
-                and s["in_flight"] == 0
-                and s["acked"] + s["dead_lettered"] + s["pushed"] >= s["accepted"]
-            ),
-            timeout,
-            "every accepted job done (acked + dead_lettered + pushed == accepted)",
-        )
-
-    def wait_state(self, index: int, states: Iterable[str], timeout: float = 10.0):
-        wanted = set(states)
-        return poll_until(
-            self.worker_stats,
-            lambda workers: workers[index]["state"] in wanted,
-            timeout,
-            f"worker {index} in state {sorted(wanted)}",
-        )
-
-
-def _json_or_text(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw.decode("utf-8", "replace")
-
-
-def poll_until(
-    probe: Callable[[], Any],
-    done: Callable[[Any], bool],
-    timeout: float,
-    what: str,
-    interval: float = 0.05,
-) -> Any:
-    """Call `probe` until `done(result)`; for states with no event to block on."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if done(last):
-            return last
-        time.sleep(interval)  # sleep-ok: polling a state with a deadline
-    raise AssertionError(f"not within {timeout} s: {what}; last seen: {last}")
+from greenpipe.testing import (  # noqa: F401 (re-exported)
+    PYTHON,
+    ROOT,
+    Proc,
+    Web,
+    flags,
+    free_port,
+    poll_until,
+    read_records,
+    start_web,
+    start_worker,
+)
 
 
 class Load:
@@ -338,18 +133,30 @@ class Load:
         }
 
 
-def read_records(directory: Path) -> dict[str, list[tuple[str, int]]]:
-    """What the recording handler wrote: {worker port: [(job id, attempt), ...]}."""
-    records: dict[str, list[tuple[str, int]]] = {}
-    for path in sorted(directory.glob("*.ids")):
-        entries = []
-        for line in path.read_text().splitlines():
-            job_id, attempt = line.split()
-            entries.append((job_id, int(attempt)))
-        records[path.stem] = entries
-    return records
-
-
 def job_seq(job_id: str) -> int:
     """The web's sequence number inside a job id ("3f9a1c2b-1a" -> 26)."""
     return int(job_id.rsplit("-", 1)[1], 16)
+
+
+OPTIONAL_TOOLS = ("wrk", "iptables", "redis-server", "promtool", "chromium", "ab")
+
+
+def path_without(tools: Iterable[str], directory: Path) -> str:
+    """A PATH on which `tools` cannot be found and everything else still can.
+
+    Fills `directory` with links to every executable on the current PATH
+    except those named, the way a fresh machine without them looks to a
+    program that asks ``shutil.which``.
+    """
+    hidden = set(tools)
+    directory.mkdir(parents=True, exist_ok=True)
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        if not folder or not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            target = os.path.join(folder, name)
+            link = directory / name
+            if name in hidden or link.exists() or not os.access(target, os.X_OK):
+                continue
+            link.symlink_to(target)
+    return str(directory)

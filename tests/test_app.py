@@ -10,8 +10,8 @@ import pytest
 
 from greenpipe.app import create_app, parse_wait
 from greenpipe.config import WebSettings
-from greenpipe.dispatcher import Outcome
 from greenpipe.errors import Unavailable
+from greenpipe.jobs import Outcome, Status
 
 
 @dataclass
@@ -86,7 +86,7 @@ def test_post_jobs_passes_the_body_through_as_is(client, dispatcher):
 
 
 def test_prefer_wait_returns_the_result(client, dispatcher):
-    dispatcher.outcome_to_give = Outcome("tcp://w:1", "ok", b'{"sum": 3}')
+    dispatcher.outcome_to_give = Outcome("tcp://w:1", Status.OK, b'{"sum": 3}')
     resp = client.post("/jobs", data=b"x", headers={"Prefer": "respond-async, wait=5"})
     assert resp.status_code == 200
     assert resp.get_json() == {
@@ -99,7 +99,7 @@ def test_prefer_wait_returns_the_result(client, dispatcher):
 
 
 def test_prefer_wait_is_capped(client, dispatcher):
-    dispatcher.outcome_to_give = Outcome("w", "ok", b"")
+    dispatcher.outcome_to_give = Outcome("w", Status.OK, b"")
     resp = client.post("/jobs", headers={"Prefer": "wait=3600"})
     assert resp.status_code == 200 and resp.get_json()["result"] is None
     assert (
@@ -108,7 +108,7 @@ def test_prefer_wait_is_capped(client, dispatcher):
 
 
 def test_prefer_wait_handler_failure_is_502_and_timeout_504(client, dispatcher):
-    dispatcher.outcome_to_give = Outcome("w", "failed", b"RuntimeError: boom")
+    dispatcher.outcome_to_give = Outcome("w", Status.FAILED, b"RuntimeError: boom")
     resp = client.post("/jobs", headers={"Prefer": "wait=1"})
     assert resp.status_code == 502
     assert resp.get_json()["detail"] == "RuntimeError: boom"

@@ -1,24 +1,34 @@
-"""The benchmark suite runs end to end on a tiny load (speed is not asserted)."""
+"""The benchmark suite runs end to end on a tiny load (speed is not asserted).
+
+The end-to-end run hides wrk and redis-server from PATH, so the fallback a
+fresh machine takes (Locust) is exercised on every machine; wrk's own parser
+has a test of its own where wrk is installed.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 
 import pytest
 
-from tests.support import PYTHON, ROOT
+from bench import load
+from tests.support import OPTIONAL_TOOLS, PYTHON, ROOT, path_without
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_bench_quick_runs_every_section():
+def test_bench_quick_runs_every_section_without_optional_tools(tmp_path):
+    env = {**os.environ, "PATH": path_without(OPTIONAL_TOOLS, tmp_path / "bin")}
     result = subprocess.run(
         [PYTHON, "-m", "bench", "--quick", "--no-write", "--systems", "greenpipe,plain"],
-        cwd=ROOT, capture_output=True, text=True, timeout=280,
+        cwd=ROOT, capture_output=True, text=True, timeout=280, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
+    assert "load from locust" in out and "wrk is not installed" in out, out[:800]
     assert "| bare Flask/gevent (ceiling) |" in out and "| 1.00 |" in out
     row = re.search(
         r"\| greenpipe \(acknowledged\) \| [\d,]+ .*? \| (\d+) / (\d+) \|", out
@@ -32,4 +42,40 @@ def test_bench_quick_runs_every_section():
         assert section in out, out
     assert re.search(r"one worker process, no-op handler: [\d,]+ jobs/s", out)
     assert re.search(r"handler started: p50 [\d.]+ ms", out)
-    assert re.search(r"bytes per job in flight: [\d,]+ bytes|needs wrk", out)
+    assert "bytes per job in flight: needs wrk" in out
+
+
+def test_locust_stats_without_percentiles_are_reported_not_fatal():
+    """Locust writes N/A for a percentile no finished request gave (issue 9)."""
+    na = {"Name": "Aggregated", "Request Count": "0", "Failure Count": "0",
+          "Requests/s": "0", "50%": "N/A", "99%": "N/A"}  # fmt: skip
+    result = load.from_locust_stats([na], 1.0)
+    assert (result.requests, result.ok, result.p50_ms, result.p99_ms) == (
+        0,
+        0,
+        None,
+        None,
+    )
+    assert result.rps == 0.0
+    ok = {**na, "Request Count": "400", "Failure Count": "3", "Requests/s": "200",
+          "50%": "4", "99%": "27"}  # fmt: skip
+    result = load.from_locust_stats([{"Name": "/", **ok}, ok], 2.0)
+    assert (result.requests, result.ok, result.seconds) == (400, 397, 2.0)
+    assert (result.p50_ms, result.p99_ms) == (4.0, 27.0)
+    assert load.from_locust_stats([], 1.0).requests == 0  # no Aggregated row at all
+
+
+@pytest.mark.skipif(
+    shutil.which("wrk") is None,
+    reason="wrk is not installed (apt-get install wrk); the Locust fallback is tested above",
+)
+def test_wrk_load_against_the_bare_app():
+    from bench import systems
+
+    running = systems.bare()
+    try:
+        result = load.wrk(running.url + "/", 4, 1.0)
+    finally:
+        running.stop()
+    assert result.tool == "wrk" and result.ok > 0, result
+    assert result.p50_ms is not None and result.p99_ms >= result.p50_ms

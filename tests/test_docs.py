@@ -28,3 +28,25 @@ def test_procfile_runs_web_and_three_workers_on_the_original_ports():
     assert lines[1:] == [
         f"worker{i}: python server.py --port {4443 + i}" for i in (1, 2, 3)
     ]
+
+
+def test_the_readme_library_example_runs_as_written(tmp_path):
+    """The README's "Use it in your Flask app" code, run as a user would copy it."""
+    import re
+    import subprocess
+
+    from tests.support import PYTHON
+
+    section = README.split("## Use it in your Flask app", 1)[1].split("\n## ", 1)[0]
+    app_code, test_code = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
+    (tmp_path / "myapp.py").write_text(app_code)
+    (tmp_path / "check.py").write_text(
+        "from myapp import app, pipe\n" + test_code + "\ntest_signup()\n"
+        "print('ok', pipe.settings(app).workers[1])\n"
+    )
+    done = subprocess.run(
+        [PYTHON, "check.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok tcp://127.0.0.1:4445", done.stdout

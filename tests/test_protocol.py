@@ -85,8 +85,8 @@ def test_control_messages_round_trip():
         (b"", "shorter than its header"),
         (b"\x00" * 17, "shorter than its header"),
         (
-            struct.pack("!BBIBBHHHI", 0, 1, 0, 200, 0, 0, 0, 0, 0) + b"x",
-            "needs 218 bytes",
+            struct.pack("!BBIBBBHHHI", 0, 1, 0, 200, 0, 0, 0, 0, 0, 0) + b"x",
+            "needs 219 bytes",
         ),
         (
             protocol.encode_job(b"ok-1", 1, b"GET", b"/", b"", b"", b"") + b"z",
@@ -148,3 +148,17 @@ def test_mutated_valid_frames_never_raise_anything_but_protocol_error():
         cut = bytes(frame)[: rng.randrange(len(frame) + 1)]
         with contextlib.suppress(ProtocolError):
             list(protocol.decode_jobs(cut * 2))
+
+
+def test_a_job_carries_its_name_and_a_request_is_named_by_its_path():
+    named = protocol.encode_job(b"n-1", 1, b"", b"", b"", b"", b"{}", name=b"welcome")
+    job = protocol.decode_job(named)
+    assert (job.name, job.method, job.path) == ("welcome", "", "")
+    forwarded = protocol.decode_job(
+        protocol.encode_job(b"r-1", 1, b"GET", b"/a", b"", b"", b"")
+    )
+    assert (forwarded.name, forwarded.method) == ("/a", "GET")
+    accented = protocol.encode_job(
+        b"n-2", 1, b"", b"", b"", b"", b"", name="café".encode()
+    )
+    assert protocol.decode_job(accented).name == "café"

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from greenpipe.testing import entry, flags
 from tests.support import PYTHON, ROOT, Load, Proc, Web, poll_until, read_records
 
 OUT_OF_ROTATION = {"lost", "leaving", "connecting"}
@@ -171,14 +172,19 @@ class Cluster:
             f"{scheme}{host}:{port}"
             for host, port in zip(self.hosts, self.ports, strict=True)
         )
-        options = {"dead_letter": self.dead_letter, **(web or {})}
-        argv = [PYTHON, str(ROOT / "web.py"), "--port", "0", "--workers", addresses]
-        for name, value in options.items():
-            argv += [f"--{name.replace('_', '-')}", str(value)]
-        self.web_proc = self._spawn("web", argv)
+        options = {"dead_letter": self.dead_letter, "journal_dir": self.dir / "journal"}
+        options.update(web or {})
+        self._web_argv = [*entry("web"), "--port", "0", "--workers", addresses]
+        self._web_argv += flags(options)
+        self.start_web()
+
+    def start_web(self) -> Web:
+        """Start web.py (again, on the same journal after a kill); wait for the barrier."""
+        self.web_proc = self._spawn("web", self._web_argv)
         port = int(self.web_proc.expect(r"serving http://[^:]+:(\d+)", 20)[1])
         self.web = Web(self.web_proc, port)
         self.web_proc.expect("barrier met", 20)
+        return self.web
 
     def _spawn(
         self,
@@ -198,22 +204,14 @@ class Cluster:
             if self.netns and host == self.netns.inner_ip
             else []
         )
+        options = {"port": port, "host": host}
         if self.plain:
             argv = [PYTHON, str(ROOT / "tests" / "faults" / "plain_worker.py")]
-            argv += ["--port", str(port), "--host", host]
         else:
-            argv = [
-                PYTHON,
-                str(ROOT / "server.py"),
-                "--port",
-                str(port),
-                "--host",
-                host,
-            ]
-            argv += ["--handler", "tests.handlers:record"]
-            for name, value in self.worker_options.items():
-                argv += [f"--{name.replace('_', '-')}", str(value)]
-        proc = self._spawn(f"worker{index}", argv, prefix, self.worker_env.get(index))
+            argv = entry("worker")
+            options.update(handler="tests.handlers:record", **self.worker_options)
+        env = self.worker_env.get(index)
+        proc = self._spawn(f"worker{index}", argv + flags(options), prefix, env)
         match = proc.expect(r"listening on tcp://[^:]+:(\d+)", 20)
         return proc, int(match[1])
 

@@ -1,0 +1,41 @@
+"""greenpipe's command line: ``greenpipe web`` and ``greenpipe worker``.
+
+The same programs as web.py and server.py, with the same flags and settings,
+for an installed greenpipe (``pip install .``): ``greenpipe worker --port 4444``,
+``greenpipe web``, or ``python -m greenpipe web``.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()  # first statement: patching late leaves blocking sockets behind
+
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+from greenpipe import config, entry, webserver, worker  # noqa: E402
+
+USAGE = """usage: greenpipe {web,worker} [--help] [flags]
+
+  web      serve HTTP and feed the workers (as python web.py)
+  worker   run jobs from the webs that connect (as port=4444 python server.py)
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args.pop(0) if args else ""
+    if command == "web":
+        return entry.main(config.load_web, webserver.run, args)
+    if command == "worker":
+        return entry.main(config.load_worker, worker.run, args)
+    if command in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return 0
+    sys.stderr.write(
+        USAGE + f"\ngreenpipe: expected 'web' or 'worker', got {command!r}\n"
+    )
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""The Flask extension: ``pipe = Greenpipe(app)``, then ``pipe.push(...)`` in views."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, has_app_context
+
+from greenpipe import app as routes
+from greenpipe.config import WebSettings, _flag, load_web
+from greenpipe.errors import ConfigError, Unavailable
+from greenpipe.jobs import Outcome
+from greenpipe.pipe import _MISSING, InlinePipe, Pipe, Receipt, load_handlers
+from greenpipe.registry import Handler
+
+log = logging.getLogger(__name__)
+
+
+class _State:
+    """One app's greenpipe: its settings, and its pipe once started."""
+
+    def __init__(
+        self,
+        ext: Greenpipe,
+        app: Flask,
+        settings: WebSettings | None,
+        error: ConfigError | None = None,
+    ) -> None:
+        self.ext = ext
+        self.app = app
+        self._settings = settings
+        self.error = error  # a bad setting, raised when the pipe is first needed
+        self.pipe: Pipe | None = None
+
+    @property
+    def inline(self) -> bool:
+        """GREENPIPE_INLINE, else app.testing: read when the pipe is first made."""
+        value = self.app.config.get("GREENPIPE_INLINE", self.app.testing)
+        try:
+            return _flag(str(value))
+        except ValueError as exc:
+            raise ConfigError(
+                f"GREENPIPE_INLINE: expected {exc}, got {value!r}"
+            ) from None
+
+    @property
+    def settings(self) -> WebSettings:
+        if self._settings is None:
+            assert self.error is not None
+            raise self.error
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: WebSettings) -> None:
+        self._settings, self.error = value, None
+
+
+class Greenpipe:
+    """greenpipe for a Flask app: settings from ``app.config``, a pipe per process.
+
+        app = Flask(__name__)
+        pipe = Greenpipe(app)          # or: pipe = Greenpipe(); pipe.init_app(app)
+
+        @app.post("/signup")
+        def signup():
+            job = pipe.push("welcome_email", json=request.get_json())
+            return {"id": job.id}, 202
+
+    Settings are ``GREENPIPE_<NAME>`` in app.config (``GREENPIPE_WORKERS``,
+    ``GREENPIPE_MAX_PENDING``, ... as the README's table), then the
+    environment, then the defaults; a bad one raises `ConfigError` in
+    `init_app`. Nothing is opened at import or in `init_app`: the pipe starts
+    in the process that serves the first request (so a pre-forking server such
+    as gunicorn starts one per worker process), or when `start` is called.
+    ``GREENPIPE_PREFIX`` puts /healthz, /stats and /jobs/<id> under a prefix;
+    ``GREENPIPE_ROUTES = False`` leaves them out. ``GREENPIPE_INLINE`` (on by
+    default when ``app.testing``) runs each job at once with `handlers`, no
+    workers needed.
+    """
+
+    def __init__(self, app: Flask | None = None, *, handlers: Handler | None = None):
+        self.handlers = handlers
+        self._app = app
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        config = app.config
+        try:
+            settings, error = load_web([], os.environ, config), None
+            config.setdefault("GREENPIPE_MAX_BODY", settings.max_body)
+        except ConfigError as exc:
+            # Kept, not raised: serve() may still fix it with a flag; else it is
+            # raised by start() or the first push, and serve() exits 2 with it.
+            settings, error = None, exc
+        state = _State(self, app, settings, error)
+        app.extensions["greenpipe"] = state
+        app.register_error_handler(Unavailable, routes.unavailable)
+        if config.get("GREENPIPE_ROUTES", True):
+            prefix = config.get("GREENPIPE_PREFIX", "") or None
+            ops = routes.ops_blueprint(self.pipe_for)
+            app.register_blueprint(ops, url_prefix=prefix)
+
+    # -- which app, which pipe
+    def _state(self, app: Flask | None = None) -> _State:
+        if app is None:
+            app = current_app._get_current_object() if has_app_context() else self._app
+        if app is None or "greenpipe" not in app.extensions:
+            raise RuntimeError(
+                "greenpipe is not set up for this app: call Greenpipe(app) or "
+                "pipe.init_app(app), and use it inside the app's context"
+            )
+        return app.extensions["greenpipe"]
+
+    def pipe_for(self, app: Flask | None = None) -> Pipe:
+        """This process's pipe for `app` (the current app by default), started.
+
+        Raises `ConfigError` if a setting is bad.
+        """
+        state = self._state(app)
+        pipe = state.pipe
+        if pipe is None or not pipe.started:  # none yet, or forked since
+            if state.inline:
+                spec = state.app.config.get("GREENPIPE_HANDLERS")
+                pipe = InlinePipe(load_handlers(spec, self.handlers), state.settings)
+            else:
+                pipe = Pipe(state.settings)
+                pipe.start()
+            state.pipe = pipe
+        return pipe
+
+    @property
+    def pipe(self) -> Pipe:
+        return self.pipe_for()
+
+    def settings(self, app: Flask | None = None) -> WebSettings:
+        return self._state(app).settings
+
+    # -- the verbs
+    def push(
+        self,
+        name: str,
+        *,
+        json: Any = _MISSING,
+        body: bytes | str | None = None,
+        content_type: str | None = None,
+        wait: float = 0,
+        idempotency_key: str = "",
+    ) -> Receipt | Outcome:
+        """Hand one job named `name` to a worker: see `Pipe.push`.
+
+        Raises `Unavailable` when no worker can take it; left uncaught in a
+        view, it becomes a JSON 503 with Retry-After.
+        """
+        return self.pipe.push(
+            name,
+            json=json,
+            body=body,
+            content_type=content_type,
+            wait=wait,
+            idempotency_key=idempotency_key,
+        )
+
+    def status(self, job_id: str) -> dict[str, Any] | None:
+        """What became of a job: queued, in_flight, done, failed, dead, or None."""
+        return self.pipe.status(job_id)
+
+    def start(self, app: Flask | None = None) -> Pipe:
+        """Start the pipe now (else the first request does) and return it."""
+        return self.pipe_for(app)
+
+    def stop(self, app: Flask | None = None, timeout: float | None = None) -> int:
+        """Drain (up to DRAIN_TIMEOUT), say DONE, close; returns jobs still owed."""
+        state = self._state(app)
+        pipe, state.pipe = state.pipe, None
+        if pipe is None or not pipe.started:
+            return 0
+        left = pipe.drain(timeout)
+        pipe.close()
+        return left
+
+    def forwarding(self) -> Blueprint:
+        """GET / and POST /jobs: every request one job, as web.py does (opt-in)."""
+        return routes.forwarding_blueprint(self.pipe_for)

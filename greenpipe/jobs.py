@@ -1,0 +1,137 @@
+"""The job types: what a handler receives (`Job`), what the web holds (`Envelope`),
+and what became of it (`Outcome`, `Status`). The bottom of the import graph.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs
+
+import gevent.event
+
+WANTS_REPLY = 0x01  # job flag: someone waits for the result (Prefer: wait)
+
+
+class Status(StrEnum):
+    """What became of a job, as far as the web knows."""
+
+    OK = "ok"  # the handler returned
+    FAILED = "failed"  # the handler raised, or ran past JOB_TIMEOUT
+    DEAD = "dead"  # given up on: dead-lettered after MAX_ATTEMPTS deliveries
+    UNACKNOWLEDGED = "unacknowledged"  # handed to a plain PULL worker: at most once
+    TIMEOUT = "timeout"  # nothing came back within the wait (still delivered)
+
+
+class Outcome(NamedTuple):
+    """What became of a job someone waits for (``push(..., wait=N)``, Prefer: wait)."""
+
+    worker: str
+    status: Status
+    payload: bytes  # the handler's JSON result, or an error text
+    id: str = ""
+
+    @property
+    def result(self) -> Any:
+        """The handler's return value (None if it returned nothing or failed)."""
+        if self.status is Status.OK and self.payload:
+            return json.loads(self.payload)
+        return None
+
+    @property
+    def error(self) -> str:
+        """Why it failed or was given up on ("" when it did not)."""
+        if self.status in (Status.FAILED, Status.DEAD):
+            return self.payload.decode("utf-8", "replace")
+        return ""
+
+
+class Envelope:
+    """A job as the web holds it: the request's parts, and where it has been."""
+
+    __slots__ = ("key", "id", "attempt", "method", "path", "query", "content_type")
+    __slots__ += ("body", "flags", "sent_at", "reply", "name", "segment", "accepted_at")
+
+    def __init__(
+        self,
+        job_id: str,
+        method: bytes,
+        path: bytes,
+        query: bytes,
+        content_type: bytes,
+        body: bytes,
+        reply: gevent.event.AsyncResult | None = None,
+        name: bytes = b"",
+    ) -> None:
+        self.id = job_id
+        self.name = name  # empty: a forwarded request, named by its path
+        self.segment = -1  # the journal segment it was written to (-1: none)
+        self.accepted_at = 0.0  # the dispatcher's clock when it was accepted
+        self.key = job_id.encode("ascii")
+        self.attempt = 0  # deliveries so far
+        self.method = method
+        self.path = path
+        self.query = query
+        self.content_type = content_type
+        self.body = body
+        self.flags = WANTS_REPLY if reply is not None else 0
+        self.sent_at = 0.0
+        self.reply = reply
+
+    def resolve(self, worker: str, status: Status, payload: bytes = b"") -> None:
+        """Tell whoever waits for this job what became of it (if anyone does)."""
+        if self.reply is not None:
+            self.reply.set(Outcome(worker, status, payload, self.id))
+
+
+class Job:
+    """A job as a worker's handler sees it.
+
+    ``name`` says which handler of a `Handlers` registry runs it: the name given
+    to ``push``, or the path of a forwarded request (``method``, ``path`` and
+    ``query`` are empty for a job pushed by name). ``body`` is the raw body;
+    ``json()`` parses it (and raises ValueError if it is not JSON). ``attempt``
+    is 1 on first delivery and grows each time the web re-sends the job after
+    losing the worker that held it.
+    """
+
+    __slots__ = ("id", "attempt", "method", "path", "query", "content_type", "body")
+    __slots__ += ("timeout", "wants_reply", "raw_id", "worker", "name")
+
+    def __init__(
+        self,
+        raw_id: bytes,
+        attempt: int,
+        method: str,
+        path: str,
+        query: str,
+        content_type: str,
+        body: bytes,
+        timeout: float = 0.0,
+        wants_reply: bool = False,
+        name: str = "",
+    ) -> None:
+        self.raw_id = raw_id
+        self.name = name or path  # a forwarded request is named by its path
+        self.id = raw_id.decode("ascii")
+        self.attempt = attempt
+        self.method = method
+        self.path = path
+        self.query = query
+        self.content_type = content_type
+        self.body = body
+        self.timeout = timeout  # seconds; 0 means no limit
+        self.wants_reply = wants_reply
+        self.worker = ""  # set by the worker that runs it, e.g. "worker :4444"
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def args(self) -> dict[str, list[str]]:
+        """The query string parsed, e.g. ``{"n": ["1"]}``."""
+        return parse_qs(self.query)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.name!r} attempt {self.attempt}>"

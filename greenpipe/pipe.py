@@ -1,0 +1,293 @@
+"""The public core: `Pipe` feeds the workers from any gevent program, no Flask needed.
+
+`InlinePipe` has the same face and runs each job at once in the calling
+process, for tests of views without workers (``GREENPIPE_INLINE``).
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import os
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gevent.event
+import zmq.green as zmq
+
+from greenpipe import config
+from greenpipe.config import PipeSettings
+from greenpipe.dispatcher import Dispatcher
+from greenpipe.errors import ConfigError
+from greenpipe.jobs import Envelope, Job, Outcome, Status
+from greenpipe.status import JobRecords
+
+_MISSING: Any = object()
+# Every Pipe, so that a forked child knows none of them runs in it (the links
+# and greenlets stayed in the parent: pyzmq#1330). Checked by fork hook, not by
+# calling getpid() on every request.
+_PIPES: weakref.WeakSet[Pipe] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    for pipe in _PIPES:
+        pipe.started = False
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What ``push`` returns at once: the job's id (and its name)."""
+
+    id: str
+    name: str
+
+
+def _payload(
+    name: str, json: Any, body: bytes | str | None, content_type: str | None
+) -> tuple[bytes, bytes, bytes]:
+    """(name, body, content type) as bytes, or ValueError naming what is wrong."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"push: the job name must be a non-empty str, got {name!r}")
+    raw_name = name.encode("utf-8")
+    if len(raw_name) > 255:
+        raise ValueError(
+            f"push: the job name is {len(raw_name)} bytes of UTF-8; at most 255"
+        )
+    if json is not _MISSING and body is not None:
+        raise ValueError("push: give json=... or body=..., not both")
+    if json is not _MISSING:
+        try:
+            raw = jsonlib.dumps(json).encode()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"push: json= is not JSON-serialisable ({exc})") from None
+        kind = content_type or "application/json"
+    else:
+        raw = body.encode("utf-8") if isinstance(body, str) else (body or b"")
+        if content_type:
+            kind = content_type
+        elif isinstance(body, str):
+            kind = "text/plain; charset=utf-8"
+        else:
+            kind = "application/octet-stream" if raw else ""
+    return raw_name, raw, kind.encode("latin-1")
+
+
+class Pipe:
+    """Pushes jobs to the configured workers: barrier, round-robin, at least once.
+
+    Nothing happens at construction; `start` opens the links in the calling
+    process (after a fork, never before: pyzmq#1330). ``push`` never blocks on
+    a socket: before the barrier it waits up to READY_TIMEOUT, after it it
+    queues or raises `Unavailable` at once. `drain` waits for what is owed;
+    `close` says DONE to the workers and closes the sockets.
+    """
+
+    def __init__(
+        self,
+        settings: PipeSettings | None = None,
+        *,
+        context: zmq.Context | None = None,
+        name: str = "",
+        **overrides: Any,
+    ) -> None:
+        """`settings`, or keyword settings as in app.config: ``workers=[...]``."""
+        if settings is None or overrides:
+            given = {"GREENPIPE_" + k.upper(): v for k, v in overrides.items()}
+            settings = config.load_web([], os.environ, given)
+        self.settings = settings
+        self.dispatcher = Dispatcher(settings, context, name)
+        self.started = False  # in this process: a forked child starts afresh
+        _PIPES.add(self)
+
+    # -- lifecycle
+    def start(self) -> None:
+        if not self.started:
+            self.started = True
+            self.dispatcher.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block up to `timeout` s for the barrier (every worker said READY once)."""
+        return self.dispatcher.wait_barrier(timeout)
+
+    def drain(self, timeout: float | None = None) -> int:
+        """Wait for acknowledgements (DRAIN_TIMEOUT by default); how many are owed."""
+        if timeout is None:
+            timeout = self.settings.drain_timeout
+        return self.dispatcher.drain(timeout)
+
+    def close(self) -> None:
+        self.dispatcher.close()
+
+    # -- jobs
+    def push(
+        self,
+        name: str,
+        *,
+        json: Any = _MISSING,
+        body: bytes | str | None = None,
+        content_type: str | None = None,
+        wait: float = 0,
+        idempotency_key: str = "",
+    ) -> Receipt | Outcome:
+        """Hand one job named `name` to a worker; its handler gets ``job.json()``.
+
+        Returns a `Receipt` at once, or with ``wait=N`` the `Outcome` within N
+        seconds (status TIMEOUT if none came: the job is still delivered at
+        least once). Raises `Unavailable` when no worker can take it or the
+        journal could not keep it (the extension answers 503 with Retry-After),
+        ValueError for bad arguments. The same `idempotency_key` within
+        IDEMPOTENCY_TTL returns the first job's id and creates no second job.
+        """
+        raw_name, raw, kind = _payload(name, json, body, content_type)
+        self._check_size(raw)
+        job = self.submit(b"", b"", b"", kind, raw, wait > 0, raw_name,
+                          key=idempotency_key)  # fmt: skip
+        return self._answer(job, name, wait)
+
+    def forward(
+        self,
+        method: str,
+        path: str,
+        query: str = "",
+        content_type: str = "",
+        body: bytes = b"",
+        wait: float = 0,
+    ) -> Receipt | Outcome:
+        """A request-shaped job (as web.py makes of each request), named by its path."""
+        self._check_size(body)
+        job = self.submit(method.encode("ascii"), path.encode("latin-1"),
+                          query.encode("latin-1"), content_type.encode("latin-1"),
+                          body, wait > 0)  # fmt: skip
+        return self._answer(job, path, wait)
+
+    def _check_size(self, raw: bytes) -> None:
+        if len(raw) > self.settings.max_body:
+            raise ValueError(
+                f"push: the body is {len(raw)} bytes, over MAX_BODY "
+                f"({self.settings.max_body}); send less, or raise MAX_BODY"
+            )
+
+    def _answer(self, job: Envelope, name: str, wait: float) -> Receipt | Outcome:
+        if wait <= 0:
+            return Receipt(job.id, name)
+        return self.outcome(job, wait) or Outcome("", Status.TIMEOUT, b"", job.id)
+
+    # The interface the HTTP routes use (greenpipe.app): Dispatcher's, unchanged.
+    def submit(self, *args: Any, **kwargs: Any) -> Envelope:
+        if not self.started:
+            self.start()
+        return self.dispatcher.submit(*args, **kwargs)
+
+    def outcome(self, job: Envelope, timeout: float) -> Outcome | None:
+        return self.dispatcher.outcome(job, timeout)
+
+    def status(self, job_id: str) -> dict[str, Any] | None:
+        """queued, in_flight, done, failed, dead, or None if unknown or expired."""
+        return self.dispatcher.status(job_id)
+
+    def owns(self, job_id: str) -> bool:
+        return self.dispatcher.owns(job_id)
+
+    def health(self) -> tuple[bool, dict]:
+        return self.dispatcher.health()
+
+    def metrics(self) -> bytes:
+        """The Prometheus text exposition of this process's figures."""
+        from greenpipe.metrics import render
+
+        return render(self.dispatcher)
+
+    def stats(self) -> dict:
+        return self.dispatcher.stats()
+
+
+class InlinePipe(Pipe):
+    """A Pipe that runs each job at once, in the calling greenlet, with `handler`.
+
+    No worker, no socket: for testing views with Flask's test client. The
+    outcome is recorded, so ``status(id)`` answers as it would with workers.
+    """
+
+    def __init__(
+        self, handler: Callable[[Job], Any] | None, settings: PipeSettings | None = None
+    ) -> None:
+        self.settings = settings or config.load_web([], {}, {})
+        self.handler = handler
+        self.started = True
+        self.records = JobRecords(self.settings.status_keep, self.settings.status_ttl)
+        self._prefix = f"inline{os.getpid():x}-"
+        self._seq = 0
+        self.accepted = self.failed = 0
+
+    def start(self) -> None:
+        pass
+
+    def wait_ready(self, timeout: float) -> bool:
+        return True
+
+    def drain(self, timeout: float | None = None) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+    def submit(
+        self, method, path, query, content_type, body, reply=False, name=b"", key=""
+    ):
+        if self.handler is None:
+            raise ConfigError(
+                "GREENPIPE_INLINE is on but no handlers were given: "
+                "Greenpipe(app, handlers=...) or app.config['GREENPIPE_HANDLERS'] "
+                "= 'package.module:handlers'"
+            )
+        self._seq += 1
+        job_id = self._prefix + format(self._seq, "010x")
+        waiter = gevent.event.AsyncResult() if reply else None
+        envelope = Envelope(
+            job_id, method, path, query, content_type, body, waiter, name
+        )
+        envelope.attempt = 1
+        job = Job(job_id.encode(), 1, method.decode(), path.decode("latin-1"),
+                  query.decode("latin-1"), content_type.decode("latin-1"), body,
+                  wants_reply=reply, name=name.decode())  # fmt: skip
+        job.worker = "inline"
+        self.accepted += 1
+        try:
+            result = self.handler(job)
+            status = Status.OK
+            payload = b"" if result is None else jsonlib.dumps(result).encode()
+        except Exception as exc:  # recorded as a worker would report it
+            status, payload = Status.FAILED, f"{type(exc).__name__}: {exc}".encode()
+            self.failed += 1
+        self.records.add(job_id, status, "inline", 1, payload)
+        envelope.resolve("inline", status, payload)
+        return envelope
+
+    def outcome(self, job: Envelope, timeout: float) -> Outcome | None:
+        return job.reply.get(block=False) if job.reply is not None else None
+
+    def status(self, job_id: str) -> dict[str, Any] | None:
+        return self.records.get(job_id)
+
+    def owns(self, job_id: str) -> bool:
+        return job_id.startswith(self._prefix)
+
+    def health(self) -> tuple[bool, dict]:
+        return True, {"status": "ok", "inline": True}
+
+    def stats(self) -> dict:
+        return {"pid": os.getpid(), "inline": True, "accepted": self.accepted,
+                "failed": self.failed, "acked": self.accepted}  # fmt: skip
+
+
+def load_handlers(spec: str | None, given: Any) -> Callable[[Job], Any] | None:
+    """The handlers for inline mode: given, or imported from a spec string."""
+    if given is not None or not spec:
+        return given
+    from greenpipe.worker import load_handler
+
+    return load_handler(spec)

@@ -1,0 +1,83 @@
+"""Named jobs on the worker side: a registry of handlers, chosen by ``job.name``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from greenpipe.errors import GreenpipeError
+from greenpipe.jobs import Job
+
+Handler = Callable[[Job], Any]
+F = TypeVar("F", bound=Handler)
+
+
+class UnknownJob(GreenpipeError):
+    """A job whose name no handler of the registry knows (reported as failed)."""
+
+
+class Handlers:
+    """Handlers by job name; the worker runs ``handlers(job)``.
+
+        handlers = Handlers()
+
+        @handlers.job("welcome_email")
+        def welcome_email(job):
+            send_mail(job.json()["email"])
+
+    Run it with ``server.py --handler myapp.jobs:handlers``. A forwarded
+    request is named by its path (``@handlers.job("/resize")``). A job whose
+    name is not registered goes to the default handler if there is one, else
+    it fails with `UnknownJob` naming the names known: reported to the web as
+    a failure, never retried, never dropped silently.
+    """
+
+    def __init__(self, default: Handler | None = None) -> None:
+        self._by_name: dict[str, Handler] = {}
+        self._default = default
+
+    def job(self, name: str) -> Callable[[F], F]:
+        """Register the decorated function for jobs named `name`; returns it as is."""
+
+        def register(function: F) -> F:
+            self.add(name, function)
+            return function
+
+        return register
+
+    def add(self, name: str, function: Handler) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a job name must be a non-empty str, got {name!r}")
+        if name in self._by_name:
+            raise ValueError(
+                f"job {name!r} already has a handler "
+                f"({self._by_name[name].__qualname__}); one handler per name"
+            )
+        if not callable(function):
+            raise TypeError(f"the handler for {name!r} must be callable")
+        self._by_name[name] = function
+
+    def default(self, function: F) -> F:
+        """Register the decorated function for every job no other handler takes."""
+        self._default = function
+        return function
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __call__(self, job: Job) -> Any:
+        handler = self._by_name.get(job.name, self._default)
+        if handler is None:
+            known = ", ".join(repr(n) for n in self.names) or "none"
+            raise UnknownJob(
+                f"no handler for job name {job.name!r}; this worker knows {known}. "
+                "Register it with @handlers.job(name), or add a default handler"
+            )
+        return handler(job)
+
+    def __repr__(self) -> str:
+        return f"<Handlers {self.names}{' + default' if self._default else ''}>"

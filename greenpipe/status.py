@@ -1,0 +1,94 @@
+"""What became of finished jobs, by id, for a while: GET /jobs/<id>, pipe.status()."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from greenpipe.jobs import Status
+
+MAX_KEPT_RESULT = 64 * 1024  # bytes of a result kept for status lookups
+
+
+class JobRecords:
+    """Finished jobs' outcomes, oldest first, at most `keep` of them for `ttl` s.
+
+    Memory stays bounded under any load: adding past `keep` forgets the oldest,
+    and a lookup past `ttl` forgets everything older. A result over 64 KiB is
+    not kept (whoever needs it waits for it with ``Prefer: wait``).
+    """
+
+    def __init__(
+        self, keep: int, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.keep = keep
+        self.ttl = ttl
+        self._clock = clock
+        self._records: OrderedDict[str, tuple] = OrderedDict()
+
+    def add(
+        self,
+        job_id: str,
+        status: Status,
+        worker: str,
+        attempt: int,
+        payload: bytes,
+        now: float | None = None,
+    ) -> None:
+        """Keep one record; `now` (the clock's) saves a clock call per job."""
+        records = self._records
+        records[job_id] = (status, worker, attempt, payload, now or self._clock())
+        if len(records) > self.keep:
+            records.popitem(last=False)
+
+    @property
+    def store(self) -> dict[str, tuple]:
+        """The records themselves, for a caller that adds a batch inline and
+        then calls `trim` once (the dispatcher, per ACKS message): a method
+        call per job is most of what a record would cost."""
+        return self._records
+
+    def trim(self) -> None:
+        """Forget the oldest records beyond `keep`."""
+        records, keep = self._records, self.keep
+        while len(records) > keep:
+            records.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """The job's record as /jobs/<id> shows it, or None (unknown or expired)."""
+        self._expire()
+        found = self._records.get(job_id)
+        if found is None:
+            return None
+        status, worker, attempt, payload, finished = found
+        finished += time.time() - self._clock()  # monotonic -> wall clock
+        report: dict[str, Any] = {
+            "id": job_id,
+            "status": "done" if status is Status.OK else status.value,
+            "worker": worker,
+            "attempt": attempt,
+            "finished_at": round(finished, 3),
+        }
+        if status is Status.OK:
+            if len(payload) > MAX_KEPT_RESULT:
+                report["result_not_kept"] = f"{len(payload)} bytes; over 64 KiB"
+            elif payload:
+                report["result"] = payload.decode("utf-8", "replace")
+        elif payload:
+            key = "error" if status is Status.FAILED else "reason"
+            report[key] = payload.decode("utf-8", "replace")
+        return report
+
+    def _expire(self) -> None:
+        horizon = self._clock() - self.ttl
+        records = self._records
+        while records:
+            oldest = next(iter(records.values()))
+            if oldest[4] >= horizon:
+                return
+            records.popitem(last=False)
