@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-without-tools bench loadtest scenario lint clean
+.PHONY: run test test-without-tools bench loadtest scenario screenshot lint clean
 
 $(STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,13 +27,17 @@ test-without-tools: $(STAMP)
 	  tests/faults/test_faults.py::test_network_cut_and_heal \
 	  tests/test_bench.py::test_wrk_load_against_the_bare_app \
 	  tests/test_bench.py::test_locust_stats_without_percentiles_are_reported_not_fatal \
-	  tests/test_metrics.py::test_promtool_accepts_the_metrics
+	  tests/test_metrics.py::test_promtool_accepts_the_metrics \
+	  tests/test_dashboard.py::test_the_page_shows_workers_ready_then_one_not_ready
 
 bench: $(STAMP)  ## benchmarks (not tests): prints a table, writes bench/results/
 	$(BIN)/python -m bench
 
 loadtest: $(STAMP)  ## ab-style Locust run against a running web (make run first)
 	$(BIN)/python -m loadtest -n 100000 -c 100 http://127.0.0.1:4567/
+
+screenshot: $(STAMP)  ## docs/dashboard.png: the dashboard under load, a worker stopped (needs chromium)
+	$(BIN)/python -m tests.dashboard_shot
 
 scenario: $(STAMP)  ## starts everything, kills a worker mid-run, draws the chart
 	$(BIN)/python -m loadtest.scenario

@@ -14,6 +14,8 @@ Sections:
            alternating order: the steadiest ratio a noisy machine can give
   journal  the journal off, none (default) and batch against bare, back to
            back; bytes written per job and the journal's size after the run
+  observe  /metrics and /dashboard off, and on while scraped and watched once
+           a second, against bare, back to back
   micro    the hot path on its own (python -m bench.micro)
   latency  request sent -> handler started at 50% of greenpipe's peak
   memory   web RSS across a 100,000-request run; bytes per job in flight
@@ -196,48 +198,75 @@ def paired(pairs: int, connections: int, seconds: float) -> list[str]:
     ]
 
 
-def journal(pairs: int, connections: int, seconds: float) -> list[str]:
-    """The journal's cost: off, none (the default) and batch against the ceiling.
+def rounds(
+    running: dict[str, systems.Running],
+    pairs: int,
+    connections: int,
+    seconds: float,
+) -> dict[str, dict[str, list[float]]]:
+    """Measure every running system back to back, the order rotating each round.
 
-    All four systems run at once and are measured back to back, the order
-    rotating each round, so each ratio compares neighbours in time.
+    Each ratio then compares neighbours in time. Per system: req/s, p99 (ms)
+    and web CPU per request (µs), one value per round.
     """
+    figures = {name: {"rps": [], "p99": [], "cpu": []} for name in running}
+    names = list(running)
+    for index in range(pairs):
+        order = names[index % len(names) :] + names[: index % len(names)]
+        for name in order:
+            ticks = running[name].web_ticks()
+            result = load.run(running[name].url + "/", connections, seconds)
+            figures[name]["rps"].append(result.ok_rps)
+            figures[name]["cpu"].append(
+                (running[name].web_ticks() - ticks) * TICK_US / max(1, result.requests)
+            )
+            if result.p99_ms is not None:
+                figures[name]["p99"].append(result.p99_ms)
+    return figures
+
+
+def compare(
+    figures: dict[str, dict[str, list[float]]], labels: dict[str, str], base: str
+) -> list[str]:
+    """One line per system: req/s, ratio to bare and to `base`, p99, CPU/request."""
+
+    def ratio(name: str, other: str) -> str:
+        pairs_ = [a / b for a, b in zip(figures[name]["rps"], figures[other]["rps"],
+                                        strict=True) if b]  # fmt: skip
+        return f"{statistics.median(pairs_):.3f}" if pairs_ else "-"
+
+    def median(name: str, key: str) -> float:
+        values = figures[name][key]
+        return statistics.median(values) if values else float("nan")
+
+    lines = []
+    for name, label in labels.items():
+        lines.append(
+            f"  - {label}: {median(name, 'rps'):,.0f} req/s, ratio to bare "
+            f"{ratio(name, 'bare')}, to {labels[base]} {ratio(name, base)}, p99 "
+            f"{median(name, 'p99'):.1f} ms ({median(name, 'p99') / median('bare', 'p99'):.2f}x "
+            f"bare's), web CPU {median(name, 'cpu'):.0f} µs per request"
+        )
+    return lines
+
+
+def journal(pairs: int, connections: int, seconds: float) -> list[str]:
+    """The journal's cost: off, none (the default) and batch against the ceiling."""
     running = {"bare": systems.bare()}
     for mode in ("off", "none", "batch"):
         running[mode] = systems.greenpipe(journal=mode)
-    rps: dict[str, list[float]] = {name: [] for name in running}
-    p99: dict[str, list[float]] = {name: [] for name in running}
-    names = list(running)
     try:
-        for index in range(pairs):
-            order = names[index % len(names) :] + names[: index % len(names)]
-            for name in order:
-                result = load.run(running[name].url + "/", connections, seconds)
-                rps[name].append(result.ok_rps)
-                if result.p99_ms is not None:
-                    p99[name].append(result.p99_ms)
+        figures = rounds(running, pairs, connections, seconds)
         report = {
             mode: _stats_of(running[mode].url)["journal"] for mode in ("none", "batch")
         }
     finally:
         for each in running.values():
             each.stop()
-
-    def ratio(name: str, base: str) -> str:
-        pairs_ = [a / b for a, b in zip(rps[name], rps[base], strict=True) if b]
-        return f"{statistics.median(pairs_):.2f}" if pairs_ else "-"
-
-    def p99_of(name: str) -> float:
-        return statistics.median(p99[name]) if p99[name] else float("nan")
-
     lines = [f"- {pairs} rounds of {seconds:g} s, the four systems back to back:"]
-    for name, label in (("off", "journal off"), ("none", "journal none (default)"),
-                        ("batch", "journal batch (fdatasync per group)")):  # fmt: skip
-        lines.append(
-            f"  - {label}: {statistics.median(rps[name]):,.0f} req/s, ratio to bare "
-            f"{ratio(name, 'bare')}, to journal off {ratio(name, 'off')}, p99 "
-            f"{p99_of(name):.1f} ms ({p99_of(name) / p99_of('bare'):.2f}x bare's)"
-        )
+    lines += compare(figures, {"off": "journal off", "none": "journal none (default)",
+                               "batch": "journal batch (fdatasync per group)"},
+                     "off")  # fmt: skip
     for mode in ("none", "batch"):
         info = report[mode]
         per_job = info["bytes_written"] / max(1, info["jobs_written"])
@@ -246,6 +275,43 @@ def journal(pairs: int, connections: int, seconds: float) -> list[str]:
             f"group commits, {per_job:.0f} bytes per job written, "
             f"{info['bytes_on_disk']:,} bytes on disk after the run"
         )
+    return lines
+
+
+def observe(pairs: int, connections: int, seconds: float) -> list[str]:
+    """/metrics and /dashboard: off, and on while being watched, against the ceiling.
+
+    "watched": /metrics and /dashboard/data fetched once a second during the
+    rounds, as a Prometheus at a 1 s interval and one open dashboard tab do.
+    """
+    off = ("--metrics", "no", "--dashboard", "no")
+    running = {"bare": systems.bare(), "off": systems.greenpipe(web_flags=off),
+               "on": systems.greenpipe()}  # fmt: skip
+    watched = running["on"].url
+    stop = threading.Event()
+    scrapes = [0]
+
+    def watch() -> None:
+        while not stop.wait(1.0):
+            for path in ("/metrics", "/dashboard/data"):
+                with urllib.request.urlopen(watched + path, timeout=5) as response:
+                    response.read()
+                scrapes[0] += 1
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        figures = rounds(running, pairs, connections, seconds)
+    finally:
+        stop.set()
+        watcher.join(10)
+        for each in running.values():
+            each.stop()
+    lines = [f"- {pairs} rounds of {seconds:g} s, the three systems back to back; "
+             f"{scrapes[0]} scrapes of /metrics and /dashboard/data during them:"]  # fmt: skip
+    lines += compare(figures, {"off": "metrics and dashboard off",
+                               "on": "on, scraped and watched once a second"},
+                     "off")  # fmt: skip
     return lines
 
 
@@ -357,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--systems", default="bare,greenpipe,plain,multi,celery,rq")
     parser.add_argument(
-        "--sections", default="macro,paired,journal,micro,latency,memory"
+        "--sections", default="macro,paired,journal,observe,micro,latency,memory"
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=6.0, help="per measurement")
@@ -427,6 +493,13 @@ def main(argv: list[str] | None = None) -> int:
         section(
             "Journal: off, none (default), batch",
             lambda: journal(
+                3 if args.quick else 8, args.connections, 2 if args.quick else 3
+            ),
+        )
+    if "observe" in sections:
+        section(
+            "Observability: /metrics and /dashboard off and on",
+            lambda: observe(
                 3 if args.quick else 8, args.connections, 2 if args.quick else 3
             ),
         )

@@ -143,11 +143,12 @@ def greenpipe(
     worker_flags: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     journal: str = "none",
+    web_flags: tuple[str, ...] = (),
 ) -> Running:
     """web.py + 3 server.py (the no-op handler unless told otherwise).
 
     `journal`: "none" (the default: written, not synced), "batch" (an
-    fdatasync per group commit) or "off".
+    fdatasync per group commit) or "off". `web_flags`: more flags for web.py.
     """
     name = "greenpipe (acknowledged)"
     if web_processes > 1:
@@ -165,7 +166,7 @@ def greenpipe(
     ports = _workers(running, argv, r"listening on tcp://[^:]+:(\d+)", env=env)
     web = [PYTHON, str(ROOT / "web.py"), "--port", "0", "--workers",
            ",".join(f"127.0.0.1:{p}" for p in ports), "--web-processes", str(web_processes),
-           "--dead-letter", "/dev/null", *journal_flags(journal)]  # fmt: skip
+           "--dead-letter", "/dev/null", *journal_flags(journal), *web_flags]  # fmt: skip
     _web(running, web, r"serving http://[^:]+:(\d+)", "barrier met")
     if web_processes > 1:
         running.web[0].expect("barrier met", 20, times=web_processes)

@@ -210,6 +210,25 @@ def forwarding_blueprint(
     return bp
 
 
+def shared_port(settings: Any) -> Response | None:
+    """421 for a whole-process view asked on a port several processes share.
+
+    One scrape (or one dashboard) would reach one process at random and read
+    as the whole; each process answers on its own OPS_PORT instead.
+    """
+    if not getattr(settings, "reuse_port", False):
+        return None
+    if request.environ.get("greenpipe.own_port"):
+        return None
+    return _error(
+        421,
+        "misdirected request",
+        f"several web processes share this port; this one (pid {os.getpid()}) "
+        "cannot speak for the others. Ask each process on its own port: set "
+        "GREENPIPE_OPS_PORT (the web's log names each process's port)",
+    )
+
+
 def ops_blueprint(source: Callable[[], DispatcherLike]) -> Blueprint:
     """GET /healthz, /stats and /jobs/<id>: what the pipe is doing, as JSON."""
     bp = Blueprint("greenpipe_ops", __name__)
@@ -230,15 +249,9 @@ def ops_blueprint(source: Callable[[], DispatcherLike]) -> Blueprint:
         render = getattr(pipe, "metrics", None)
         if render is None or not getattr(settings, "metrics", True):
             raise NotFound()
-        if getattr(settings, "reuse_port", False):
-            # One scrape would reach one process at random and read as the whole.
-            return _error(
-                421,
-                "misdirected request",
-                f"several web processes share this port; this one (pid "
-                f"{os.getpid()}) cannot speak for the others. Scrape each process "
-                "on a port of its own (not yet available; see the README)",
-            )
+        refused = shared_port(settings)
+        if refused is not None:
+            return refused
         return Response(render(), mimetype=None, headers={
             "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})  # fmt: skip
 

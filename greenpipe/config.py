@@ -37,6 +37,16 @@ def _port(raw: str) -> int:
     return int(raw)
 
 
+def _optional_port(raw: str) -> int:
+    text = raw.strip().lower()
+    if text in ("", "off", "no", "-1"):
+        return -1
+    try:
+        return _port(text)
+    except ValueError:
+        raise ValueError("a port 0-65535 (0: the OS picks one), or off") from None
+
+
 def _host(raw: str) -> str:
     host = raw.strip()
     if not host or any(c.isspace() or c in "/@[]" for c in host):
@@ -236,6 +246,9 @@ class PipeSettings:
         3600.0, _seconds, "seconds an Idempotency-Key maps to its first job"
     )
     metrics: bool = _setting(True, _flag, "serve GET /metrics (Prometheus)")
+    dashboard: bool = _setting(
+        True, _flag, "serve GET /dashboard, a live page of the pipe and its workers"
+    )
     reuse_port: bool = _setting(
         False, _flag, "bind HTTP with SO_REUSEPORT (shared port)"
     )
@@ -254,6 +267,12 @@ class WebSettings(PipeSettings):
     max_wait: float = _setting(30.0, _seconds, "cap on Prefer: wait=N, seconds")
     access_log: bool = _setting(False, _flag, "log one line per HTTP request")
     web_processes: int = _setting(1, _positive_int, "web.py processes sharing the port")
+    ops_port: int = _setting(
+        -1,
+        _optional_port,
+        "a port of each web process's own for /metrics, /stats, /healthz and "
+        "/dashboard (0: the OS picks; with WEB_PROCESSES=K, K ports from it); off",
+    )
 
 
 @dataclass(frozen=True, slots=True)

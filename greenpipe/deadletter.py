@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import time
 
 from greenpipe.jobs import Envelope
@@ -32,6 +33,7 @@ class DeadLetters:
             "attempts": job.attempt,
             "last_worker": worker,
             "reason": reason,
+            "name": job.name.decode("utf-8", "replace"),
             "method": job.method.decode("ascii"),
             "path": job.path.decode("utf-8", "replace"),
             "query": job.query.decode("latin-1"),
@@ -54,3 +56,63 @@ class DeadLetters:
             )
             return
         log.warning("job %s dead-lettered to %s: %s", job.id, self.path, reason)
+
+    def tail(self, count: int, scan: int = 64 << 10) -> list[dict]:
+        """The last `count` records (newest first), without their bodies.
+
+        Reads at most the file's last `scan` bytes: cheap enough for a page
+        that asks once a second.
+        """
+        try:
+            with open(self.path, "rb") as file:
+                size = file.seek(0, os.SEEK_END)
+                file.seek(max(0, size - scan))
+                lines = file.read().splitlines()[-count:]
+        except OSError:
+            return []
+        out = []
+        for line in reversed(lines):
+            try:
+                record = json.loads(line)
+            except ValueError:  # the first, cut line of the window, or damage
+                continue
+            if isinstance(record, dict):
+                record.pop("body", None)
+                record.pop("body_base64", None)
+                out.append(record)
+        return out
+
+    def find(self, job_id: str) -> tuple[bytes, ...] | None:
+        """The parts of the last record for `job_id`, to submit it again.
+
+        (method, path, query, content type, body, name), or None if the file
+        has no record of it.
+        """
+        record = None
+        needle = json.dumps(job_id).encode()
+        try:
+            with open(self.path, "rb") as file:
+                for line in file:
+                    if needle in line:  # cheap; then parse to be sure
+                        try:
+                            parsed = json.loads(line)
+                        except ValueError:
+                            continue
+                        if isinstance(parsed, dict) and parsed.get("id") == job_id:
+                            record = parsed
+        except OSError:
+            return None
+        if record is None:
+            return None
+        if "body_base64" in record:
+            body = base64.b64decode(record["body_base64"])
+        else:
+            body = record.get("body", "").encode("utf-8")
+        return (
+            record["method"].encode("ascii"),
+            record["path"].encode("utf-8"),
+            record["query"].encode("latin-1"),
+            record["content_type"].encode("latin-1"),
+            body,
+            record.get("name", "").encode("utf-8"),
+        )

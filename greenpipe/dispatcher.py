@@ -43,6 +43,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0, 30.0)  # fmt: skip
 COMMIT_TIMEOUT = 5.0  # seconds a request waits for its group's journal write
 MAX_KEYS = 100_000  # idempotency keys remembered at once
+ERROR_CHARS = 200  # of a failure's error text kept for the dashboard
 
 
 _parked: object = None  # the last greenlet that waited for a group commit
@@ -157,6 +158,10 @@ class Dispatcher:
         self._throttle = Throttle(log)
         self.accepted = self.acked = self.failed = self.resent = self.rejected = 0
         self.stray_acks = self.malformed = 0
+        self.redriven = 0  # dead letters re-sent (the dashboard's button)
+        self._redriven_ids: set[str] = set()  # grows by a click at a time
+        # (time, id, worker, error): the latest failures, for the dashboard.
+        self.recent_failures: deque[tuple[float, str, str, str]] = deque(maxlen=20)
         self.rejected_by: dict[str, int] = {}  # 503s by reason (see _reject)
         # Accepted -> acknowledged, seconds: a count per bucket (+Inf last), sum.
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
@@ -249,6 +254,25 @@ class Dispatcher:
             self._greenlet.kill(block=False)
         if self.journal is not None:
             self.journal.close()
+
+    def redrive(self, job_id: str) -> Envelope:
+        """Submit a dead-lettered job again, from the dead-letter file, as a new job.
+
+        Raises KeyError if the file has no such job, `Unavailable` as `submit`.
+        Within IDEMPOTENCY_TTL a second re-send of the same job returns the
+        first one's job (a double click sends once).
+        """
+        found = self.dead_letters.find(job_id)
+        if found is None:
+            raise KeyError(job_id)
+        method, path, query, content_type, body, name = found
+        job = self.submit(method, path, query, content_type, body, name=name,
+                          key=f"greenpipe-redrive:{job_id}")  # fmt: skip
+        if job.id not in self._redriven_ids:  # not a repeated click
+            self._redriven_ids.add(job.id)
+            self.redriven += 1
+            log.warning("dead letter %s re-sent as job %s", job_id, job.id)
+        return job
 
     # -- the request path -----------------------------------------------------------
 
@@ -541,6 +565,8 @@ class Dispatcher:
                 link.failed += 1
                 self.failed += 1
                 outcome = Status.FAILED
+                error = payload[:ERROR_CHARS].decode("utf-8", "replace")
+                self.recent_failures.append((time.time(), job.id, worker, error))
             store[job.id] = (outcome, worker, job.attempt, payload, now)
             took = now - job.accepted_at
             waited += took
@@ -800,6 +826,7 @@ class Dispatcher:
             "failed": self.failed,
             "resent": self.resent,
             "dead_lettered": self.dead_letters.count,
+            "redriven": self.redriven,
             "pushed": self.pushed(),
             "rejected": self.rejected,
             "stray_acks": self.stray_acks,

@@ -10,6 +10,7 @@ from flask import Blueprint, Flask, current_app, has_app_context
 
 from greenpipe import app as routes
 from greenpipe.config import WebSettings, _flag, load_web
+from greenpipe.dashboard import dashboard_blueprint
 from greenpipe.errors import ConfigError, Unavailable
 from greenpipe.jobs import Outcome
 from greenpipe.pipe import _MISSING, InlinePipe, Pipe, Receipt, load_handlers
@@ -102,6 +103,8 @@ class Greenpipe:
             prefix = config.get("GREENPIPE_PREFIX", "") or None
             ops = routes.ops_blueprint(self.pipe_for)
             app.register_blueprint(ops, url_prefix=prefix)
+            board = dashboard_blueprint(self.pipe_for)
+            app.register_blueprint(board, url_prefix=prefix)
 
     # -- which app, which pipe
     def _state(self, app: Flask | None = None) -> _State:

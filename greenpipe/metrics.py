@@ -71,6 +71,7 @@ class Collector(_Collector):
             ("dead_lettered", d.dead_letters.count, "Jobs given up on."),
             ("pushed", d.pushed(), "Jobs handed to plain PULL workers."),
             ("replayed", d.replayed, "Jobs replayed from the journal at start."),
+            ("redriven", d.redriven, "Dead letters re-sent from the dashboard."),
         ):
             yield CounterMetricFamily(f"greenpipe_jobs_{name}", doc, value=value)
         rejected = CounterMetricFamily(

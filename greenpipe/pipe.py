@@ -20,6 +20,7 @@ from greenpipe import config
 from greenpipe.config import PipeSettings
 from greenpipe.dispatcher import Dispatcher
 from greenpipe.errors import ConfigError
+from greenpipe.history import History
 from greenpipe.jobs import Envelope, Job, Outcome, Status
 from greenpipe.status import JobRecords
 
@@ -100,6 +101,7 @@ class Pipe:
             settings = config.load_web([], os.environ, given)
         self.settings = settings
         self.dispatcher = Dispatcher(settings, context, name)
+        self.history: History | None = None  # the dashboard's samples, once started
         self.started = False  # in this process: a forked child starts afresh
         _PIPES.add(self)
 
@@ -108,6 +110,9 @@ class Pipe:
         if not self.started:
             self.started = True
             self.dispatcher.start()
+            if self.settings.dashboard:
+                self.history = History(self.dispatcher)
+                self.history.start()
 
     def wait_ready(self, timeout: float) -> bool:
         """Block up to `timeout` s for the barrier (every worker said READY once)."""
@@ -120,6 +125,8 @@ class Pipe:
         return self.dispatcher.drain(timeout)
 
     def close(self) -> None:
+        if self.history is not None:
+            self.history.stop()
         self.dispatcher.close()
 
     # -- jobs
@@ -217,6 +224,7 @@ class InlinePipe(Pipe):
     ) -> None:
         self.settings = settings or config.load_web([], {}, {})
         self.handler = handler
+        self.history = None  # no dashboard: nothing flows
         self.started = True
         self.records = JobRecords(self.settings.status_keep, self.settings.status_ttl)
         self._prefix = f"inline{os.getpid():x}-"

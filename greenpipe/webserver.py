@@ -8,6 +8,7 @@ sends headers and body in one write, and yields after each keep-alive request.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -33,6 +34,15 @@ from greenpipe.ext import Greenpipe
 
 log = logging.getLogger(__name__)
 STOP_REQUESTS_S = 1.0  # time given to requests in progress when stopping
+OPS_CONNECTIONS = 64  # connections served at once on OPS_PORT
+
+
+def _loopback(host: str) -> bool:
+    """True if `host` is a loopback address or name (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class _Handler(WSGIHandler):
@@ -110,8 +120,13 @@ def make_server(
     max_connections: int,
     access_log: bool,
     reuse_port: bool = False,
+    own_port: bool = False,
 ) -> Server:
-    """Bind (port 0: any free port) and start accepting."""
+    """Bind (port 0: any free port) and start accepting.
+
+    `own_port`: this process's ops port (OPS_PORT), which only it serves;
+    requests on it carry ``environ["greenpipe.own_port"]``.
+    """
     server = Server(
         listener(host, port, reuse_port),
         app,
@@ -122,7 +137,8 @@ def make_server(
         error_log=LoggingLogAdapter(
             logging.getLogger("greenpipe.http"), logging.WARNING
         ),
-        environ={"SERVER_NAME": host},  # skip a reverse DNS lookup at start
+        # SERVER_NAME: skip a reverse DNS lookup at start.
+        environ={"SERVER_NAME": host, "greenpipe.own_port": own_port},
     )
     server.access_log = access_log
     server.start()
@@ -186,6 +202,10 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
         settings.access_log,
         settings.reuse_port,
     )
+    ops = None
+    if settings.ops_port >= 0:
+        ops = make_server(app, settings.host, settings.ops_port, OPS_CONNECTIONS,
+                          settings.access_log, own_port=True)  # fmt: skip
     pipe = state.ext.start(app)
     dispatcher = pipe.dispatcher
     dispatcher.name = (
@@ -199,8 +219,22 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
         len(dispatcher.links),
         ", ".join(link.name for link in dispatcher.links),
     )
+    if ops is not None:
+        log.info(
+            "web: pid %d's own /metrics, /stats, /healthz, /dashboard: http://%s:%d",
+            os.getpid(), settings.host, ops.server_port,
+        )  # fmt: skip
+    if not _loopback(settings.host) and (settings.metrics or settings.dashboard):
+        log.warning(
+            "web: /metrics and /dashboard are served to anyone who can reach %s "
+            "(they show no job bodies, and the dashboard can re-send dead letters); "
+            "GREENPIPE_METRICS=false and GREENPIPE_DASHBOARD=false turn them off",
+            settings.host,
+        )
     stopping.wait()
     log.info("web: stopping; finishing requests, then waiting for acknowledgements")
+    if ops is not None:
+        ops.stop(timeout=1)
     server.stop(timeout=STOP_REQUESTS_S)
     left = pipe.drain(settings.drain_timeout)
     if left:
@@ -241,13 +275,19 @@ def supervise(settings: WebSettings) -> int:
     start = (
         [script] if script and os.path.isfile(script) else ["-m", "greenpipe", "web"]
     )
-    argv = [sys.executable, *start, *to_flags(child)]
+
+    def argv(index: int) -> list[str]:
+        own = child.ops_port + index if child.ops_port > 0 else child.ops_port
+        return [sys.executable, *start, *to_flags(replace(child, ops_port=own))]
+
     # The children import greenpipe from where this process did (a checkout
     # run as python web.py, or site-packages).
     home = os.path.dirname(os.path.dirname(os.path.abspath(greenpipe.__file__)))
     path = os.pathsep.join(filter(None, [home, os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
-    children = [subprocess.Popen(argv, env=env) for _ in range(settings.web_processes)]
+    children = [
+        subprocess.Popen(argv(i), env=env) for i in range(settings.web_processes)
+    ]
     reserve.close()  # bound to the port until the children had bound it too
     log.info(
         "web: %d processes sharing http://%s:%d (pids %s)",

@@ -10,8 +10,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
+import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -160,3 +163,34 @@ def path_without(tools: Iterable[str], directory: Path) -> str:
                 continue
             link.symlink_to(target)
     return str(directory)
+
+
+def handled_ids(record_dir) -> Counter[str]:
+    """How many times each job id was handled, from the workers' records."""
+    counts: Counter[str] = Counter()
+    for entries in read_records(record_dir).values():
+        counts.update(job_id for job_id, _ in entries)
+    return counts
+
+
+CHROMIUM = next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))
+     if p), None,
+)  # fmt: skip
+
+
+def render(url: str, budget_ms: int = 4000, screenshot: Path | None = None) -> str:
+    """The page's DOM after its scripts ran for `budget_ms` (headless Chromium).
+
+    Chromium's virtual time runs the page's timers without waiting for them
+    (while a fetch is out, it waits for the fetch): a one-second poll loop
+    runs about budget_ms / 1000 times. With `screenshot`, writes a PNG instead.
+    """
+    assert CHROMIUM, "chromium is not installed (apt-get install chromium)"
+    argv = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+            "--disable-dev-shm-usage", "--hide-scrollbars", "--no-first-run",
+            f"--virtual-time-budget={budget_ms}", "--window-size=1300,1250"]  # fmt: skip
+    argv += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    done = subprocess.run([*argv, url], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout

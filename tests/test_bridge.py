@@ -6,16 +6,16 @@ import signal
 import time
 from collections import Counter
 
-from tests.support import Load, free_port, job_seq, poll_until, read_records
+from tests.support import (
+    Load,
+    free_port,
+    handled_ids,
+    job_seq,
+    poll_until,
+    read_records,
+)
 
 FAST = {"heartbeat": 0.25, "heartbeat_timeout": 1.5}  # quicker loss detection
-
-
-def handled_ids(record_dir) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for entries in read_records(record_dir).values():
-        counts.update(job_id for job_id, _ in entries)
-    return counts
 
 
 def assert_round_robin(record_dir, ports: list[int]) -> None:

@@ -55,6 +55,9 @@ def test_pip_install_gives_a_working_import_and_entry_points(tmp_path, procs):
     conn = http.client.HTTPConnection("127.0.0.1", int(http_port), timeout=10)
     conn.request("GET", "/")
     assert conn.getresponse().status == 202
+    conn.request("GET", "/dashboard/static/uPlot.iife.min.js")  # package data
+    asset = conn.getresponse()
+    assert (asset.status, asset.read()[:30]) == (200, b"/*! https://github.com/leeoni")
     conn.close()
     worker.expect(r"job \S+ attempt 1: GET /")
 

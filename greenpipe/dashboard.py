@@ -1,0 +1,152 @@
+"""/dashboard: a live page of the pipe and its workers, with nothing to build.
+
+The web samples its own counters once a second into a ring of `HISTORY_S`
+samples (`History`); the page polls ``/dashboard/data?since=T`` once a second
+and gets the samples it has not seen, plus the current picture (workers,
+recent failures, dead letters). Rates and latency percentiles are computed
+here, in Python, so the page only draws.
+
+Polling, not server-sent events: a stream holds one of MAX_CONNECTIONS and a
+greenlet for as long as a tab stays open, and would hold up a stopping web
+(which waits for requests to finish); a poll a second costs one short request
+per open tab and passes any proxy. Opening the page shows the last five
+minutes at once, since the samples are the web's, not the page's.
+
+No job body is shown: failures carry the handler's error text (cut to
+200 characters), dead letters their reason. The only write is re-sending a
+dead-lettered job; it asks for a custom header, which a cross-site form or
+image cannot send (a browser would need a CORS preflight this web never grants).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Response, request, send_from_directory
+from werkzeug.exceptions import NotFound
+
+from greenpipe.app import _error, json_response, shared_port, unavailable
+from greenpipe.errors import Unavailable
+from greenpipe.link import READY
+
+if TYPE_CHECKING:
+    from greenpipe.dispatcher import Dispatcher
+    from greenpipe.history import History
+
+RECENT = 20  # failures and dead letters shown
+RESEND_HEADER = "X-Greenpipe-Action"
+STATIC = Path(__file__).with_name("static")
+
+
+def snapshot(d: Dispatcher, history: History, since: float) -> dict[str, Any]:
+    """What the page shows now, and the samples after `since`."""
+    now = d.now()
+    workers = []
+    for link in d.links:
+        figures = link.figures or (None, None, None)
+        workers.append({
+            "endpoint": link.name,
+            "state": link.status,
+            "ready": link.state == READY,
+            "delivery": "at-least-once" if link.reliable else "at-most-once",
+            "in_flight": len(link.jobs),
+            "credit": link.credit,
+            "sent": link.sent,
+            "acked": link.acked,
+            "failed": link.failed,
+            "handled": figures[0],  # the worker's own count, all webs
+            "refused": figures[2],
+            "heartbeat_age": round(now - link.last_seen, 1) if link.last_seen else None,
+        })  # fmt: skip
+    return {
+        "pid": os.getpid(),
+        "name": d.name,
+        "time": time.time(),
+        "barrier": d.barrier_met,
+        "ready": sum(w["ready"] for w in workers),
+        "configured": len(workers),
+        "accepted": d.accepted,
+        "acked": d.acked,
+        "failed": d.failed,
+        "resent": d.resent,
+        "rejected": d.rejected,
+        "dead_lettered": d.dead_letters.count,
+        "redriven": d.redriven,
+        "pending": d.pending(),
+        "in_flight": sum(w["in_flight"] for w in workers),
+        "credit": sum(w["credit"] for w in workers if w["ready"]),
+        "workers": workers,
+        "failures": [
+            {"time": t, "id": job_id, "worker": worker, "error": error}
+            for t, job_id, worker, error in reversed(d.recent_failures)
+        ],
+        "dead_letters": d.dead_letters.tail(RECENT),
+        "dead_letter_file": d.dead_letters.path,
+        "samples": history.since(since),
+        "history_s": history.samples.maxlen,
+    }
+
+
+def dashboard_blueprint(source: Callable[[], Any]) -> Blueprint:
+    """GET /dashboard, its data and assets; POST to re-send a dead letter."""
+    bp = Blueprint("greenpipe_dashboard", __name__)
+
+    def pipe() -> Any:
+        p = source()
+        if not getattr(p.settings, "dashboard", False) or p.history is None:
+            raise NotFound()
+        return p
+
+    @bp.get("/dashboard")
+    def page() -> Response:
+        refused = shared_port(pipe().settings)
+        if refused is not None:
+            return refused
+        return send_from_directory(STATIC, "dashboard.html", max_age=0)
+
+    @bp.get("/dashboard/static/<path:name>")
+    def asset(name: str) -> Response:
+        pipe()
+        return send_from_directory(STATIC, name, max_age=3600)
+
+    @bp.get("/dashboard/data")
+    def data() -> Response:
+        p = pipe()
+        refused = shared_port(p.settings)
+        if refused is not None:
+            return refused
+        try:
+            since = float(request.args.get("since", "0"))
+        except ValueError:
+            since = 0.0
+        return json_response(200, snapshot(p.dispatcher, p.history, since))
+
+    @bp.post("/dashboard/dead/<job_id>/resend")
+    def resend(job_id: str) -> Response:
+        p = pipe()
+        if request.headers.get(RESEND_HEADER) != "resend":
+            return _error(
+                403,
+                "forbidden",
+                f"re-sending needs the header {RESEND_HEADER}: resend (the "
+                "dashboard's button sends it; a cross-site form cannot)",
+            )
+        try:
+            job = p.dispatcher.redrive(job_id)
+        except KeyError:
+            return _error(
+                404,
+                "unknown dead letter",
+                f"no job {job_id!r} in the dead-letter file "
+                f"{p.dispatcher.dead_letters.path}; it may have been moved or "
+                "never dead-lettered here",
+            )
+        except Unavailable as exc:
+            return unavailable(exc)
+        return json_response(202, {"id": job.id, "resent_from": job_id})
+
+    return bp

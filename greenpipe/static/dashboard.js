@@ -1,0 +1,152 @@
+// greenpipe's dashboard: polls dashboard/data once a second and draws.
+// The web keeps the samples (rates, percentiles); this page only shows them.
+"use strict";
+
+const POLL_MS = 1000;
+const COLORS = ["#2b7a3d", "#1f5fa8", "#b5541a", "#7a2b78", "#a8891f", "#1fa89a",
+                "#a81f3d", "#555555"];
+let since = 0;
+let samples = [];
+let keep = 300;
+let charts = null;
+let workerNames = [];
+let updates = 0;
+
+function $(id) { return document.getElementById(id); }
+function text(id, value) { $(id).textContent = value === null || value === undefined ? "–" : String(value); }
+function clock(t) { return new Date(t * 1000).toLocaleTimeString(); }
+function cell(row, value, cls) {
+  const td = row.insertCell();
+  td.textContent = value === null || value === undefined ? "–" : String(value);
+  if (cls) td.className = cls;
+  return td;
+}
+
+function makeChart(el, title, series, yLabel) {
+  const width = Math.max(320, el.clientWidth || 420);
+  const opts = {
+    width, height: 220,
+    scales: { x: { time: true } },
+    axes: [{}, { label: yLabel, size: 60 }],
+    series: [{}, ...series.map((s, i) => ({
+      label: s, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false,
+    }))],
+    legend: { live: false },
+  };
+  return new uPlot(opts, [[], ...series.map(() => [])], el);
+}
+
+function buildCharts(names) {
+  for (const id of ["chart-workers", "chart-latency", "chart-flight"]) $(id).textContent = "";
+  charts = {
+    workers: makeChart($("chart-workers"), "workers", names, "jobs/s"),
+    latency: makeChart($("chart-latency"), "latency", ["p50", "p99"], "s"),
+    flight: makeChart($("chart-flight"), "flight", ["in flight", "pending", "credit", "re-sent/s"], "jobs"),
+  };
+  workerNames = names;
+}
+
+function draw() {
+  if (typeof uPlot === "undefined" || !charts) return;
+  const t = samples.map(s => s.t);
+  charts.workers.setData([t, ...workerNames.map((_, i) => samples.map(s => s.workers[i] ?? null))]);
+  charts.latency.setData([t, samples.map(s => s.p50), samples.map(s => s.p99)]);
+  charts.flight.setData([t, samples.map(s => s.in_flight), samples.map(s => s.pending),
+                         samples.map(s => s.credit), samples.map(s => s.resent)]);
+}
+
+function showStrip(d) {
+  const last = samples.length ? samples[samples.length - 1] : null;
+  $("name").textContent = d.name || `pid ${d.pid}`;
+  const barrier = $("barrier");
+  barrier.textContent = d.barrier ? "barrier met" : "barrier not met";
+  barrier.className = "badge " + (d.barrier ? "ok" : "bad");
+  text("ready", d.ready); text("configured", d.configured);
+  for (const key of ["accepted", "acked", "failed", "resent"]) {
+    text(key + "-rate", last ? last[key] : null);
+    text(key, d[key]);
+  }
+  text("pending", d.pending); text("in-flight", d.in_flight); text("credit", d.credit);
+  text("rejected", d.rejected); text("dead-lettered", d.dead_lettered); text("redriven", d.redriven);
+}
+
+function showWorkers(d) {
+  const body = $("workers").tBodies[0];
+  body.textContent = "";
+  for (const w of d.workers) {
+    const row = body.insertRow();
+    row.dataset.worker = w.endpoint;
+    row.dataset.state = w.state;
+    row.className = w.ready ? "ready" : "not-ready";
+    cell(row, w.endpoint);
+    cell(row, w.state, "state");
+    cell(row, w.in_flight); cell(row, w.credit); cell(row, w.sent); cell(row, w.acked);
+    cell(row, w.failed); cell(row, w.handled);
+    cell(row, w.heartbeat_age);
+  }
+}
+
+function showFailures(d) {
+  const body = $("failures").tBodies[0];
+  body.textContent = "";
+  for (const f of d.failures) {
+    const row = body.insertRow();
+    cell(row, clock(f.time)); cell(row, f.id); cell(row, f.worker); cell(row, f.error, "error");
+  }
+}
+
+async function resend(id, button) {
+  button.disabled = true;
+  try {
+    const r = await fetch(`dashboard/dead/${encodeURIComponent(id)}/resend`, {
+      method: "POST", headers: { "X-Greenpipe-Action": "resend" },
+    });
+    const body = await r.json();
+    button.textContent = r.status === 202 ? `re-sent as ${body.id}` : `${r.status}: ${body.detail}`;
+    button.dataset.result = String(r.status);
+  } catch (e) {
+    button.textContent = "failed: " + e;
+    button.disabled = false;
+  }
+}
+
+function showDead(d) {
+  $("dead-file").textContent = d.dead_letter_file;
+  const body = $("dead").tBodies[0];
+  const done = new Map([...body.querySelectorAll("button[data-result]")].map(b => [b.dataset.id, b]));
+  body.textContent = "";
+  for (const r of d.dead_letters) {
+    const row = body.insertRow();
+    row.dataset.job = r.id;
+    cell(row, r.time); cell(row, r.id); cell(row, r.reason, "error"); cell(row, r.attempts);
+    const old = done.get(r.id);
+    if (old) { row.insertCell().appendChild(old); continue; }
+    const button = document.createElement("button");
+    button.textContent = "re-send";
+    button.dataset.id = r.id;
+    button.onclick = () => resend(r.id, button);
+    row.insertCell().appendChild(button);
+  }
+}
+
+async function poll() {
+  try {
+    const r = await fetch(`dashboard/data?since=${since}`, { cache: "no-store" });
+    if (!r.ok) throw new Error(`${r.status} ${r.statusText}`);
+    const d = await r.json();
+    keep = d.history_s || keep;
+    samples = samples.concat(d.samples).slice(-keep);
+    if (d.samples.length) since = d.samples[d.samples.length - 1].t;
+    const names = d.workers.map(w => w.endpoint);
+    if (!charts || names.join() !== workerNames.join()) buildCharts(names);
+    showStrip(d); showWorkers(d); showFailures(d); showDead(d); draw();
+    $("status").textContent = "";
+    document.body.dataset.updates = String(++updates);
+    document.body.dataset.lastUpdate = String(d.time);
+  } catch (e) {
+    $("status").textContent = "web not answering: " + e.message;
+  }
+  setTimeout(poll, POLL_MS);
+}
+
+poll();
