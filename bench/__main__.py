@@ -16,6 +16,7 @@ Sections:
            back; bytes written per job and the journal's size after the run
   observe  /metrics and /dashboard off, and on while scraped and watched once
            a second, against bare, back to back
+  curve    CURVE on the worker links off and on, against bare, back to back
   micro    the hot path on its own (python -m bench.micro)
   latency  request sent -> handler started at 50% of greenpipe's peak
   memory   web RSS across a 100,000-request run; bytes per job in flight
@@ -315,6 +316,22 @@ def observe(pairs: int, connections: int, seconds: float) -> list[str]:
     return lines
 
 
+def curve(pairs: int, connections: int, seconds: float) -> list[str]:
+    """CURVE on the worker links, off and on, against the ceiling."""
+    worker_flags, web_flags = systems.curve_flags()
+    running = {"bare": systems.bare(), "off": systems.greenpipe(),
+               "on": systems.greenpipe(worker_flags=worker_flags,
+                                       web_flags=web_flags)}  # fmt: skip
+    try:
+        figures = rounds(running, pairs, connections, seconds)
+    finally:
+        for each in running.values():
+            each.stop()
+    lines = [f"- {pairs} rounds of {seconds:g} s, the three systems back to back:"]
+    lines += compare(figures, {"off": "CURVE off", "on": "CURVE on"}, "off")
+    return lines
+
+
 def _stats_of(url: str) -> dict:
     with urllib.request.urlopen(f"{url}/stats", timeout=5) as response:
         return json.load(response)
@@ -423,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--systems", default="bare,greenpipe,plain,multi,celery,rq")
     parser.add_argument(
-        "--sections", default="macro,paired,journal,observe,micro,latency,memory"
+        "--sections", default="macro,paired,journal,observe,curve,micro,latency,memory"
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=6.0, help="per measurement")
@@ -500,6 +517,13 @@ def main(argv: list[str] | None = None) -> int:
         section(
             "Observability: /metrics and /dashboard off and on",
             lambda: observe(
+                3 if args.quick else 8, args.connections, 2 if args.quick else 3
+            ),
+        )
+    if "curve" in sections:
+        section(
+            "CURVE: worker links encrypted and authenticated, off and on",
+            lambda: curve(
                 3 if args.quick else 8, args.connections, 2 if args.quick else 3
             ),
         )

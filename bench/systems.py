@@ -29,6 +29,24 @@ def journal_flags(mode: str) -> list[str]:
     return ["--journal-dir", directory, "--journal-sync", mode]
 
 
+def curve_flags() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Fresh keys in a temp dir: (server.py flags, web.py flags) turning CURVE on."""
+    from greenpipe.curve import write_keypair
+
+    folder = Path(tempfile.mkdtemp(prefix="greenpipe-bench-keys-"))
+    for name in ("worker", "web"):
+        write_keypair(str(folder / "keys"), name)
+    (folder / "allow").mkdir()
+    (folder / "allow" / "web.key").write_bytes(
+        (folder / "keys" / "web.key").read_bytes()
+    )
+    worker = ("--curve-secret", str(folder / "keys" / "worker.key_secret"),
+              "--curve-allow", str(folder / "allow"))  # fmt: skip
+    web = ("--curve-secret", str(folder / "keys" / "web.key_secret"),
+           "--curve-server", str(folder / "keys" / "worker.key"))  # fmt: skip
+    return worker, web
+
+
 def cpu_ticks(root: int) -> int:
     """utime + stime of `root` and all its descendants, in clock ticks."""
     children: dict[int, list[int]] = {}

@@ -1,4 +1,4 @@
-"""greenpipe's command line: ``greenpipe web`` and ``greenpipe worker``.
+"""greenpipe's command line: ``greenpipe web``, ``worker`` and ``keys``.
 
 The same programs as web.py and server.py, with the same flags and settings,
 for an installed greenpipe (``pip install .``): ``greenpipe worker --port 4444``,
@@ -14,10 +14,11 @@ from collections.abc import Sequence  # noqa: E402
 
 from greenpipe import config, entry, webserver, worker  # noqa: E402
 
-USAGE = """usage: greenpipe {web,worker} [--help] [flags]
+USAGE = """usage: greenpipe {web,worker,keys} [--help] [flags]
 
-  web      serve HTTP and feed the workers (as python web.py)
-  worker   run jobs from the webs that connect (as port=4444 python server.py)
+  web            serve HTTP and feed the workers (as python web.py)
+  worker         run jobs from the webs that connect (as port=4444 python server.py)
+  keys DIR NAME  write a CURVE keypair: DIR/NAME.key, DIR/NAME.key_secret (0600)
 """
 
 
@@ -28,11 +29,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return entry.main(config.load_web, webserver.run, args)
     if command == "worker":
         return entry.main(config.load_worker, worker.run, args)
+    if command == "keys":
+        from greenpipe.curve import keys_main
+
+        return keys_main(args)
     if command in ("-h", "--help"):
         sys.stdout.write(USAGE)
         return 0
     sys.stderr.write(
-        USAGE + f"\ngreenpipe: expected 'web' or 'worker', got {command!r}\n"
+        USAGE + f"\ngreenpipe: expected 'web', 'worker' or 'keys', got {command!r}\n"
     )
     return 2
 

@@ -27,7 +27,7 @@ from werkzeug.exceptions import (
 )
 
 from greenpipe.config import WebSettings
-from greenpipe.errors import Unavailable
+from greenpipe.errors import BodyTimeout, Unavailable
 from greenpipe.jobs import Status
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,8 @@ def _read_body(environ: dict, limit: int) -> bytes:
             raise RequestEntityTooLarge()
     try:
         body = environ["wsgi.input"].read(size)
+    except BodyTimeout:
+        raise
     except (OSError, ValueError) as exc:  # a broken chunked body, a reset connection
         raise BadRequest(
             f"the request body could not be read ({exc}); send it again"
@@ -240,7 +242,11 @@ def ops_blueprint(source: Callable[[], DispatcherLike]) -> Blueprint:
 
     @bp.get("/stats")
     def stats() -> Response:
-        return json_response(200, source().stats())
+        report = source().stats()
+        server = request.environ.get("greenpipe.http")
+        if server is not None:  # served by greenpipe's own server
+            report["http"] = server.report()
+        return json_response(200, report)
 
     @bp.get("/metrics")
     def metrics() -> Response:

@@ -8,6 +8,7 @@ naming the setting, the value, where it came from and what to do.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import re
@@ -122,6 +123,18 @@ def _optional_spec(raw: str) -> str:
     return _handler(raw) if raw.strip() else ""
 
 
+def loopback(host: str) -> bool:
+    """True if `host` is a loopback address or name (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _optional_path(raw: str) -> str:
+    return raw.strip()
+
+
 def _path(raw: str) -> str:
     if not raw.strip():
         raise ValueError("a file path")
@@ -142,6 +155,11 @@ class Endpoint:
 
     def __str__(self) -> str:
         return self.address if self.reliable else "push+" + self.address
+
+    @property
+    def host(self) -> str:
+        """The host part of ``tcp://host:port``."""
+        return self.address.split("://", 1)[-1].rsplit(":", 1)[0]
 
 
 def parse_endpoint(item: str) -> Endpoint:
@@ -246,6 +264,15 @@ class PipeSettings:
         3600.0, _seconds, "seconds an Idempotency-Key maps to its first job"
     )
     metrics: bool = _setting(True, _flag, "serve GET /metrics (Prometheus)")
+    curve_secret: str = _setting(
+        "",
+        _optional_path,
+        "this web's secret key file (greenpipe keys): turns CURVE on for every "
+        "worker link",
+    )
+    curve_server: str = _setting(
+        "", _optional_path, "the workers' public key file (with CURVE_SECRET)"
+    )
     dashboard: bool = _setting(
         True, _flag, "serve GET /dashboard, a live page of the pipe and its workers"
     )
@@ -263,6 +290,17 @@ class WebSettings(PipeSettings):
     host: str = _setting("127.0.0.1", _host, "HTTP interface to bind")
     max_connections: int = _setting(
         1000, _positive_int, "HTTP connections served at once"
+    )
+    header_timeout: float = _setting(
+        10.0,
+        _seconds,
+        "seconds a new connection has to send a request's line and headers",
+    )
+    idle_timeout: float = _setting(
+        30.0, _seconds, "seconds a keep-alive connection may wait for its next request"
+    )
+    body_timeout: float = _setting(
+        30.0, _seconds, "seconds a request's body has to arrive, after its headers"
     )
     max_wait: float = _setting(30.0, _seconds, "cap on Prefer: wait=N, seconds")
     access_log: bool = _setting(False, _flag, "log one line per HTTP request")
@@ -296,6 +334,17 @@ class WorkerSettings:
     )
     drain_timeout: float = _setting(
         3.0, _seconds, "seconds to finish jobs when stopping"
+    )
+    curve_secret: str = _setting(
+        "",
+        _optional_path,
+        "this worker's secret key file (greenpipe keys): turns CURVE on",
+    )
+    curve_allow: str = _setting(
+        "",
+        _optional_path,
+        "directory of the web public key files (NAME.key) allowed in (with "
+        "CURVE_SECRET)",
     )
     max_frame: int = _setting(
         16 * MiB + 64 * KiB,
@@ -413,7 +462,20 @@ def load_web(
         raise ConfigError(
             f"MAX_ATTEMPTS: expected at most 255, got {settings.max_attempts}; lower it"
         )
+    _pair(settings.curve_secret, "CURVE_SECRET", settings.curve_server, "CURVE_SERVER",
+          "the workers' public key file (their NAME.key)")  # fmt: skip
     return settings
+
+
+def _pair(first: str, name: str, second: str, other: str, what: str) -> None:
+    """CURVE settings come in pairs: one without the other is a mistake."""
+    if bool(first) != bool(second):
+        given, missing = (name, other) if first else (other, name)
+        raise ConfigError(
+            f"{given} is set but {missing} is not: CURVE needs both. Set {missing} "
+            f"({what if missing == other else 'a secret key file from greenpipe keys'})"
+            f", or unset {given} to run without CURVE"
+        )
 
 
 def load_worker(
@@ -421,7 +483,10 @@ def load_worker(
 ) -> WorkerSettings:
     """Resolve server.py's settings from flags, then environment, then defaults."""
     description = "greenpipe worker: runs each job it receives, then acknowledges it."
-    return _load(WorkerSettings, "server.py", description, argv, environ)
+    settings = _load(WorkerSettings, "server.py", description, argv, environ)
+    _pair(settings.curve_secret, "CURVE_SECRET", settings.curve_allow, "CURVE_ALLOW",
+          "a directory of the webs' public key files")  # fmt: skip
+    return settings
 
 
 def to_flags(settings: Any) -> list[str]:

@@ -27,12 +27,21 @@ from gevent.hub import Waiter
 from greenlet import getcurrent
 
 from greenpipe import protocol
-from greenpipe.config import Endpoint, PipeSettings
+from greenpipe.config import Endpoint, PipeSettings, loopback
+from greenpipe.curve import fingerprint, load_public, load_secret
 from greenpipe.deadletter import DeadLetters
 from greenpipe.errors import LinkError, ProtocolError, Unavailable
 from greenpipe.jobs import Envelope, Outcome, Status
 from greenpipe.journal import Journal, JournalError
-from greenpipe.link import LEAVING, READY, Link, OnEvent, OnMessage, PushLink
+from greenpipe.link import (
+    HANDSHAKE_FAILED,
+    LEAVING,
+    READY,
+    Link,
+    OnEvent,
+    OnMessage,
+    PushLink,
+)
 from greenpipe.rotation import Rotation
 from greenpipe.status import JobRecords
 from greenpipe.throttle import Throttle
@@ -127,6 +136,7 @@ class Dispatcher:
             for index, endpoint in enumerate(settings.workers)
         ]
         self._acknowledged = [link for link in self.links if link.reliable]
+        self._curve(settings)
         self._rotation = Rotation(self.links)
         self.records = JobRecords(settings.status_keep, settings.status_ttl, clock)
         self._fresh: deque[Envelope] = deque()  # accepted, never sent
@@ -166,6 +176,27 @@ class Dispatcher:
         # Accepted -> acknowledged, seconds: a count per bucket (+Inf last), sum.
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
+
+    def _curve(self, settings: PipeSettings) -> None:
+        """CURVE on every link when CURVE_SECRET is set; else warn beyond loopback."""
+        if settings.curve_secret:
+            keys = load_secret(settings.curve_secret, "CURVE_SECRET")
+            server = load_public(settings.curve_server, "CURVE_SERVER")
+            for link in self.links:
+                link.curve = (keys, server)
+            log.info("CURVE on: this web's key %s, workers' key %s",
+                     fingerprint(keys.public), fingerprint(server))  # fmt: skip
+            return
+        remote = [link.name for link in self.links
+                  if not loopback(link.endpoint.host)]  # fmt: skip
+        if remote:
+            log.warning(
+                "workers beyond loopback without CURVE (%s): jobs and results "
+                "cross the network in plain text and anyone there can impersonate "
+                "a worker; set GREENPIPE_CURVE_SECRET and GREENPIPE_CURVE_SERVER "
+                "(python -m greenpipe keys)",
+                ", ".join(remote),
+            )
 
     def _make_link(
         self, index: int, endpoint: Endpoint, on_message: OnMessage, on_event: OnEvent
@@ -662,13 +693,28 @@ class Dispatcher:
 
     def _event(self, link: Link, event: int) -> None:
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            link.handshake_error = ""
             if link.handshake():
                 self._joined(link)
             elif link.needs_hello():
                 self._hello(link)
+        elif event & HANDSHAKE_FAILED:
+            self._handshake_failed(link, event)
         elif event == zmq.EVENT_DISCONNECTED:
             if link.disconnected():
                 self._lose(link, "connection closed", graceful=link.state == LEAVING)
+
+    def _handshake_failed(self, link: Link, event: int) -> None:
+        """Say why a worker is not there when CURVE refused the connection."""
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            why = ("the worker refused this web's key: add this web's NAME.key to "
+                   "the worker's CURVE_ALLOW directory")  # fmt: skip
+        else:
+            why = ("the CURVE handshake failed: is CURVE_SERVER the worker's public "
+                   "key, and is the worker running with CURVE on?")  # fmt: skip
+        link.handshake_error = why
+        self._throttle.warning(f"handshake:{link.name}", "worker %s: %s",
+                               link.name, why)  # fmt: skip
 
     def _lose(self, link: Link, reason: str, graceful: bool = False) -> None:
         """Take back every job `link` holds, re-queue or dead-letter it, reconnect."""
@@ -801,7 +847,9 @@ class Dispatcher:
             else ("ok" if journal_ok else self.journal.last_error),  # fmt: skip
             "ready": ready,
             "not_ready": {
-                link.name: link.status for link in self.links if link.state != READY
+                link.name: link.handshake_error or link.status
+                for link in self.links
+                if link.state != READY
             },
         }
 

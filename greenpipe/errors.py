@@ -1,5 +1,7 @@
 """The exceptions greenpipe raises: one base, one subclass per boundary."""
 
+from werkzeug.exceptions import RequestTimeout
+
 
 class GreenpipeError(Exception):
     """Base class: entry points catch this, log it and exit non-zero."""
@@ -23,3 +25,10 @@ class Unavailable(GreenpipeError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class BodyTimeout(RequestTimeout, OSError):
+    """The request body did not arrive within BODY_TIMEOUT (a 408; the
+    connection is closed). An OSError too, so a read that fails this way is
+    handled where a reset connection is.
+    """

@@ -26,6 +26,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from greenpipe import protocol
 from greenpipe.config import Endpoint
+from greenpipe.curve import Keypair
 from greenpipe.errors import LinkError
 from greenpipe.jobs import Envelope
 
@@ -42,6 +43,13 @@ LEAVING = "leaving"  # said BYE: finishing what it holds, takes nothing new
 
 PUSH_HWM = 1_000  # messages queued to a plain PULL worker, at most
 _MONITORED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+# A CURVE handshake refused by the worker's allowlist, or failed on a wrong key.
+HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+_MONITORED |= HANDSHAKE_FAILED
 _ids = itertools.count(1)
 
 OnMessage = Callable[["Link", list[bytes]], None]
@@ -77,6 +85,9 @@ class Link:
         # refused handshakes, run time sum, run time bucket counts.
         self.figures: tuple | None = None
         self.connected = False  # the ZMTP handshake completed (monitor events)
+        self.handshake_error = ""  # why the last handshake failed (CURVE), if it did
+        # (this web's keypair, the worker's public key): CURVE on this link.
+        self.curve: tuple[Keypair, bytes] | None = None
         self._context = context
         self._on_message = on_message
         self._on_event = on_event
@@ -222,6 +233,9 @@ class Link:
             "in_flight": len(self.jobs),
             "resent": self.resent,
             "credit": self.credit,
+            # handshakes the worker's CURVE allowlist refused (all webs; its count)
+            "refused": self.figures[2] if self.figures is not None else 0,
+            "handshake_error": self.handshake_error,
         }
 
     # -- sockets ------------------------------------------------------------------
@@ -246,6 +260,11 @@ class Link:
     def open(self) -> None:
         """Create the socket and its monitor, connect, and start the readers."""
         sock = self._socket()
+        if self.curve is not None:
+            keys, server = self.curve
+            sock.curve_secretkey = keys.secret
+            sock.curve_publickey = keys.public
+            sock.curve_serverkey = server
         # A closed link's unsent jobs are re-sent elsewhere: drop them at once.
         sock.setsockopt(zmq.LINGER, 0)
         # ms; a restarted worker is back in well under a second.

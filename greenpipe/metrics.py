@@ -116,6 +116,11 @@ class Collector(_Collector):
             CounterMetricFamily, "handled", "Jobs it ran, for all webs (its count)."
         )
         failed = _per_worker(CounterMetricFamily, "failed", "Its handlers' failures.")
+        refused = _per_worker(
+            CounterMetricFamily,
+            "refused_handshakes",
+            "Handshakes its CURVE allowlist refused (all webs; its count).",
+        )
         run = HistogramMetricFamily(
             "greenpipe_worker_handler_seconds",
             "Handler run time as the worker measured it (all its jobs).",
@@ -132,11 +137,13 @@ class Collector(_Collector):
             sent.add_metric(name, link.sent)
             acked.add_metric(name, link.acked)
             if link.figures is not None:
-                done, bad, _, run_sum, counts = link.figures  # _: refusals (CURVE)
+                done, bad, refusals, run_sum, counts = link.figures
                 handled.add_metric(name, done)
                 failed.add_metric(name, bad)
+                refused.add_metric(name, refusals)
                 run.add_metric(name, _buckets(protocol.RUN_BUCKETS, counts), run_sum)
-        yield from (state, in_flight, credit, age, sent, acked, handled, failed, run)
+        yield from (state, in_flight, credit, age, sent, acked, handled, failed,
+                   refused, run)  # fmt: skip
 
     def _journal(self) -> Iterator:
         journal = self.d.journal

@@ -8,13 +8,16 @@ sends headers and body in one write, and yields after each keep-alive request.
 
 from __future__ import annotations
 
-import ipaddress
+import http.client
+import json
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -27,34 +30,133 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 import greenpipe
 from greenpipe import entry
 from greenpipe.app import json_errors
-from greenpipe.config import WebSettings, load_web, to_flags
+from greenpipe.config import WebSettings, load_web, loopback, to_flags
 from greenpipe.dispatcher import took_turn
-from greenpipe.errors import ConfigError, LinkError
+from greenpipe.errors import BodyTimeout, ConfigError, LinkError
 from greenpipe.ext import Greenpipe
+from greenpipe.throttle import Throttle
 
 log = logging.getLogger(__name__)
 STOP_REQUESTS_S = 1.0  # time given to requests in progress when stopping
 OPS_CONNECTIONS = 64  # connections served at once on OPS_PORT
 
 
-def _loopback(host: str) -> bool:
-    """True if `host` is a loopback address or name (127.0.0.0/8, ::1, localhost)."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+def _canned(status: str, extra: str, error: str, detail: str) -> bytes:
+    """A whole JSON error response (the connection closes after it)."""
+    body = json.dumps({"error": error, "detail": detail}).encode() + b"\n"
+    return (f"HTTP/1.1 {status}\r\nConnection: close\r\n{extra}Content-Type: "
+            f"application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body  # fmt: skip
+
+
+RESPONSE_408 = _canned("408 Request Timeout", "", "request timeout",
+                       "the request line and headers did not arrive within "
+                       "HEADER_TIMEOUT")  # fmt: skip
+RESPONSE_503 = _canned("503 Service Unavailable", "Retry-After: 1\r\n", "unavailable",
+                       "MAX_CONNECTIONS connections are open and none can give way; "
+                       "retry in a second")  # fmt: skip
+RESPONSE_431 = _canned("431 Request Header Fields Too Large", "",
+                       "request header fields too large",
+                       "at most 100 header lines are read")  # fmt: skip
+OVERFLOW = 64  # connections past MAX_CONNECTIONS that get a quick answer
+
+
+class _Cut(Exception):
+    """A connection's deadline passed while it was waiting for a request."""
 
 
 class _Handler(WSGIHandler):
+    """pywsgi's handler with deadlines, eviction under pressure, one write.
+
+    Waiting for a request (the line and headers of the first one, or the idle
+    time between keep-alive requests) has a deadline, and a connection that
+    is waiting can be evicted when MAX_CONNECTIONS are open: a slow or idle
+    client gives way to a new one. The body has BODY_TIMEOUT from the end of
+    the headers (`_Body`), and a body that is slow to come can be evicted too.
+    """
+
+    served = 0  # requests answered on this connection
+    evicted = False
+    _timer: gevent.Timeout | None = None
+
     def log_request(self) -> None:
         # pywsgi formats the access-log line (a datetime, string work) even when
         # the log is off: skip it unless ACCESS_LOG is on.
         if self.server.access_log:
             super().log_request()
 
+    def read_requestline(self) -> str:
+        server = self.server
+        kind = "idle" if self.served else "header"
+        wait = server.idle_timeout if self.served else server.header_timeout
+        server.waiting[self] = None
+        self._timer = gevent.Timeout.start_new(wait, _Cut(kind))
+        try:
+            line = super().read_requestline()
+        except (_Cut, OSError) as exc:
+            self._end_wait()
+            if isinstance(exc, _Cut):
+                server.cut[kind] += 1
+            return ""  # closes the connection without an answer
+        if self.served and line:  # the headers of a keep-alive request: their own
+            self._timer.cancel()
+            self._timer = gevent.Timeout.start_new(
+                server.header_timeout, _Cut("header")
+            )
+        if not line:
+            self._end_wait()
+        return line
+
+    def read_request(self, raw_requestline: str):
+        try:
+            done = super().read_request(raw_requestline)
+        finally:
+            self._end_wait()
+        if self.evicted:  # the headers "ended" because we shut the socket
+            raise _Cut("evicted")
+        return done
+
+    def _end_wait(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.server.waiting.pop(self, None)
+
+    def _handle_client_error(self, ex: Exception):
+        if self.evicted:
+            return None  # the socket is shut: nothing to answer on
+        if isinstance(ex, _Cut):
+            self.server.cut[ex.args[0]] += 1
+            return ("408", RESPONSE_408)
+        if isinstance(ex, http.client.HTTPException):  # over 100 header lines
+            self.server.cut["headers"] += 1
+            self.log_error("(from %s) %s", self.client_address, ex)
+            return ("431", RESPONSE_431)
+        self.server.cut["malformed"] += 1
+        return super()._handle_client_error(ex)
+
+    def evict(self) -> None:
+        """Shut this waiting connection: its read ends as if the client left."""
+        self.evicted = True
+        self.server.waiting.pop(self, None)
+        self.server.cut["evicted"] += 1
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
+
+    def get_environ(self) -> dict:
+        env = super().get_environ()
+        if self.wsgi_input is not None and (
+            self.content_length or env.get("HTTP_TRANSFER_ENCODING")
+        ):
+            self.wsgi_input.rfile = _Body(self.wsgi_input.rfile, self)
+        return env
+
     def handle_one_request(self):
         result = super().handle_one_request()
         if result is True:
+            self.served += 1
             # Keep-alive: when the next request is already buffered, pywsgi would
             # serve it without yielding, and a busy connection would starve the
             # dispatcher and the ack readers (and other connections) for as long
@@ -80,15 +182,114 @@ class _Handler(WSGIHandler):
         self._sendall(towrite)
 
 
+class _Body:
+    """The body's stream with one deadline: BODY_TIMEOUT from the end of headers.
+
+    A client sending its body a byte at a time, or stopping half way, gets a
+    408 (`BodyTimeout`) and its connection is closed.
+    """
+
+    def __init__(self, rfile, handler: _Handler) -> None:
+        self._rfile = rfile
+        self._handler = handler
+        self._deadline = time.monotonic() + handler.server.body_timeout
+
+    def _call(self, read, *args):
+        left = self._deadline - time.monotonic()
+        handler = self._handler
+        waiting = handler.server.waiting
+        waiting[handler] = None  # evictable while it waits for the client
+        try:
+            with gevent.Timeout(max(left, 0.001), _Cut("body")):
+                data = read(*args)
+            if handler.evicted:  # cut short by the shutdown: not the client's end
+                raise _Cut("evicted")
+            return data
+        except _Cut as exc:
+            handler.close_connection = True
+            if exc.args[0] == "body":
+                handler.server.cut["body"] += 1
+            raise BodyTimeout(
+                f"the request body did not arrive within BODY_TIMEOUT "
+                f"({handler.server.body_timeout:g} s); send it faster, or raise "
+                "GREENPIPE_BODY_TIMEOUT"
+            ) from None
+        finally:
+            waiting.pop(handler, None)
+
+    def read(self, *args):
+        return self._call(self._rfile.read, *args)
+
+    def readline(self, *args):
+        return self._call(self._rfile.readline, *args)
+
+
+class _QuietLog:
+    """pywsgi's error log, at most one line a second: bad clients can't flood it.
+
+    The next line after a quiet spell says how many were left out; the counts
+    by kind are in /stats ("http": "cut").
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._throttle = Throttle(logger, interval=1.0)
+
+    def write(self, message: str) -> None:
+        self._throttle.warning("http", "%s", message.rstrip())
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        return None
+
+
 class Server(WSGIServer):
-    """A pooled WSGIServer with TCP_NODELAY and single-write responses."""
+    """A pooled WSGIServer: TCP_NODELAY, one write per response, a front door.
+
+    At most `max_connections` are served; past that, the connection that has
+    waited longest for a request is evicted to make room, and if none is
+    waiting the new one gets a quick 503 (never a hang in the backlog while
+    the pool has room for the answer).
+    """
 
     handler_class = _Handler
     access_log = False
+    max_connections = 1000
+    header_timeout = 10.0
+    idle_timeout = 30.0
+    body_timeout = 30.0
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.active = 0
+        self.waiting: dict[_Handler, None] = {}  # oldest wait first
+        self.cut: Counter[str] = Counter()  # header, idle, body, evicted, refused
+
+    def report(self) -> dict:
+        """The front door's figures, for /stats."""
+        return {"connections": self.active, "max_connections": self.max_connections,
+                "waiting": len(self.waiting), "cut": dict(self.cut)}  # fmt: skip
 
     def handle(self, sock: socket.socket, address: object) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().handle(sock, address)
+        if self.active >= self.max_connections:
+            if self.waiting:
+                next(iter(self.waiting)).evict()
+            else:
+                self.cut["refused"] += 1
+                try:
+                    sock.sendall(RESPONSE_503)
+                except OSError:
+                    pass
+                sock.close()
+                return
+        self.active += 1
+        try:
+            super().handle(sock, address)
+        finally:
+            self.active -= 1
 
 
 def listener(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -121,26 +322,32 @@ def make_server(
     access_log: bool,
     reuse_port: bool = False,
     own_port: bool = False,
+    timeouts: tuple[float, float, float] | None = None,
 ) -> Server:
     """Bind (port 0: any free port) and start accepting.
 
     `own_port`: this process's ops port (OPS_PORT), which only it serves;
-    requests on it carry ``environ["greenpipe.own_port"]``.
+    requests on it carry ``environ["greenpipe.own_port"]``. `timeouts`:
+    (HEADER_TIMEOUT, IDLE_TIMEOUT, BODY_TIMEOUT) in seconds.
     """
     server = Server(
         listener(host, port, reuse_port),
         app,
-        spawn=Pool(max_connections),  # only a pooled server drains on stop(timeout)
+        # Only a pooled server drains on stop(timeout); OVERFLOW slots answer
+        # (or make room for) the connections past MAX_CONNECTIONS.
+        spawn=Pool(max_connections + OVERFLOW),
         log=LoggingLogAdapter(logging.getLogger("greenpipe.access"))
         if access_log
         else None,
-        error_log=LoggingLogAdapter(
-            logging.getLogger("greenpipe.http"), logging.WARNING
-        ),
+        error_log=_QuietLog(logging.getLogger("greenpipe.http")),
         # SERVER_NAME: skip a reverse DNS lookup at start.
         environ={"SERVER_NAME": host, "greenpipe.own_port": own_port},
     )
     server.access_log = access_log
+    server.max_connections = max_connections
+    server.environ["greenpipe.http"] = server  # /stats reports the front door
+    if timeouts is not None:
+        server.header_timeout, server.idle_timeout, server.body_timeout = timeouts
     server.start()
     return server
 
@@ -201,6 +408,11 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
         settings.max_connections,
         settings.access_log,
         settings.reuse_port,
+        timeouts=(
+            settings.header_timeout,
+            settings.idle_timeout,
+            settings.body_timeout,
+        ),  # fmt: skip
     )
     ops = None
     if settings.ops_port >= 0:
@@ -224,7 +436,7 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
             "web: pid %d's own /metrics, /stats, /healthz, /dashboard: http://%s:%d",
             os.getpid(), settings.host, ops.server_port,
         )  # fmt: skip
-    if not _loopback(settings.host) and (settings.metrics or settings.dashboard):
+    if not loopback(settings.host) and (settings.metrics or settings.dashboard):
         log.warning(
             "web: /metrics and /dashboard are served to anyone who can reach %s "
             "(they show no job bodies, and the dashboard can re-send dead letters); "

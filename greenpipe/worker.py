@@ -25,7 +25,15 @@ import zmq.green as zmq
 from greenlet import getcurrent
 
 from greenpipe import protocol
-from greenpipe.config import WorkerSettings
+from greenpipe.config import WorkerSettings, loopback
+from greenpipe.curve import (
+    DOMAIN,
+    Allowlist,
+    Keypair,
+    fingerprint,
+    load_allowlist,
+    load_secret,
+)
 from greenpipe.errors import ConfigError, LinkError, ProtocolError
 from greenpipe.jobs import Job
 from greenpipe.throttle import Throttle
@@ -114,12 +122,19 @@ class Worker:
         self.received = self.handled = self.failed = self.malformed = 0
         self._run_sum = 0.0  # seconds in handlers, all jobs
         self._run_counts = [0] * (len(protocol.RUN_BUCKETS) + 1)
+        self._allow: Allowlist | None = None  # CURVE's ZAP handler, when on
 
     # -- lifecycle ------------------------------------------------------------------
 
     def bind(self) -> str:
         """Bind the ROUTER; returns the resolved endpoint (the real port for port 0)."""
+        keys = self._curve()
         sock = self._context.socket(zmq.ROUTER)
+        if keys is not None:  # before bind: no plain-text moment
+            sock.curve_secretkey = keys.secret
+            sock.curve_publickey = keys.public
+            sock.curve_server = True
+            sock.zap_domain = DOMAIN
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished web raises, not drops
         sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_frame)
@@ -139,7 +154,36 @@ class Worker:
         self._sock = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.name = f"worker :{self.endpoint.rsplit(':', 1)[1]}"
+        if keys is not None:
+            log.info(
+                "%s: CURVE on: server key %s, %d web keys allowed from %s",
+                self.name, fingerprint(keys.public),
+                len(self._allow.allowed), self.settings.curve_allow,  # type: ignore[union-attr]
+            )  # fmt: skip
+        elif not loopback(self.settings.host):
+            log.warning(
+                "%s: listening on %s beyond loopback without CURVE: anyone who can "
+                "reach this port can send jobs and read them on the wire; set "
+                "CURVE_SECRET and CURVE_ALLOW (python -m greenpipe keys)",
+                self.name,
+                self.endpoint,
+            )
         return self.endpoint
+
+    def _curve(self) -> Keypair | None:
+        """Load the keys and start the ZAP handler, if CURVE_SECRET is set."""
+        settings = self.settings
+        if not settings.curve_secret:
+            return None
+        keys = load_secret(settings.curve_secret, "CURVE_SECRET")
+        allowed = load_allowlist(settings.curve_allow, "CURVE_ALLOW")
+        self._allow = Allowlist(self._context, allowed, settings.curve_allow)
+        return keys
+
+    @property
+    def refused(self) -> int:
+        """Handshakes the allowlist refused (0 without CURVE)."""
+        return self._allow.refused if self._allow is not None else 0
 
     def serve(self) -> None:
         """Serve until `stop`, then drain: BYE, finish and acknowledge, close."""
@@ -156,6 +200,8 @@ class Worker:
         self._stopping.wait()
         self._drain()
         gevent.killall(greenlets, block=False)
+        if self._allow is not None:
+            self._allow.close()
         log.info(
             "%s: stopped; handled %d jobs (%d failed) of %d received, "
             "dropped %d malformed messages",
@@ -371,7 +417,7 @@ class Worker:
 
     def _beat(self, now: float) -> None:
         beat = protocol.encode_heartbeat(
-            self.handled, self.failed, 0, self._run_sum, self._run_counts
+            self.handled, self.failed, self.refused, self._run_sum, self._run_counts
         )
         for ident, peer in list(self._peers.items()):
             if now - peer.last_seen > max(5.0, 10 * peer.heartbeat):

@@ -1,0 +1,1 @@
+"""The security suite: attacks on worker links and on the HTTP front door."""
