@@ -25,6 +25,7 @@ OPTIONAL_TOOLS := wrk,iptables,ip,redis-server,promtool,chromium,ab
 test-without-tools: $(STAMP)
 	GREENPIPE_HIDE_TOOLS=$(OPTIONAL_TOOLS) $(BIN)/python -m pytest -rs \
 	  tests/faults/test_faults.py::test_network_cut_and_heal \
+	  "tests/faults/test_faults.py::test_faults_with_curve_on[cut_drop]" \
 	  tests/test_bench.py::test_wrk_load_against_the_bare_app \
 	  tests/test_bench.py::test_locust_stats_without_percentiles_are_reported_not_fatal \
 	  tests/test_metrics.py::test_promtool_accepts_the_metrics \

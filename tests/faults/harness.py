@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from greenpipe.curve import write_keypair
 from greenpipe.testing import entry, flags
 from tests.support import PYTHON, ROOT, Load, Proc, Web, poll_until, read_records
 
@@ -147,8 +148,20 @@ class Cluster:
         plain: bool = False,
         netns: Netns | None = None,
         worker_env: dict[int, dict[str, str]] | None = None,
+        curve: bool = False,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="greenpipe-faults-"))
+        web = dict(web or {})
+        if curve:  # every link encrypted and authenticated: same faults, same books
+            keys, allow = self.dir / "keys", self.dir / "allow"
+            for name in ("worker", "web"):
+                write_keypair(str(keys), name)
+            allow.mkdir()
+            (allow / "web.key").write_bytes((keys / "web.key").read_bytes())
+            worker = {**(worker or {}), "curve_secret": keys / "worker.key_secret",
+                      "curve_allow": allow}  # fmt: skip
+            web.update(curve_secret=keys / "web.key_secret",
+                       curve_server=keys / "worker.key")  # fmt: skip
         self.records = self.dir / "records"
         self.records.mkdir()
         self.dead_letter = self.dir / "dead-letter.jsonl"
@@ -173,7 +186,7 @@ class Cluster:
             for host, port in zip(self.hosts, self.ports, strict=True)
         )
         options = {"dead_letter": self.dead_letter, "journal_dir": self.dir / "journal"}
-        options.update(web or {})
+        options.update(web)
         self._web_argv = [*entry("web"), "--port", "0", "--workers", addresses]
         self._web_argv += flags(options)
         self.start_web()

@@ -79,9 +79,9 @@ def _finish(
     return cluster.settle(outcome, load)
 
 
-def crash(scale: Scale, plain: bool = False) -> Outcome:
+def crash(scale: Scale, plain: bool = False, curve: bool = False) -> Outcome:
     """kill -9 one worker mid-load, restart it once the web has noticed."""
-    with Cluster(plain=plain) as cluster:
+    with Cluster(plain=plain, curve=curve) as cluster:
         load = Load(cluster.web.port, None, scale.concurrency, payload=JOB)
         monitor = Monitor(cluster.web)
         warm_up(cluster, load, scale.warmup)
@@ -97,7 +97,9 @@ def crash(scale: Scale, plain: bool = False) -> Outcome:
         )
         _after(cluster, scale.after)
         outcome = Outcome(
-            "plain PUSH/PULL: crash" if plain else "crash (kill -9, restart)",
+            "plain PUSH/PULL: crash"
+            if plain
+            else "crash (kill -9, restart)" + (", CURVE on" if curve else ""),
             detect_s=lost_at - killed_at,
             recover_s=back_at - restarted_at,
         )
@@ -145,9 +147,9 @@ def restart_storm(scale: Scale) -> Outcome:
         return _finish(cluster, load, monitor, outcome)
 
 
-def freeze(scale: Scale) -> Outcome:
+def freeze(scale: Scale, curve: bool = False) -> Outcome:
     """SIGSTOP a worker for a while, then SIGCONT: it rejoins (or exits cleanly)."""
-    with Cluster() as cluster:
+    with Cluster(curve=curve) as cluster:
         load = Load(cluster.web.port, None, scale.concurrency, payload=JOB)
         monitor = Monitor(cluster.web)
         warm_up(cluster, load, scale.warmup)
@@ -164,7 +166,8 @@ def freeze(scale: Scale) -> Outcome:
         frozen.expected_exit = 0  # survived: it must also stop cleanly
         _after(cluster, scale.after)
         outcome = Outcome(
-            f"freeze (SIGSTOP {scale.freeze_s:g} s, SIGCONT)",
+            f"freeze (SIGSTOP {scale.freeze_s:g} s, SIGCONT)"
+            + (", CURVE on" if curve else ""),
             detect_s=lost_at - stopped_at,
             recover_s=back_at - thawed_at,
         )
@@ -224,13 +227,17 @@ def _dead_letters(cluster: Cluster) -> dict[str, dict]:
     return {record["id"]: record for record in records}
 
 
-def network_cut(scale: Scale, mode: str, plain: bool = False) -> Outcome:
+def network_cut(
+    scale: Scale, mode: str, plain: bool = False, curve: bool = False
+) -> Outcome:
     """Worker 2 in its own network namespace; drop (or reset) its traffic, then heal."""
     what = "drop" if mode == "drop" else "TCP reset"
     name = f"network cut ({what} {scale.cut_s:g} s)"
     if plain:
         name = f"plain PUSH/PULL: {what} {scale.cut_s:g} s"
-    with Netns() as netns, Cluster(netns=netns, plain=plain) as cluster:
+    if curve:
+        name += ", CURVE on"
+    with Netns() as netns, Cluster(netns=netns, plain=plain, curve=curve) as cluster:
         load = Load(cluster.web.port, None, scale.concurrency, payload=JOB)
         monitor = Monitor(cluster.web)
         warm_up(cluster, load, scale.warmup)
@@ -415,5 +422,8 @@ ALL = {
     "web_kill": web_kill,
     "web_kill_off": lambda scale: web_kill(scale, journal=False),
     "plain_crash": lambda scale: crash(scale, plain=True),
+    "curve_crash": lambda scale: crash(scale, curve=True),
+    "curve_freeze": lambda scale: freeze(scale, curve=True),
+    "curve_cut_drop": lambda scale: network_cut(scale, "drop", curve=True),
     "plain_reset": lambda scale: network_cut(scale, "reset", plain=True),
 }

@@ -113,3 +113,16 @@ def test_plain_push_pull_crash_runs_in_the_same_harness():
     outcome = scenarios.crash(CI, plain=True)
     assert outcome.accepted > 0 and outcome.http_failures == 0, outcome
     assert outcome.duplicated == 0, "at most once: never twice"
+
+
+@pytest.mark.parametrize("fault", ["crash", "freeze", "cut_drop"])
+def test_faults_with_curve_on(fault):
+    """The same books with every link encrypted and authenticated (issue 13)."""
+    try:
+        outcome = scenarios.ALL[f"curve_{fault}"](CI)
+    except NetnsUnavailable as exc:
+        pytest.skip(f"network namespaces unavailable: {exc}")
+    assert "CURVE on" in outcome.scenario
+    assert_nothing_lost(outcome)
+    assert outcome.http_failures == 0, outcome
+    assert outcome.recover_s < 3.0, outcome

@@ -215,8 +215,10 @@ def _raw(port: int, payload: bytes) -> float | None:
             sock.sendall(payload)
             while sock.recv(4096):
                 pass
-        except OSError:
-            return None
+        except TimeoutError:
+            return None  # still open
+        except OSError:  # reset by the worker: closed too
+            pass
     return time.monotonic() - started
 
 
