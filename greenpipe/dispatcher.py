@@ -525,7 +525,7 @@ class Dispatcher:
                 if link.connected:  # in case a HELLO went to a worker that died since
                     self._hello(link)
                 continue
-            link.send([protocol.PING])
+            link.send(protocol.encode_ping(link.credit_seq))
             silent = now - link.last_seen
             if silent > timeout:
                 # A busy web may not have read what arrived: silence must be the
@@ -569,6 +569,8 @@ class Dispatcher:
                     self._malformed(link, str(exc))
         elif kind == protocol.READY:
             self._ready(link, frames)
+        elif kind == protocol.CREDIT:
+            self._credit(link, frames)
         elif kind == protocol.BYE:
             self._bye(link, frames)
         else:
@@ -629,9 +631,21 @@ class Dispatcher:
             except ProtocolError as exc:
                 self._malformed(link, str(exc))
 
+    def _credit(self, link: Link, frames: list[bytes]) -> None:
+        """The worker moved this web's share of its capacity (shared credit)."""
+        try:
+            change, seq = protocol.decode_credit(frames)
+        except ProtocolError as exc:
+            self._malformed(link, str(exc))
+            return
+        link.credit = max(0, link.credit + change)
+        link.credit_seq = seq  # the next PING tells the worker it was applied
+        if change > 0 and (self._fresh or self._retry):
+            self._wake.set()
+
     def _ready(self, link: Link, frames: list[bytes]) -> None:
         try:
-            version, credit, max_frame, worker_name = protocol.decode_ready(frames)
+            version, credit, max_frame, worker_name, seq = protocol.decode_ready(frames)
         except ProtocolError as exc:
             self._malformed(link, str(exc))
             return
@@ -646,6 +660,7 @@ class Dispatcher:
             )
             return
         joined = link.ready(credit, max_frame, worker_name)
+        link.credit_seq = seq
         if joined is None:
             return  # an answer to a repeated HELLO
         log.info("worker %s %s: credit %d (%s)", link.name, joined, credit, worker_name)

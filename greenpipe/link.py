@@ -73,7 +73,8 @@ class Link:
         self.endpoint = endpoint
         self.name = str(endpoint)
         self.state = CONNECTING
-        self.credit = 0  # jobs the worker allows in flight (from READY)
+        self.credit = 0  # jobs the worker allows in flight (READY, then CREDIT)
+        self.credit_seq = 0  # the last CREDIT applied (echoed in PING)
         self.max_frame = 0  # largest job frame the worker accepts (from READY)
         self.worker_name = ""
         self.jobs: dict[bytes, Envelope] = {}  # in flight, oldest first

@@ -1,4 +1,4 @@
-"""The greenpipe wire protocol (version 2) between web.py and server.py.
+"""The greenpipe wire protocol (version 3) between web.py and server.py.
 
 Every message starts with a one-byte kind. The web's DEALER sends web kinds;
 the worker's ROUTER sees them behind the connection's routing id and answers on
@@ -9,8 +9,14 @@ frame may be garbage. They raise `ProtocolError`; nothing here opens a socket.
     web -> worker                       worker -> web
     HELLO  version, heartbeat, name     READY      version, credit, max frame, name
     JOBS   jobs (one frame)             ACKS       ids done, [result, result, ...]
-    PING                                HEARTBEAT  [figures]
+    PING   credit seq applied           HEARTBEAT  [figures]
     DONE   (nothing more will follow)   BYE        [reason]
+                                        CREDIT     change, seq
+
+A worker's capacity (CONCURRENCY) is shared by every web connected to it:
+READY carries a web's first share, CREDIT moves it (a grant at once; a cut
+counts as the worker's until the web's next PING says it applied it, so the
+jobs a worker holds from all webs never exceed its capacity).
 
 Jobs travel as self-delimiting records packed into one frame, and plain
 acknowledgements as one frame of space-separated ids: a batch costs two
@@ -26,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from greenpipe.errors import ProtocolError
 from greenpipe.jobs import WANTS_REPLY, Job
 
-VERSION = 2  # 2: a job record carries its name (1 had none)
+VERSION = 3  # 3: shared credit (CREDIT, PING seq); 2: a job carries its name
 
 # web -> worker
 HELLO = b"\x01"  # a web asks to send jobs; answered by READY (or BYE with a reason)
@@ -38,6 +44,7 @@ READY = b"\x11"  # the worker takes jobs: up to `credit` unacknowledged at once
 ACKS = b"\x12"  # ids of jobs done, space-separated; then a frame per result
 HEARTBEAT = b"\x13"  # sent from the worker's event loop: proves the loop runs
 BYE = b"\x14"  # the worker is leaving (or refuses): send nothing more
+CREDIT = b"\x15"  # this web's credit changes by a signed amount (numbered)
 
 
 # Result status bytes (results travel only for failures and awaited jobs).
@@ -47,12 +54,14 @@ FAILED = 1  # handler raised or timed out; payload is the error text (UTF-8)
 # Job flags: WANTS_REPLY (greenpipe.jobs), an HTTP client waits for the result.
 
 _HELLO = struct.Struct("!BI")  # version, heartbeat interval in ms
-_READY = struct.Struct("!BII")  # version, credit, largest frame accepted
+_READY = struct.Struct("!BIII")  # version, credit, largest frame, credit seq
 # flags, attempt, time limit in ms (0: none), then the lengths of id, name,
 # method, path, query, content type and body, which follow in that order. An
 # empty name means "the path": a forwarded request is named by its path.
 _JOB = struct.Struct("!BBIBBBHHHI")
 _RESULT = struct.Struct("!BB")  # status, id length; then id, then payload
+_CREDIT = struct.Struct("!iI")  # change (signed), sequence number
+_PING = struct.Struct("!I")  # the last CREDIT sequence number the web applied
 
 # What a job from web.py adds to its body, at most: the header, a 64-byte id, a
 # method, a path and query within pywsgi's 8 KiB request line, a 1 KiB type.
@@ -80,18 +89,46 @@ def decode_hello(frames: Sequence[bytes]) -> tuple[int, float, str]:
     return version, heartbeat_ms / 1000, _text(frames[2][:MAX_NAME])
 
 
-def encode_ready(credit: int, max_frame: int, name: str) -> list[bytes]:
-    return [READY, _READY.pack(VERSION, credit, max_frame), name.encode()[:MAX_NAME]]
+def encode_ready(credit: int, max_frame: int, name: str, seq: int = 0) -> list[bytes]:
+    """READY: this web's credit (its share of the worker's capacity) and the
+    CREDIT sequence number that share stands at."""
+    header = _READY.pack(VERSION, credit, max_frame, seq)
+    return [READY, header, name.encode()[:MAX_NAME]]
 
 
-def decode_ready(frames: Sequence[bytes]) -> tuple[int, int, int, str]:
-    """Return (version, credit, max frame, worker name) from a READY message."""
-    if len(frames) != 3 or len(frames[1]) != _READY.size:
+def decode_ready(frames: Sequence[bytes]) -> tuple[int, int, int, str, int]:
+    """Return (version, credit, max frame, worker name, seq) from a READY message."""
+    if len(frames) != 3 or len(frames[1]) < 1:
         raise ProtocolError(f"READY needs 3 frames with a {_READY.size}-byte header")
-    version, credit, max_frame = _READY.unpack(frames[1])
-    if credit < 1:
-        raise ProtocolError("READY with credit 0")
-    return version, credit, max_frame, _text(frames[2][:MAX_NAME])
+    if frames[1][0] != VERSION:  # an older worker: its header is shorter
+        return frames[1][0], 0, 0, _text(frames[2][:MAX_NAME]), 0
+    if len(frames[1]) != _READY.size:
+        raise ProtocolError(f"READY needs 3 frames with a {_READY.size}-byte header")
+    version, credit, max_frame, seq = _READY.unpack(frames[1])
+    return version, credit, max_frame, _text(frames[2][:MAX_NAME]), seq
+
+
+def encode_credit(change: int, seq: int) -> list[bytes]:
+    return [CREDIT, _CREDIT.pack(change, seq)]
+
+
+def decode_credit(frames: Sequence[bytes]) -> tuple[int, int]:
+    """Return (change, seq) from a CREDIT message."""
+    if len(frames) != 2 or len(frames[1]) != _CREDIT.size:
+        raise ProtocolError(f"CREDIT needs one {_CREDIT.size}-byte frame")
+    change, seq = _CREDIT.unpack(frames[1])
+    return change, seq
+
+
+def encode_ping(seq: int) -> list[bytes]:
+    return [PING, _PING.pack(seq)]
+
+
+def decode_ping(frames: Sequence[bytes]) -> int:
+    """The CREDIT sequence number a PING says its web has applied."""
+    if len(frames) != 2 or len(frames[1]) != _PING.size:
+        raise ProtocolError(f"PING needs one {_PING.size}-byte frame")
+    return _PING.unpack(frames[1])[0]
 
 
 def encode_bye(reason: str = "") -> list[bytes]:

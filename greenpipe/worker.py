@@ -26,6 +26,7 @@ from greenlet import getcurrent
 
 from greenpipe import protocol
 from greenpipe.config import WorkerSettings, loopback
+from greenpipe.credit import Account, Shares
 from greenpipe.curve import (
     DOMAIN,
     Allowlist,
@@ -80,9 +81,10 @@ def load_handler(spec: str, setting: str = "HANDLER") -> Handler:
 class Peer:
     """A web connected to this worker, known by the routing id of its connection."""
 
-    __slots__ = ("name", "heartbeat", "last_seen", "done", "ok", "results")
+    __slots__ = ("name", "heartbeat", "last_seen", "done", "ok", "results", "account")
 
-    def __init__(self, name: str, heartbeat: float) -> None:
+    def __init__(self, name: str, heartbeat: float, account: Account) -> None:
+        self.account = account  # its share of this worker's capacity
         self.name = name
         self.heartbeat = heartbeat  # seconds, as the web asked in HELLO
         self.last_seen = monotonic()
@@ -123,6 +125,7 @@ class Worker:
         self._run_sum = 0.0  # seconds in handlers, all jobs
         self._run_counts = [0] * (len(protocol.RUN_BUCKETS) + 1)
         self._allow: Allowlist | None = None  # CURVE's ZAP handler, when on
+        self.shares = Shares(settings.concurrency)  # credit, shared by the webs
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -204,12 +207,15 @@ class Worker:
             self._allow.close()
         log.info(
             "%s: stopped; handled %d jobs (%d failed) of %d received, "
-            "dropped %d malformed messages",
+            "dropped %d malformed messages; held at most %d jobs at once "
+            "(CONCURRENCY %d, shared by the webs)",
             self.name,
             self.handled,
             self.failed,
             self.received,
             self.malformed,
+            self.shares.most_held,
+            self.settings.concurrency,
         )
 
     def stop(self) -> bool:
@@ -279,9 +285,16 @@ class Worker:
                     self._start(peer, job)
             except ProtocolError as exc:
                 self._drop(ident, str(exc))
-        elif kind == protocol.PING and len(frames) == 2:
+        elif kind == protocol.PING:
             if peer is not None:  # else: from a web this worker forgot; it will HELLO
                 peer.last_seen = monotonic()
+                try:
+                    seq = protocol.decode_ping(frames[1:])
+                except ProtocolError as exc:
+                    self._drop(ident, str(exc))
+                    return
+                if self.shares.applied(peer.account, seq):
+                    self._share(tick=False)  # a confirmed cut: grant it onwards
         elif kind == protocol.HELLO:
             self._hello(ident, peer, frames[1:])
         elif kind == protocol.DONE and len(frames) == 2:
@@ -310,14 +323,29 @@ class Worker:
         if peer is None:
             if len(self._peers) >= MAX_PEERS:
                 stalest = min(self._peers, key=lambda key: self._peers[key].last_seen)
-                del self._peers[stalest]
-            peer = self._peers[ident] = Peer(web_name, heartbeat)
+                self._forget(stalest)
+            account = self.shares.join(ident)
+            peer = self._peers[ident] = Peer(web_name, heartbeat, account)
             log.info("%s: %s connected", self.name, web_name)
         peer.last_seen = monotonic()
-        ready = protocol.encode_ready(
-            self.settings.concurrency, self.settings.max_frame, self.name
+        if peer.account.waiting:
+            self._share(tick=False)  # READY once its share is free
+        else:  # a repeated HELLO: READY again, with what it has now
+            self._send(ident, self._ready(peer.account))
+
+    def _ready(self, account: Account) -> list[bytes]:
+        return protocol.encode_ready(
+            account.credit, self.settings.max_frame, self.name, account.seq
         )
-        self._send(ident, ready)
+
+    def _share(self, tick: bool) -> None:
+        """Move credit between the webs (see greenpipe.credit); send the changes."""
+        for account, change in self.shares.rebalance(tick):
+            if change == 0:
+                message = self._ready(account)
+            else:
+                message = protocol.encode_credit(change, account.seq)
+            self._send(account.key, message)
 
     def _drop(self, ident: bytes, what: str) -> None:
         self.malformed += 1
@@ -335,6 +363,7 @@ class Worker:
 
     def _start(self, peer: Peer, job: Job) -> None:
         self.received += 1
+        self.shares.started(peer.account)  # held from now: running or waiting here
         job.worker = self.name
         while self._busy >= self.settings.concurrency:
             self._slot.clear()  # full: stop reading until a handler returns
@@ -363,6 +392,7 @@ class Worker:
         finally:
             del self._active[me]
             self._busy -= 1
+            self.shares.finished(peer.account)
             self._slot.set()
             if not self._busy:
                 self._idle.set()
@@ -404,6 +434,7 @@ class Worker:
                     next_beat = now + min(intervals, default=0.5)
                     self._beat(now)
                     self._reap(now)
+                    self._share(tick=True)
             except Exception:  # a bug must not stop the heartbeats and acks
                 self._throttle.exception("send", "%s: unexpected error", self.name)
 
@@ -444,6 +475,7 @@ class Worker:
 
     def _forget(self, ident: bytes) -> None:
         peer = self._peers.pop(ident, None)
+        self.shares.leave(ident)
         if peer is not None and self._draining:
             self._check_done()
 

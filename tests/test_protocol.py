@@ -73,8 +73,12 @@ def test_control_messages_round_trip():
         protocol.encode_hello(0.25, "web x")
     )
     assert (version, heartbeat, name) == (protocol.VERSION, 0.25, "web x")
-    ready = protocol.decode_ready(protocol.encode_ready(100, 1 << 20, "worker :4444"))
-    assert ready == (protocol.VERSION, 100, 1 << 20, "worker :4444")
+    ready = protocol.decode_ready(
+        protocol.encode_ready(100, 1 << 20, "worker :4444", 7)
+    )
+    assert ready == (protocol.VERSION, 100, 1 << 20, "worker :4444", 7)
+    assert protocol.decode_credit(protocol.encode_credit(-5, 9)) == (-5, 9)
+    assert protocol.decode_ping(protocol.encode_ping(9)) == 9
     assert protocol.decode_bye(protocol.encode_bye("stopping")) == "stopping"
     assert protocol.decode_bye(protocol.encode_bye()) == ""
 
@@ -131,7 +135,8 @@ def test_random_bytes_never_raise_anything_but_protocol_error():
         frames = [
             rng.randbytes(rng.randrange(0, 12)) for _ in range(rng.randrange(0, 4))
         ]
-        for decode in (protocol.decode_hello, protocol.decode_ready):
+        for decode in (protocol.decode_hello, protocol.decode_ready,
+                       protocol.decode_credit, protocol.decode_ping):  # fmt: skip
             with contextlib.suppress(ProtocolError):
                 decode(frames)
 

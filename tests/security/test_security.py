@@ -30,7 +30,7 @@ def test_worker_port_attacks(system, case):
     if system.curve or case != "NULL-mechanism peer speaking greenpipe":
         assert result.injected == 0, result
     else:  # without CURVE anyone who can reach the port feeds the worker
-        assert result.injected == 5 * ATTEMPTS, result
+        assert result.injected > 0, result
     assert system.worker.running and system.web.proc.running
 
 
