@@ -17,6 +17,7 @@ Sections:
   observe  /metrics and /dashboard off, and on while scraped and watched once
            a second, against bare, back to back
   curve    CURVE on the worker links off and on, against bare, back to back
+  scale    1 web process, WEB_PROCESSES=2 and gunicorn -k gevent -w 2
   micro    the hot path on its own (python -m bench.micro)
   latency  request sent -> handler started at 50% of greenpipe's peak
   memory   web RSS across a 100,000-request run; bytes per job in flight
@@ -332,6 +333,24 @@ def curve(pairs: int, connections: int, seconds: float) -> list[str]:
     return lines
 
 
+def scale(pairs: int, connections: int, seconds: float) -> list[str]:
+    """1 and 2 web processes (WEB_PROCESSES, gunicorn -k gevent), against bare."""
+    running = {"bare": systems.bare(), "one": systems.greenpipe(),
+               "two": systems.greenpipe(web_processes=2),
+               "gunicorn": systems.greenpipe_gunicorn(2)}  # fmt: skip
+    try:
+        figures = rounds(running, pairs, connections, seconds)
+    finally:
+        for each in running.values():
+            each.stop()
+    lines = [f"- {pairs} rounds of {seconds:g} s, the four systems back to back "
+             "(2 cores shared by the load tool, the webs and 3 workers each):"]  # fmt: skip
+    lines += compare(figures, {"one": "1 web process",
+                               "two": "WEB_PROCESSES=2 (greenpipe's server)",
+                               "gunicorn": "gunicorn -k gevent -w 2"}, "one")  # fmt: skip
+    return lines
+
+
 def _stats_of(url: str) -> dict:
     with urllib.request.urlopen(f"{url}/stats", timeout=5) as response:
         return json.load(response)
@@ -440,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--systems", default="bare,greenpipe,plain,multi,celery,rq")
     parser.add_argument(
-        "--sections", default="macro,paired,journal,observe,curve,micro,latency,memory"
+        "--sections",
+        default="macro,paired,journal,observe,curve,scale,micro,latency,memory",
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=6.0, help="per measurement")
@@ -524,6 +544,13 @@ def main(argv: list[str] | None = None) -> int:
         section(
             "CURVE: worker links encrypted and authenticated, off and on",
             lambda: curve(
+                3 if args.quick else 8, args.connections, 2 if args.quick else 3
+            ),
+        )
+    if "scale" in sections:
+        section(
+            "Several web processes: WEB_PROCESSES and gunicorn",
+            lambda: scale(
                 3 if args.quick else 8, args.connections, 2 if args.quick else 3
             ),
         )

@@ -191,6 +191,21 @@ def greenpipe(
     return running
 
 
+def greenpipe_gunicorn(processes: int = 2) -> Running:
+    """web.py under gunicorn -k gevent -w `processes` (greenpipe.gunicorn config)."""
+    running = Running(f"greenpipe under gunicorn -w {processes}")
+    argv = [PYTHON, str(ROOT / "server.py"), "--port", "0", "--handler", NOOP]
+    ports = _workers(running, argv, r"listening on tcp://[^:]+:(\d+)")
+    env = {"WORKERS": ",".join(f"127.0.0.1:{p}" for p in ports),
+           "DEAD_LETTER": "/dev/null", "JOURNAL_DIR": journal_flags("none")[1],
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    web = [PYTHON, "-m", "gunicorn", "-c", "python:greenpipe.gunicorn", "-w",
+           str(processes), "-b", "127.0.0.1:0", "--chdir", str(ROOT), "web:app"]  # fmt: skip
+    _web(running, web, r"Listening at: http://[^:]+:(\d+)", env=env)
+    running.web[0].expect("barrier met", 20, times=processes)
+    return running
+
+
 def greenpipe_plain() -> Running:
     running = Running("greenpipe -> plain PULL (at most once)")
     argv = [PYTHON, "-m", "bench.pull_counter", "--port", "0"]

@@ -6,11 +6,13 @@ import logging
 import os
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, has_app_context
+import gevent
+from flask import Blueprint, Flask, current_app, has_app_context, request
 
 from greenpipe import app as routes
 from greenpipe.config import WebSettings, _flag, load_web
 from greenpipe.dashboard import dashboard_blueprint
+from greenpipe.dispatcher import took_turn
 from greenpipe.errors import ConfigError, Unavailable
 from greenpipe.jobs import Outcome
 from greenpipe.pipe import _MISSING, InlinePipe, Pipe, Receipt, load_handlers
@@ -58,6 +60,18 @@ class _State:
         self._settings, self.error = value, None
 
 
+def _take_turn(_exc: BaseException | None = None) -> None:
+    """Yield once after each request, unless greenpipe's own server does.
+
+    On a keep-alive connection whose next request is already buffered, a
+    server serves it without yielding, and the dispatcher and the ack readers
+    starve (measured: see docs/design-notes.md). greenpipe's server yields
+    itself; under another gevent server (gunicorn's) this does it.
+    """
+    if request.environ.get("greenpipe.http") is None and not took_turn():
+        gevent.sleep(0)
+
+
 class Greenpipe:
     """greenpipe for a Flask app: settings from ``app.config``, a pipe per process.
 
@@ -99,6 +113,7 @@ class Greenpipe:
         state = _State(self, app, settings, error)
         app.extensions["greenpipe"] = state
         app.register_error_handler(Unavailable, routes.unavailable)
+        app.teardown_request(_take_turn)
         if config.get("GREENPIPE_ROUTES", True):
             prefix = config.get("GREENPIPE_PREFIX", "") or None
             ops = routes.ops_blueprint(self.pipe_for)

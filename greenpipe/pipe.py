@@ -7,6 +7,7 @@ process, for tests of views without workers (``GREENPIPE_INLINE``).
 from __future__ import annotations
 
 import json as jsonlib
+import logging
 import os
 import weakref
 from collections.abc import Callable
@@ -28,6 +29,8 @@ _MISSING: Any = object()
 # Every Pipe, so that a forked child knows none of them runs in it (the links
 # and greenlets stayed in the parent: pyzmq#1330). Checked by fork hook, not by
 # calling getpid() on every request.
+log = logging.getLogger(__name__)
+
 _PIPES: weakref.WeakSet[Pipe] = weakref.WeakSet()
 
 
@@ -110,6 +113,8 @@ class Pipe:
         if not self.started:
             self.started = True
             self.dispatcher.start()
+            log.info("pipe started in pid %d, feeding %d workers", os.getpid(),
+                     len(self.dispatcher.links))  # fmt: skip
             if self.settings.dashboard:
                 self.history = History(self.dispatcher)
                 self.history.start()

@@ -39,10 +39,12 @@ def test_bench_quick_runs_every_section_without_optional_tools(tmp_path):
     )
     assert "| greenpipe -> plain PULL (at most once) |" in out
     for section in ("## Hot path", "## End-to-end latency", "## Memory",
-                    "## Journal", "## Observability", "## CURVE"):  # fmt: skip
+                    "## Journal", "## Observability", "## CURVE",
+                    "## Several web processes"):  # fmt: skip
         assert section in out, out
     assert "- failed:" not in out, out
     assert re.search(r"CURVE on: [\d,]+ req/s, ratio to bare [\d.]+, to CURVE off", out)
+    assert re.search(r"gunicorn -k gevent -w 2: [\d,]+ req/s, ratio to bare", out), out
     assert re.search(r"on, scraped and watched once a second: [\d,]+ req/s, ratio "
                      r"to bare [\d.]+, to metrics and dashboard off [\d.]+", out), out  # fmt: skip
     assert re.search(r"one worker process, no-op handler: [\d,]+ jobs/s", out)

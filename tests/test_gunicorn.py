@@ -1,0 +1,47 @@
+"""web.py under gunicorn's gevent worker, K processes (greenpipe.gunicorn config).
+
+Real processes: gunicorn's master forks K workers; each starts its own pipe
+after the fork (never the master), meets its barrier, takes requests, and
+drains when gunicorn stops it.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+
+from greenpipe.testing import Proc
+from tests.support import PYTHON, Load, handled_ids, poll_until
+
+
+def test_gunicorn_gevent_workers_each_run_a_pipe_after_the_fork(
+    start_worker, procs, record_dir, tmp_path
+):
+    workers = [start_worker() for _ in range(3)]
+    env = {
+        "WORKERS": ",".join(f"127.0.0.1:{w.port}" for w in workers),
+        "JOURNAL_DIR": str(tmp_path / "journal"),
+        "DEAD_LETTER": str(tmp_path / "dead.jsonl"),
+    }
+    gunicorn = Proc("gunicorn", [PYTHON, "-m", "gunicorn", "-c", "python:greenpipe.gunicorn",
+                                 "-w", "2", "-b", "127.0.0.1:0", "web:app"], env=env)  # fmt: skip
+    procs.append(gunicorn)
+    port = int(gunicorn.expect(r"Listening at: http://127\.0\.0\.1:(\d+)", 20)[1])
+    master = int(gunicorn.expect(r"\[(\d+)\] \[INFO\] Starting gunicorn")[1])
+    started = gunicorn.expect(r"pipe started in pid (\d+)", 20, times=2)
+    pids = {int(m[1]) for m in gunicorn.matches(r"pipe started in pid (\d+)")}
+    assert len(pids) == 2 and master not in pids and started, (master, pids)
+    gunicorn.expect("barrier met", 20, times=2)
+
+    load = Load(port, total=600, concurrency=16, payload={}).join(60)
+    assert load.statuses() == {202: 600}, (load.statuses(), load.errors[:3])
+    prefixes = {job_id.rsplit("-", 1)[0] for job_id in load.accepted_ids()}
+    assert len(prefixes) == 2, f"both gunicorn workers took requests: {prefixes}"
+    poll_until(lambda: handled_ids(record_dir).keys(),
+               lambda ids: ids >= load.accepted_ids(), 20, "600 handled")  # fmt: skip
+
+    gunicorn.signal(signal.SIGTERM)
+    assert gunicorn.wait_exit(30) == 0
+    stopped = gunicorn.matches(r"web: stopped|stopped; accepted|pipe .*drain")
+    assert not gunicorn.matches(r"jobs unacknowledged at exit"), gunicorn.tail()
+    assert re.search(r"Shutting down: Master", gunicorn.tail(40)), stopped
