@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from greenpipe.errors import ConfigError
@@ -217,6 +217,12 @@ class PipeSettings:
         _workers,
         "workers in round-robin order (host:port, tcp://, ipc://, push+tcp://)",
         "127.0.0.1:4444,127.0.0.1:4445,127.0.0.1:4446",
+    )
+    workers_file: str = _setting(
+        "",
+        _optional_path,
+        "a file of workers, one per line (# comments): read at start and on SIGHUP, "
+        "so workers are added and removed live; overrides WORKERS",
     )
     ready_timeout: float = _setting(
         10.0, _seconds, "seconds a request waits for the barrier"
@@ -464,7 +470,27 @@ def load_web(
         )
     _pair(settings.curve_secret, "CURVE_SECRET", settings.curve_server, "CURVE_SERVER",
           "the workers' public key file (their NAME.key)")  # fmt: skip
+    if settings.workers_file:
+        settings = replace(settings, workers=read_workers_file(settings.workers_file))
     return settings
+
+
+def read_workers_file(path: str) -> tuple[Endpoint, ...]:
+    """The workers listed in `path`, one per line; ConfigError naming what is wrong."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = [line.split("#", 1)[0].strip() for line in file]
+    except OSError as exc:
+        raise ConfigError(
+            f"WORKERS_FILE={path!r}: cannot read it ({exc.strerror}); give a file "
+            "with one worker per line, e.g. 127.0.0.1:4444"
+        ) from None
+    try:
+        return _workers(",".join(line for line in lines if line))
+    except ValueError as exc:
+        raise ConfigError(
+            f"WORKERS_FILE={path!r}: expected {exc}; one worker per line"
+        ) from None
 
 
 def _pair(first: str, name: str, second: str, other: str, what: str) -> None:

@@ -18,7 +18,7 @@ import secrets
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import gevent
 import gevent.event
@@ -168,6 +168,8 @@ class Dispatcher:
         self._throttle = Throttle(log)
         self.accepted = self.acked = self.failed = self.resent = self.rejected = 0
         self.stray_acks = self.malformed = 0
+        self.added = self.removed = 0  # workers added and removed live (SIGHUP)
+        self._removing: list[Link] = []  # removed: finishing what they hold
         self.redriven = 0  # dead letters re-sent (the dashboard's button)
         self._redriven_ids: set[str] = set()  # grows by a click at a time
         # (time, id, worker, error): the latest failures, for the dashboard.
@@ -177,13 +179,16 @@ class Dispatcher:
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
 
+    _curve_keys: tuple | None = None  # (this web's keypair, workers' public key)
+
     def _curve(self, settings: PipeSettings) -> None:
         """CURVE on every link when CURVE_SECRET is set; else warn beyond loopback."""
         if settings.curve_secret:
             keys = load_secret(settings.curve_secret, "CURVE_SECRET")
             server = load_public(settings.curve_server, "CURVE_SERVER")
+            self._curve_keys = (keys, server)
             for link in self.links:
-                link.curve = (keys, server)
+                link.curve = self._curve_keys
             log.info("CURVE on: this web's key %s, workers' key %s",
                      fingerprint(keys.public), fingerprint(server))  # fmt: skip
             return
@@ -285,6 +290,60 @@ class Dispatcher:
             self._greenlet.kill(block=False)
         if self.journal is not None:
             self.journal.close()
+
+    def reconfigure(self, endpoints: Sequence[Endpoint]) -> tuple[list[str], list[str]]:
+        """Make `endpoints` the workers, live; returns (added, removed) names.
+
+        A new worker joins the rotation after its READY (the barrier, met
+        already, is not waited for again). A removed one takes no new job; it
+        leaves once what it holds is acknowledged, or re-sent elsewhere if it
+        is lost meanwhile. Round-robin goes on over the new list, in its order.
+        """
+        current = {link.endpoint.address: link for link in self.links
+                   if link not in self._removing}  # fmt: skip
+        wanted = {endpoint.address: endpoint for endpoint in endpoints}
+        added, removed = [], []
+        for address, endpoint in wanted.items():
+            if address in current:
+                continue
+            link = self._make_link(len(self.links), endpoint, self._on_message,
+                                   self._on_event)  # fmt: skip
+            link.curve = self._curve_keys
+            link.ever_ready = self._barrier.is_set()  # the barrier is not re-run
+            self.links.append(link)
+            if link.reliable:
+                self._acknowledged.append(link)
+            link.open()
+            added.append(link.name)
+        for address, link in current.items():
+            if address not in wanted:
+                self._removing.append(link)
+                link.leave()  # no new jobs; its acknowledgements still count
+                removed.append(link.name)
+                self._retire_if_done(link)
+        self.added += len(added)
+        self.removed += len(removed)
+        if not self._barrier.is_set() and all(each.ever_ready for each in self.links):
+            self._barrier.set()  # the workers it waited for were removed
+        self._wake.set()
+        return added, removed
+
+    def _retire_if_done(self, link: Link) -> None:
+        """A removed worker holding nothing more: say DONE, close, forget it."""
+        if link not in self._removing or link.jobs:
+            return
+        if link.state in (READY, LEAVING):
+            try:
+                link.send([protocol.DONE])
+            except LinkError:
+                pass
+        link.close()
+        self._removing.remove(link)
+        self.links.remove(link)
+        if link in self._acknowledged:
+            self._acknowledged.remove(link)
+        log.info("worker %s removed (sent %d, acknowledged %d)", link.name,
+                 link.sent, link.acked)  # fmt: skip
 
     def redrive(self, job_id: str) -> Envelope:
         """Submit a dead-lettered job again, from the dead-letter file, as a new job.
@@ -614,6 +673,8 @@ class Dispatcher:
             self.journal.acked(journaled)  # type: ignore[union-attr]
         link.acked += done
         self.acked += done
+        if self._removing and not link.jobs:
+            self._retire_if_done(link)
         if self._fresh or self._retry:
             self._wake.set()
         if self._draining:
@@ -759,6 +820,8 @@ class Dispatcher:
                 len(jobs) - requeued,
             )
         self._wake.set()
+        if link in self._removing:
+            self._retire_if_done(link)  # its jobs went elsewhere: gone for good
         if self._draining:
             self._check_settled()
 
@@ -890,6 +953,8 @@ class Dispatcher:
             "resent": self.resent,
             "dead_lettered": self.dead_letters.count,
             "redriven": self.redriven,
+            "workers_added": self.added,
+            "workers_removed": self.removed,
             "pushed": self.pushed(),
             "rejected": self.rejected,
             "stray_acks": self.stray_acks,

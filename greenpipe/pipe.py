@@ -10,7 +10,7 @@ import json as jsonlib
 import logging
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +128,16 @@ class Pipe:
         if timeout is None:
             timeout = self.settings.drain_timeout
         return self.dispatcher.drain(timeout)
+
+    def reconfigure(self, workers: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Make `workers` (as in WORKERS) the workers, live: (added, removed).
+
+        New ones join after their READY; removed ones take no new job and
+        leave once what they hold is acknowledged (or re-sent elsewhere).
+        Raises ValueError for a bad worker address.
+        """
+        endpoints = config._workers(",".join(workers))
+        return self.dispatcher.reconfigure(endpoints)
 
     def close(self) -> None:
         if self.history is not None:

@@ -30,7 +30,13 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 import greenpipe
 from greenpipe import entry
 from greenpipe.app import json_errors
-from greenpipe.config import WebSettings, load_web, loopback, to_flags
+from greenpipe.config import (
+    WebSettings,
+    load_web,
+    loopback,
+    read_workers_file,
+    to_flags,
+)
 from greenpipe.dispatcher import took_turn
 from greenpipe.errors import BodyTimeout, ConfigError, LinkError
 from greenpipe.ext import Greenpipe
@@ -420,6 +426,22 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
                           settings.access_log, own_port=True)  # fmt: skip
     pipe = state.ext.start(app)
     dispatcher = pipe.dispatcher
+
+    def on_hangup() -> None:  # SIGHUP: re-read WORKERS_FILE, add and remove
+        if not settings.workers_file:
+            log.warning("web: SIGHUP, but no WORKERS_FILE to re-read; set it "
+                        "to add and remove workers live")  # fmt: skip
+            return
+        try:
+            endpoints = read_workers_file(settings.workers_file)
+        except ConfigError as exc:
+            log.error("web: SIGHUP: %s; keeping the workers as they are", exc)
+            return
+        added, removed = dispatcher.reconfigure(endpoints)
+        log.info("web: SIGHUP: %s: added %s, removing %s", settings.workers_file,
+                 ", ".join(added) or "none", ", ".join(removed) or "none")  # fmt: skip
+
+    gevent.signal_handler(signal.SIGHUP, on_hangup)
     dispatcher.name = (
         f"web http://{settings.host}:{server.server_port} pid {os.getpid()}"
     )
@@ -508,6 +530,13 @@ def supervise(settings: WebSettings) -> int:
     stopping = gevent.event.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stopping.set)
+
+    def hangup() -> None:  # each child re-reads WORKERS_FILE
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signal.SIGHUP)
+
+    gevent.signal_handler(signal.SIGHUP, hangup)
     watchers = [gevent.spawn(c.wait) for c in children]
     for watcher in watchers:
         watcher.link(lambda _: stopping.set())
