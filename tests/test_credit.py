@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 import signal
 
+import pytest
+
 from greenpipe.credit import Shares, water_fill
 from tests.support import Load, handled_ids, poll_until
 
@@ -108,11 +110,12 @@ def _most_held(worker) -> int:
     return int(line[1])
 
 
-def test_k_webs_share_a_slow_workers_capacity(start_worker, start_web, record_dir):
+@pytest.mark.parametrize("k", [2, 3])
+def test_k_webs_share_a_slow_workers_capacity(start_worker, start_web, record_dir, k):
     slow = start_worker(concurrency=5, env={"GREENPIPE_SLEEP": "0.2"})
     fast = [start_worker(), start_worker()]
     webs = [start_web([slow, *fast], heartbeat=0.2, heartbeat_timeout=1)
-            for _ in range(3)]  # fmt: skip
+            for _ in range(k)]  # fmt: skip
     loads = [Load(web.port, total=400, concurrency=12, payload={}) for web in webs]
     for load in loads:
         load.join(120)
@@ -124,7 +127,7 @@ def test_k_webs_share_a_slow_workers_capacity(start_worker, start_web, record_di
     split = [sum(web.worker_stats()[i]["acked"] for web in webs) for i in range(3)]
     assert split[0] * 4 < min(split[1:]), f"the fast ones take the rest: {split}"
     most = _most_held(slow)
-    assert most <= 5, f"3 webs, CONCURRENCY 5: the slow worker held {most} at once"
+    assert most <= 5, f"{k} webs, CONCURRENCY 5: the slow worker held {most} at once"
 
 
 def test_kill_9_with_two_webs_each_resends_its_own(start_worker, start_web, record_dir):

@@ -279,7 +279,7 @@ def _peer(system: System, keys: tuple[bytes, bytes] | None, server: bytes | None
 def _inject(sock, count: int, tag: str, frame_size: int = 0) -> bool:
     """Say HELLO; if the worker answers READY, send `count` jobs. True if READY."""
     sock.send_multipart(protocol.encode_hello(1.0, f"attacker {tag}"))
-    if not sock.poll(1500):
+    if not sock.poll(1000):
         return False
     frames = sock.recv_multipart()
     if frames[0] != protocol.READY:
