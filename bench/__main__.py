@@ -530,28 +530,28 @@ def main(argv: list[str] | None = None) -> int:
         section(
             "Journal: off, none (default), batch",
             lambda: journal(
-                2 if args.quick else 8, args.connections, 2 if args.quick else 3
+                1 if args.quick else 8, args.connections, 2 if args.quick else 3
             ),
         )
     if "observe" in sections:
         section(
             "Observability: /metrics and /dashboard off and on",
             lambda: observe(
-                2 if args.quick else 8, args.connections, 2 if args.quick else 3
+                1 if args.quick else 8, args.connections, 2 if args.quick else 3
             ),
         )
     if "curve" in sections:
         section(
             "CURVE: worker links encrypted and authenticated, off and on",
             lambda: curve(
-                2 if args.quick else 8, args.connections, 2 if args.quick else 3
+                1 if args.quick else 8, args.connections, 2 if args.quick else 3
             ),
         )
     if "scale" in sections:
         section(
             "Several web processes: WEB_PROCESSES and gunicorn",
             lambda: scale(
-                2 if args.quick else 8, args.connections, 2 if args.quick else 3
+                1 if args.quick else 8, args.connections, 2 if args.quick else 3
             ),
         )
     if "micro" in sections:
