@@ -29,7 +29,8 @@ test-without-tools: $(STAMP)
 	  tests/test_bench.py::test_wrk_load_against_the_bare_app \
 	  tests/test_bench.py::test_locust_stats_without_percentiles_are_reported_not_fatal \
 	  tests/test_metrics.py::test_promtool_accepts_the_metrics \
-	  tests/test_dashboard.py::test_the_page_shows_workers_ready_then_one_not_ready
+	  tests/test_dashboard.py::test_the_page_shows_workers_ready_then_one_not_ready \
+	  tests/test_hosts.py::test_workers_on_three_hosts_with_curve
 
 bench: $(STAMP)  ## benchmarks (not tests): prints a table, writes bench/results/
 	$(BIN)/python -m bench

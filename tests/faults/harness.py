@@ -305,8 +305,10 @@ class Netns:
                 )
         self.name = name or f"gp{os.getpid() % 100000}"
         octet = subnet if subnet is not None else 200 + os.getpid() % 50
-        self.outer = f"gpo{os.getpid() % 100000}"
-        self.inner = f"gpi{os.getpid() % 100000}"
+        # Interface names (at most 15 bytes) from the namespace's name, so that
+        # several namespaces can live side by side (one "host" each).
+        self.outer = f"{self.name}o"[:15]
+        self.inner = f"{self.name}i"[:15]
         self.outer_ip = f"10.{octet}.0.1"
         self.inner_ip = f"10.{octet}.0.2"
         self.rules: list[list[str]] = []
