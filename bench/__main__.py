@@ -17,7 +17,8 @@ Sections:
   observe  /metrics and /dashboard off, and on while scraped and watched once
            a second, against bare, back to back
   curve    CURVE on the worker links off and on, against bare, back to back
-  scale    1 web process, WEB_PROCESSES=2 and gunicorn -k gevent -w 2
+  scale    1, 2 and 3 web processes, gunicorn -k gevent -w 2, and workers on
+           3 hosts (network namespaces; skipped without root/ip/iptables)
   micro    the hot path on its own (python -m bench.micro)
   latency  request sent -> handler started at 50% of greenpipe's peak
   memory   web RSS across a 100,000-request run; bytes per job in flight
@@ -337,18 +338,25 @@ def scale(pairs: int, connections: int, seconds: float) -> list[str]:
     """1 and 2 web processes (WEB_PROCESSES, gunicorn -k gevent), against bare."""
     running = {"bare": systems.bare(), "one": systems.greenpipe(),
                "two": systems.greenpipe(web_processes=2),
+               "three": systems.greenpipe(web_processes=3),
                "gunicorn": systems.greenpipe_gunicorn(2)}  # fmt: skip
+    labels = {"one": "1 web process", "two": "WEB_PROCESSES=2 (greenpipe's server)",
+              "three": "WEB_PROCESSES=3", "gunicorn": "gunicorn -k gevent -w 2"}  # fmt: skip
+    skipped = ""
+    try:
+        running["hosts"] = systems.greenpipe_hosts()
+        labels["hosts"] = "1 web process, workers on 3 hosts (namespaces, veth)"
+    except RuntimeError as exc:
+        skipped = f"  - workers on other hosts: skipped ({exc})"
     try:
         figures = rounds(running, pairs, connections, seconds)
     finally:
         for each in running.values():
             each.stop()
-    lines = [f"- {pairs} rounds of {seconds:g} s, the four systems back to back "
+    lines = [f"- {pairs} rounds of {seconds:g} s, the systems back to back "
              "(2 cores shared by the load tool, the webs and 3 workers each):"]  # fmt: skip
-    lines += compare(figures, {"one": "1 web process",
-                               "two": "WEB_PROCESSES=2 (greenpipe's server)",
-                               "gunicorn": "gunicorn -k gevent -w 2"}, "one")  # fmt: skip
-    return lines
+    lines += compare(figures, labels, "one")
+    return lines + ([skipped] if skipped else [])
 
 
 def _stats_of(url: str) -> dict:

@@ -81,6 +81,7 @@ class Running:
     web: list[Proc] = field(default_factory=list)
     workers: list[Proc] = field(default_factory=list)
     redis_url: str = ""
+    cleanup: list = field(default_factory=list)  # called after stop (namespaces)
 
     def web_ticks(self) -> int:
         return sum(cpu_ticks(proc.pid) for proc in self.web)
@@ -103,6 +104,8 @@ class Running:
         for proc in [*self.web, *[p for p in self.procs if p not in self.web]]:
             if proc.running:
                 proc.stop(timeout=10)
+        for done in self.cleanup:
+            done()
         if self.redis_url or not self.workers:
             return None
         per = {}
@@ -203,6 +206,35 @@ def greenpipe_gunicorn(processes: int = 2) -> Running:
            str(processes), "-b", "127.0.0.1:0", "--chdir", str(ROOT), "web:app"]  # fmt: skip
     _web(running, web, r"Listening at: http://[^:]+:(\d+)", env=env)
     running.web[0].expect("barrier met", 20, times=processes)
+    return running
+
+
+def greenpipe_hosts() -> Running:
+    """web.py (root namespace) + 3 server.py, each in its own network namespace.
+
+    Raises RuntimeError naming what is missing without root, ip or iptables.
+    """
+    from tests.faults.harness import Netns, NetnsUnavailable
+
+    running = Running("greenpipe, workers on 3 hosts (namespaces)")
+    try:
+        hosts = [Netns(name=f"gpb{os.getpid() % 10000}{i}", subnet=160 + i)
+                 for i in range(3)]  # fmt: skip
+    except NetnsUnavailable as exc:
+        raise RuntimeError(f"workers on other hosts: {exc}") from None
+    running.cleanup = [host.close for host in hosts]
+    addresses = []
+    for index, host in enumerate(hosts):
+        argv = [*host.exec_prefix(), PYTHON, str(ROOT / "server.py"), "--port", "0",
+                "--host", host.inner_ip, "--handler", NOOP]  # fmt: skip
+        proc = _proc(running, f"worker{index + 1}", argv)
+        port = int(proc.expect(r"listening on tcp://[^:]+:(\d+)", 20)[1])
+        running.workers.append(proc)
+        addresses.append(f"{host.inner_ip}:{port}")
+    web = [PYTHON, str(ROOT / "web.py"), "--port", "0", "--workers",
+           ",".join(addresses), "--dead-letter", "/dev/null",
+           *journal_flags("none")]  # fmt: skip
+    _web(running, web, r"serving http://[^:]+:(\d+)", "barrier met")
     return running
 
 
