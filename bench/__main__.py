@@ -534,34 +534,18 @@ def main(argv: list[str] | None = None) -> int:
                 3 if args.quick else 12, args.connections, 2 if args.quick else 3
             ),
         )
-    if "journal" in sections:
-        section(
-            "Journal: off, none (default), batch",
-            lambda: journal(
-                1 if args.quick else 8, args.connections, 2 if args.quick else 3
-            ),
-        )
-    if "observe" in sections:
-        section(
-            "Observability: /metrics and /dashboard off and on",
-            lambda: observe(
-                1 if args.quick else 8, args.connections, 2 if args.quick else 3
-            ),
-        )
-    if "curve" in sections:
-        section(
-            "CURVE: worker links encrypted and authenticated, off and on",
-            lambda: curve(
-                1 if args.quick else 8, args.connections, 2 if args.quick else 3
-            ),
-        )
-    if "scale" in sections:
-        section(
-            "Several web processes: WEB_PROCESSES and gunicorn",
-            lambda: scale(
-                1 if args.quick else 8, args.connections, 2 if args.quick else 3
-            ),
-        )
+    # The back-to-back sections: their systems side by side, rounds rotating.
+    back_to_back = (
+        ("journal", "Journal: off, none (default), batch", journal),
+        ("observe", "Observability: /metrics and /dashboard off and on", observe),
+        ("curve", "CURVE: worker links encrypted and authenticated, off and on",
+         curve),
+        ("scale", "Several web processes: WEB_PROCESSES and gunicorn", scale),
+    )  # fmt: skip
+    pairs, seconds = (1, 2) if args.quick else (8, 3)
+    for key, title, run in back_to_back:
+        if key in sections:
+            section(title, lambda run=run: run(pairs, args.connections, seconds))
     if "micro" in sections:
         section("Hot path, piece by piece", lambda: micro(args.quick))
     if "latency" in sections:

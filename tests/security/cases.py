@@ -13,6 +13,7 @@ Used by tests/security/test_security.py (short) and by
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import socket
@@ -213,13 +214,22 @@ def _raw(port: int, payload: bytes) -> float | None:
     with socket.create_connection(("127.0.0.1", port), timeout=4) as sock:
         try:
             sock.sendall(payload)
-            while sock.recv(4096):
-                pass
+            _until_closed(sock)
         except TimeoutError:
             return None  # still open
-        except OSError:  # reset by the worker: closed too
-            pass
     return time.monotonic() - started
+
+
+def _until_closed(sock: socket.socket) -> None:
+    """Read until the peer closes (EOF or a reset); TimeoutError if it does not."""
+    try:
+        data = sock.recv(4096)
+        while data:
+            data = sock.recv(4096)
+    except TimeoutError:
+        raise
+    except OSError:  # a reset is a close too
+        return
 
 
 def _closed(took: list[float | None]) -> str:
@@ -253,12 +263,9 @@ def stalled_handshake(system: System, attempts: int) -> str:
     for sock in socks:
         sock.sendall(GREETING_NULL[:10])
     for sock in socks:
-        try:
-            while sock.recv(4096):
-                pass
+        with contextlib.suppress(TimeoutError):
+            _until_closed(sock)
             closed.append(time.monotonic() - started)
-        except OSError:
-            pass
         sock.close()
     return (f"{len(closed)} of {attempts} closed by the worker, the last after "
             f"{max(closed, default=float('nan')):.1f} s")  # fmt: skip
@@ -359,11 +366,14 @@ def _hold(port: int, count: int, send: Callable[[socket.socket], None],
         sock.setblocking(True)
         sock.settimeout(0.5)
         try:
-            data = sock.recv(64)
+            data: bytes | None = sock.recv(64)
+        except TimeoutError:
+            data = None  # still open: not cut
+        except OSError:
+            data = b""  # reset: cut
+        if data is not None:
             cut += 1
             answered += data.startswith((b"HTTP/1.1 4", b"HTTP/1.1 5"))
-        except OSError:
-            pass
         sock.close()
     return cut, answered
 
