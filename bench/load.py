@@ -74,7 +74,7 @@ def locust(url: str, connections: int, seconds: float) -> LoadResult:
         prefix = str(Path(tmp) / "run")
         done = subprocess.run(
             [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
-             "--headless", "-u", str(connections), "-r", str(connections), "-t", f"{seconds:g}s",
+             "--headless", "-u", str(connections), "-r", str(connections), "-t", f"{max(1, math.ceil(seconds))}s",
              "--host", f"{parts.scheme}://{parts.netloc}", "--csv", prefix, "--post-weight", "0",
              "--skip-log-setup", "--ab-progress", "0"],
             capture_output=True, text=True, timeout=seconds + 60, cwd=ROOT,
