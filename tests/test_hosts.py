@@ -1,5 +1,7 @@
 """Workers on other hosts: each in its own network namespace (its own address on
-a veth pair), the web in the root one, CURVE on. Skips without root/ip/iptables.
+a veth pair), the web in the root one, CURVE on: barrier, exact round-robin, a
+freeze and a kill -9 under load. Skips without root/ip/iptables (the network
+cut across namespaces is in tests/faults).
 
 Also: a worker named by DNS name in WORKERS (resolved by libzmq at connect).
 """
@@ -64,11 +66,17 @@ def test_workers_on_three_hosts_with_curve(hosts, procs, record_dir, start_web,
         for job_id, _ in entries:
             assert (job_seq(job_id) - 1) % 3 == ports[port], "exact round-robin"
 
-    load = Load(web.port, total=900, concurrency=20, payload={"sleep": 0.01})
-    poll_until(web.stats, lambda s: s["acked"] >= 300, 30, "300 acknowledged")
+    load = Load(web.port, total=1500, concurrency=20, payload={"sleep": 0.01})
+    poll_until(web.stats, lambda s: s["acked"] >= 200, 30, "200 acknowledged")
+    frozen = workers[2][0]  # freeze: out of the rotation, then back on SIGCONT
+    frozen.signal(signal.SIGSTOP)
+    web.wait_state(2, {"lost"}, 10)
+    frozen.popen.send_signal(signal.SIGCONT)
+    web.wait_state(2, {"ready", "full"}, 10)
+    frozen.expected_exit = 0
     workers[1][0].signal(signal.SIGKILL)
     load.join(120)
-    assert load.statuses() == {202: 900}, load.statuses()
+    assert load.statuses() == {202: 1500}, load.statuses()
     stats = web.wait_settled(60)
     assert stats["workers"][1]["state"] == "lost" and stats["resent"] >= 1, stats
     missing = load.accepted_ids() - handled_ids(record_dir).keys()
