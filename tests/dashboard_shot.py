@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from greenpipe.testing import Web, start_web, start_worker
-from tests.support import CHROMIUM, ROOT, Load, render
+from tests.support import ROOT, Load, chromium, render
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "dashboard.png")
     parser.add_argument("--seconds", type=float, default=40.0)
     args = parser.parse_args(argv)
-    if CHROMIUM is None:
+    if chromium() is None:
         print("chromium is not installed (apt-get install chromium)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:

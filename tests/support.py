@@ -173,10 +173,11 @@ def handled_ids(record_dir) -> Counter[str]:
     return counts
 
 
-CHROMIUM = next(
-    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))
-     if p), None,
-)  # fmt: skip
+def chromium() -> str | None:
+    """Headless Chromium's path, or None. Looked up when asked, not at import:
+    `make test-without-tools` hides it from PATH after this module is loaded."""
+    names = ("chromium", "chromium-browser", "google-chrome")
+    return next((p for p in map(shutil.which, names) if p), None)
 
 
 def render(url: str, budget_ms: int = 4000, screenshot: Path | None = None) -> str:
@@ -186,8 +187,9 @@ def render(url: str, budget_ms: int = 4000, screenshot: Path | None = None) -> s
     (while a fetch is out, it waits for the fetch): a one-second poll loop
     runs about budget_ms / 1000 times. With `screenshot`, writes a PNG instead.
     """
-    assert CHROMIUM, "chromium is not installed (apt-get install chromium)"
-    argv = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+    browser = chromium()
+    assert browser, "chromium is not installed (apt-get install chromium)"
+    argv = [browser, "--headless", "--no-sandbox", "--disable-gpu",
             "--disable-dev-shm-usage", "--hide-scrollbars", "--no-first-run",
             f"--virtual-time-budget={budget_ms}", "--window-size=1300,1250"]  # fmt: skip
     argv += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]

@@ -16,7 +16,7 @@ from greenpipe.deadletter import DeadLetters
 from greenpipe.history import History, percentile
 from greenpipe.jobs import Envelope
 from greenpipe.link import READY
-from tests.support import CHROMIUM, ROOT, handled_ids, poll_until, render
+from tests.support import ROOT, chromium, handled_ids, poll_until, render
 
 STATIC = ROOT / "greenpipe" / "static"
 
@@ -166,7 +166,7 @@ def _rows(dom: str) -> dict[str, str]:
 
 
 @pytest.mark.skipif(
-    CHROMIUM is None,
+    chromium() is None,
     reason="chromium is not installed (apt-get install chromium); the data tests "
     "above still run",
 )
