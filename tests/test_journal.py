@@ -318,8 +318,12 @@ def test_a_slow_sync_sends_the_next_ones_to_the_thread_pool(tmp_path, monkeypatc
     import time as time_module
 
     slow = []
-    # sleep-ok: a disk that takes 10 ms to sync, not a wait for an event
-    monkeypatch.setattr(os, "fdatasync", lambda fd: slow and time_module.sleep(0.01))
+
+    def slow_sync(fd: int) -> None:
+        if slow:
+            time_module.sleep(0.01)  # sleep-ok: a disk that takes 10 ms to sync
+
+    monkeypatch.setattr(os, "fdatasync", slow_sync)
     journal = Journal(str(tmp_path), sync="batch")
     journal.open()
     journal.append_jobs(_jobs(2))
