@@ -74,7 +74,6 @@ class Shares:
         self.capacity = capacity
         self.accounts: dict[bytes, Account] = {}
         self._departed: list[Account] = []  # gone, with jobs still running
-        self.moved = 0  # credit moved between webs (cuts confirmed), for /stats
         self.held = 0  # jobs held now, from all webs
         self.most_held = 0  # the most held at once since start
 
@@ -112,7 +111,6 @@ class Shares:
         """A PING says the web applied CREDIT `seq`; True if a cut became free."""
         before = len(account.doubt)
         account.doubt = [(s, n) for s, n in account.doubt if s > seq]
-        self.moved += before - len(account.doubt)
         return len(account.doubt) < before
 
     def rebalance(self, tick: bool = False) -> list[tuple[Account, int]]:

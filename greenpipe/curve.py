@@ -48,42 +48,35 @@ def fingerprint(public: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def load_secret(path: str, setting: str) -> Keypair:
-    """The keypair in a secret key file (``NAME.key_secret``); ConfigError if not."""
+def _read(path: str, setting: str, what: str) -> tuple[bytes, bytes | None]:
     try:
-        public, secret = load_certificate(path)
+        return load_certificate(path)
     except (OSError, ValueError) as exc:
         raise ConfigError(
-            f"{setting}={path!r}: cannot read a secret key file ({exc}); make one "
-            "with `python -m greenpipe keys DIR NAME` and give the NAME.key_secret "
-            "file"
+            f"{setting}={path!r}: cannot read a {what} file ({exc}); make one with "
+            "`python -m greenpipe keys DIR NAME` (NAME.key_secret is the secret, "
+            "NAME.key the public key)"
         ) from None
+
+
+def load_secret(path: str, setting: str) -> Keypair:
+    """The keypair in a secret key file (``NAME.key_secret``); ConfigError if not."""
+    public, secret = _read(path, setting, "secret key")
     if not secret:
         raise ConfigError(
             f"{setting}={path!r} holds only a public key; give the NAME.key_secret "
             "file written by `python -m greenpipe keys`"
         )
-    mode = os.stat(path).st_mode & 0o077
-    if mode:
-        log.warning(
-            "%s: %s can be read by other users (mode %o); chmod 600 it",
-            setting,
-            path,
-            os.stat(path).st_mode & 0o777,
-        )
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        log.warning("%s: %s can be read by other users (mode %o); chmod 600 it",
+                    setting, path, mode)  # fmt: skip
     return Keypair(public, secret)
 
 
 def load_public(path: str, setting: str) -> bytes:
     """The public key in a key file (either of the pair); ConfigError if not."""
-    try:
-        public, _ = load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"{setting}={path!r}: cannot read a public key file ({exc}); copy the "
-            "worker's NAME.key written by `python -m greenpipe keys`"
-        ) from None
-    return public
+    return _read(path, setting, "public key")[0]
 
 
 def load_allowlist(directory: str, setting: str) -> dict[bytes, str]:
@@ -178,7 +171,6 @@ class Allowlist:
         self.where = where
         self._stamp = self._mtime()
         self.refused = 0
-        self.accepted = 0
         self._throttle = Throttle(log)
         self._sock = context.socket(zmq.REP)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -239,7 +231,6 @@ class Allowlist:
         if mechanism == b"CURVE" and len(credentials) == 1:
             name = self.allowed.get(credentials[0])
             if name is not None:
-                self.accepted += 1
                 return [version, request, b"200", b"OK", name.encode(), b""]
             self._refuse(peer, f"client key {fingerprint(credentials[0])} not in "
                          f"the allowlist {self.where}")  # fmt: skip

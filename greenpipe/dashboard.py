@@ -46,20 +46,12 @@ def snapshot(d: Dispatcher, history: History, since: float) -> dict[str, Any]:
     """What the page shows now, and the samples after `since`."""
     now = d.now()
     workers = []
-    for link in d.links:
-        figures = link.figures or (None, None, None)
+    for link in d.links:  # /stats' line for each, and what the page adds
+        figures = link.figures or (None,)
         workers.append({
-            "endpoint": link.name,
-            "state": link.status,
+            **link.report(),
             "ready": link.state == READY,
-            "delivery": "at-least-once" if link.reliable else "at-most-once",
-            "in_flight": len(link.jobs),
-            "credit": link.credit,
-            "sent": link.sent,
-            "acked": link.acked,
-            "failed": link.failed,
             "handled": figures[0],  # the worker's own count, all webs
-            "refused": figures[2],
             "heartbeat_age": round(now - link.last_seen, 1) if link.last_seen else None,
         })  # fmt: skip
     return {

@@ -171,7 +171,6 @@ class Dispatcher:
         self.added = self.removed = 0  # workers added and removed live (SIGHUP)
         self._removing: list[Link] = []  # removed: finishing what they hold
         self.redriven = 0  # dead letters re-sent (the dashboard's button)
-        self._redriven_ids: set[str] = set()  # grows by a click at a time
         # (time, id, worker, error): the latest failures, for the dashboard.
         self.recent_failures: deque[tuple[float, str, str, str]] = deque(maxlen=20)
         self.rejected_by: dict[str, int] = {}  # 503s by reason (see _reject)
@@ -356,10 +355,10 @@ class Dispatcher:
         if found is None:
             raise KeyError(job_id)
         method, path, query, content_type, body, name = found
+        before = self.accepted
         job = self.submit(method, path, query, content_type, body, name=name,
                           key=f"greenpipe-redrive:{job_id}")  # fmt: skip
-        if job.id not in self._redriven_ids:  # not a repeated click
-            self._redriven_ids.add(job.id)
+        if self.accepted > before:  # a new job, not a repeated click
             self.redriven += 1
             log.warning("dead letter %s re-sent as job %s", job_id, job.id)
         return job

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
+from greenpipe.dispatcher import LATENCY_BUCKETS
 from greenpipe.link import READY
 
 if TYPE_CHECKING:
@@ -74,8 +75,6 @@ class History:
 
     def sample(self) -> dict[str, Any] | None:
         """Take one sample; the rates since the previous one (None the first time)."""
-        from greenpipe.dispatcher import LATENCY_BUCKETS
-
         d, now = self.d, self._clock()
         counters = (d.accepted, d.acked, d.failed, d.resent, d.rejected)
         per_worker = tuple(link.acked for link in d.links)
