@@ -80,6 +80,7 @@ def _worker(*flags: str) -> tuple[subprocess.Popen, str]:
 def dispatcher(count: int) -> dict[str, float]:
     from greenpipe.config import load_web
     from greenpipe.dispatcher import Dispatcher
+    from greenpipe.jobs import Envelope
 
     workers = [_worker() for _ in range(3)]
     try:
@@ -93,7 +94,7 @@ def dispatcher(count: int) -> dict[str, float]:
         started, cpu = time.perf_counter(), time.process_time()
         for _ in range(count // 100):
             for _ in range(100):  # as a loop iteration of 100 HTTP requests would
-                disp.submit(b"GET", b"/", b"", b"", b"")
+                disp.submit(Envelope.new(b"GET", b"/", b"", b"", b""))
             gevent.sleep(0)
             while disp.outstanding() > 300:
                 gevent.sleep(0.0005)

@@ -26,9 +26,10 @@ from werkzeug.exceptions import (
     UnsupportedMediaType,
 )
 
+from greenpipe.admission import KEY_RULE, check_key
 from greenpipe.config import WebSettings
 from greenpipe.errors import BodyTimeout, Unavailable
-from greenpipe.jobs import Status
+from greenpipe.jobs import Envelope, Status
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,7 @@ ROUTES = "GET /, POST /jobs, GET /jobs/<id>, GET /healthz and GET /stats"
 
 
 class DispatcherLike(Protocol):
-    def submit(
-        self,
-        method: bytes,
-        path: bytes,
-        query: bytes,
-        content_type: bytes,
-        body: bytes,
-        reply: bool = False,
-    ) -> Any: ...
+    def submit(self, job: Envelope, key: str = "") -> Envelope: ...
     def outcome(self, job: Any, timeout: float) -> Any: ...
     def health(self) -> tuple[bool, dict]: ...
     def stats(self) -> dict: ...
@@ -89,12 +82,13 @@ def idempotency_key(header: str | None) -> str:
     key = header.strip()
     if len(key) >= 2 and key[0] == key[-1] == '"':
         key = key[1:-1]
-    if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
+    try:
+        return check_key(key)
+    except ValueError:
         raise BadRequest(
-            f"Idempotency-Key {header[:80]!r} is not 1-255 printable ASCII "
-            'characters; send e.g. Idempotency-Key: "8e03978e-40d5-43e8"'
-        )
-    return key
+            f"Idempotency-Key {header[:80]!r} is not {KEY_RULE}; "
+            'send e.g. Idempotency-Key: "8e03978e-40d5-43e8"'
+        ) from None
 
 
 def json_response(
@@ -197,13 +191,15 @@ def forwarding_blueprint(
                 ) from None
         key = idempotency_key(environ.get("HTTP_IDEMPOTENCY_KEY"))
         job = pipe.submit(
-            environ["REQUEST_METHOD"].encode("ascii"),
-            environ.get("PATH_INFO", "/").encode("latin-1"),
-            environ.get("QUERY_STRING", "").encode("latin-1"),
-            content_type.encode("latin-1"),
-            body,
-            reply=wait > 0,
-            **({"key": key} if key else {}),
+            Envelope.new(
+                environ["REQUEST_METHOD"].encode("ascii"),
+                environ.get("PATH_INFO", "/").encode("latin-1"),
+                environ.get("QUERY_STRING", "").encode("latin-1"),
+                content_type.encode("latin-1"),
+                body,
+                wait=wait > 0,
+            ),
+            key,
         )
         if not wait:
             return accepted(job.id)
@@ -337,7 +333,7 @@ def _waited(dispatcher: DispatcherLike, job: Any, wait: float) -> Response:
             },
             applied,
         )
-    if outcome.status is Status.OK:
+    if outcome.status is Status.DONE:
         result = json.loads(outcome.payload) if outcome.payload else None
         return json_response(
             200, {"id": job.id, "worker": outcome.worker, "result": result}, applied

@@ -20,7 +20,6 @@ image cannot send (a browser would need a CORS preflight this web never grants).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,10 +30,8 @@ from werkzeug.exceptions import NotFound
 
 from greenpipe.app import _error, json_response, shared_port, unavailable
 from greenpipe.errors import Unavailable
-from greenpipe.link import READY
 
 if TYPE_CHECKING:
-    from greenpipe.dispatcher import Dispatcher
     from greenpipe.history import History
 
 RECENT = 20  # failures and dead letters shown
@@ -42,42 +39,42 @@ RESEND_HEADER = "X-Greenpipe-Action"
 STATIC = Path(__file__).with_name("static")
 
 
-def snapshot(d: Dispatcher, history: History, since: float) -> dict[str, Any]:
+def page_data(pipe: Any, history: History, since: float) -> dict[str, Any]:
     """What the page shows now, and the samples after `since`."""
-    now = d.now()
-    workers = []
-    for link in d.links:  # /stats' line for each, and what the page adds
-        figures = link.figures or (None,)
-        workers.append({
-            **link.report(),
-            "ready": link.state == READY,
-            "handled": figures[0],  # the worker's own count, all webs
-            "heartbeat_age": round(now - link.last_seen, 1) if link.last_seen else None,
-        })  # fmt: skip
+    s = pipe.snapshot()
+    workers = [
+        {
+            **worker.report,
+            "ready": worker.ready,
+            "handled": worker.figures[0] if worker.figures else None,  # all webs
+            "heartbeat_age": worker.heartbeat_age,
+        }
+        for worker in s.workers
+    ]
     return {
-        "pid": os.getpid(),
-        "name": d.name,
+        "pid": s.pid,
+        "name": s.name,
         "time": time.time(),
-        "barrier": d.barrier_met,
+        "barrier": s.barrier,
         "ready": sum(w["ready"] for w in workers),
         "configured": len(workers),
-        "accepted": d.accepted,
-        "acked": d.acked,
-        "failed": d.failed,
-        "resent": d.resent,
-        "rejected": d.rejected,
-        "dead_lettered": d.dead_letters.count,
-        "redriven": d.redriven,
-        "pending": d.pending(),
-        "in_flight": sum(w["in_flight"] for w in workers),
-        "credit": sum(w["credit"] for w in workers if w["ready"]),
+        "accepted": s.accepted,
+        "acked": s.acked,
+        "failed": s.failed,
+        "resent": s.resent,
+        "rejected": s.rejected,
+        "dead_lettered": s.dead_lettered,
+        "redriven": s.redriven,
+        "pending": s.pending,
+        "in_flight": s.in_flight,
+        "credit": s.credit,
         "workers": workers,
         "failures": [
             {"time": t, "id": job_id, "worker": worker, "error": error}
-            for t, job_id, worker, error in reversed(d.recent_failures)
+            for t, job_id, worker, error in reversed(s.recent_failures)
         ],
-        "dead_letters": d.dead_letters.tail(RECENT),
-        "dead_letter_file": d.dead_letters.path,
+        "dead_letters": pipe.dead_letters(RECENT),
+        "dead_letter_file": pipe.dead_letter_file,
         "samples": history.since(since),
         "history_s": history.samples.maxlen,
     }
@@ -115,7 +112,7 @@ def dashboard_blueprint(source: Callable[[], Any]) -> Blueprint:
             since = float(request.args.get("since", "0"))
         except ValueError:
             since = 0.0
-        return json_response(200, snapshot(p.dispatcher, p.history, since))
+        return json_response(200, page_data(p, p.history, since))
 
     @bp.post("/dashboard/dead/<job_id>/resend")
     def resend(job_id: str) -> Response:
@@ -128,13 +125,13 @@ def dashboard_blueprint(source: Callable[[], Any]) -> Blueprint:
                 "dashboard's button sends it; a cross-site form cannot)",
             )
         try:
-            job = p.dispatcher.redrive(job_id)
+            job = p.redrive(job_id)
         except KeyError:
             return _error(
                 404,
                 "unknown dead letter",
                 f"no job {job_id!r} in the dead-letter file "
-                f"{p.dispatcher.dead_letters.path}; it may have been moved or "
+                f"{p.dead_letter_file}; it may have been moved or "
                 "never dead-lettered here",
             )
         except Unavailable as exc:

@@ -7,8 +7,15 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from greenpipe.jobs import Envelope
+
+if TYPE_CHECKING:
+    from greenpipe.link import Link
+
+_MAY_RUN = "web stopped before it was acknowledged (it may still be handled)"
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,23 @@ class DeadLetters:
             return
         log.warning("job %s dead-lettered to %s: %s", job.id, self.path, reason)
 
+    def at_stop(self, queued: Iterable[Envelope], links: Iterable[Link]) -> int:
+        """A web stopping without a journal: write each job it still owes, once.
+
+        `queued` never left the web; what `links` hold was sent and may still
+        be handled (at least once, not exactly). Their tables are emptied.
+        """
+        count = 0
+        for job in queued:
+            self.write(job, "web stopped before a worker took it", "")
+            count += 1
+        for link in links:
+            for job in link.jobs.values():
+                self.write(job, _MAY_RUN, link.name)
+                count += 1
+            link.jobs.clear()
+        return count
+
     def tail(self, count: int, scan: int = 64 << 10) -> list[dict]:
         """The last `count` records (newest first), without their bodies.
 
@@ -82,11 +106,10 @@ class DeadLetters:
                 out.append(record)
         return out
 
-    def find(self, job_id: str) -> tuple[bytes, ...] | None:
-        """The parts of the last record for `job_id`, to submit it again.
+    def find(self, job_id: str) -> Envelope | None:
+        """The last record for `job_id` as a new job (no id yet), to submit again.
 
-        (method, path, query, content type, body, name), or None if the file
-        has no record of it.
+        None if the file has no record of it.
         """
         record = None
         needle = json.dumps(job_id).encode()
@@ -108,11 +131,12 @@ class DeadLetters:
             body = base64.b64decode(record["body_base64"])
         else:
             body = record.get("body", "").encode("utf-8")
-        return (
+        return Envelope(
+            "",
             record["method"].encode("ascii"),
             record["path"].encode("utf-8"),
             record["query"].encode("latin-1"),
             record["content_type"].encode("latin-1"),
             body,
-            record.get("name", "").encode("utf-8"),
+            name=record.get("name", "").encode("utf-8"),
         )

@@ -10,13 +10,12 @@ import gevent
 from flask import Blueprint, Flask, current_app, has_app_context, request
 
 from greenpipe import app as routes
+from greenpipe.commit import took_turn
 from greenpipe.config import WebSettings, _flag, load_web
 from greenpipe.dashboard import dashboard_blueprint
-from greenpipe.dispatcher import took_turn
 from greenpipe.errors import ConfigError, Unavailable
-from greenpipe.jobs import Outcome
+from greenpipe.jobs import Handler, Outcome
 from greenpipe.pipe import _MISSING, InlinePipe, Pipe, Receipt, load_handlers
-from greenpipe.registry import Handler
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +69,12 @@ def _take_turn(_exc: BaseException | None = None) -> None:
     """
     if request.environ.get("greenpipe.http") is None and not took_turn():
         gevent.sleep(0)
+
+
+def extension_of(app: Any) -> Greenpipe | None:
+    """The `Greenpipe` set up on `app` (a Flask app), or None if there is none."""
+    state = getattr(app, "extensions", {}).get("greenpipe")
+    return state.ext if isinstance(state, _State) else None
 
 
 class Greenpipe:
@@ -154,7 +159,16 @@ class Greenpipe:
         return self.pipe_for()
 
     def settings(self, app: Flask | None = None) -> WebSettings:
+        """The settings in force for `app`; raises `ConfigError` if one is bad."""
         return self._state(app).settings
+
+    def use_settings(self, settings: WebSettings, app: Flask | None = None) -> None:
+        """Make `settings` the ones in force (a server's command line has the
+        last word), before the pipe starts; a pipe started already keeps its own.
+        """
+        state = self._state(app)
+        state.settings = settings
+        state.app.config["GREENPIPE_MAX_BODY"] = settings.max_body
 
     # -- the verbs
     def push(

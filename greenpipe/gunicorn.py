@@ -26,6 +26,8 @@ import logging
 from typing import Any
 
 from greenpipe.config import configure_logging
+from greenpipe.errors import ConfigError
+from greenpipe.ext import extension_of
 
 worker_class = "gevent"
 graceful_timeout = 10
@@ -35,19 +37,22 @@ log = logging.getLogger("greenpipe.gunicorn")
 
 def post_worker_init(worker: Any) -> None:
     app = getattr(worker, "wsgi", None)
-    state = getattr(app, "extensions", {}).get("greenpipe")
-    if state is not None:
-        if state.settings is not None and not logging.getLogger().handlers:
-            configure_logging(state.settings.log_level)  # greenpipe's own lines
-        pipe = state.ext.start(app)
-        pipe.dispatcher.name = f"gunicorn worker pid {worker.pid}"
+    ext = extension_of(app)
+    if ext is not None:
+        if not logging.getLogger().handlers:
+            try:
+                configure_logging(ext.settings(app).log_level)  # greenpipe's lines
+            except ConfigError:
+                pass  # raised again, with its message, by start() below
+        pipe = ext.start(app)
+        pipe.name = f"gunicorn worker pid {worker.pid}"
 
 
 def worker_exit(server: Any, worker: Any) -> None:
     app = getattr(worker, "wsgi", None)
-    state = getattr(app, "extensions", {}).get("greenpipe")
-    if state is not None:
-        left = state.ext.stop(app)
+    ext = extension_of(app)
+    if ext is not None:
+        left = ext.stop(app)
         if left:
             log.warning("gunicorn worker %d: %d jobs unacknowledged at exit",
                         worker.pid, left)  # fmt: skip

@@ -11,15 +11,11 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 
-from greenpipe.dispatcher import LATENCY_BUCKETS
-from greenpipe.link import READY
-
-if TYPE_CHECKING:
-    from greenpipe.dispatcher import Dispatcher
+from greenpipe.books import LATENCY_BUCKETS, Snapshot
 
 HISTORY_S = 300  # samples kept (one a second: five minutes)
 TICK_S = 1.0
@@ -43,16 +39,16 @@ def percentile(bounds: Sequence[float], counts: Sequence[int], q: float):
 
 
 class History:
-    """A sample of the dispatcher's counters every `tick` seconds, as rates."""
+    """A sample of a pipe's counters every `tick` seconds, as rates."""
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        source: Callable[[], Snapshot],
         keep: int = HISTORY_S,
         tick: float = TICK_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.d = dispatcher
+        self.source = source
         self.tick = tick
         self.samples: deque[dict[str, Any]] = deque(maxlen=keep)
         self._clock = clock
@@ -75,10 +71,10 @@ class History:
 
     def sample(self) -> dict[str, Any] | None:
         """Take one sample; the rates since the previous one (None the first time)."""
-        d, now = self.d, self._clock()
-        counters = (d.accepted, d.acked, d.failed, d.resent, d.rejected)
-        per_worker = tuple(link.acked for link in d.links)
-        latency = tuple(d.latency_counts)
+        s, now = self.source(), self._clock()
+        counters = (s.accepted, s.acked, s.failed, s.resent, s.rejected)
+        per_worker = tuple(worker.report["acked"] for worker in s.workers)
+        latency = s.latency_counts
         last, self._last = self._last, (now, counters, per_worker, latency)
         if last is None:
             return None
@@ -99,13 +95,13 @@ class History:
                 )
             ),  # fmt: skip
             "workers": [
-                rate(a, b) for a, b in zip(per_worker, workers_before, strict=True)
+                rate(a, b) for a, b in zip(per_worker, workers_before, strict=False)
             ],  # fmt: skip
             "p50": percentile(LATENCY_BUCKETS, window, 0.5),
             "p99": percentile(LATENCY_BUCKETS, window, 0.99),
-            "pending": d.pending(),
-            "in_flight": sum(len(link.jobs) for link in d.links),
-            "credit": sum(link.credit for link in d.links if link.state == READY),
+            "pending": s.pending,
+            "in_flight": s.in_flight,
+            "credit": s.credit,
         }
         self.samples.append(sample)
         return sample

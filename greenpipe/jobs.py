@@ -5,6 +5,7 @@ and what became of it (`Outcome`, `Status`). The bottom of the import graph.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs
@@ -15,13 +16,20 @@ WANTS_REPLY = 0x01  # job flag: someone waits for the result (Prefer: wait)
 
 
 class Status(StrEnum):
-    """What became of a job, as far as the web knows."""
+    """What became of a job, as far as the web knows: the one vocabulary.
 
-    OK = "ok"  # the handler returned
+    `GET /jobs/<id>`, ``pipe.status()`` and the `Outcome` of ``push(wait=)``
+    all use these words. ``Status.OK`` is another name for ``DONE``.
+    """
+
+    QUEUED = "queued"  # accepted, waiting for a worker with credit
+    IN_FLIGHT = "in_flight"  # sent to a worker, not yet acknowledged
+    DONE = "done"  # the handler returned
     FAILED = "failed"  # the handler raised, or ran past JOB_TIMEOUT
     DEAD = "dead"  # given up on: dead-lettered after MAX_ATTEMPTS deliveries
     UNACKNOWLEDGED = "unacknowledged"  # handed to a plain PULL worker: at most once
     TIMEOUT = "timeout"  # nothing came back within the wait (still delivered)
+    OK = "done"  # an alias of DONE (the name greenpipe 0.1 used)
 
 
 class Outcome(NamedTuple):
@@ -79,6 +87,31 @@ class Envelope:
         self.sent_at = 0.0
         self.reply = reply
 
+    @classmethod
+    def new(
+        cls,
+        method: bytes,
+        path: bytes,
+        query: bytes,
+        content_type: bytes,
+        body: bytes,
+        *,
+        wait: bool = False,
+        name: bytes = b"",
+    ) -> Envelope:
+        """A job made at a door (HTTP, ``push``), without an id until admitted.
+
+        `wait`: someone will wait for its outcome (``Prefer: wait``).
+        """
+        reply = gevent.event.AsyncResult() if wait else None
+        return cls("", method, path, query, content_type, body, reply, name)
+
+    def named(self, job_id: str) -> Envelope:
+        """Give the job its id (admission does, once it is accepted); returns it."""
+        self.id = job_id
+        self.key = job_id.encode("ascii")
+        return self
+
     def resolve(self, worker: str, status: Status, payload: bytes = b"") -> None:
         """Tell whoever waits for this job what became of it (if anyone does)."""
         if self.reply is not None:
@@ -135,3 +168,8 @@ class Job:
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.name!r} attempt {self.attempt}>"
+
+
+# A handler: called once per job in a worker's pool; its return value (JSON)
+# travels back in the acknowledgement.
+Handler = Callable[[Job], Any]

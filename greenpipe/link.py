@@ -19,6 +19,9 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Sequence
+from enum import StrEnum
+from itertools import islice
+from typing import Any, NamedTuple
 
 import gevent
 import zmq.green as zmq
@@ -27,19 +30,48 @@ from zmq.utils.monitor import recv_monitor_message
 from greenpipe import protocol
 from greenpipe.config import Endpoint
 from greenpipe.curve import Keypair
-from greenpipe.errors import LinkError
-from greenpipe.jobs import Envelope
+from greenpipe.errors import LinkError, ProtocolError
+from greenpipe.jobs import Envelope, Status
 
 log = logging.getLogger(__name__)
 
-# Link states, as /stats and /healthz show them ("full" is derived from credit).
-CONNECTING = (
-    "connecting"  # waiting for the worker's READY (first time, or after a leave)
-)
-READY = "ready"  # takes jobs while it has credit
-FULL = "full"  # ready, but as many jobs in flight as the worker allows
-LOST = "lost"  # crashed, hung or cut off; its jobs went elsewhere; reconnecting
-LEAVING = "leaving"  # said BYE: finishing what it holds, takes nothing new
+
+class LinkState(StrEnum):
+    """A link's state, as /stats, /healthz and /metrics show it."""
+
+    CONNECTING = "connecting"  # waiting for READY (first time, or after a leave)
+    READY = "ready"  # takes jobs while it has credit
+    FULL = "full"  # ready, but as many jobs in flight as the worker allows
+    LOST = "lost"  # crashed, hung or cut off; its jobs went elsewhere; reconnecting
+    LEAVING = "leaving"  # said BYE: finishing what it holds, takes nothing new
+
+
+CONNECTING, READY, FULL = LinkState.CONNECTING, LinkState.READY, LinkState.FULL
+LOST, LEAVING = LinkState.LOST, LinkState.LEAVING
+
+
+class Happened(StrEnum):
+    """What a message or a monitor event did to a link (`Event.what`)."""
+
+    JOINED = "joined"  # in the rotation (detail: "ready", "back", or "" for PUSH)
+    # detail: (jobs done without a result, [(job, status, payload)], stray acks)
+    ACKED = "acked"
+    CREDIT = "credit"  # the worker moved this web's share (detail: the change)
+    LEAVING = "leaving"  # the worker said BYE: no new jobs (detail: jobs it holds)
+    REFUSED = "refused"  # BYE before READY: the worker refused (detail: reason)
+    LOST = "lost"  # take its jobs back (detail: (reason, graceful))
+    HELLO_DUE = "hello_due"  # the connection is up: greet the worker
+    HANDSHAKE_FAILED = "handshake_failed"  # CURVE said no (detail: why)
+    MISMATCH = "mismatch"  # READY of another protocol version (detail: its version)
+    MALFORMED = "malformed"  # dropped (detail: what was wrong)
+
+
+class Event(NamedTuple):
+    """One thing that happened on a link, for the dispatcher to react to."""
+
+    what: Happened
+    detail: Any = None
+
 
 PUSH_HWM = 1_000  # messages queued to a plain PULL worker, at most
 _MONITORED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
@@ -51,6 +83,14 @@ HANDSHAKE_FAILED = (
 )
 _MONITORED |= HANDSHAKE_FAILED
 _ids = itertools.count(1)
+_REFUSED = (
+    "the worker refused this web's key: add this web's NAME.key to the worker's "
+    "CURVE_ALLOW directory"
+)
+_NO_CURVE = (
+    "the CURVE handshake failed: is CURVE_SERVER the worker's public key, and is "
+    "the worker running with CURVE on?"
+)
 
 OnMessage = Callable[["Link", list[bytes]], None]
 OnEvent = Callable[["Link", int], None]
@@ -96,6 +136,121 @@ class Link:
         self._monitor: zmq.Socket | None = None
         self._readers: list[gevent.Greenlet] = []
 
+    # -- what the worker says -----------------------------------------------------
+
+    def handle(self, frames: list[bytes], now: float) -> list[Event]:
+        """Decode and apply one message from the worker; what happened.
+
+        `now` is the dispatcher's clock: the link was heard from then.
+        """
+        self.last_seen = now
+        kind = frames[0]
+        if kind == protocol.ACKS:
+            return self._acks(frames)
+        if kind == protocol.HEARTBEAT:
+            if len(frames) > 1:
+                try:
+                    self.figures = protocol.decode_heartbeat(frames)
+                except ProtocolError as exc:
+                    return [Event(Happened.MALFORMED, str(exc))]
+            return []
+        if kind == protocol.READY:
+            return self._ready(frames)
+        if kind == protocol.CREDIT:
+            try:
+                change, seq = protocol.decode_credit(frames)
+            except ProtocolError as exc:
+                return [Event(Happened.MALFORMED, str(exc))]
+            self.credit = max(0, self.credit + change)
+            self.credit_seq = seq  # the next PING tells the worker it was applied
+            return [Event(Happened.CREDIT, change)]
+        if kind == protocol.BYE:
+            reason = protocol.decode_bye(frames)
+            self.send([protocol.DONE])  # nothing more from us on this connection
+            if self.leave():
+                return [Event(Happened.LEAVING, len(self.jobs))]
+            return [Event(Happened.REFUSED, reason or "no reason given")]
+        return [Event(Happened.MALFORMED, f"unknown message kind {kind[:8]!r}")]
+
+    def _acks(self, frames: list[bytes]) -> list[Event]:
+        """Settle the jobs an ACKS message reports done: one event for all of them.
+
+        Per job on the hot path: plain acknowledgements cost a dict pop each;
+        only results (failures, awaited values) are decoded one by one.
+        """
+        if len(frames) < 2:
+            return [Event(Happened.MALFORMED, "ACKS without its frame of ids")]
+        jobs, pop = self.jobs, self.jobs.pop
+        events: list[Event] = []
+        done: list[Envelope] = []
+        results: list[tuple[Envelope, Status, bytes]] = []
+        stray = 0
+        for key in frames[1].split():
+            job = pop(key, None)
+            if job is None:
+                stray += 1
+            else:
+                done.append(job)
+        for frame in islice(frames, 2, None):
+            try:
+                key, status, payload = protocol.decode_result(frame)
+            except ProtocolError as exc:
+                events.append(Event(Happened.MALFORMED, str(exc)))
+                continue
+            job = pop(key, None)
+            if job is None:
+                stray += 1
+            elif status == protocol.OK:
+                results.append((job, Status.DONE, payload))
+            else:
+                self.failed += 1
+                results.append((job, Status.FAILED, payload))
+        if self.suspects:
+            self.suspects = sum(1 for job in jobs.values() if job.attempt > 1)
+        self.acked += len(done) + len(results)
+        events.append(Event(Happened.ACKED, (done, results, stray)))
+        return events
+
+    def _ready(self, frames: list[bytes]) -> list[Event]:
+        try:
+            version, credit, max_frame, worker_name, seq = protocol.decode_ready(frames)
+        except ProtocolError as exc:
+            return [Event(Happened.MALFORMED, str(exc))]
+        if version != protocol.VERSION:
+            return [Event(Happened.MISMATCH, version)]
+        joined = self.ready(credit, max_frame, worker_name)
+        self.credit_seq = seq
+        if joined is None:
+            return []  # an answer to a repeated HELLO
+        return [Event(Happened.JOINED, joined)]
+
+    def on_monitor(self, event: int) -> list[Event]:
+        """Apply one monitor event of the link's socket; what happened."""
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.handshake_error = ""
+            if self.handshake():
+                return [Event(Happened.JOINED, "")]
+            if self.needs_hello():
+                return [Event(Happened.HELLO_DUE)]
+        elif event & HANDSHAKE_FAILED:
+            why = _REFUSED if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else _NO_CURVE
+            self.handshake_error = why
+            return [Event(Happened.HANDSHAKE_FAILED, why)]
+        elif event == zmq.EVENT_DISCONNECTED:
+            if self.disconnected():
+                graceful = self.state == LEAVING
+                return [Event(Happened.LOST, ("connection closed", graceful))]
+        return []
+
+    def goodbye(self) -> None:
+        """Say DONE if the worker listens (it forgets this web), then close."""
+        if self.state in (READY, LEAVING):
+            try:
+                self.send([protocol.DONE])
+            except LinkError:
+                pass
+        self.close()
+
     # -- state ------------------------------------------------------------------
 
     @property
@@ -112,13 +267,6 @@ class Link:
         self.jobs[job.key] = job
         if job.attempt > 1:
             self.suspects += 1
-
-    def settle(self, key: bytes) -> Envelope | None:
-        """The worker acknowledged `key`: forget it. None if it was not held here."""
-        job = self.jobs.pop(key, None)
-        if job is not None and job.attempt > 1:
-            self.suspects -= 1
-        return job
 
     def give_back(self, jobs: Sequence[Envelope]) -> None:
         """`jobs` never reached libzmq: they are no longer held here."""
@@ -226,7 +374,7 @@ class Link:
         """This link's line in /stats."""
         return {
             "endpoint": self.name,
-            "state": self.status,
+            "state": self.status.value,
             "delivery": "at-least-once" if self.reliable else "at-most-once",
             "sent": self.sent,
             "acked": self.acked,

@@ -1,6 +1,6 @@
 """/metrics: the web's and its workers' figures for Prometheus (prometheus_client).
 
-A `Collector` reads the dispatcher's own counters at scrape time, so nothing
+A `Collector` reads a `Snapshot` of the web's books at scrape time, so nothing
 is counted twice on the request path; prometheus_client writes the text
 exposition format. The workers' figures (handled, failed, handler run time)
 arrive with their heartbeats, so one scrape of the web shows the whole system.
@@ -11,8 +11,7 @@ see `greenpipe.app` (421) and the README (METRICS_PORT).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -24,14 +23,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector as _Collector
 
 from greenpipe import protocol
-from greenpipe.link import CONNECTING, FULL, LEAVING, LOST, READY
-
-if TYPE_CHECKING:
-    from greenpipe.dispatcher import Dispatcher
-
-STATES = (CONNECTING, READY, FULL, LEAVING, LOST)
-REJECT_REASONS = ("barrier", "no_worker", "max_pending", "stopping", "journal")
-
+from greenpipe.books import LATENCY_BUCKETS, REJECT_REASONS, Snapshot
+from greenpipe.link import LinkState
 
 WS = ["worker", "state"]
 
@@ -54,24 +47,22 @@ def _buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, 
 
 
 class Collector(_Collector):
-    """Everything /metrics shows, read from a dispatcher when scraped."""
+    """Everything /metrics shows, read from one `Snapshot` per scrape."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.d = dispatcher
+    def __init__(self, source: Callable[[], Snapshot]) -> None:
+        self.source = source
 
     def collect(self) -> Iterator:
-        from greenpipe.dispatcher import LATENCY_BUCKETS
-
-        d = self.d
+        s = self.source()
         for name, value, doc in (
-            ("accepted", d.accepted, "Jobs accepted (answered 202, or awaited)."),
-            ("acknowledged", d.acked, "Jobs acknowledged by a worker."),
-            ("failed", d.failed, "Jobs whose handler raised or timed out."),
-            ("resent", d.resent, "Jobs re-sent after their worker was lost."),
-            ("dead_lettered", d.dead_letters.count, "Jobs given up on."),
-            ("pushed", d.pushed(), "Jobs handed to plain PULL workers."),
-            ("replayed", d.replayed, "Jobs replayed from the journal at start."),
-            ("redriven", d.redriven, "Dead letters re-sent from the dashboard."),
+            ("accepted", s.accepted, "Jobs accepted (answered 202, or awaited)."),
+            ("acknowledged", s.acked, "Jobs acknowledged by a worker."),
+            ("failed", s.failed, "Jobs whose handler raised or timed out."),
+            ("resent", s.resent, "Jobs re-sent after their worker was lost."),
+            ("dead_lettered", s.dead_lettered, "Jobs given up on."),
+            ("pushed", s.pushed, "Jobs handed to plain PULL workers."),
+            ("replayed", s.replayed, "Jobs replayed from the journal at start."),
+            ("redriven", s.redriven, "Dead letters re-sent from the dashboard."),
         ):
             yield CounterMetricFamily(f"greenpipe_jobs_{name}", doc, value=value)
         rejected = CounterMetricFamily(
@@ -80,26 +71,21 @@ class Collector(_Collector):
             labels=["reason"],
         )
         for reason in REJECT_REASONS:
-            rejected.add_metric([reason], d.rejected_by.get(reason, 0))
+            rejected.add_metric([reason], s.rejected_by.get(reason, 0))
         yield rejected
-        in_flight = sum(len(link.jobs) for link in d.links)
-        yield _gauge(
-            "jobs_pending", "Jobs accepted, waiting for a worker.", d.pending()
-        )
-        yield _gauge("jobs_in_flight", "Jobs sent, not yet acknowledged.", in_flight)
-        yield _gauge("barrier_met", "1 once every worker said READY.", d.barrier_met)
+        yield _gauge("jobs_pending", "Jobs accepted, waiting for a worker.", s.pending)
+        yield _gauge("jobs_in_flight", "Jobs sent, not yet acknowledged.", s.in_flight)
+        yield _gauge("barrier_met", "1 once every worker said READY.", s.barrier)
         latency = HistogramMetricFamily(
             "greenpipe_job_ack_seconds", "Time from acceptance to acknowledgement."
         )
-        counts = _buckets(LATENCY_BUCKETS, d.latency_counts)
-        latency.add_metric([], counts, d.latency_sum)
+        counts = _buckets(LATENCY_BUCKETS, s.latency_counts)
+        latency.add_metric([], counts, s.latency_sum)
         yield latency
-        yield from self._workers()
-        yield from self._journal()
+        yield from self._workers(s)
+        yield from self._journal(s.journal)
 
-    def _workers(self) -> Iterator:
-        d = self.d
-        now = d.now()
+    def _workers(self, s: Snapshot) -> Iterator:
         state = GaugeMetricFamily(
             "greenpipe_worker_state", "1 for each worker's state.", labels=WS
         )
@@ -126,18 +112,21 @@ class Collector(_Collector):
             "Handler run time as the worker measured it (all its jobs).",
             labels=["worker"],
         )
-        for link in d.links:
-            name = [link.name]
-            current = link.status
-            for each in STATES:
-                state.add_metric([link.name, each], int(each == current))
-            in_flight.add_metric(name, len(link.jobs))
-            credit.add_metric(name, link.credit)
-            age.add_metric(name, now - link.last_seen if link.last_seen else math.nan)
-            sent.add_metric(name, link.sent)
-            acked.add_metric(name, link.acked)
-            if link.figures is not None:
-                done, bad, refusals, run_sum, counts = link.figures
+        for worker in s.workers:
+            report = worker.report
+            name = [report["endpoint"]]
+            current = report["state"]
+            for each in LinkState:
+                state.add_metric([report["endpoint"], each.value],
+                                 int(each == current))  # fmt: skip
+            in_flight.add_metric(name, report["in_flight"])
+            credit.add_metric(name, report["credit"])
+            seconds = worker.heartbeat_age
+            age.add_metric(name, math.nan if seconds is None else seconds)
+            sent.add_metric(name, report["sent"])
+            acked.add_metric(name, report["acked"])
+            if worker.figures is not None:
+                done, bad, refusals, run_sum, counts = worker.figures
                 handled.add_metric(name, done)
                 failed.add_metric(name, bad)
                 refused.add_metric(name, refusals)
@@ -145,32 +134,35 @@ class Collector(_Collector):
         yield from (state, in_flight, credit, age, sent, acked, handled, failed,
                    refused, run)  # fmt: skip
 
-    def _journal(self) -> Iterator:
-        journal = self.d.journal
+    def _journal(self, journal: dict) -> Iterator:
+        on = journal.get("mode", "off") != "off"
         info = InfoMetricFamily("greenpipe_journal", "The journal's mode and path.")
-        info.add_metric([], {"mode": journal.sync if journal else "off",
-                             "path": journal.path if journal else ""})  # fmt: skip
+        info.add_metric([], {"mode": journal.get("mode", "off"),
+                             "path": journal.get("path", "")})  # fmt: skip
         yield info
-        if journal is None:
+        if not on:
             return
         yield CounterMetricFamily(
             "greenpipe_journal_written_bytes",
             "Bytes written to the journal.",
-            value=journal.bytes_written,
+            value=journal["bytes_written"],
         )
         yield CounterMetricFamily(
             "greenpipe_journal_failures",
             "Journal writes that failed (503s followed).",
-            value=journal.failures,
+            value=journal["failures"],
         )
-        yield _gauge("journal_healthy", "1 while it can be written.", journal.healthy)
+        yield _gauge(
+            "journal_healthy", "1 while it can be written.", journal["healthy"]
+        )
 
 
-def render(dispatcher: Dispatcher) -> bytes:
-    """The text exposition of one dispatcher's figures."""
-    registry = getattr(dispatcher, "_metrics_registry", None)
-    if registry is None:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(Collector(dispatcher))
-        dispatcher._metrics_registry = registry  # type: ignore[attr-defined]
-    return generate_latest(registry)
+class Exposition:
+    """One pipe's /metrics: a registry of its own, rendered per scrape."""
+
+    def __init__(self, source: Callable[[], Snapshot]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(Collector(source))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -14,13 +14,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import gevent.event
 import zmq.green as zmq
 
-from greenpipe import config
+from greenpipe import books as books_module
+from greenpipe import config, protocol
+from greenpipe.admission import check_key
+from greenpipe.books import Books, Snapshot
 from greenpipe.config import PipeSettings
 from greenpipe.dispatcher import Dispatcher
 from greenpipe.errors import ConfigError
+from greenpipe.handling import run_handler
 from greenpipe.history import History
 from greenpipe.jobs import Envelope, Job, Outcome, Status
 from greenpipe.status import JobRecords
@@ -80,6 +83,27 @@ def _payload(
     return raw_name, raw, kind.encode("latin-1")
 
 
+def _check_wait(wait: Any) -> float:
+    """`wait` as seconds, or ValueError: a negative or non-number wait is a bug."""
+    if (
+        isinstance(wait, bool)
+        or not isinstance(wait, int | float)
+        or not (0 <= wait < float("inf"))
+    ):
+        raise ValueError(
+            f"push: wait must be a number of seconds >= 0, got {wait!r}; "
+            "0 (the default) returns a Receipt at once"
+        )
+    return float(wait)
+
+
+def _record_payload(found: dict[str, Any]) -> bytes:
+    """A status record's result or error, as an `Outcome`'s payload."""
+    if "result" in found:
+        return jsonlib.dumps(found["result"]).encode()
+    return str(found.get("error") or found.get("reason") or "").encode()
+
+
 class Pipe:
     """Pushes jobs to the configured workers: barrier, round-robin, at least once.
 
@@ -106,6 +130,7 @@ class Pipe:
         self.dispatcher = Dispatcher(settings, context, name)
         self.history: History | None = None  # the dashboard's samples, once started
         self.started = False  # in this process: a forked child starts afresh
+        self._exposition: Any = None  # /metrics' registry, made when first scraped
         _PIPES.add(self)
 
     # -- lifecycle
@@ -116,7 +141,7 @@ class Pipe:
             log.info("pipe started in pid %d, feeding %d workers", os.getpid(),
                      len(self.dispatcher.links))  # fmt: skip
             if self.settings.dashboard:
-                self.history = History(self.dispatcher)
+                self.history = History(self.snapshot)
                 self.history.start()
 
     def wait_ready(self, timeout: float) -> bool:
@@ -164,11 +189,13 @@ class Pipe:
         ValueError for bad arguments. The same `idempotency_key` within
         IDEMPOTENCY_TTL returns the first job's id and creates no second job.
         """
+        wait = _check_wait(wait)
         raw_name, raw, kind = _payload(name, json, body, content_type)
         self._check_size(raw)
-        job = self.submit(b"", b"", b"", kind, raw, wait > 0, raw_name,
-                          key=idempotency_key)  # fmt: skip
-        return self._answer(job, name, wait)
+        if idempotency_key:
+            check_key(idempotency_key)
+        job = Envelope.new(b"", b"", b"", kind, raw, wait=wait > 0, name=raw_name)
+        return self._answer(self.submit(job, idempotency_key), name, wait)
 
     def forward(
         self,
@@ -180,11 +207,12 @@ class Pipe:
         wait: float = 0,
     ) -> Receipt | Outcome:
         """A request-shaped job (as web.py makes of each request), named by its path."""
+        wait = _check_wait(wait)
         self._check_size(body)
-        job = self.submit(method.encode("ascii"), path.encode("latin-1"),
-                          query.encode("latin-1"), content_type.encode("latin-1"),
-                          body, wait > 0)  # fmt: skip
-        return self._answer(job, path, wait)
+        job = Envelope.new(method.encode("ascii"), path.encode("latin-1"),
+                           query.encode("latin-1"), content_type.encode("latin-1"),
+                           body, wait=wait > 0)  # fmt: skip
+        return self._answer(self.submit(job), path, wait)
 
     def _check_size(self, raw: bytes) -> None:
         if len(raw) > self.settings.max_body:
@@ -198,14 +226,57 @@ class Pipe:
             return Receipt(job.id, name)
         return self.outcome(job, wait) or Outcome("", Status.TIMEOUT, b"", job.id)
 
-    # The interface the HTTP routes use (greenpipe.app): Dispatcher's, unchanged.
-    def submit(self, *args: Any, **kwargs: Any) -> Envelope:
+    # The interface the HTTP routes use (greenpipe.app).
+    def submit(self, job: Envelope, key: str = "") -> Envelope:
+        """Accept `job` (from `Envelope.new`) or raise `Unavailable`: see `push`."""
         if not self.started:
             self.start()
-        return self.dispatcher.submit(*args, **kwargs)
+        return self.dispatcher.submit(job, key)
 
     def outcome(self, job: Envelope, timeout: float) -> Outcome | None:
+        """What became of `job` (made with ``wait=True``) within `timeout` s."""
+        if job.reply is None:  # a repeated idempotency key: the first job's record
+            found = self.status(job.id)
+            if found is None or found["status"] in (Status.QUEUED, Status.IN_FLIGHT):
+                return None
+            return Outcome(found.get("worker", ""), Status(found["status"]),
+                           _record_payload(found), job.id)  # fmt: skip
         return self.dispatcher.outcome(job, timeout)
+
+    def redrive(self, job_id: str) -> Envelope:
+        """Send a dead-lettered job again as a new job (the dashboard's button).
+
+        Raises KeyError if the dead-letter file has no such job, `Unavailable`
+        as `push`. Within IDEMPOTENCY_TTL a repeat returns the first re-send.
+        """
+        if not self.started:
+            self.start()
+        return self.dispatcher.redrive(job_id)
+
+    @property
+    def name(self) -> str:
+        """This web as the workers' logs name it (set it before `start`)."""
+        return self.dispatcher.name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self.dispatcher.name = value
+
+    def workers(self) -> list[str]:
+        """The workers' names, in configured order."""
+        return [link.name for link in self.dispatcher.links]
+
+    def dead_letters(self, count: int) -> list[dict[str, Any]]:
+        """The last `count` dead letters (no bodies), newest last."""
+        return self.dispatcher.dead_letters.tail(count)
+
+    @property
+    def dead_letter_file(self) -> str:
+        return self.dispatcher.dead_letters.path
+
+    def snapshot(self) -> Snapshot:
+        """Every figure of this process now (what /stats and /metrics show)."""
+        return self.dispatcher.snapshot()
 
     def status(self, job_id: str) -> dict[str, Any] | None:
         """queued, in_flight, done, failed, dead, or None if unknown or expired."""
@@ -219,9 +290,11 @@ class Pipe:
 
     def metrics(self) -> bytes:
         """The Prometheus text exposition of this process's figures."""
-        from greenpipe.metrics import render
+        from greenpipe.metrics import Exposition
 
-        return render(self.dispatcher)
+        if self._exposition is None:
+            self._exposition = Exposition(self.snapshot)
+        return self._exposition.render()
 
     def stats(self) -> dict:
         return self.dispatcher.stats()
@@ -231,7 +304,9 @@ class InlinePipe(Pipe):
     """A Pipe that runs each job at once, in the calling greenlet, with `handler`.
 
     No worker, no socket: for testing views with Flask's test client. The
-    outcome is recorded, so ``status(id)`` answers as it would with workers.
+    handler runs as a worker runs it (`greenpipe.handling`: JOB_TIMEOUT, the
+    result as JSON, the error text cut), and the outcome is recorded, so
+    ``status(id)`` answers as it would with workers.
     """
 
     def __init__(
@@ -242,9 +317,11 @@ class InlinePipe(Pipe):
         self.history = None  # no dashboard: nothing flows
         self.started = True
         self.records = JobRecords(self.settings.status_keep, self.settings.status_ttl)
+        self.books = Books()
+        self._exposition = None
         self._prefix = f"inline{os.getpid():x}-"
         self._seq = 0
-        self.accepted = self.failed = 0
+        self._name = "inline"
 
     def start(self) -> None:
         pass
@@ -258,9 +335,18 @@ class InlinePipe(Pipe):
     def close(self) -> None:
         pass
 
-    def submit(
-        self, method, path, query, content_type, body, reply=False, name=b"", key=""
-    ):
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+
+    def workers(self) -> list[str]:
+        return []
+
+    def submit(self, job: Envelope, key: str = "") -> Envelope:
         if self.handler is None:
             raise ConfigError(
                 "GREENPIPE_INLINE is on but no handlers were given: "
@@ -268,27 +354,23 @@ class InlinePipe(Pipe):
                 "= 'package.module:handlers'"
             )
         self._seq += 1
-        job_id = self._prefix + format(self._seq, "010x")
-        waiter = gevent.event.AsyncResult() if reply else None
-        envelope = Envelope(
-            job_id, method, path, query, content_type, body, waiter, name
-        )
-        envelope.attempt = 1
-        job = Job(job_id.encode(), 1, method.decode(), path.decode("latin-1"),
-                  query.decode("latin-1"), content_type.decode("latin-1"), body,
-                  wants_reply=reply, name=name.decode())  # fmt: skip
-        job.worker = "inline"
-        self.accepted += 1
-        try:
-            result = self.handler(job)
-            status = Status.OK
-            payload = b"" if result is None else jsonlib.dumps(result).encode()
-        except Exception as exc:  # recorded as a worker would report it
-            status, payload = Status.FAILED, f"{type(exc).__name__}: {exc}".encode()
-            self.failed += 1
-        self.records.add(job_id, status, "inline", 1, payload)
-        envelope.resolve("inline", status, payload)
-        return envelope
+        job.named(self._prefix + format(self._seq, "010x"))
+        job.attempt = 1
+        timeout = self.settings.job_timeout
+        seen = Job(job.key, 1, job.method.decode(), job.path.decode("latin-1"),
+                   job.query.decode("latin-1"), job.content_type.decode("latin-1"),
+                   job.body, timeout, wants_reply=job.reply is not None,
+                   name=job.name.decode())  # fmt: skip
+        seen.worker = "inline"
+        self.books.accepted += 1
+        code, payload = run_handler(self.handler, seen, "inline", bounded=True)
+        status = Status.DONE if code == protocol.OK else Status.FAILED
+        if status is Status.FAILED:
+            self.books.failure(job.id, "inline", payload)
+        self.books.acked += 1
+        self.records.add(job.id, status, "inline", 1, payload)
+        job.resolve("inline", status, payload)
+        return job
 
     def outcome(self, job: Envelope, timeout: float) -> Outcome | None:
         return job.reply.get(block=False) if job.reply is not None else None
@@ -302,9 +384,22 @@ class InlinePipe(Pipe):
     def health(self) -> tuple[bool, dict]:
         return True, {"status": "ok", "inline": True}
 
+    def redrive(self, job_id: str) -> Envelope:
+        raise KeyError(job_id)  # nothing is dead-lettered inline
+
+    def dead_letters(self, count: int) -> list[dict[str, Any]]:
+        return []
+
+    @property
+    def dead_letter_file(self) -> str:
+        return ""
+
+    def snapshot(self) -> Snapshot:
+        return books_module.take(self._name, self.books, [], 0.0)
+
     def stats(self) -> dict:
-        return {"pid": os.getpid(), "inline": True, "accepted": self.accepted,
-                "failed": self.failed, "acked": self.accepted}  # fmt: skip
+        return {"pid": os.getpid(), "inline": True, "accepted": self.books.accepted,
+                "failed": self.books.failed, "acked": self.books.acked}  # fmt: skip
 
 
 def load_handlers(spec: str | None, given: Any) -> Callable[[Job], Any] | None:

@@ -6,9 +6,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from greenpipe.errors import GreenpipeError
-from greenpipe.jobs import Job
+from greenpipe.jobs import Handler, Job
 
-Handler = Callable[[Job], Any]
 F = TypeVar("F", bound=Handler)
 
 

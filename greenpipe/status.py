@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -69,16 +70,19 @@ class JobRecords:
         finished += time.time() - self._clock()  # monotonic -> wall clock
         report: dict[str, Any] = {
             "id": job_id,
-            "status": "done" if status is Status.OK else status.value,
+            "status": status.value,
             "worker": worker,
             "attempt": attempt,
             "finished_at": round(finished, 3),
         }
-        if status is Status.OK:
+        if status is Status.DONE:
             if len(payload) > MAX_KEPT_RESULT:
                 report["result_not_kept"] = f"{len(payload)} bytes; over 64 KiB"
             elif payload:
-                report["result"] = payload.decode("utf-8", "replace")
+                try:  # the handler's return value, as JSON (a worker sends JSON)
+                    report["result"] = json.loads(payload)
+                except ValueError:  # a foreign worker's bytes: shown as text
+                    report["result_text"] = payload.decode("utf-8", "replace")
         elif payload:
             key = "error" if status is Status.FAILED else "reason"
             report[key] = payload.decode("utf-8", "replace")

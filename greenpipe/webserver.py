@@ -30,6 +30,7 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 import greenpipe
 from greenpipe import entry
 from greenpipe.app import json_errors
+from greenpipe.commit import took_turn
 from greenpipe.config import (
     WebSettings,
     load_web,
@@ -37,9 +38,8 @@ from greenpipe.config import (
     read_workers_file,
     to_flags,
 )
-from greenpipe.dispatcher import took_turn
 from greenpipe.errors import BodyTimeout, ConfigError, LinkError
-from greenpipe.ext import Greenpipe
+from greenpipe.ext import Greenpipe, extension_of
 from greenpipe.throttle import Throttle
 
 log = logging.getLogger(__name__)
@@ -399,14 +399,13 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, on_signal)
 
-    state = app.extensions.get("greenpipe")
-    if state is None:
+    ext = extension_of(app)
+    if ext is None:
         raise ConfigError(
             "serve(app): greenpipe is not set up on this app; call Greenpipe(app) "
             "before serving it"
         )
-    state.settings = settings  # the command line's word is the last
-    app.config["GREENPIPE_MAX_BODY"] = settings.max_body
+    ext.use_settings(settings, app)  # the command line's word is the last
     server = make_server(
         app,
         settings.host,
@@ -424,8 +423,7 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
     if settings.ops_port >= 0:
         ops = make_server(app, settings.host, settings.ops_port, OPS_CONNECTIONS,
                           settings.access_log, own_port=True)  # fmt: skip
-    pipe = state.ext.start(app)
-    dispatcher = pipe.dispatcher
+    pipe = ext.start(app)
 
     def on_hangup() -> None:  # SIGHUP: re-read WORKERS_FILE, add and remove
         if not settings.workers_file:
@@ -437,21 +435,19 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
         except ConfigError as exc:
             log.error("web: SIGHUP: %s; keeping the workers as they are", exc)
             return
-        added, removed = dispatcher.reconfigure(endpoints)
+        added, removed = pipe.reconfigure([str(e) for e in endpoints])
         log.info("web: SIGHUP: %s: added %s, removing %s", settings.workers_file,
                  ", ".join(added) or "none", ", ".join(removed) or "none")  # fmt: skip
 
     gevent.signal_handler(signal.SIGHUP, on_hangup)
-    dispatcher.name = (
-        f"web http://{settings.host}:{server.server_port} pid {os.getpid()}"
-    )
+    pipe.name = f"web http://{settings.host}:{server.server_port} pid {os.getpid()}"
     log.info(
         "web: serving http://%s:%d (pid %d), feeding %d workers: %s",
         settings.host,
         server.server_port,
         os.getpid(),
-        len(dispatcher.links),
-        ", ".join(link.name for link in dispatcher.links),
+        len(pipe.workers()),
+        ", ".join(pipe.workers()),
     )
     if ops is not None:
         log.info(
@@ -470,16 +466,9 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
     if ops is not None:
         ops.stop(timeout=1)
     server.stop(timeout=STOP_REQUESTS_S)
-    left = pipe.drain(settings.drain_timeout)
-    if left:
-        log.warning(
-            "web: %d jobs unacknowledged after DRAIN_TIMEOUT %g s; written to %s",
-            left,
-            settings.drain_timeout,
-            settings.dead_letter,
-        )
+    # Drains (the dispatcher says where what is still owed went), says DONE, closes.
+    ext.stop(app, settings.drain_timeout)
     stats = pipe.stats()
-    state.ext.stop(app, 0)
     log.info(
         "web: stopped; accepted %d, acknowledged %d (%d failed), re-sent %d, "
         "dead-lettered %d",

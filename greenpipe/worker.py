@@ -11,12 +11,10 @@ from this process's own event loop, so a loop that stops turning stops them.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import signal
 import time
 from bisect import bisect_left
-from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -36,19 +34,15 @@ from greenpipe.curve import (
     load_secret,
 )
 from greenpipe.errors import ConfigError, LinkError, ProtocolError
-from greenpipe.jobs import Job
+from greenpipe.handling import JobTimeout, run_handler
+from greenpipe.jobs import Handler, Job
 from greenpipe.throttle import Throttle
 
 log = logging.getLogger(__name__)
 monotonic = time.monotonic
 
-Handler = Callable[[Job], Any]
 MAX_PEERS = 256  # webs remembered at once; the stalest is forgotten first
 NO_DEADLINE = float("inf")
-
-
-class JobTimeout(Exception):
-    """Thrown into a handler still running past its job's time limit (JOB_TIMEOUT)."""
 
 
 def load_handler(spec: str, setting: str = "HANDLER") -> Handler:
@@ -377,18 +371,8 @@ class Worker:
         started = monotonic()
         deadline = started + job.timeout if job.timeout else NO_DEADLINE
         self._active[me] = (deadline, job)
-        status, payload = protocol.OK, b""
         try:
-            result = self.handler(job)
-            if result is not None:  # for Prefer: wait, and for GET /jobs/<id>
-                payload = json.dumps(result).encode()
-        except JobTimeout:
-            status = protocol.FAILED
-            payload = f"handler exceeded {job.timeout:g} s (JOB_TIMEOUT)".encode()
-            log.error("%s: job %s: %s", self.name, job.id, payload.decode())
-        except Exception as exc:
-            status, payload = protocol.FAILED, _error_text(exc)
-            log.exception("%s: job %s failed", self.name, job.id)
+            status, payload = run_handler(self.handler, job, self.name)
         finally:
             del self._active[me]
             self._busy -= 1
@@ -482,10 +466,6 @@ class Worker:
     def _check_done(self) -> None:
         if all(peer.done for peer in self._peers.values()):
             self._peers_done.set()
-
-
-def _error_text(exc: BaseException) -> bytes:
-    return f"{type(exc).__name__}: {exc}".encode()[:4000]
 
 
 def in_app_context(handler: Handler, spec: str) -> Handler:

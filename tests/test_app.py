@@ -26,12 +26,13 @@ class FakeDispatcher:
     unavailable: Unavailable | None = None
     waited: list[float] = field(default_factory=list)
 
-    def submit(self, method, path, query, content_type, body, reply=False):
+    def submit(self, job, key=""):
         if self.unavailable:
             raise self.unavailable
         self.jobs.append(
-            dict(method=method, path=path, query=query, content_type=content_type,
-                 body=body, reply=reply)
+            dict(method=job.method, path=job.path, query=job.query,
+                 content_type=job.content_type, body=job.body,
+                 reply=job.reply is not None)
         )  # fmt: skip
         return FakeJob(f"job-{len(self.jobs)}")
 

@@ -9,6 +9,7 @@ tcp://127.0.0.1 (the OS picks the port).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import gevent
@@ -19,7 +20,7 @@ from greenpipe import protocol
 from greenpipe.config import WorkerSettings, load_web
 from greenpipe.dispatcher import Dispatcher
 from greenpipe.errors import Unavailable
-from greenpipe.jobs import Job, Status
+from greenpipe.jobs import Envelope, Job, Status
 from greenpipe.link import CONNECTING, FULL, LEAVING, LOST, READY, Link, PushLink
 from greenpipe.worker import Worker
 
@@ -105,7 +106,8 @@ def ack(d: Dispatcher, link: Link, *ids: str) -> None:
 
 
 def submit(d: Dispatcher, count: int = 1, reply: bool = False) -> list:
-    return [d.submit(b"POST", b"/jobs", b"", b"", b"{}", reply) for _ in range(count)]
+    return [d.submit(Envelope.new(b"POST", b"/jobs", b"", b"", b"{}", wait=reply))
+            for _ in range(count)]  # fmt: skip
 
 
 def test_handshake_says_hello_and_ready_joins_the_rotation(clock):
@@ -152,7 +154,7 @@ def test_acks_settle_jobs_and_stray_acks_are_counted(clock):
     d.flush()
     ack(d, link, first.id, "unknown-1")
     assert list(link.jobs) == [second.key]
-    assert (d.acked, d.stray_acks, link.acked) == (1, 1, 1)
+    assert (d.books.acked, d.books.stray_acks, link.acked) == (1, 1, 1)
 
 
 def test_a_failure_result_reaches_whoever_waits(clock):
@@ -165,7 +167,7 @@ def test_a_failure_result_reaches_whoever_waits(clock):
     d._on_message(link, protocol.encode_acks([], [result]))
     outcome = d.outcome(job, 0)
     assert outcome.status is Status.FAILED and outcome.payload == b"RuntimeError: x"
-    assert d.failed == 1 and link.failed == 1
+    assert d.books.failed == 1 and link.failed == 1
 
 
 def test_silence_loses_a_worker_and_its_jobs_go_to_the_others(clock):
@@ -180,7 +182,7 @@ def test_silence_loses_a_worker_and_its_jobs_go_to_the_others(clock):
     d.tick()
     lost = d.links[0]
     assert lost.state == LOST and not lost.jobs and lost.resets == 1
-    assert d.resent == 2 and lost.resent == 2
+    assert d.books.resent == 2 and lost.resent == 2
     d.flush()  # re-sent jobs are suspects: they travel one per worker
     held = [job.attempt for link in d.links[1:] for job in link.jobs.values()]
     assert sorted(held) == [1, 1, 1, 1, 2, 2]
@@ -230,7 +232,7 @@ def test_bye_stops_new_jobs_and_close_after_it_is_a_graceful_leave(clock):
     assert len(a.jobs) == 1 and len(b.jobs) == 3, "a leaving worker takes nothing new"
     a.inbox.append(protocol.encode_acks([next(iter(a.jobs))]))
     d._on_event(a, zmq.EVENT_DISCONNECTED)  # reads the ack, then closes
-    assert a.state == CONNECTING and d.resent == 0 and d.acked == 1
+    assert a.state == CONNECTING and d.books.resent == 0 and d.books.acked == 1
 
 
 def test_bye_before_ready_is_a_refusal(clock):
@@ -263,7 +265,7 @@ def test_overdue_ack_loses_the_worker(clock, caplog):
     clock.now += 2 * 1 + 3 + 0.5  # past 2 x JOB_TIMEOUT + HEARTBEAT_TIMEOUT
     d._on_message(link, [protocol.HEARTBEAT])
     d.tick()
-    assert link.state == LOST and d.resent == 1
+    assert link.state == LOST and d.books.resent == 1
     assert "not acknowledged within 5 s" in caplog.text
 
 
@@ -272,7 +274,7 @@ def test_barrier_holds_submit_then_503_names_the_missing(clock):
     ready(d, d.links[0])
     with pytest.raises(Unavailable, match=r"1 of 3 workers READY .*127.0.0.1:2"):
         submit(d)
-    assert d.rejected == 1
+    assert d.books.rejected == 1
 
 
 def test_max_pending_counts_only_jobs_beyond_credit(clock):
@@ -302,7 +304,8 @@ def test_a_large_batch_is_split_to_fit_the_workers_frame_limit(clock):
     link = d.links[0]
     d._on_event(link, zmq.EVENT_HANDSHAKE_SUCCEEDED)
     d._on_message(link, protocol.encode_ready(100, 400, "small frames"))
-    jobs = [d.submit(b"POST", b"/", b"", b"", b"x" * 100) for _ in range(10)]
+    jobs = [d.submit(Envelope.new(b"POST", b"/", b"", b"", b"x" * 100))
+            for _ in range(10)]  # fmt: skip
     d.flush()
     frames = [m for m in link.sent_messages if m[0] == protocol.JOBS]
     assert len(frames) > 1 and all(len(m[1]) <= 400 for m in frames)
@@ -342,7 +345,7 @@ def test_in_process_dispatcher_and_workers_round_robin_and_ack(context):
         assert d.wait_barrier(5), "both in-process workers READY within 5 s"
         jobs = submit(d, 10)
         with gevent.Timeout(5, AssertionError("10 jobs acknowledged within 5 s")):
-            while d.acked < 10:
+            while d.books.acked < 10:
                 gevent.sleep(0.01)  # sleep-ok: polling a counter under a Timeout
         by_worker = [seen[w.name] for w, _ in workers]
         assert by_worker == [[j.id for j in jobs[0::2]], [j.id for j in jobs[1::2]]]
@@ -380,10 +383,12 @@ def test_in_process_worker_stop_is_exact_no_resend(context):
         worker.stop()
         greenlet.join(timeout=5)
         assert greenlet.dead, "the worker drained and returned within 5 s"
-        with gevent.Timeout(5, AssertionError(f"20 acks read within 5 s: {d.acked}")):
-            while d.acked < 20:
+        with gevent.Timeout(
+            5, AssertionError(f"20 acks read within 5 s: {d.books.acked}")
+        ):
+            while d.books.acked < 20:
                 gevent.sleep(0.01)  # sleep-ok: polling a counter under a Timeout
-        assert (d.resent, worker.handled) == (0, 20)
+        assert (d.books.resent, worker.handled) == (0, 20)
     finally:
         d.close()
 
@@ -401,3 +406,47 @@ def test_job_records_are_bounded_by_count_and_age():
     records.add("late", Status.FAILED, "w", 2, b"RuntimeError: x")
     assert records.get("j-999") is None, "older than STATUS_TTL: forgotten"
     assert records.get("late")["error"] == "RuntimeError: x"
+
+
+def _dead_lines(path) -> list[str]:
+    return [json.loads(line)["id"] for line in path.read_text().splitlines()]
+
+
+def test_a_stop_with_jobs_still_queued_dead_letters_each_once(clock, tmp_path):
+    """Defect 1 of issue 18: without a journal, queued jobs were written twice."""
+    d = make(clock)
+    d.dead_letters.path = str(tmp_path / "dead.jsonl")
+    for link in d.links:
+        ready(d, link, credit=1)
+    jobs = submit(d, 10)
+    d.flush()  # 3 in flight (credit 1 each), 7 still queued
+    assert d.drain(0) == 10
+    ids = _dead_lines(tmp_path / "dead.jsonl")
+    assert sorted(ids) == sorted(job.id for job in jobs), "each job exactly once"
+    assert d.dead_letters.count == 10
+
+
+def test_a_stop_with_a_journal_keeps_queued_jobs_owed_not_dead(clock, tmp_path):
+    """Defect 1 of issue 18: with a journal, jobs stay owed and are not dead-lettered."""
+    d = make(clock, journal_dir=tmp_path / "journal")
+    d.dead_letters.path = str(tmp_path / "dead.jsonl")
+    d.start()
+    try:
+        for link in d.links:
+            ready(d, link, credit=1)
+        jobs = [gevent.spawn(d.submit, Envelope.new(b"POST", b"/", b"", b"", b"{}"))
+                for _ in range(10)]  # fmt: skip
+        gevent.sleep(0)  # the requests park on their group: one write
+        d.flush()
+        gevent.joinall(jobs, timeout=5, raise_error=True)
+        d.flush()
+        assert d.drain(0) == 10
+        assert not (tmp_path / "dead.jsonl").exists(), "owed, not dead-lettered"
+    finally:
+        d.close()
+    again = make(clock, journal_dir=tmp_path / "journal")
+    again.start()
+    try:
+        assert again.books.replayed == 10
+    finally:
+        again.close()

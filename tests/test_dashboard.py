@@ -15,7 +15,6 @@ import pytest
 from greenpipe.deadletter import DeadLetters
 from greenpipe.history import History, percentile
 from greenpipe.jobs import Envelope
-from greenpipe.link import READY
 from tests.support import ROOT, chromium, handled_ids, poll_until, render
 
 STATIC = ROOT / "greenpipe" / "static"
@@ -33,15 +32,21 @@ def test_percentile_reads_the_bucket_holding_the_quantile():
 
 
 def test_history_turns_counters_into_rates_per_worker():
-    links = [SimpleNamespace(acked=0, jobs={}, credit=10, state=READY)
-             for _ in range(2)]  # fmt: skip
+    links = [SimpleNamespace(report={"acked": 0}) for _ in range(2)]
+    latency = [0] * 15
     d = SimpleNamespace(accepted=0, acked=0, failed=0, resent=0, rejected=0,
-                        links=links, latency_counts=[0] * 15, pending=lambda: 0)  # fmt: skip
+                        workers=links, latency_counts=latency, pending=0,
+                        in_flight=0, credit=20)  # fmt: skip
+
+    def snapshot():  # a Snapshot's figures (History copies what it keeps)
+        return SimpleNamespace(**{**vars(d), "latency_counts": tuple(latency)})
+
     now = [100.0]
-    history = History(d, keep=3, clock=lambda: now[0])  # type: ignore[arg-type]
+    history = History(snapshot, keep=3, clock=lambda: now[0])  # type: ignore[arg-type]
     assert history.sample() is None, "the first sample only sets the baseline"
-    d.accepted, d.acked, links[0].acked, links[1].acked = 40, 30, 20, 10
-    d.latency_counts[0] = 30  # all within the first bucket
+    d.accepted, d.acked = 40, 30
+    links[0].report["acked"], links[1].report["acked"] = 20, 10
+    latency[0] = 30  # all within the first bucket
     now[0] = 102.0
     sample = history.sample()
     assert sample is not None

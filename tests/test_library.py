@@ -116,7 +116,7 @@ def test_inline_mode_runs_views_without_workers_and_records_status():
     assert resp.status_code == 202
     job_id = resp.get_json()["id"]
     status = client.get(f"/jobs/{job_id}").get_json()
-    assert status["status"] == "done" and json.loads(status["result"]) == {"twice": 42}
+    assert status["status"] == "done" and status["result"] == {"twice": 42}
     failed = client.get(f"/jobs/{client.post('/boom').get_json()['id']}").get_json()
     assert failed["status"] == "failed" and "RuntimeError: it broke" in failed["error"]
     unknown = client.get(f"/jobs/{client.post('/unknown').get_json()['id']}").get_json()
@@ -128,6 +128,45 @@ def test_inline_mode_runs_views_without_workers_and_records_status():
     with app.app_context():
         outcome = pipe.push("double", json={"n": 1}, wait=1)
         assert outcome.status is Status.OK and outcome.result == {"twice": 2}
+
+
+def test_one_word_for_each_state_of_a_job():
+    """Defect 4 of issue 18 (and 3 of 25): push(wait=) and GET /jobs/<id> agree."""
+    app, pipe = _inline_app()
+    client = app.test_client()
+    with app.app_context():
+        outcome = pipe.push("double", json={"n": 2}, wait=1)
+    record = client.get(f"/jobs/{outcome.id}").get_json()
+    assert outcome.status == record["status"] == "done", (outcome, record)
+    assert Status.OK is Status.DONE, "the old name stays an alias"
+    assert {s.value for s in Status} >= {"queued", "in_flight", "done", "failed",
+                                         "dead"}  # fmt: skip
+    with app.app_context(), pytest.raises(ValueError, match="wait must be a number"):
+        pipe.push("double", json={"n": 2}, wait=-1)
+
+
+def test_metrics_in_inline_mode_answer_the_inline_figures():
+    """Defect 2 of issue 18: /metrics raised AttributeError in inline mode."""
+    app, _ = _inline_app()
+    client = app.test_client()
+    client.post("/double")
+    client.post("/boom")
+    resp = client.get("/metrics")
+    assert resp.status_code == 200, resp.get_data(as_text=True)[:300]
+    text = resp.get_data(as_text=True)
+    assert "greenpipe_jobs_accepted_total 2.0" in text
+    assert "greenpipe_jobs_failed_total 1.0" in text
+
+
+def test_a_result_that_is_not_json_is_shown_as_text():
+    from greenpipe.status import JobRecords
+
+    records = JobRecords(10, 60)
+    records.add("a", Status.DONE, "w", 1, b'{"n": 1}')
+    records.add("b", Status.DONE, "w", 1, b"\xffnot json")
+    assert records.get("a")["result"] == {"n": 1}
+    assert records.get("b")["result_text"] == "\ufffdnot json"
+    assert "result" not in records.get("b")
 
 
 def test_prefix_and_routes_off():
@@ -223,7 +262,7 @@ def test_a_users_app_pushes_named_jobs_to_a_registry_in_its_app_context(
     assert status == 202, body
     done = poll_until(lambda: web.get(f"/jobs/{body['id']}")[2],
                       lambda s: s.get("status") == "done", 10, "the welcome mail done")  # fmt: skip
-    assert json.loads(done["result"]) == {
+    assert done["result"] == {
         "sent_to": "ada@example.com",
         "from": "hello@example.com",
     }
@@ -247,7 +286,7 @@ def test_job_status_through_its_life_and_404(start_worker, start_web):
     done = poll_until(lambda: web.get(f"/jobs/{body['id']}")[2],
                       lambda s: s["status"] == "done", 10, "the job done")  # fmt: skip
     assert done["worker"].endswith(str(worker.port)) and done["attempt"] == 1
-    assert json.loads(done["result"]) == {"n": 1}
+    assert done["result"] == {"n": 1}
     code, _, missing = web.get("/jobs/deadbeef-0000000001")
     assert code == 404 and "never accepted, or its record expired" in missing["detail"]
 

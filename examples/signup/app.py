@@ -38,7 +38,7 @@ def images():
     outcome = pipe.push("resize_image", json=spec, wait=wait)
     if not wait:
         return {"id": outcome.id}, 202
-    if outcome.status is Status.OK:
+    if outcome.status is Status.DONE:
         return {"id": outcome.id, "thumbnail": outcome.result["thumbnail"]}, 200
     return {"id": outcome.id, "status": outcome.status, "error": outcome.error}, 502
 

@@ -1,0 +1,227 @@
+"""Whether a job is taken: the checks behind a 503, job ids, idempotency keys.
+
+`Admission.take` names a job and hands it on once it is kept (after its
+group commit, with a journal), or raises `Unavailable`: `check` says why a
+job cannot be taken now (barrier not met, no worker ready, the web stopping,
+too many waiting), counted by reason in the books. `IdempotencyKeys`
+remembers which job a key made, for IDEMPOTENCY_TTL; a key answers only once
+its job is kept, never before.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from greenpipe.errors import Unavailable
+
+if TYPE_CHECKING:  # the HTTP side imports check_key alone: no sockets, no gevent
+    from greenpipe.books import Books
+    from greenpipe.commit import Group, GroupCommit
+    from greenpipe.config import PipeSettings
+    from greenpipe.fleet import Fleet
+    from greenpipe.jobs import Envelope
+    from greenpipe.journal import Journal
+
+MAX_KEYS = 100_000  # idempotency keys remembered at once
+KEY_RULE = "1-255 printable ASCII characters"
+
+
+def check_key(key: str) -> str:
+    """`key` if it is a valid idempotency key, else ValueError naming the rule."""
+    if (
+        not isinstance(key, str)
+        or not 1 <= len(key) <= 255
+        or not key.isascii()
+        or not key.isprintable()
+    ):
+        raise ValueError(
+            f"idempotency key {str(key)[:80]!r} is not {KEY_RULE}; use e.g. a "
+            "UUID, or an order number"
+        )
+    return key
+
+
+class IdempotencyKeys:
+    """Idempotency key -> (job id, wall time it was made), for `ttl` seconds.
+
+    At most MAX_KEYS are kept (the oldest go first). The journal reads `live`
+    to carry keys past the segments that first held them.
+    """
+
+    def __init__(
+        self, ttl: float, limit: int = MAX_KEYS, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._clock = clock
+        self._keys: dict[str, tuple[str, float]] = {}
+
+    def find(self, key: str) -> str | None:
+        """The id of the job `key` made, if within its window."""
+        found = self._keys.get(key)
+        if found is None or self._clock() - found[1] >= self.ttl:
+            return None
+        return found[0]
+
+    def remember(self, key: str, job_id: str, at: float | None = None) -> None:
+        keys = self._keys
+        keys[key] = (job_id, self._clock() if at is None else at)
+        if len(keys) > self.limit:
+            del keys[next(iter(keys))]
+
+    def load(self, keys: dict[str, tuple[str, float]]) -> None:
+        """Keys replayed from the journal, with their own times."""
+        horizon = self._clock() - self.ttl
+        self._keys = {k: v for k, v in keys.items() if v[1] > horizon}
+
+    def live(self) -> dict[str, tuple[str, float]]:
+        horizon = self._clock() - self.ttl
+        return {k: v for k, v in self._keys.items() if v[1] > horizon}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class Admission:
+    """Whether a job is taken now; its id; its key; its group commit.
+
+    `taken` receives the jobs admitted and kept, in order (the dispatcher
+    queues them); `queued` says how many wait for a worker now.
+    """
+
+    def __init__(
+        self,
+        settings: PipeSettings,
+        fleet: Fleet,
+        books: Books,
+        journal: Journal | None,
+        taken: Callable[[Sequence[Envelope]], None],
+        queued: Callable[[], int],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from greenpipe.commit import GroupCommit  # gevent: only where jobs are taken
+
+        self.settings = settings
+        self.fleet = fleet
+        self.books = books
+        self.keys = IdempotencyKeys(settings.idempotency_ttl)
+        self._taken = taken
+        self._queued = queued
+        self._clock = clock
+        self._commit: GroupCommit | None = None
+        if journal is not None:
+            journal.keys = self.keys.live  # carried across dropped segments
+            self._commit = GroupCommit(journal, self._journaled)
+        # Keys whose job waits for its group commit: a retry waits for it too.
+        self._pending: dict[str, tuple[Envelope, Group]] = {}
+        self.prefix = secrets.token_hex(4) + "-"
+        self._seq = itertools.count(1)
+
+    def take(self, job: Envelope, key: str, draining: bool) -> Envelope:
+        """Name `job` and hand it on once kept; or raise `Unavailable` (a 503).
+
+        Before the barrier is met, waits for it up to READY_TIMEOUT; after
+        that, never waits, except, with a journal, for the job's group commit:
+        never a 202 for a job not kept. A repeated idempotency `key` answers
+        with its first job's id once that job is kept, creating none;
+        ValueError if `key` is not 1-255 printable ASCII characters.
+        """
+        if key:
+            check_key(key)
+            first = self._first_for(key)
+            if first is not None:
+                job.reply = None  # the first job's outcome is not this one's
+                return job.named(first)
+        self.check(self._queued(), draining)
+        job.named(self.new_id())
+        job.accepted_at = self._clock()
+        if self._commit is None:
+            if key:
+                self.keys.remember(key, job.id)
+            self.books.accepted += 1
+            self._taken((job,))
+            return job
+        group = self._commit.add(job, key)
+        if key:
+            self._pending[key] = (job, group)
+        self._taken(())  # wakes the dispatcher greenlet, which writes the group
+        # No timer per request (arming one costs more than the write): the
+        # dispatcher greenlet always settles the group, and a stalled sync is
+        # bounded by the group's own deadline (greenpipe.commit).
+        self._await(group)
+        self.books.accepted += 1
+        return job
+
+    def _await(self, group: Group) -> None:
+        group.wait()
+        if group.error:
+            self.books.reject("journal")
+            raise Unavailable(f"job not accepted: {group.error}", 2)
+
+    def _first_for(self, key: str) -> str | None:
+        """The id of the job `key` made, once that job is kept; else None.
+
+        A key whose job waits for its group commit waits for the same group.
+        """
+        pending = self._pending.get(key)
+        if pending is not None:
+            first, group = pending
+            self._await(group)
+            return first.id
+        return self.keys.find(key)
+
+    def _journaled(self, jobs: list[Envelope], keys: list[str], error: str) -> None:
+        """A group commit ended: hand its jobs on and remember their keys, or not."""
+        for job, key in zip(jobs, keys, strict=True):
+            if key and self._pending.get(key, (None, None))[0] is job:
+                del self._pending[key]
+                if not error:
+                    self.keys.remember(key, job.id)
+        self._taken(() if error else jobs)
+
+    def commit(self) -> None:
+        """Write what was taken since the last write (the dispatcher greenlet)."""
+        if self._commit:
+            self._commit.commit()
+
+    def new_id(self) -> str:
+        # A fixed length (ab counts a response of another length as failed).
+        return self.prefix + format(next(self._seq), "010x")
+
+    def owns(self, job_id: str) -> bool:
+        """True if `job_id` was made by this process (whatever became of it)."""
+        return job_id.startswith(self.prefix)
+
+    def check(self, queued: int, draining: bool) -> None:
+        """Raise `Unavailable` (a 503) if a job cannot be taken now; else return.
+
+        Before the barrier is met, waits for it up to READY_TIMEOUT; after
+        that, never waits. Jobs beyond what the ready workers have credit for
+        are "waiting": at most MAX_PENDING of them.
+        """
+        fleet, settings = self.fleet, self.settings
+        if not fleet.barrier.is_set() and not fleet.barrier.wait(
+            settings.ready_timeout
+        ):
+            self.books.reject("barrier")
+            raise Unavailable(fleet.barrier_message(), retry_after=2)
+        if draining:
+            self.books.reject("stopping")
+            raise Unavailable("this web process is stopping; retry on another", 1)
+        if not fleet.any_ready():
+            self.books.reject("no_worker")
+            raise Unavailable(
+                f"no worker can take jobs now ({fleet.states()}); retry soon"
+            )
+        if queued >= settings.max_pending:  # only then can too many be waiting
+            waiting = queued - fleet.free_credit()
+            if waiting >= settings.max_pending:
+                self.books.reject("max_pending")
+                raise Unavailable(
+                    f"{waiting} jobs already wait for a worker (MAX_PENDING="
+                    f"{settings.max_pending}); retry soon, or add workers"
+                )

@@ -1,0 +1,208 @@
+"""The web's books: every counter, and one `Snapshot` that every page reads.
+
+The dispatcher counts per batch (an ACKS message, a lost worker), never per
+job beyond an addition; `/stats`, `/metrics`, the dashboard and its history
+all read a `Snapshot` taken when they are asked, so "jobs in flight" and
+every other figure is computed in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from greenpipe.jobs import Envelope, Status
+from greenpipe.link import READY, Link
+
+if TYPE_CHECKING:
+    from greenpipe.journal import Journal
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0, 30.0)  # fmt: skip
+ERROR_CHARS = 200  # of a failure's error text kept for the dashboard
+RECENT_FAILURES = 20
+REJECT_REASONS = ("barrier", "no_worker", "max_pending", "stopping", "journal")
+
+
+class Books:
+    """What happened to jobs in this process, counted."""
+
+    def __init__(self) -> None:
+        self.accepted = self.acked = self.failed = self.resent = self.rejected = 0
+        self.stray_acks = self.malformed = 0
+        self.added = self.removed = 0  # workers added and removed live (SIGHUP)
+        self.redriven = 0  # dead letters re-sent (the dashboard's button)
+        self.replayed = 0  # jobs replayed from the journal at start
+        self.rejected_by: dict[str, int] = {}  # 503s by reason (REJECT_REASONS)
+        # (time, id, worker, error): the latest failures, for the dashboard.
+        self.recent_failures: deque[tuple[float, str, str, str]] = deque(
+            maxlen=RECENT_FAILURES
+        )
+        # Accepted -> acknowledged, seconds: a count per bucket (+Inf last), sum.
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def reject(self, reason: str) -> None:
+        self.rejected += 1
+        self.rejected_by[reason] = self.rejected_by.get(reason, 0) + 1
+
+    def settled(
+        self,
+        done: Sequence[Envelope],
+        results: Sequence[tuple[Envelope, Status, bytes]],
+        stray: int,
+        worker: str,
+        now: float,
+    ) -> None:
+        """One ACKS message's jobs: acknowledged, their latency, their failures."""
+        counts, bounds, waited = self.latency_counts, LATENCY_BUCKETS, 0.0
+        for job in done:
+            took = now - job.accepted_at
+            waited += took
+            counts[bisect_left(bounds, took)] += 1
+        for job, status, payload in results:
+            took = now - job.accepted_at
+            waited += took
+            counts[bisect_left(bounds, took)] += 1
+            if status is Status.FAILED:
+                self.failure(job.id, worker, payload)
+        self.latency_sum += waited
+        self.stray_acks += stray
+        self.acked += len(done) + len(results)
+
+    def failure(self, job_id: str, worker: str, payload: bytes) -> None:
+        self.failed += 1
+        error = payload[:ERROR_CHARS].decode("utf-8", "replace")
+        self.recent_failures.append((time.time(), job_id, worker, error))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """One worker as the pages show it."""
+
+    report: dict[str, Any]  # its line in /stats
+    ready: bool
+    figures: (
+        tuple | None
+    )  # the worker's own (handled, failed, refused, run sum, run counts)
+    heartbeat_age: float | None  # seconds since it was last heard from
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every figure of one web process at one moment."""
+
+    name: str
+    accepted: int
+    acked: int
+    failed: int
+    resent: int
+    rejected: int
+    rejected_by: dict[str, int]
+    stray_acks: int
+    malformed: int
+    redriven: int
+    replayed: int
+    workers_added: int
+    workers_removed: int
+    dead_lettered: int
+    pending: int
+    in_flight: int
+    pushed: int
+    credit: int  # of the ready workers, all together
+    barrier: bool
+    latency_counts: tuple[int, ...]
+    latency_sum: float
+    workers: list[WorkerView]
+    journal: dict[str, Any]
+    recent_failures: list[tuple[float, str, str, str]] = field(default_factory=list)
+    pid: int = field(default_factory=os.getpid)
+
+    def stats(self) -> dict[str, Any]:
+        """/stats: the figures as JSON."""
+        return {
+            "pid": self.pid,
+            "accepted": self.accepted,
+            "pending": self.pending,
+            "in_flight": self.in_flight,
+            "acked": self.acked,
+            "failed": self.failed,
+            "resent": self.resent,
+            "dead_lettered": self.dead_lettered,
+            "redriven": self.redriven,
+            "workers_added": self.workers_added,
+            "workers_removed": self.workers_removed,
+            "pushed": self.pushed,
+            "rejected": self.rejected,
+            "stray_acks": self.stray_acks,
+            "malformed": self.malformed,
+            "barrier": self.barrier,
+            "journal": self.journal,
+            "workers": [worker.report for worker in self.workers],
+        }
+
+
+def journal_report(journal: Journal | None, replayed: int) -> dict[str, Any]:
+    """The journal's line in /stats."""
+    if journal is None:
+        return {"mode": "off"}
+    return {"mode": journal.sync, "path": journal.path, "slot": journal.slot,
+            "healthy": journal.healthy, "last_error": journal.last_error,
+            "jobs_written": journal.written, "groups": journal.groups,
+            "bytes_written": journal.bytes_written,
+            "failures": journal.failures, "replayed": replayed,
+            "bytes_on_disk": journal.size()}  # fmt: skip
+
+
+def take(
+    name: str,
+    books: Books,
+    links: Sequence[Link],
+    now: float,
+    *,
+    pending: int = 0,
+    barrier: bool = True,
+    dead_lettered: int = 0,
+    journal: dict[str, Any] | None = None,
+) -> Snapshot:
+    """A `Snapshot` of `books` and `links` (`now`: the links' clock)."""
+    workers = [
+        WorkerView(
+            link.report(),
+            link.state == READY,
+            link.figures,
+            round(now - link.last_seen, 1) if link.last_seen else None,
+        )
+        for link in links
+    ]
+    return Snapshot(
+        name=name,
+        accepted=books.accepted,
+        acked=books.acked,
+        failed=books.failed,
+        resent=books.resent,
+        rejected=books.rejected,
+        rejected_by=dict(books.rejected_by),
+        stray_acks=books.stray_acks,
+        malformed=books.malformed,
+        redriven=books.redriven,
+        replayed=books.replayed,
+        workers_added=books.added,
+        workers_removed=books.removed,
+        dead_lettered=dead_lettered,
+        pending=pending,
+        in_flight=sum(w.report["in_flight"] for w in workers),
+        pushed=sum(link.sent for link in links if not link.reliable),
+        credit=sum(w.report["credit"] for w in workers if w.ready),
+        barrier=barrier,
+        latency_counts=tuple(books.latency_counts),
+        latency_sum=books.latency_sum,
+        workers=workers,
+        journal=journal if journal is not None else {"mode": "off"},
+        recent_failures=list(books.recent_failures),
+    )

@@ -1,0 +1,228 @@
+"""The workers as a whole: their links, the barrier, membership and liveness.
+
+A `Fleet` makes one link per configured worker (with CURVE keys when set),
+knows when every one of them said READY once (the barrier), adds and retires
+workers live, and every heartbeat greets, pings and names the links to lose.
+It returns what it finds; what to do about a lost link (re-send its jobs) is
+the dispatcher's business.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import gevent.event
+import zmq.green as zmq
+
+from greenpipe import protocol
+from greenpipe.config import Endpoint, PipeSettings, loopback
+from greenpipe.curve import Keypair, fingerprint, load_public, load_secret
+from greenpipe.link import LEAVING, READY, Link, OnEvent, OnMessage, PushLink
+from greenpipe.rotation import Rotation
+
+log = logging.getLogger(__name__)
+
+# Makes the link for one configured worker (tests pass one without sockets).
+LinkFactory = Callable[[int, Endpoint, OnMessage, OnEvent], Link]
+
+
+class Fleet:
+    """The configured workers' links, in configured order, and the barrier."""
+
+    def __init__(
+        self,
+        settings: PipeSettings,
+        context: zmq.Context,
+        on_message: OnMessage,
+        on_event: OnEvent,
+        link_factory: LinkFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self._context = context
+        self._on_message, self._on_event = on_message, on_event
+        self._make = link_factory or self._make_link
+        self.links: list[Link] = [
+            self._make(index, endpoint, on_message, on_event)
+            for index, endpoint in enumerate(settings.workers)
+        ]
+        self.acknowledged = [link for link in self.links if link.reliable]
+        self.removing: list[Link] = []  # removed live: finishing what they hold
+        self.barrier = gevent.event.Event()
+        self.rotation = Rotation(self.links)  # the same list: it sees additions
+        # (this web's keypair, workers' public key) when CURVE is on.
+        self.curve_keys: tuple[Keypair, bytes] | None = self._curve(settings)
+
+    def _make_link(
+        self, index: int, endpoint: Endpoint, on_message: OnMessage, on_event: OnEvent
+    ) -> Link:
+        kind = Link if endpoint.reliable else PushLink
+        return kind(index, endpoint, self._context, on_message, on_event)
+
+    def _curve(self, settings: PipeSettings) -> tuple[Keypair, bytes] | None:
+        """CURVE on every link when CURVE_SECRET is set; else warn beyond loopback."""
+        if settings.curve_secret:
+            keys = load_secret(settings.curve_secret, "CURVE_SECRET")
+            server = load_public(settings.curve_server, "CURVE_SERVER")
+            for link in self.links:
+                link.curve = (keys, server)
+            log.info("CURVE on: this web's key %s, workers' key %s",
+                     fingerprint(keys.public), fingerprint(server))  # fmt: skip
+            return keys, server
+        remote = [link.name for link in self.links
+                  if not loopback(link.endpoint.host)]  # fmt: skip
+        if remote:
+            log.warning(
+                "workers beyond loopback without CURVE (%s): jobs and results "
+                "cross the network in plain text and anyone there can impersonate "
+                "a worker; set GREENPIPE_CURVE_SECRET and GREENPIPE_CURVE_SERVER "
+                "(python -m greenpipe keys)",
+                ", ".join(remote),
+            )
+        return None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def open(self) -> None:
+        for link in self.links:
+            link.open()
+
+    def close(self) -> None:
+        """Say DONE to every worker that listens (it forgets this web); close all."""
+        for link in self.links:
+            link.goodbye()
+
+    # -- membership ----------------------------------------------------------------
+
+    def joined(self, link: Link, now: float) -> bool:
+        """`link` is in the rotation; True if that met the barrier just now."""
+        link.last_seen = now
+        if link.ever_ready:
+            return False
+        link.ever_ready = True
+        return self._check_barrier()
+
+    def _check_barrier(self) -> bool:
+        if self.barrier.is_set() or not all(link.ever_ready for link in self.links):
+            return False
+        log.info("barrier met: all %d workers ready", len(self.links))
+        self.barrier.set()
+        return True
+
+    def reconfigure(self, endpoints: Sequence[Endpoint]) -> tuple[list[str], list[str]]:
+        """Make `endpoints` the workers, live; returns (added, removed) names.
+
+        A new worker joins the rotation after its READY (the barrier, met
+        already, is not waited for again). A removed one takes no new job; it
+        leaves once what it holds is acknowledged (see `retire_if_done`).
+        """
+        current = {link.endpoint.address: link for link in self.links
+                   if link not in self.removing}  # fmt: skip
+        wanted = {endpoint.address: endpoint for endpoint in endpoints}
+        added, removed = [], []
+        for address, endpoint in wanted.items():
+            if address in current:
+                continue
+            link = self._make(len(self.links), endpoint, self._on_message,
+                              self._on_event)  # fmt: skip
+            link.curve = self.curve_keys
+            link.ever_ready = self.barrier.is_set()  # the barrier is not re-run
+            self.links.append(link)
+            if link.reliable:
+                self.acknowledged.append(link)
+            link.open()
+            added.append(link.name)
+        for address, link in current.items():
+            if address not in wanted:
+                self.removing.append(link)
+                link.leave()  # no new jobs; its acknowledgements still count
+                removed.append(link.name)
+                self.retire_if_done(link)
+        self._check_barrier()  # met now if the workers it waited for were removed
+        return added, removed
+
+    def retire_if_done(self, link: Link) -> bool:
+        """A removed worker holding nothing more: say DONE, close, forget it."""
+        if link not in self.removing or link.jobs:
+            return False
+        link.goodbye()
+        self.removing.remove(link)
+        self.links.remove(link)
+        if link in self.acknowledged:
+            self.acknowledged.remove(link)
+        log.info("worker %s removed (sent %d, acknowledged %d)", link.name,
+                 link.sent, link.acked)  # fmt: skip
+        return True
+
+    # -- liveness ------------------------------------------------------------------
+
+    def hello(self, link: Link, name: str) -> None:
+        link.send(protocol.encode_hello(self.settings.heartbeat, name))
+
+    def tick(
+        self, now: float, name: str, ack_deadline: float
+    ) -> list[tuple[Link, str]]:
+        """Every HEARTBEAT: greet, ping; the links to lose, with the reason."""
+        timeout = self.settings.heartbeat_timeout
+        lose = []
+        for link in list(self.acknowledged):
+            if link.needs_hello():
+                if link.connected:  # in case a HELLO went to a worker that died since
+                    self.hello(link, name)
+                continue
+            link.send(protocol.encode_ping(link.credit_seq))
+            silent = now - link.last_seen
+            if silent > timeout:
+                # A busy web may not have read what arrived: silence must be the
+                # worker's, not this loop's.
+                link.receive_queued()
+                silent = now - link.last_seen
+            if link.state not in (READY, LEAVING):
+                continue  # receive_queued() handed in a BYE or the link was lost
+            if silent > timeout:
+                lose.append((link, f"no heartbeat for {silent:.1f} s"))
+            elif link.jobs:
+                oldest = next(iter(link.jobs.values()))
+                if now - oldest.sent_at > ack_deadline:
+                    lose.append((link, f"job {oldest.id} not acknowledged within "
+                                       f"{ack_deadline:.0f} s"))  # fmt: skip
+        return lose
+
+    # -- what it holds ---------------------------------------------------------------
+
+    def any_ready(self) -> bool:
+        for link in self.links:
+            if link.state is READY:
+                return True
+        return False
+
+    def free_credit(self) -> int:
+        """Jobs the ready workers would take now, all together."""
+        return sum(max(0, link.credit - len(link.jobs))
+                   for link in self.links if link.state is READY)  # fmt: skip
+
+    def in_flight(self) -> int:
+        return sum(len(link.jobs) for link in self.links)
+
+    def pushed(self) -> int:
+        """Jobs handed to plain PULL workers: at most once, never acknowledged."""
+        return sum(link.sent for link in self.links if not link.reliable)
+
+    def states(self) -> str:
+        return ", ".join(f"{link.name} {link.status}" for link in self.links)
+
+    def barrier_message(self) -> str:
+        waiting = [link.name for link in self.links if not link.ever_ready]
+        ready = len(self.links) - len(waiting)
+        return (
+            f"{ready} of {len(self.links)} workers READY after "
+            f"{self.settings.ready_timeout:g} s (waiting on {', '.join(waiting)}); "
+            "is server.py running there?"
+        )
+
+    def health(self) -> tuple[list[str], dict[str, str]]:
+        """(names of the ready workers, {name: why not} for the others)."""
+        ready = [link.name for link in self.links if link.state == READY]
+        not_ready = {link.name: link.handshake_error or link.status.value
+                     for link in self.links if link.state != READY}  # fmt: skip
+        return ready, not_ready
