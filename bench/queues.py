@@ -74,7 +74,7 @@ def rq_noop() -> None:
 def create_app(kind: str):
     from flask import Flask
 
-    from greenpipe.app import accepted
+    from greenpipe.routes import accepted
 
     app = Flask(f"bench-{kind}")
     if kind == "celery":

@@ -32,7 +32,7 @@ _WHERE = {
     "Outcome": "greenpipe.jobs",
     "Status": "greenpipe.jobs",
     "serve": "greenpipe.webserver",
-    "json_errors": "greenpipe.app",
+    "json_errors": "greenpipe.routes",
     "GreenpipeError": "greenpipe.errors",
     "ConfigError": "greenpipe.errors",
     "Unavailable": "greenpipe.errors",
@@ -40,12 +40,12 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
-    from greenpipe.app import json_errors  # noqa: F401
     from greenpipe.errors import ConfigError, GreenpipeError, Unavailable  # noqa: F401
     from greenpipe.ext import Greenpipe  # noqa: F401
     from greenpipe.jobs import Job, Outcome, Status  # noqa: F401
     from greenpipe.pipe import Pipe, Receipt  # noqa: F401
     from greenpipe.registry import Handlers, UnknownJob  # noqa: F401
+    from greenpipe.routes import json_errors  # noqa: F401
     from greenpipe.webserver import serve  # noqa: F401
 
 

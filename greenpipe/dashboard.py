@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Response, request, send_from_directory
 from werkzeug.exceptions import NotFound
 
-from greenpipe.app import _error, json_response, shared_port, unavailable
 from greenpipe.errors import Unavailable
+from greenpipe.routes import _error, json_response, shared_port, unavailable
 
 if TYPE_CHECKING:
     from greenpipe.history import History

@@ -34,7 +34,7 @@ from greenpipe.fleet import Fleet, LinkFactory
 from greenpipe.jobs import Envelope, Outcome, Status
 from greenpipe.journal import Journal
 from greenpipe.link import Event, Happened, Link
-from greenpipe.status import JobRecords
+from greenpipe.records import JobRecords
 from greenpipe.throttle import Throttle
 
 log = logging.getLogger(__name__)

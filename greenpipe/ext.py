@@ -9,7 +9,7 @@ from typing import Any
 import gevent
 from flask import Blueprint, Flask, current_app, has_app_context, request
 
-from greenpipe import app as routes
+from greenpipe import routes
 from greenpipe.commit import took_turn
 from greenpipe.config import WebSettings, _flag, load_web
 from greenpipe.dashboard import dashboard_blueprint

@@ -5,7 +5,7 @@ is counted twice on the request path; prometheus_client writes the text
 exposition format. The workers' figures (handled, failed, handler run time)
 arrive with their heartbeats, so one scrape of the web shows the whole system.
 Each series carries no process label: with several processes on one port,
-see `greenpipe.app` (421) and the README (METRICS_PORT).
+see `greenpipe.routes` (421) and the README (METRICS_PORT).
 """
 
 from __future__ import annotations

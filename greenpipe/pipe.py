@@ -26,7 +26,7 @@ from greenpipe.errors import ConfigError
 from greenpipe.handling import run_handler
 from greenpipe.history import History
 from greenpipe.jobs import Envelope, Job, Outcome, Status
-from greenpipe.status import JobRecords
+from greenpipe.records import JobRecords
 
 _MISSING: Any = object()
 # Every Pipe, so that a forked child knows none of them runs in it (the links
@@ -226,7 +226,7 @@ class Pipe:
             return Receipt(job.id, name)
         return self.outcome(job, wait) or Outcome("", Status.TIMEOUT, b"", job.id)
 
-    # The interface the HTTP routes use (greenpipe.app).
+    # The interface the HTTP routes use (greenpipe.routes).
     def submit(self, job: Envelope, key: str = "") -> Envelope:
         """Accept `job` (from `Envelope.new`) or raise `Unavailable`: see `push`."""
         if not self.started:

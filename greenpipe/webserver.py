@@ -29,7 +29,6 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 
 import greenpipe
 from greenpipe import entry
-from greenpipe.app import json_errors
 from greenpipe.commit import took_turn
 from greenpipe.config import (
     WebSettings,
@@ -40,6 +39,7 @@ from greenpipe.config import (
 )
 from greenpipe.errors import BodyTimeout, ConfigError, LinkError
 from greenpipe.ext import Greenpipe, extension_of
+from greenpipe.routes import json_errors
 from greenpipe.throttle import Throttle
 
 log = logging.getLogger(__name__)

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from greenpipe.app import create_app, parse_wait
 from greenpipe.config import WebSettings
 from greenpipe.errors import Unavailable
 from greenpipe.jobs import Outcome, Status
+from greenpipe.routes import create_app, parse_wait
 
 
 @dataclass

@@ -394,7 +394,7 @@ def test_in_process_worker_stop_is_exact_no_resend(context):
 
 
 def test_job_records_are_bounded_by_count_and_age():
-    from greenpipe.status import JobRecords
+    from greenpipe.records import JobRecords
 
     clock = Clock()
     records = JobRecords(keep=100, ttl=10, clock=clock)

@@ -159,7 +159,7 @@ def test_metrics_in_inline_mode_answer_the_inline_figures():
 
 
 def test_a_result_that_is_not_json_is_shown_as_text():
-    from greenpipe.status import JobRecords
+    from greenpipe.records import JobRecords
 
     records = JobRecords(10, 60)
     records.add("a", Status.DONE, "w", 1, b'{"n": 1}')

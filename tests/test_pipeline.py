@@ -1,4 +1,4 @@
-"""greenpipe.pipeline in one process: the barrier, the stream, pause and resume."""
+"""greenpipe.pushpull in one process: the barrier, the stream, pause and resume."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import gevent.queue
 import pytest
 
 from greenpipe.errors import LinkError
-from greenpipe.pipeline import Puller, Pusher
+from greenpipe.pushpull import Puller, Pusher
 
 
 @pytest.fixture

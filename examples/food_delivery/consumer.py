@@ -19,7 +19,7 @@ import sys  # noqa: E402
 
 import gevent  # noqa: E402
 
-from greenpipe.pipeline import Puller  # noqa: E402
+from greenpipe.pushpull import Puller  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import os  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
 
-from greenpipe.pipeline import Pusher  # noqa: E402
+from greenpipe.pushpull import Pusher  # noqa: E402
 
 DISHES = [
     "pad thai",

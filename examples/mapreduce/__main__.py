@@ -28,7 +28,7 @@ from collections import Counter  # noqa: E402
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 
-from greenpipe.pipeline import Puller, Pusher  # noqa: E402
+from greenpipe.pushpull import Puller, Pusher  # noqa: E402
 
 
 def sink(address: str) -> int:

@@ -16,7 +16,7 @@ import logging  # noqa: E402
 
 import gevent  # noqa: E402
 
-from greenpipe.pipeline import Puller, Pusher  # noqa: E402
+from greenpipe.pushpull import Puller, Pusher  # noqa: E402
 
 log = logging.getLogger("examples.sum")
 PACE_S = 0.02  # one number every 20 ms

@@ -5,7 +5,7 @@ this adds to raw zmq.green sockets is the barrier that replaces the classic
 ``sleep 1`` before the first push, a puller that is a real stream, and
 sockets that close themselves::
 
-    from greenpipe.pipeline import Pusher, Puller
+    from greenpipe.pushpull import Pusher, Puller
 
     with Pusher("tcp://127.0.0.1:5557", bind=True) as pusher:
         pusher.wait_for_peers(3, timeout=10)    # all three workers connected
