@@ -8,7 +8,6 @@ sends headers and body in one write, and yields after each keep-alive request.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
@@ -20,12 +19,21 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
+from email.parser import Parser
 
 import gevent
 import gevent.event
 from flask import Flask
 from gevent.pool import Pool
-from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
+from gevent.pywsgi import (
+    Input,
+    LoggingLogAdapter,
+    OldMessage,
+    WSGIHandler,
+    WSGIServer,
+    _InvalidClientInput,
+)
+from werkzeug.exceptions import BadRequest
 
 import greenpipe
 from greenpipe import entry
@@ -39,6 +47,7 @@ from greenpipe.config import (
 )
 from greenpipe.errors import BodyTimeout, ConfigError, LinkError
 from greenpipe.ext import Greenpipe, extension_of
+from greenpipe.framing import Refused, check_fields, check_request_line, read_head
 from greenpipe.routes import json_errors
 from greenpipe.throttle import Throttle
 
@@ -61,9 +70,6 @@ RESPONSE_408 = _canned("408 Request Timeout", "", "request timeout",
 RESPONSE_503 = _canned("503 Service Unavailable", "Retry-After: 1\r\n", "unavailable",
                        "MAX_CONNECTIONS connections are open and none can give way; "
                        "retry in a second")  # fmt: skip
-RESPONSE_431 = _canned("431 Request Header Fields Too Large", "",
-                       "request header fields too large",
-                       "at most 100 header lines are read")  # fmt: skip
 OVERFLOW = 64  # connections past MAX_CONNECTIONS that get a quick answer
 
 
@@ -82,6 +88,7 @@ class _Handler(WSGIHandler):
     """
 
     served = 0  # requests answered on this connection
+    version = (1, 1)  # the request line's, once checked
     evicted = False
     _timer: gevent.Timeout | None = None
 
@@ -99,6 +106,8 @@ class _Handler(WSGIHandler):
         self._timer = gevent.Timeout.start_new(wait, _Cut(kind))
         try:
             line = super().read_requestline()
+            if line == "\r\n":  # RFC 9112 §2.2: ignore an empty line before a request
+                line = super().read_requestline()
         except (_Cut, OSError) as exc:
             self._end_wait()
             if isinstance(exc, _Cut):
@@ -114,13 +123,24 @@ class _Handler(WSGIHandler):
         return line
 
     def read_request(self, raw_requestline: str):
+        # Refused (framing.py) for a head that a proxy could read another way;
+        # pywsgi parses it only once the checks have passed.
         try:
+            self.version = check_request_line(raw_requestline)
             done = super().read_request(raw_requestline)
         finally:
             self._end_wait()
         if self.evicted:  # the headers "ended" because we shut the socket
             raise _Cut("evicted")
         return done
+
+    def MessageClass(self, fp, *args) -> OldMessage:  # noqa: N802 (pywsgi's name)
+        """The request's fields, checked by framing.py, then parsed as pywsgi does."""
+        lines = read_head(fp.readline)
+        if self.evicted:  # the head "ended" because we shut the socket
+            raise _Cut("evicted")
+        check_fields(self.version, lines)
+        return Parser(_class=OldMessage).parsestr(b"".join(lines).decode("latin-1"))
 
     def _end_wait(self) -> None:
         if self._timer is not None:
@@ -134,12 +154,14 @@ class _Handler(WSGIHandler):
         if isinstance(ex, _Cut):
             self.server.cut[ex.args[0]] += 1
             return ("408", RESPONSE_408)
-        if isinstance(ex, http.client.HTTPException):  # over 100 header lines
-            self.server.cut["headers"] += 1
-            self.log_error("(from %s) %s", self.client_address, ex)
-            return ("431", RESPONSE_431)
+        if isinstance(ex, Refused):
+            self.server.cut[ex.kind] += 1
+            self.log_error("(from %s) %s %s", self.client_address, ex.status, ex)
+            return (str(ex.status), _canned(ex.status_line, "", ex.error, ex.detail))
         self.server.cut["malformed"] += 1
-        return super()._handle_client_error(ex)
+        super()._handle_client_error(ex)  # logs it
+        detail = f"{ex}; send a well-formed HTTP/1.1 request"
+        return ("400", _canned("400 Bad Request", "", "bad request", detail))
 
     def evict(self) -> None:
         """Shut this waiting connection: its read ends as if the client left."""
@@ -157,6 +179,8 @@ class _Handler(WSGIHandler):
             self.content_length or env.get("HTTP_TRANSFER_ENCODING")
         ):
             self.wsgi_input.rfile = _Body(self.wsgi_input.rfile, self)
+            if self.wsgi_input.chunked_input and env["wsgi.input"] is self.wsgi_input:
+                env["wsgi.input"] = _Chunks(self.wsgi_input, self)
         return env
 
     def handle_one_request(self):
@@ -228,6 +252,49 @@ class _Body:
 
     def readline(self, *args):
         return self._call(self._rfile.readline, *args)
+
+
+class BrokenBody(BadRequest, OSError):
+    """A chunked body that does not parse: a 400 from any Flask view reading it.
+
+    An OSError too, so code that reads the body and handles a reset connection
+    (web.py's forwarding views) handles this the same way.
+    """
+
+
+class _Chunks:
+    """A chunked body's WSGI input: a chunk that does not parse is a 400, not a 500.
+
+    pywsgi raises an IOError for it, which a view reading the body with Flask's
+    `request.get_data()` would turn into a 500; the connection is closed
+    either way (where the next request starts is unknown).
+    """
+
+    def __init__(self, wsgi_input: Input, handler: _Handler) -> None:
+        self._input = wsgi_input
+        self._handler = handler
+
+    def _call(self, read, *args):
+        try:
+            return read(*args)
+        except _InvalidClientInput as exc:
+            self._handler.close_connection = True
+            raise BrokenBody(
+                f"the chunked body does not parse ({exc}); send each chunk as its "
+                "size in hex, CRLF, the data, CRLF (RFC 9112 §7.1)"
+            ) from None
+
+    def read(self, *args):
+        return self._call(self._input.read, *args)
+
+    def readline(self, *args):
+        return self._call(self._input.readline, *args)
+
+    def readlines(self, *args):
+        return self._call(self._input.readlines, *args)
+
+    def __iter__(self):
+        return iter(self.readline, b"")
 
 
 class _QuietLog:
