@@ -88,7 +88,8 @@ def check_request_line(line: str) -> tuple[int, int]:
 def _request_line_problem(line: str) -> Refused:
     if not line.endswith("\r\n"):
         end = "a bare LF" if line.endswith("\n") else "no line end"
-        return _bad(f"the request line {_show(line)} ends in {end}; end it with CRLF")
+        return _bad(f"the request line {_show(line)} ends in {end}; send it ended "
+                    "by CRLF")  # fmt: skip
     words = line[:-2].split(" ")
     if len(words) != 3 or not all(words):
         return _bad(
@@ -103,7 +104,7 @@ def _request_line_problem(line: str) -> Refused:
         return _bad(f"version {_show(version)} does not parse (RFC 9112 §2.3); send "
                     "HTTP/1.1")  # fmt: skip
     return _bad(f"request target {_show(target)} holds a control character; "
-                "percent-encode it")  # fmt: skip
+                "send it percent-encoded")  # fmt: skip
 
 
 def read_head(readline: Callable[[int], bytes]) -> list[bytes]:
@@ -132,8 +133,11 @@ def read_head(readline: Callable[[int], bytes]) -> list[bytes]:
             return lines
 
 
-def check_fields(version: tuple[int, int], lines: list[bytes]) -> None:
-    """Check a request head's field lines (from `read_head`); raise `Refused`.
+def check_fields(version: tuple[int, int], lines: list[bytes]) -> list[tuple[str, str]]:
+    """A request head's fields (from `read_head`) as (name, value); or `Refused`.
+
+    Each name and value as sent (latin-1), the value without the whitespace
+    after the colon, as `email.parser` gives them for a head that passes.
 
     Field syntax (RFC 9112 §5, RFC 9110 §5.5): a token name, its colon right
     after it, no CR, LF, NUL or other control in a value, no obs-fold, CRLF
@@ -143,13 +147,16 @@ def check_fields(version: tuple[int, int], lines: list[bytes]) -> None:
     if lines[-1] != b"\r\n":
         raise _field_problem(lines[-1])
     framing: dict[bytes, list[bytes]] = {}
+    fields = []
     for line in lines[:-1]:
         match = _FIELD.fullmatch(line)
         if match is None:
             raise _field_problem(line)
-        name = match[1].lower()
-        if name in _FRAMING:
-            framing.setdefault(name, []).append(match[2].rstrip(b" \t"))
+        name, value = match.groups()
+        fields.append((name.decode("latin-1"), value.decode("latin-1")))
+        lower = name.lower()
+        if lower in _FRAMING:
+            framing.setdefault(lower, []).append(value.rstrip(b" \t"))
     if version >= (1, 1) or b"host" in framing:
         _check_host(framing.get(b"host", []))
     if framing:
@@ -158,6 +165,7 @@ def check_fields(version: tuple[int, int], lines: list[bytes]) -> None:
             framing.get(b"content-length"),
             framing.get(b"transfer-encoding"),
         )
+    return fields
 
 
 def _field_problem(line: bytes) -> Refused:
@@ -165,8 +173,8 @@ def _field_problem(line: bytes) -> Refused:
         return _bad("the request head ended before its empty line; send the whole "
                     "head, ended by CRLF CRLF")  # fmt: skip
     if not line.endswith(b"\r\n"):
-        return _bad(f"the header line {_show(line)} ends in a bare LF; end each "
-                    "line with CRLF")  # fmt: skip
+        return _bad(f"the header line {_show(line)} ends in a bare LF; send each "
+                    "line ended by CRLF")  # fmt: skip
     if line[:1] in (b" ", b"\t"):
         return _bad(
             f"the header line {_show(line[:-2])} starts with whitespace: a field "
@@ -190,7 +198,8 @@ def _field_problem(line: bytes) -> Refused:
     shown = _show(value.strip(b" \t"))
     return _bad(
         f"the value of {name.decode('latin-1')} holds {what} ({shown}); field "
-        "values may not hold CR, LF, NUL or other controls (RFC 9110 §5.5)"
+        "values may not hold CR, LF, NUL or other controls (RFC 9110 §5.5); send "
+        "visible characters, spaces and tabs only"
     )
 
 

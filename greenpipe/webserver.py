@@ -19,7 +19,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
-from email.parser import Parser
 
 import gevent
 import gevent.event
@@ -135,12 +134,19 @@ class _Handler(WSGIHandler):
         return done
 
     def MessageClass(self, fp, *args) -> OldMessage:  # noqa: N802 (pywsgi's name)
-        """The request's fields, checked by framing.py, then parsed as pywsgi does."""
+        """The request's fields, checked by framing.py, in pywsgi's header object.
+
+        A head that passes the checks has one field per line, so the fields go
+        in as they are: what email.parser (pywsgi's way) would make of them,
+        without its cost (about 20 µs a request).
+        """
         lines = read_head(fp.readline)
         if self.evicted:  # the head "ended" because we shut the socket
             raise _Cut("evicted")
-        check_fields(self.version, lines)
-        return Parser(_class=OldMessage).parsestr(b"".join(lines).decode("latin-1"))
+        headers = OldMessage()
+        for name, value in check_fields(self.version, lines):
+            headers.set_raw(name, value)
+        return headers
 
     def _end_wait(self) -> None:
         if self._timer is not None:
