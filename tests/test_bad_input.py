@@ -167,3 +167,52 @@ def test_web_drops_malformed_frames_from_a_worker(start_web):
     finally:
         fake.close()
         ctx.term()
+
+
+HEADS = [
+    b"Host: x\r\n\r\n",
+    b"Host: 127.0.0.1:4567\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 13\r\nAccept: */*\r\n\r\n",
+    b"host:x\r\nX-Empty:\r\nX-Trailing: a \t\r\nX-Tab:\tb\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
+    b"Host: x\r\nCookie: a=1\r\nCookie: b=2\r\nX-Latin: caf\xe9\r\nWeird!#$%&'*+-.^_`|~: v\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_checked_fields_are_what_pywsgis_parser_makes_of_them(head):
+    """The server builds pywsgi's header object from checked fields directly."""
+    from email.parser import Parser
+    from io import BytesIO
+
+    from gevent.pywsgi import OldMessage
+
+    from greenpipe.framing import check_fields, read_head
+
+    fields = check_fields((1, 1), read_head(BytesIO(head).readline))
+    parsed = Parser(_class=OldMessage).parsestr(head.decode("latin-1"))
+    assert fields == parsed.items()
+    assert list(parsed.headers) == [f"{n}: {v}\r\n" for n, v in fields]
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "needle"),
+    [
+        (b"Content-Length: 3\r\nContent-Length: 40\r\n", 400, "('3', '40')"),
+        (b"Content-Length : 3\r\n", 400, "'Content-Length' and its colon"),
+        (b"Transfer-Encoding: gzip, chunked\r\n", 501, "'gzip'"),
+        (b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n", 400, "send one"),
+        (b"X-A: 1\r\n 2\r\n", 400, "obs-fold"),
+        (b"X-A: 1\x002\r\n", 400, "a NUL"),
+    ],
+)
+def test_framing_refusals_name_the_value_and_what_to_send(head, status, needle):
+    from io import BytesIO
+
+    from greenpipe.framing import Refused, check_fields, read_head
+
+    with pytest.raises(Refused) as refused:
+        check_fields(
+            (1, 1), read_head(BytesIO(b"Host: x\r\n" + head + b"\r\n").readline)
+        )
+    assert refused.value.status == status and needle in refused.value.detail
+    assert "send" in refused.value.detail, refused.value.detail
