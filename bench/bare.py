@@ -18,8 +18,8 @@ import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 from flask import Flask  # noqa: E402
 
+from greenpipe.httpserver import make_server  # noqa: E402
 from greenpipe.routes import accepted  # noqa: E402
-from greenpipe.webserver import make_server  # noqa: E402
 
 log = logging.getLogger("bench.bare")
 

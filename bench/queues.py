@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     import gevent
     import gevent.event
 
-    from greenpipe.webserver import make_server
+    from greenpipe.httpserver import make_server
 
     parser = argparse.ArgumentParser(prog="python -m bench.queues")
     parser.add_argument("role", choices=["web"])

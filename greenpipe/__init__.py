@@ -31,7 +31,7 @@ _WHERE = {
     "Job": "greenpipe.jobs",
     "Outcome": "greenpipe.jobs",
     "Status": "greenpipe.jobs",
-    "serve": "greenpipe.webserver",
+    "serve": "greenpipe.serving",
     "json_errors": "greenpipe.routes",
     "GreenpipeError": "greenpipe.errors",
     "ConfigError": "greenpipe.errors",
@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from greenpipe.pipe import Pipe, Receipt  # noqa: F401
     from greenpipe.registry import Handlers, UnknownJob  # noqa: F401
     from greenpipe.routes import json_errors  # noqa: F401
-    from greenpipe.webserver import serve  # noqa: F401
+    from greenpipe.serving import serve  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

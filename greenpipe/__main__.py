@@ -12,7 +12,7 @@ monkey.patch_all()  # first statement: patching late leaves blocking sockets beh
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
-from greenpipe import config, entry, webserver, worker  # noqa: E402
+from greenpipe import config, entry, serving, worker  # noqa: E402
 
 USAGE = """usage: greenpipe {web,worker,keys} [--help] [flags]
 
@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     command = args.pop(0) if args else ""
     if command == "web":
-        return entry.main(config.load_web, webserver.run, args)
+        return entry.main(config.load_web, serving.run, args)
     if command == "worker":
         return entry.main(config.load_worker, worker.run, args)
     if command == "keys":
