@@ -42,7 +42,7 @@ def test_jobs_not_acknowledged_are_replayed_whole(tmp_path):
     first = Journal(str(tmp_path))
     assert first.open().jobs == []
     jobs = _jobs(4)
-    first.append_jobs(jobs, [b"key-0", b"", b"", b""])
+    first.append_jobs(jobs, [("key-0", 1.0), ("", 0.0), ("", 0.0), ("", 0.0)])
     first.acked(jobs[1:2])
     first.close()
     again = Journal(str(tmp_path))
@@ -147,12 +147,11 @@ def test_size_follows_what_is_owed_not_the_history(tmp_path, monkeypatch):
 
 def test_keys_outlive_the_segments_their_jobs_were_in(tmp_path, monkeypatch):
     monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 512)
-    journal = Journal(str(tmp_path))
-    journal.open()
     keys = {"order-7": ("t-0000", 1e12)}
-    journal.keys = lambda: keys
+    journal = Journal(str(tmp_path), keys=lambda: keys)
+    journal.open()
     first = _jobs(1)
-    journal.append_jobs(first, [b"order-7"])
+    journal.append_jobs(first, [("order-7", 1e12)])
     for round_ in range(20):  # its segment drains and goes
         jobs = _jobs(5, start=100 + round_ * 5)
         journal.append_jobs(jobs)
@@ -314,24 +313,19 @@ def test_idempotency_key_returns_the_first_job_across_a_restart(start_worker, st
     assert handled.count(first[2]["id"]) == 1, "one job for one key"
 
 
-def test_a_slow_sync_sends_the_next_ones_to_the_thread_pool(tmp_path, monkeypatch):
-    import time as time_module
+def test_every_sync_runs_off_the_event_loop(tmp_path, monkeypatch):
+    """Issue 24, case 4: a sync that stalls must never hold the event loop."""
+    import threading
 
-    slow = []
-
-    def slow_sync(fd: int) -> None:
-        if slow:
-            time_module.sleep(0.01)  # sleep-ok: a disk that takes 10 ms to sync
-
-    monkeypatch.setattr(os, "fdatasync", slow_sync)
+    loop_thread, threads = threading.get_ident(), []
+    for name in ("fdatasync", "fsync"):
+        monkeypatch.setattr(os, name, lambda fd: threads.append(threading.get_ident()))
+    monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 256)
     journal = Journal(str(tmp_path), sync="batch")
     journal.open()
-    journal.append_jobs(_jobs(2))
-    assert journal.slow_syncs == 0 and journal._pool_syncs == 0, "quick: inline"
-    slow.append(True)
-    journal.append_jobs(_jobs(2, start=2))
-    assert journal.slow_syncs == 1
-    assert journal._pool_syncs == journal_module.INLINE_PROBE, "the next go to the pool"
-    journal.append_jobs(_jobs(2, start=4))  # in gevent's thread pool now
-    assert journal._pool_syncs == journal_module.INLINE_PROBE - 1
+    for round_ in range(4):  # groups, a roll, a keys file rewritten
+        jobs = _jobs(2, start=2 * round_)
+        journal.append_jobs(jobs, [(f"k{round_}", 1.0), ("", 0.0)])
+        journal.acked(jobs)
+    assert threads and loop_thread not in threads, "a sync ran on the event loop"
     journal.close()
