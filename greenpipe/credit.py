@@ -19,7 +19,13 @@ whatever the number of webs. Credit moves to the webs that use it:
   for READY); then shares are max-min fair over what each web used since the
   last tick (doubled), so an idle web lends its share to a busy one, down to
   a floor of half an equal share: a burst from it then starts within its
-  credit, and its round-robin stays exact.
+  credit, and its round-robin stays exact. The floor is never more than
+  what the capacity covers (0 when CONCURRENCY < 2 × webs).
+- A web at credit 0 cannot show its need (it sends nothing). It counts as
+  hungry once it has been dry PROBE_TICKS ticks, or as soon as another web
+  left its credit unused for a tick; ties go to the web dry the longest.
+  So with CONCURRENCY below the number of webs the credit takes turns, and
+  a web with jobs waits at most about PROBE_TICKS ticks for some (issue 24).
 
 Pure bookkeeping: no sockets, no clock (the worker calls `rebalance` on its
 ticks and when a PING confirms a cut); tests/test_credit.py drives it.
@@ -28,6 +34,8 @@ ticks and when a PING confirms a cut); tests/test_credit.py drives it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+PROBE_TICKS = 4  # ticks a web may sit at credit 0 before it counts as hungry
 
 
 @dataclass(eq=False)
@@ -42,6 +50,8 @@ class Account:
     doubt: list[tuple[int, int]] = field(default_factory=list)  # (seq, cut)
     waiting: bool = True  # READY not sent yet
     gone: bool = False
+    dry: int = 0  # ticks in a row at credit 0 (see PROBE_TICKS)
+    granted: bool = False  # its credit grew in this window: not idle yet
 
     @property
     def reserved(self) -> int:
@@ -51,13 +61,24 @@ class Account:
 
     @property
     def hungry(self) -> bool:
-        return self.waiting or self.peak >= self.credit
+        """Holds all its credit, or waits for READY, or has been dry too long."""
+        if self.credit == 0:
+            return self.waiting or self.dry >= PROBE_TICKS
+        return self.peak >= self.credit
 
 
-def water_fill(capacity: int, demands: dict[bytes, int]) -> dict[bytes, int]:
-    """Max-min fair shares of `capacity` (integers; the remainder to the largest)."""
+def water_fill(
+    capacity: int, demands: dict[bytes, int], first: dict[bytes, int] | None = None
+) -> dict[bytes, int]:
+    """Max-min fair shares of `capacity` (integers; the remainder to the largest).
+
+    Among equal demands the highest `first` is served last, so it gets what
+    is left when the capacity cannot give everyone a share.
+    """
     shares: dict[bytes, int] = {}
-    left, order = capacity, sorted(demands, key=demands.__getitem__)
+    rank = first or {}
+    left = capacity
+    order = sorted(demands, key=lambda key: (demands[key], rank.get(key, 0)))
     for index, key in enumerate(order):
         share = min(demands[key], left // (len(order) - index))
         shares[key] = share
@@ -121,16 +142,20 @@ class Shares:
         """
         accounts = list(self.accounts.values())
         actions: list[tuple[Account, int]] = []
-        if any(a.hungry for a in accounts):
+        # Credit left unused for a whole window may be what a dry web needs.
+        idle = any(a.credit and not (a.peak or a.held or a.granted) for a in accounts)
+        hungry = {a.key for a in accounts if a.hungry or (idle and not a.credit)}
+        if hungry:
             if len(accounts) == 1:
                 targets = {accounts[0].key: self.capacity}
             else:
-                # An idle web keeps a floor (half an equal share), so a burst
-                # from it starts within its credit, and what it used doubled.
-                floor = max(1, self.capacity // (2 * len(accounts)))
-                demands = {a.key: self.capacity if a.hungry
+                # An idle web keeps a floor (half an equal share, if there is
+                # one), so a burst from it starts within its credit.
+                floor = self.capacity // (2 * len(accounts))
+                demands = {a.key: self.capacity if a.key in hungry
                            else max(floor, 2 * a.peak) for a in accounts}  # fmt: skip
-                targets = water_fill(self.capacity, demands)
+                dry = {a.key: a.dry for a in accounts}
+                targets = water_fill(self.capacity, demands, dry)
             slack = max(1, self.capacity // 20)
             for a in accounts:  # cuts first: they free capacity once confirmed
                 excess = a.credit - targets[a.key]
@@ -145,6 +170,7 @@ class Shares:
                 if want > 0 and free > 0:
                     grant = min(want, free)
                     a.credit += grant
+                    a.granted = True
                     free -= grant
                     if not a.waiting:
                         a.seq += 1
@@ -158,4 +184,21 @@ class Shares:
         if tick:
             for a in accounts:
                 a.peak = a.held
+                a.dry = a.dry + 1 if a.credit == 0 and not a.waiting else 0
+                a.granted = False
         return actions
+
+    def unsent(self, account: Account, change: int) -> None:
+        """A READY or CREDIT `change` from `rebalance` was not sent (queue full).
+
+        Undone as if never decided, so the web's view and the books agree; the
+        next rebalance decides again (an unsent cut booked as sent would let
+        a later grant's sequence number clear it, and the worker overfill).
+        """
+        if change == 0:
+            account.waiting = True
+            return
+        account.seq -= 1
+        account.credit -= change
+        if change < 0:
+            account.doubt.pop()

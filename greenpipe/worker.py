@@ -339,7 +339,8 @@ class Worker:
                 message = self._ready(account)
             else:
                 message = protocol.encode_credit(change, account.seq)
-            self._send(account.key, message)
+            if not self._send(account.key, message):  # full: as for an unsent ACKS
+                self.shares.unsent(account, change)
 
     def _drop(self, ident: bytes, what: str) -> None:
         self.malformed += 1
