@@ -526,8 +526,10 @@ class Journal:
             return
         origins = [self._segments.get(entry.job.segment) for entry in entries]
         self._append([_Owed(e.job, e.size, e.key, e.at) for e in entries])
+        # Owed here now, not there (a compaction cut short must not carry them
+        # again once acknowledged), unless acknowledged during the write.
         for entry, old in zip(entries, origins, strict=True):
-            if old is not None and entry.job.id not in old.owed:  # acked meanwhile
+            if old is not None and old.owed.pop(entry.job.id, None) is None:
                 self._segments[self._segment].owed.pop(entry.job.id, None)
         self.carried += len(entries)
 

@@ -1,0 +1,275 @@
+"""The journal crashed at every write, sync, rename, unlink and cut it makes.
+
+A seeded workload (an orphaned slot to adopt, groups with and without keys,
+acknowledgements, ACK flushes, a full disk now and then, a group interrupted
+after its sync as a gevent.Timeout would) runs against a real `Journal` whose
+``os`` is a `Disk`: it counts each mutating call and, at the chosen one,
+"crashes" as kill -9 does (a write torn at a random length, the call not
+made, every descriptor dropped and with it the slot's flock). In power-loss
+mode (batch only) each file then also falls back to what was last synced
+plus a random part of what was written after. The journal is reopened with
+the real ``os`` and checked (`_check`). Syncs run inline here (the thread
+pool is tested in test_journal.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from greenpipe import journal as journal_module
+from greenpipe.jobs import Envelope
+from greenpipe.journal import Journal, JournalError
+from greenpipe.segments import ACK, read_records
+
+MUTATING = ("write", "fdatasync", "fsync", "ftruncate", "rename", "unlink", "link")
+
+
+class Crash(BaseException):
+    pass
+
+
+class Interrupted(BaseException):
+    """A gevent.Timeout thrown while the thread pool's sync went on and completed."""
+
+
+class Disk:
+    """`os` for the journal, with a crash at mutating call number `crash_at`."""
+
+    def __init__(self, crash_at: int, rng: random.Random, faults: bool) -> None:
+        self.crash_at, self.rng, self.faults = crash_at, rng, faults
+        self.calls = 0
+        self.fds: dict[int, str] = {}
+        self.synced: dict[str, bytes] = {}  # path -> content at its last sync
+        # path -> (end offset, ids) of each ACK record written and not cut back
+        # (a segment unlinked keeps its entries: its ACKs must stay in force)
+        self.acks: dict[str, list[tuple[int, set[str]]]] = {}
+        self.durable: dict[str, int] = {}  # path -> length synced and not cut since
+        self.touched: set[str] = set()  # files written through this Disk
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+    def _step(self, name: str) -> None:
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise Crash(name)
+        if self.faults and name == "write" and self.calls % 29 == 11:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def open(self, path, flags, mode=0o777):
+        fd = os.open(path, flags, mode)
+        self.fds[fd] = os.path.abspath(path)
+        return fd
+
+    def close(self, fd):
+        self.fds.pop(fd, None)
+        os.close(fd)
+
+    def write(self, fd, data):
+        try:
+            self._step("write")
+        except Crash:
+            os.write(fd, bytes(data)[: self.rng.randrange(len(data) + 1)])  # torn
+            self.touched.add(self.fds.get(fd, ""))
+            raise
+        path, start = self.fds.get(fd, ""), os.fstat(fd).st_size
+        written = os.write(fd, data)
+        self.touched.add(path)
+        records, offset = read_records(bytes(data))[0], start
+        for kind, payload in records:
+            offset += 9 + len(payload)
+            if kind == ACK:
+                entry = (offset, set(payload.decode().split()))
+                self.acks.setdefault(path, []).append(entry)
+        return written
+
+    def fdatasync(self, fd):
+        self._step("fdatasync")  # durability is this model's (`synced`): no real sync
+        path = self.fds.get(fd, "")
+        if os.path.isfile(path):
+            self.synced[path] = Path(path).read_bytes()
+            self.durable[path] = len(self.synced[path])
+        if self.faults and self.calls % 13 == 7:
+            raise Interrupted  # the sync went on and completed; the caller gave up
+
+    def fsync(self, fd):
+        self._step("fsync")
+
+    def ftruncate(self, fd, size):
+        self._step("ftruncate")
+        os.ftruncate(fd, size)
+        path = self.fds.get(fd, "")
+        self.durable[path] = min(self.durable.get(path, 0), size)  # what follows: new
+        self.acks[path] = [(end, ids) for end, ids in self.acks.get(path, [])
+                           if end <= size]  # fmt: skip
+
+    def rename(self, src, dst):
+        self._step("rename")
+        os.rename(src, dst)
+        src, dst = os.path.abspath(src), os.path.abspath(dst)
+        if src in self.touched:
+            self.touched.add(dst)
+            self.synced[dst] = self.synced.pop(src, b"")
+
+    def unlink(self, path):
+        self._step("unlink")
+        os.unlink(path)
+
+    def link(self, src, dst):
+        self._step("link")
+        os.link(src, dst)
+
+    def acks_kept(self, power_loss: bool) -> set[str]:
+        """Ids whose ACK record reached the disk (synced, with power loss)."""
+        kept: set[str] = set()
+        for path, entries in self.acks.items():
+            for end, ids in entries:
+                if not power_loss or end <= self.durable.get(path, 0):
+                    kept |= ids
+        return kept
+
+    def kill(self, root: Path, power_loss: bool) -> None:
+        """Drop every descriptor (and flock); with power loss, unsynced data too."""
+        for fd in list(self.fds):
+            self.close(fd)
+        if not power_loss:
+            return
+        for path in root.rglob("*"):
+            if not path.is_file() or str(path) not in self.touched:
+                continue  # (the orphan, written before the Disk: taken as synced)
+            data, base = path.read_bytes(), self.synced.get(str(path), b"")
+            if data.startswith(base):
+                kept = base + data[len(base) :][: self.rng.randrange(len(data) + 1)]
+            else:
+                kept = base  # cut back after its sync: the cut is not durable yet
+            path.write_bytes(kept)
+
+
+def _job(n: int) -> Envelope:
+    job = Envelope(f"j-{n:05d}", b"POST", b"/jobs", b"", b"", b"x" * (n % 200))
+    job.attempt = 1
+    return job
+
+
+class Run:
+    """The workload, and what its clients were told (see `_check`)."""
+
+    def __init__(self, root: Path, sync: str, seed: int) -> None:
+        self.root, self.sync, self.rng = root, sync, random.Random(seed)
+        self.accepted: set[str] = set()  # answered 202
+        self.refused: set[str] = set()  # answered 503
+        self.in_doubt: set[str] = set()  # 503 after their sync completed
+        self.acked: set[str] = set()
+        self.keys: dict[str, tuple[str, float]] = {}  # live keys of 202s
+        self.serial = 0
+
+    def orphan(self) -> None:
+        alive, dying = Journal(str(self.root)), Journal(str(self.root))
+        alive.open()
+        dying.open()
+        jobs = [self._next() for _ in range(3)]
+        dying.append_jobs(jobs, [("orphan-key", 5.0), ("", 0.0), ("", 0.0)])
+        self.accepted |= {job.id for job in jobs}
+        self.keys["orphan-key"] = (jobs[0].id, 5.0)
+        dying.acked(jobs[1:2])
+        self.acked.add(jobs[1].id)
+        dying.close()
+        alive.close()
+
+    def _next(self) -> Envelope:
+        self.serial += 1
+        return _job(self.serial)
+
+    def work(self, steps: int) -> None:
+        rng = self.rng
+        journal = Journal(str(self.root), self.sync, keys=lambda: dict(self.keys))
+        owed = {job.id: job for job in journal.open().jobs}
+        for _ in range(steps):
+            event = rng.random()
+            if event < 0.5:
+                jobs = [self._next() for _ in range(rng.randrange(1, 4))]
+                keys = [(f"k{job.id}\n", float(self.serial)) if rng.random() < 0.3
+                        else ("", 0.0) for job in jobs]  # fmt: skip
+                try:
+                    journal.append_jobs(jobs, keys)
+                except (JournalError, Interrupted) as exc:
+                    self.refused |= {job.id for job in jobs}
+                    if isinstance(exc, Interrupted):
+                        self.in_doubt |= {job.id for job in jobs}
+                    continue
+                self.accepted |= {job.id for job in jobs}
+                owed.update((job.id, job) for job in jobs)
+                for job, (key, at) in zip(jobs, keys, strict=True):
+                    if key:
+                        self.keys[key] = (job.id, at)
+            elif event < 0.85 and owed:
+                done = rng.sample(sorted(owed), rng.randrange(1, len(owed) + 1))
+                journal.acked([owed.pop(job_id) for job_id in done])
+                self.acked.update(done)
+            else:
+                journal.flush_acks()
+        journal.close()
+
+
+def _check(run: Run, disk: Disk, power_loss: bool, where: str) -> None:
+    journal = Journal(str(run.root), run.sync)
+    replay = journal.open()
+    ids = [job.id for job in replay.jobs]
+    assert len(ids) == len(set(ids)), f"{where}: an id replayed twice"
+    replayed = set(ids)
+    lost = run.accepted - replayed - run.acked
+    assert not lost, f"{where}: 202s neither replayed nor acknowledged: {lost}"
+    ran = replayed & (run.refused - (run.in_doubt if power_loss else set()))
+    assert not ran, f"{where}: 503s replayed: {sorted(ran)}"
+    done = disk.acks_kept(power_loss)
+    again = replayed & done
+    assert not again, f"{where}: acknowledged (ACK on disk) yet replayed: {again}"
+    for key, (job_id, at) in run.keys.items():
+        if job_id in run.accepted and not (power_loss and job_id in run.acked):
+            assert replay.keys.get(key) == (job_id, at), f"{where}: key {key!r} lost"
+    # A job whose group was never answered (the crash came first) may run, and
+    # its key name it; a key never names a job that neither got a 202 nor runs.
+    wrong = {k: v for k, v in replay.keys.items()
+             if v[0] not in run.accepted | replayed}  # fmt: skip
+    assert not wrong, f"{where}: keys naming jobs that do not exist: {wrong}"
+    owed = sum(len(job.body) + 80 for job in replay.jobs)
+    assert journal.size() <= 3 * journal_module.SEGMENT_ROLL + 4 * owed + 4096, where
+    journal.close()
+
+
+@pytest.mark.parametrize("sync", ["none", "batch"])
+def test_every_crash_point_keeps_the_journals_promises(tmp_path, monkeypatch, sync):
+    monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 1024)  # many rolls
+    monkeypatch.setattr(journal_module, "_offload", lambda call, *args: call(*args))
+    monkeypatch.setattr(journal_module, "MAX_SLOTS", 4)  # fewer stats per open
+    points = 0
+    for seed in range(2 if sync == "batch" else 3):  # each mode about 1,000 runs
+        for crash_at in range(1, 10_000):
+            for power_loss in (False, True) if sync == "batch" else (False,):
+                root = tmp_path / f"{seed}-{crash_at}-{power_loss}"
+                run = Run(root, sync, seed)
+                run.orphan()
+                disk = Disk(crash_at, random.Random(crash_at), faults=True)
+                monkeypatch.setattr(journal_module, "os", disk)
+                try:
+                    run.work(140)
+                    finished = True
+                except Crash:
+                    finished = False
+                disk.kill(root, power_loss)
+                monkeypatch.setattr(journal_module, "os", os)
+                where = (
+                    f"seed {seed}, crash at call {crash_at}, power loss {power_loss}"
+                )
+                _check(run, disk, power_loss, where)
+                shutil.rmtree(root)
+                points += 1
+            if finished:
+                break
+    assert points > (800 if sync == "batch" else 400), points
