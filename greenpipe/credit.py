@@ -62,8 +62,10 @@ class Account:
     @property
     def hungry(self) -> bool:
         """Holds all its credit, or waits for READY, or has been dry too long."""
+        if self.waiting:
+            return True
         if self.credit == 0:
-            return self.waiting or self.dry >= PROBE_TICKS
+            return self.dry >= PROBE_TICKS
         return self.peak >= self.credit
 
 

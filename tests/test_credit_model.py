@@ -121,6 +121,17 @@ def test_a_busy_web_is_not_starved_by_an_idle_ones_floor():
             model.finish(len(model.running))
 
 
+def test_a_web_joining_idle_ones_gets_its_share():
+    model = Model(10)
+    webs = []
+    for _ in range(3):
+        webs.append(model.join())
+        for _ in range(3):
+            model.tick()
+    assert [(web.ready, web.credit) for web in webs] == [(True, 1), (True, 1),
+                                                          (True, 8)]  # fmt: skip
+
+
 def test_webs_that_all_have_jobs_take_turns():
     model = Model(1)
     webs = [model.join() for _ in range(2)]
