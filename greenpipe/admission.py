@@ -98,6 +98,7 @@ class Admission:
         settings: PipeSettings,
         fleet: Fleet,
         books: Books,
+        keys: IdempotencyKeys,
         journal: Journal | None,
         taken: Callable[[Sequence[Envelope]], None],
         queued: Callable[[], int],
@@ -108,13 +109,12 @@ class Admission:
         self.settings = settings
         self.fleet = fleet
         self.books = books
-        self.keys = IdempotencyKeys(settings.idempotency_ttl)
+        self.keys = keys
         self._taken = taken
         self._queued = queued
         self._clock = clock
         self._commit: GroupCommit | None = None
         if journal is not None:
-            journal.keys = self.keys.live  # carried across dropped segments
             self._commit = GroupCommit(journal, self._journaled)
         # Keys whose job waits for its group commit: a retry waits for it too.
         self._pending: dict[str, tuple[Envelope, Group]] = {}
@@ -174,13 +174,15 @@ class Admission:
             return first.id
         return self.keys.find(key)
 
-    def _journaled(self, jobs: list[Envelope], keys: list[str], error: str) -> None:
+    def _journaled(
+        self, jobs: list[Envelope], keys: list[tuple[str, float]], error: str
+    ) -> None:
         """A group commit ended: hand its jobs on and remember their keys, or not."""
-        for job, key in zip(jobs, keys, strict=True):
+        for job, (key, at) in zip(jobs, keys, strict=True):
             if key and self._pending.get(key, (None, None))[0] is job:
                 del self._pending[key]
                 if not error:
-                    self.keys.remember(key, job.id)
+                    self.keys.remember(key, job.id, at)  # the time journaled
         self._taken(() if error else jobs)
 
     def commit(self) -> None:

@@ -10,6 +10,7 @@ already yielded.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import gevent
@@ -20,6 +21,7 @@ from greenpipe.jobs import Envelope
 from greenpipe.journal import Journal, JournalError
 
 COMMIT_TIMEOUT = 5.0  # seconds a request waits for its group's journal write
+_NO_KEY = ("", 0.0)
 
 _parked: object = None  # the last greenlet that waited for a group commit
 
@@ -72,8 +74,8 @@ class Group:
             waiter.switch(None)
 
 
-# Called once a group is settled: (its jobs, their keys, the error or "").
-Settled = Callable[[list[Envelope], list[str], str], None]
+# Called once a group is settled: (its jobs, their (key, wall time)s, the error or "").
+Settled = Callable[[list[Envelope], list[tuple[str, float]], str], None]
 
 
 class GroupCommit:
@@ -83,14 +85,15 @@ class GroupCommit:
         self.journal = journal
         self._settled = settled
         self._jobs: list[Envelope] = []
-        self._keys: list[str] = []  # "" for a job without an idempotency key
+        # (idempotency key, wall time it was taken); ("", 0.0) for a job without
+        self._keys: list[tuple[str, float]] = []
         self.group = Group()
         self.committing = False  # a group's write and sync are under way
 
     def add(self, job: Envelope, key: str) -> Group:
         """Put `job` in the open group; the caller waits on the group returned."""
         self._jobs.append(job)
-        self._keys.append(key)
+        self._keys.append((key, time.time()) if key else _NO_KEY)
         return self.group
 
     def __bool__(self) -> bool:
@@ -113,7 +116,9 @@ class GroupCommit:
         else:
             self._write(jobs, keys, group)
 
-    def _write(self, jobs: list[Envelope], keys: list[str], group: Group) -> None:
+    def _write(
+        self, jobs: list[Envelope], keys: list[tuple[str, float]], group: Group
+    ) -> None:
         journal = self.journal
         stalled = JournalError(
             f"the journal write took over {COMMIT_TIMEOUT:g} s ({journal.path}); "
@@ -122,9 +127,7 @@ class GroupCommit:
         error = ""
         try:
             with gevent.Timeout(COMMIT_TIMEOUT, stalled):  # one timer per group
-                journal.append_jobs(
-                    jobs, [key.encode("ascii") for key in keys] if any(keys) else None
-                )
+                journal.append_jobs(jobs, keys)
         except JournalError as exc:
             error = str(exc)
         except Exception as exc:  # a bug must not leave the group parked for good

@@ -25,7 +25,7 @@ import zmq.green as zmq
 
 from greenpipe import books as books_module
 from greenpipe import protocol
-from greenpipe.admission import Admission
+from greenpipe.admission import Admission, IdempotencyKeys
 from greenpipe.books import LATENCY_BUCKETS, Books, Snapshot
 from greenpipe.config import Endpoint, PipeSettings
 from greenpipe.deadletter import DeadLetters
@@ -69,16 +69,20 @@ class Dispatcher:
                            self._on_message, self._on_event, link_factory)  # fmt: skip
         self.records = JobRecords(settings.status_keep, settings.status_ttl, clock)
         self.dead_letters = DeadLetters(settings.dead_letter)
+        keys = IdempotencyKeys(settings.idempotency_ttl)
         self.journal: Journal | None = None
         if settings.journal_dir != "off":
             self.journal = Journal(
-                settings.journal_dir, settings.journal_sync, settings.journal_corrupt
+                settings.journal_dir,
+                settings.journal_sync,
+                settings.journal_corrupt,
+                keys=keys.live,  # the keys file holds the keys in their window
             )
         self._fresh: deque[Envelope] = deque()  # accepted, never sent
         self._retry: deque[Envelope] = deque()  # taken back from a lost worker
         self.admission = Admission(
-            settings, self.fleet, self.books, self.journal, self._taken, self.pending,
-            clock,
+            settings, self.fleet, self.books, keys, self.journal, self._taken,
+            self.pending, clock,
         )  # fmt: skip
         self._wake = gevent.event.Event()
         self._settled = gevent.event.Event()

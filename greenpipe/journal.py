@@ -373,13 +373,12 @@ class Journal:
     def append_jobs(
         self,
         jobs: Sequence[Envelope],
-        keys: Sequence[tuple[str, float] | bytes] | None = None,
+        keys: Sequence[tuple[str, float]] | None = None,
     ) -> None:
         """Write `jobs` in one go (and fdatasync in batch mode) before their 202s.
 
         `keys` gives each job's idempotency key and the key's wall time
-        (("", 0.0) for none); a key is any str (bare bytes, the former form,
-        are read as Latin-1 stamped now). Compaction due (a roll, a
+        (("", 0.0) for none); a key is any str. Compaction due (a roll, a
         carry, the keys file) runs first. Raises JournalError (the jobs must be
         refused) if a write or a sync failed. On any exception, a gevent.Timeout
         too, nothing of the group is left that a later open would replay.
@@ -388,10 +387,8 @@ class Journal:
             return
         entries = []
         for i, job in enumerate(jobs):
-            item = keys[i] if keys else ("", 0.0)
-            if isinstance(item, bytes):  # the dispatcher's former form: no time
-                item = (item.decode("latin-1"), time.time())
-            entries.append(_Owed(job, 0, *item))
+            key, at = keys[i] if keys else ("", 0.0)
+            entries.append(_Owed(job, 0, key, at))
         try:
             self._compact(exclude={job.id for job in jobs})
             self._append(entries)
