@@ -90,6 +90,9 @@ class Dispatcher:
         self._closed = False
         self._greenlet: gevent.Greenlet | None = None
         self._job_timeout_ms = round(settings.job_timeout * 1000)
+        # Until the barrier is met (or READY_TIMEOUT after start), nothing is
+        # sent: replayed jobs then go round-robin, not all to the first worker.
+        self._hold_until = 0.0
         # A worker enforces the job time limit itself; this is the web's backstop.
         self._ack_deadline = 2 * settings.job_timeout + settings.heartbeat_timeout
         self._throttle = Throttle(log)
@@ -120,6 +123,7 @@ class Dispatcher:
                 len(replay.jobs),
                 f", adopted slots {replay.adopted}" if replay.adopted else "",
             )
+        self._hold_until = self._clock() + self.settings.ready_timeout
         self.fleet.open()
         self._greenlet = gevent.spawn(self._run)
 
@@ -239,6 +243,8 @@ class Dispatcher:
         first: an acknowledgement can never be recorded before its job.
         """
         self.admission.commit()
+        if not self.fleet.barrier.is_set() and self._clock() < self._hold_until:
+            return  # jobs replayed at start: round-robin from the barrier on
         batches: dict[Link, list[Envelope]] = {}
         choose = self.fleet.rotation.choose
         for queue, suspect in ((self._retry, True), (self._fresh, False)):
@@ -262,6 +268,8 @@ class Dispatcher:
         if not link.reliable:  # at most once: done when libzmq has it
             for job in jobs[:sent]:
                 self._finish(job, Status.UNACKNOWLEDGED, link.name)
+        elif sent and self.journal is not None:
+            self.journal.sent(jobs[:sent] if sent < len(jobs) else jobs)
         if sent == len(jobs):
             return
         # Not handed to libzmq: take them back in order, and reconnect the link.
@@ -269,7 +277,7 @@ class Dispatcher:
         link.give_back(unsent)
         for job in reversed(unsent):
             job.attempt -= 1
-            (self._retry if job.attempt else self._fresh).appendleft(job)
+            (self._retry if job.suspect else self._fresh).appendleft(job)
         self._lose(link, "cannot send: connection not complete")
 
     def tick(self) -> None:
@@ -382,7 +390,7 @@ class Dispatcher:
     def _lose(self, link: Link, reason: str, graceful: bool = False) -> None:
         """Take back every job `link` holds, re-queue or dead-letter it, reconnect."""
         jobs = link.take_back(graceful)
-        requeued = 0
+        requeued, given_back = 0, []
         for job in jobs:
             if job.attempt >= self.settings.max_attempts:
                 note = f"worker lost ({reason}) on attempt {job.attempt} of " + str(
@@ -390,9 +398,14 @@ class Dispatcher:
                 )
                 self.dead_letters.write(job, note, link.name)
                 self._finish(job, Status.DEAD, link.name, note.encode())
+            elif graceful and not job.suspect:
+                given_back.append(job)  # the worker left in good order: no suspect
+                requeued += 1
             else:
+                job.suspect = True
                 self._retry.append(job)
                 requeued += 1
+        self._fresh.extendleft(reversed(given_back))  # ahead of newer jobs
         link.resent += requeued
         self.books.resent += requeued
         if graceful and not jobs:

@@ -60,6 +60,7 @@ class Envelope:
 
     __slots__ = ("key", "id", "attempt", "method", "path", "query", "content_type")
     __slots__ += ("body", "flags", "sent_at", "reply", "name", "segment", "accepted_at")
+    __slots__ += ("suspect",)
 
     def __init__(
         self,
@@ -78,6 +79,9 @@ class Envelope:
         self.accepted_at = 0.0  # the dispatcher's clock when it was accepted
         self.key = job_id.encode("ascii")
         self.attempt = 0  # deliveries so far
+        # Taken back from a worker lost without a goodbye: it may be what killed
+        # it, so it travels alone (greenpipe.rotation).
+        self.suspect = False
         self.method = method
         self.path = path
         self.query = query

@@ -67,11 +67,14 @@ from greenpipe.segments import (
     JOB_V1,
     KEY,
     KEYS_V1,
+    SENT,
     decode_job,
     decode_key,
     decode_keys_v1,
+    decode_sent,
     encode_job,
     encode_key,
+    encode_sent,
     read_records,
     record,
 )
@@ -127,6 +130,7 @@ class _Found:
 
     jobs: dict[str, tuple[Envelope, int, str, float, int]] = field(default_factory=dict)
     settled: set[str] = field(default_factory=set)  # acknowledged or cancelled
+    sent: dict[str, int] = field(default_factory=dict)  # job id -> last attempt sent
     segments: dict[int, _Segment] = field(default_factory=dict)
 
 
@@ -210,6 +214,9 @@ class Journal:
                 self._read_slot(folder, theirs, replay)
                 orphans.append((other, fd))
         settled = own.settled | theirs.settled
+        for found in (own, theirs):  # a job sent before the crash: its next attempt
+            for job_id, (job, *_) in found.jobs.items():
+                job.attempt = max(job.attempt, found.sent.get(job_id, 0))
         self._segments = own.segments
         for job_id, (job, number, key, at, size) in own.jobs.items():
             if job_id not in settled:
@@ -302,6 +309,10 @@ class Journal:
                 elif kind in (ACK, CANCEL):
                     found.settled.update(raw.decode("ascii", "replace")
                                          for raw in payload.split())  # fmt: skip
+                elif kind == SENT:
+                    sent = found.sent
+                    for job_id, attempt in decode_sent(payload):
+                        sent[job_id] = max(attempt, sent.get(job_id, 0))
                 elif kind == KEYS_V1:
                     segment.keyed = True
                     for key, job_id, at in decode_keys_v1(payload):
@@ -576,6 +587,16 @@ class Journal:
                 ids.append(job.key)
         if ids:
             self._acks.append(record(ACK, b" ".join(ids)))
+
+    def sent(self, jobs: Sequence[Envelope]) -> None:
+        """Record that `jobs` went out (bookkeeping only: no I/O).
+
+        Written with the ACK records, so a replay sends each job as its next
+        attempt (``job.attempt``), not its first again. A SENT record lost in
+        a crash (up to one heartbeat's) makes that job's replay say attempt 1.
+        """
+        if jobs:
+            self._acks.append(record(SENT, encode_sent(jobs)))
 
     def flush_acks(self) -> None:
         """Write the ACK records kept in memory (each heartbeat, and at close).

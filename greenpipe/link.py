@@ -118,7 +118,7 @@ class Link:
         self.max_frame = 0  # largest job frame the worker accepts (from READY)
         self.worker_name = ""
         self.jobs: dict[bytes, Envelope] = {}  # in flight, oldest first
-        self.suspects = 0  # jobs in `jobs` that were re-sent (attempt > 1)
+        self.suspects = 0  # jobs in `jobs` taken back from a lost worker
         self.sent = self.acked = self.failed = self.resent = 0
         self.last_seen = 0.0  # monotonic time of the last message from the worker
         self.ever_ready = False
@@ -206,7 +206,7 @@ class Link:
                 self.failed += 1
                 results.append((job, Status.FAILED, payload))
         if self.suspects:
-            self.suspects = sum(1 for job in jobs.values() if job.attempt > 1)
+            self.suspects = sum(1 for job in jobs.values() if job.suspect)
         self.acked += len(done) + len(results)
         events.append(Event(Happened.ACKED, (done, results, stray)))
         return events
@@ -265,14 +265,14 @@ class Link:
     def assign(self, job: Envelope) -> None:
         """`job` goes out on this link: held until acknowledged or taken back."""
         self.jobs[job.key] = job
-        if job.attempt > 1:
+        if job.suspect:
             self.suspects += 1
 
     def give_back(self, jobs: Sequence[Envelope]) -> None:
         """`jobs` never reached libzmq: they are no longer held here."""
         for job in jobs:
             self.jobs.pop(job.key, None)
-        self.suspects = sum(1 for job in self.jobs.values() if job.attempt > 1)
+        self.suspects = sum(1 for job in self.jobs.values() if job.suspect)
 
     def ready(self, credit: int, max_frame: int, worker_name: str) -> str | None:
         """READY from the worker: "ready" or "back" if it (re)joins the rotation.

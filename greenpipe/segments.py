@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterable, Iterator
 
 from greenpipe.jobs import Envelope
 
@@ -17,7 +18,8 @@ KEYS_V1 = 3  # keys carried into a new segment, newline-joined (read, never writ
 JOB = 4  # a job accepted: enough to send it again, with its key and the key's time
 CANCEL = 5  # ids of a group that failed after its write: never replay them
 KEY = 6  # one idempotency key in its window (the keys file)
-KINDS = frozenset((JOB_V1, ACK, KEYS_V1, JOB, CANCEL, KEY))
+SENT = 7  # "id@attempt" of jobs handed to a worker: a replay is their next attempt
+KINDS = frozenset((JOB_V1, ACK, KEYS_V1, JOB, CANCEL, KEY, SENT))
 
 _HEAD = struct.Struct("!IIB")  # length of type + payload, crc32, type
 # attempt, the key's wall time, then the lengths of id, name, method, path,
@@ -71,6 +73,18 @@ def decode_job(kind: int, payload: bytes) -> tuple[Envelope, str, float]:
     else:
         key = raw_key.decode("latin-1")
     return job, key, at
+
+
+def encode_sent(jobs: Iterable[Envelope]) -> bytes:
+    """A SENT payload: each job's id and the attempt it went out as."""
+    return b" ".join(b"%s@%d" % (job.key, job.attempt) for job in jobs)
+
+
+def decode_sent(payload: bytes) -> Iterator[tuple[str, int]]:
+    for item in payload.split():
+        raw_id, _, attempt = item.rpartition(b"@")
+        if raw_id and attempt.isdigit():
+            yield raw_id.decode("ascii", "replace"), int(attempt)
 
 
 def encode_key(key: str, job_id: str, at: float) -> bytes:

@@ -450,3 +450,62 @@ def test_a_stop_with_a_journal_keeps_queued_jobs_owed_not_dead(clock, tmp_path):
         assert again.books.replayed == 10
     finally:
         again.close()
+
+
+def test_a_replayed_job_is_sent_as_its_next_attempt_round_robin(clock, tmp_path):
+    """Issue 25, item 1: a job sent before the web stopped is replayed as
+    attempt 2 (its SENT record), and replayed jobs go round-robin from the
+    barrier on, not all to the worker that said READY first."""
+    journal = tmp_path / "journal"
+    d = make(clock, workers="127.0.0.1:1,127.0.0.1:2", journal_dir=journal)
+    d.start()
+    try:
+        ready(d, d.links[0], credit=1)
+        ready(d, d.links[1], credit=1)
+        jobs = [gevent.spawn(d.submit, Envelope.new(b"POST", b"/", b"", b"", b"{}"))
+                for _ in range(4)]  # fmt: skip
+        gevent.sleep(0)  # the requests park on their group: one write
+        d.flush()
+        gevent.joinall(jobs, timeout=5, raise_error=True)
+        d.flush()  # two go out (credit 1 each), two wait
+        sent = {job_id for link in d.links for job_id in link.job_ids()}
+        assert len(sent) == 2
+        d.tick()  # writes the SENT records (with the ACK records, each heartbeat)
+    finally:
+        d.close()  # as a kill would leave it: nothing acknowledged
+    again = make(clock, workers="127.0.0.1:1,127.0.0.1:2", journal_dir=journal)
+    again.start()
+    try:
+        ready(again, again.links[0], credit=10)
+        again.flush()
+        assert not again.links[0].job_ids(), "nothing sent before the barrier"
+        ready(again, again.links[1], credit=10)
+        again.flush()
+        got = [protocol.decode_jobs(m[1]) for link in again.links
+               for m in link.sent_messages if m[0] == protocol.JOBS]  # fmt: skip
+        attempts = {job.id: job.attempt for batch in got for job in batch}
+        assert len(attempts) == 4
+        assert {i: attempts[i] for i in sent} == dict.fromkeys(sent, 2)
+        assert sorted(attempts.values()) == [1, 1, 2, 2]
+        assert [len(link.job_ids()) for link in again.links] == [2, 2], "round-robin"
+    finally:
+        again.close()
+
+
+def test_jobs_given_back_by_a_worker_that_said_bye_are_not_suspects(clock):
+    """Issue 25, item 6: after a graceful leave, the jobs a worker still held
+    go out together as their next attempt, not one per worker as suspects."""
+    d = make(clock)
+    for link in d.links:
+        ready(d, link)
+    submit(d, 6)
+    d.flush()
+    leaving = d.links[0]
+    d._on_message(leaving, protocol.encode_bye("stopping"))
+    d._on_event(leaving, zmq.EVENT_DISCONNECTED)  # closed before acking its 2
+    assert not leaving.jobs and not d._retry, "given back, not queued as suspects"
+    d.flush()
+    held = [job for link in d.links[1:] for job in link.jobs.values()]
+    assert sorted(job.attempt for job in held) == [1, 1, 1, 1, 2, 2]
+    assert all(not job.suspect for job in held)
+    assert [link.suspects for link in d.links[1:]] == [0, 0]
