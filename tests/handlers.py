@@ -6,6 +6,7 @@ handler's own account of what it handled, independent of the web's counters.
 The JSON body steers the work:
 
     {"sleep": 0.2}                  sleeps 0.2 s cooperatively (gevent)
+    {"sleep_first": 30}             sleeps only on the first attempt
     {"block": 3}                    blocks the worker's event loop for 3 s
     {"block_first": 3}              the same, on attempt 1 only
     {"fail": "text"}                raises RuntimeError("text")
@@ -40,6 +41,8 @@ def record(job: Job):
             steer = {}
     if steer.get("sleep"):
         gevent.sleep(steer["sleep"])
+    if steer.get("sleep_first") and job.attempt == 1:
+        gevent.sleep(steer["sleep_first"])
     if _EXTRA_SLEEP:
         gevent.sleep(_EXTRA_SLEEP)
     if steer.get("block"):
