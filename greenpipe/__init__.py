@@ -9,6 +9,8 @@ The public names, importable from ``greenpipe`` directly:
 - `Job`: what a handler receives; `Receipt`, `Outcome`, `Status`: what
   ``push`` gives back
 - `serve`: run a Flask app with greenpipe as web.py does
+- `Retry`, `JobTimeout`, `Cancelled`: what a handler raises to be run again
+  later, and what is thrown into it past its time limit or when cancelled
 - `GreenpipeError`, `ConfigError`, `Unavailable`, `UnknownJob`: the errors
 
 Importing ``greenpipe`` imports none of them until one is used, so an entry
@@ -32,6 +34,9 @@ _WHERE = {
     "Outcome": "greenpipe.jobs",
     "Status": "greenpipe.jobs",
     "serve": "greenpipe.serving",
+    "Retry": "greenpipe.handling",
+    "Cancelled": "greenpipe.handling",
+    "JobTimeout": "greenpipe.handling",
     "json_errors": "greenpipe.routes",
     "GreenpipeError": "greenpipe.errors",
     "ConfigError": "greenpipe.errors",
@@ -42,6 +47,7 @@ __all__ = sorted(_WHERE)
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from greenpipe.errors import ConfigError, GreenpipeError, Unavailable  # noqa: F401
     from greenpipe.ext import Greenpipe  # noqa: F401
+    from greenpipe.handling import Cancelled, JobTimeout, Retry  # noqa: F401
     from greenpipe.jobs import Job, Outcome, Status  # noqa: F401
     from greenpipe.pipe import Pipe, Receipt  # noqa: F401
     from greenpipe.registry import Handlers, UnknownJob  # noqa: F401

@@ -132,6 +132,8 @@ class Admission:
         """
         if key:
             check_key(key)
+            if not self.fleet.barrier.is_set():  # waits: a twin may come meanwhile
+                self.check(self._queued(), draining)
             first = self._first_for(key)
             if first is not None:
                 job.reply = None  # the first job's outcome is not this one's
@@ -189,6 +191,15 @@ class Admission:
         """Write what was taken since the last write (the dispatcher greenlet)."""
         if self._commit:
             self._commit.commit()
+
+    def in_commit(self) -> int:
+        """Jobs admitted whose group commit has not settled yet."""
+        return len(self._commit) if self._commit is not None else 0
+
+    def close(self) -> None:
+        """Settle every group: the one being written finishes, the rest get 503s."""
+        if self._commit is not None:
+            self._commit.close()
 
     def new_id(self) -> str:
         # A fixed length (ab counts a response of another length as failed).

@@ -38,6 +38,8 @@ class Books:
         self.added = self.removed = 0  # workers added and removed live (SIGHUP)
         self.redriven = 0  # dead letters re-sent (the dashboard's button)
         self.replayed = 0  # jobs replayed from the journal at start
+        self.retried = 0  # runs that failed and were held for a retry
+        self.cancelled = 0  # jobs cancelled (pipe.cancel, DELETE /jobs/<id>)
         self.rejected_by: dict[str, int] = {}  # 503s by reason (REJECT_REASONS)
         # (time, id, worker, error): the latest failures, for the dashboard.
         self.recent_failures: deque[tuple[float, str, str, str]] = deque(
@@ -113,6 +115,9 @@ class Snapshot:
     dead_lettered: int
     pending: int
     in_flight: int
+    waiting: int  # held until a time: retries waiting out their backoff
+    retried: int
+    cancelled: int
     pushed: int
     credit: int  # of the ready workers, all together
     barrier: bool
@@ -130,9 +135,12 @@ class Snapshot:
             "accepted": self.accepted,
             "pending": self.pending,
             "in_flight": self.in_flight,
+            "waiting": self.waiting,
             "acked": self.acked,
             "failed": self.failed,
             "resent": self.resent,
+            "retried": self.retried,
+            "cancelled": self.cancelled,
             "dead_lettered": self.dead_lettered,
             "redriven": self.redriven,
             "workers_added": self.workers_added,
@@ -166,6 +174,7 @@ def take(
     now: float,
     *,
     pending: int = 0,
+    waiting: int = 0,
     barrier: bool = True,
     dead_lettered: int = 0,
     journal: dict[str, Any] | None = None,
@@ -196,6 +205,9 @@ def take(
         workers_removed=books.removed,
         dead_lettered=dead_lettered,
         pending=pending,
+        waiting=waiting,
+        retried=books.retried,
+        cancelled=books.cancelled,
         in_flight=sum(w.report["in_flight"] for w in workers),
         pushed=sum(link.sent for link in links if not link.reliable),
         credit=sum(w.report["credit"] for w in workers if w.ready),

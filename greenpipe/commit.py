@@ -89,6 +89,8 @@ class GroupCommit:
         self._keys: list[tuple[str, float]] = []
         self.group = Group()
         self.committing = False  # a group's write and sync are under way
+        self._writing = 0  # jobs of the group being written
+        self._writer: gevent.Greenlet | None = None
 
     def add(self, job: Envelope, key: str) -> Group:
         """Put `job` in the open group; the caller waits on the group returned."""
@@ -100,6 +102,24 @@ class GroupCommit:
         """True while jobs wait for a write."""
         return bool(self._jobs)
 
+    def __len__(self) -> int:
+        """Jobs submitted and not yet settled: the open group and the one written."""
+        return len(self._jobs) + self._writing
+
+    def close(self, timeout: float = COMMIT_TIMEOUT) -> None:
+        """Stop: the group being written finishes (its jobs are settled as it
+        says); the open group gets 503s (the web is stopping), none is left
+        parked. Then the journal can be closed under nobody."""
+        writer = self._writer
+        if writer is not None:
+            writer.join(timeout)
+        jobs, keys, group = self._jobs, self._keys, self.group
+        self._jobs, self._keys, self.group = [], [], Group()
+        if jobs:
+            error = "this web process is stopping; retry on another"
+            self._settled(jobs, keys, error)
+            group.settle(error)
+
     def commit(self) -> None:
         """Write the open group (in a greenlet of its own with JOURNAL_SYNC=batch).
 
@@ -110,9 +130,10 @@ class GroupCommit:
             return  # the group after the one being synced waits its turn
         jobs, keys, group = self._jobs, self._keys, self.group
         self._jobs, self._keys, self.group = [], [], Group()
+        self._writing = len(jobs)
         if self.journal.sync == "batch":
             self.committing = True
-            gevent.spawn(self._write, jobs, keys, group)
+            self._writer = gevent.spawn(self._write, jobs, keys, group)
         else:
             self._write(jobs, keys, group)
 
@@ -134,6 +155,8 @@ class GroupCommit:
             error = f"the journal write failed ({type(exc).__name__}: {exc})"
         finally:
             self.committing = False
+            self._writing = 0
+            self._writer = None
             try:
                 self._settled(jobs, keys, error)
             finally:

@@ -29,13 +29,19 @@ from flask import Blueprint, Response, request, send_from_directory
 from werkzeug.exceptions import NotFound
 
 from greenpipe.errors import Unavailable
-from greenpipe.routes import _error, json_response, shared_port, unavailable
+from greenpipe.routes import (
+    ACTION_HEADER,
+    _error,
+    json_response,
+    shared_port,
+    unavailable,
+)
 
 if TYPE_CHECKING:
     from greenpipe.history import History
 
 RECENT = 20  # failures and dead letters shown
-RESEND_HEADER = "X-Greenpipe-Action"
+RESEND_HEADER = ACTION_HEADER
 STATIC = Path(__file__).with_name("static")
 
 
@@ -46,7 +52,7 @@ def page_data(pipe: Any, history: History, since: float) -> dict[str, Any]:
         {
             **worker.report,
             "ready": worker.ready,
-            "handled": worker.figures[0] if worker.figures else None,  # all webs
+            "handled": worker.figures.handled if worker.figures else None,  # all webs
             "heartbeat_age": worker.heartbeat_age,
         }
         for worker in s.workers
@@ -62,6 +68,9 @@ def page_data(pipe: Any, history: History, since: float) -> dict[str, Any]:
         "acked": s.acked,
         "failed": s.failed,
         "resent": s.resent,
+        "retried": s.retried,
+        "waiting": s.waiting,
+        "cancelled": s.cancelled,
         "rejected": s.rejected,
         "dead_lettered": s.dead_lettered,
         "redriven": s.redriven,

@@ -40,6 +40,8 @@ class DeadLetters:
             "attempts": job.attempt,
             "last_worker": worker,
             "reason": reason,
+            "runs": job.retries + 1,
+            "errors": job.errors,  # why each of its last runs failed (retries)
             "name": job.name.decode("utf-8", "replace"),
             "method": job.method.decode("ascii"),
             "path": job.path.decode("utf-8", "replace"),

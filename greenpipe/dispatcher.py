@@ -12,11 +12,9 @@ does either.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 
 import gevent
@@ -34,7 +32,9 @@ from greenpipe.fleet import Fleet, LinkFactory
 from greenpipe.jobs import Envelope, Outcome, Status
 from greenpipe.journal import Journal
 from greenpipe.link import Event, Happened, Link
+from greenpipe.queues import Queues
 from greenpipe.records import JobRecords
+from greenpipe.settlement import Settlement
 from greenpipe.throttle import Throttle
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,13 @@ class Dispatcher:
                 settings.journal_corrupt,
                 keys=keys.live,  # the keys file holds the keys in their window
             )
-        self._fresh: deque[Envelope] = deque()  # accepted, never sent
-        self._retry: deque[Envelope] = deque()  # taken back from a lost worker
+        self.queues = Queues()
+        self._fresh, self._retry = self.queues.fresh, self.queues.retry
+        self.later = self.queues.later  # waiting for a time: a retry's backoff
+        self.settlement = Settlement(
+            settings, self.queues, self.records, self.books, self.journal,
+            self.dead_letters, self._malformed,
+        )  # fmt: skip
         self.admission = Admission(
             settings, self.fleet, self.books, keys, self.journal, self._taken,
             self.pending, clock,
@@ -110,9 +115,13 @@ class Dispatcher:
         """
         if self.journal is not None:
             replay = self.journal.open()
+            now, wall = self._clock(), time.time()
             for job in replay.jobs:
-                job.accepted_at = self._clock()  # for the latency histogram
-            self._fresh.extend(replay.jobs)
+                job.accepted_at = now  # for the latency histogram
+                if job.not_before > wall:  # a retry waiting out its backoff
+                    self.later.add(job, now + job.not_before - wall)
+                else:
+                    self._fresh.append(job)
             self.admission.keys.load(replay.keys)
             self.books.replayed = len(replay.jobs)
             log.info(
@@ -130,10 +139,11 @@ class Dispatcher:
     def drain(self, timeout: float) -> int:
         """Wait up to `timeout` s until every accepted job is acknowledged.
 
-        Returns how many were not. With a journal they stay owed in it and
-        the next start replays them; without one they are written to the
-        dead-letter file, once each (those already sent may still be handled:
-        at least once, not exactly).
+        Returns how many were not (jobs waiting for a retry included: they
+        cannot finish now). With a journal they stay owed in it and the next
+        start replays them; without one they are written to the dead-letter
+        file, once each (those already sent may still be handled: at least
+        once, not exactly).
         """
         self._draining = True
         self._check_settled()
@@ -148,11 +158,7 @@ class Dispatcher:
                     self.journal.path,
                 )
             return left
-        left = self.dead_letters.at_stop(
-            itertools.chain(self._retry, self._fresh), self.links
-        )
-        self._retry.clear()
-        self._fresh.clear()
+        left = self.dead_letters.at_stop(self.queues.take_all(), self.links)
         if left:
             log.warning(
                 "%d jobs unacknowledged at stop written to %s",
@@ -162,8 +168,14 @@ class Dispatcher:
         return left
 
     def close(self) -> None:
-        """Say DONE to every worker (it forgets this web) and close the sockets."""
+        """Say DONE to every worker (it forgets this web) and close the sockets.
+
+        A group commit under way finishes first (its requests get their answer),
+        and requests parked behind it get 503: no request stays parked.
+        """
         self._closed = True
+        self._draining = True
+        self.admission.close()
         self.fleet.close()
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
@@ -212,6 +224,8 @@ class Dispatcher:
         """Jobs admitted and kept (journaled, if there is a journal): queue them."""
         self._fresh.extend(jobs)
         self._wake.set()  # send these, and write the next group
+        if self._draining:
+            self._check_settled()
 
     @staticmethod
     def outcome(job: Envelope, timeout: float) -> Outcome | None:
@@ -226,7 +240,9 @@ class Dispatcher:
         clock = self._clock
         next_tick = clock()
         while not self._closed:
-            self._wake.wait(max(0.0, next_tick - clock()))
+            due = self.later.next_due()
+            until = next_tick if due is None else min(next_tick, due)
+            self._wake.wait(max(0.0, until - clock()))
             self._wake.clear()
             try:
                 self.flush()
@@ -245,6 +261,7 @@ class Dispatcher:
         self.admission.commit()
         if not self.fleet.barrier.is_set() and self._clock() < self._hold_until:
             return  # jobs replayed at start: round-robin from the barrier on
+        self.queues.due(self._clock())  # retries whose time came: as new jobs
         batches: dict[Link, list[Envelope]] = {}
         choose = self.fleet.rotation.choose
         for queue, suspect in ((self._retry, True), (self._fresh, False)):
@@ -254,6 +271,7 @@ class Dispatcher:
                     break
                 job = queue.popleft()
                 job.attempt += 1
+                job.deliveries += 1
                 link.assign(job)
                 batches.setdefault(link, []).append(job)
         for link, jobs in batches.items():
@@ -267,7 +285,7 @@ class Dispatcher:
             self._throttle.warning(f"send:{link.name}", "%s", exc)
         if not link.reliable:  # at most once: done when libzmq has it
             for job in jobs[:sent]:
-                self._finish(job, Status.UNACKNOWLEDGED, link.name)
+                self.settlement.finish(job, Status.UNACKNOWLEDGED, link.name)
         elif sent and self.journal is not None:
             self.journal.sent(jobs[:sent] if sent < len(jobs) else jobs)
         if sent == len(jobs):
@@ -277,6 +295,7 @@ class Dispatcher:
         link.give_back(unsent)
         for job in reversed(unsent):
             job.attempt -= 1
+            job.deliveries -= 1
             (self._retry if job.suspect else self._fresh).appendleft(job)
         self._lose(link, "cannot send: connection not complete")
 
@@ -362,76 +381,25 @@ class Dispatcher:
         results: list[tuple[Envelope, Status, bytes]],
         stray: int,
     ) -> None:
-        """Jobs `link` settled: record, count, journal, wake whoever waits."""
-        # Per job on the hot path: bound methods and one clock read per message.
-        store, worker, now = self.records.store, link.name, self._clock()
-        for job in done:
-            store[job.id] = (Status.DONE, worker, job.attempt, b"", now)
-            if job.reply is not None:
-                job.resolve(worker, Status.DONE)
-        for job, status, payload in results:
-            store[job.id] = (status, worker, job.attempt, payload, now)
-            if job.reply is not None:
-                job.resolve(worker, status, payload)
-        self.records.trim()
-        self.books.settled(done, results, stray, worker, now)
-        if self.journal is not None:
-            if done:
-                self.journal.acked(done)
-            if results:
-                self.journal.acked([job for job, _, _ in results])
+        self.settlement.acked(link, done, results, stray, self._clock())
         if self.fleet.removing and not link.jobs:
             self.fleet.retire_if_done(link)
-        if self._fresh or self._retry:
+        if self._fresh or self._retry or self.later:
             self._wake.set()
         if self._draining:
             self._check_settled()
 
+    def cancel(self, job_id: str) -> dict | None:
+        """Cancel a job: see `Settlement.cancel`."""
+        return self.settlement.cancel(job_id, self.links)
+
     def _lose(self, link: Link, reason: str, graceful: bool = False) -> None:
-        """Take back every job `link` holds, re-queue or dead-letter it, reconnect."""
-        jobs = link.take_back(graceful)
-        requeued, given_back = 0, []
-        for job in jobs:
-            if job.attempt >= self.settings.max_attempts:
-                note = f"worker lost ({reason}) on attempt {job.attempt} of " + str(
-                    self.settings.max_attempts
-                )
-                self.dead_letters.write(job, note, link.name)
-                self._finish(job, Status.DEAD, link.name, note.encode())
-            elif graceful and not job.suspect:
-                given_back.append(job)  # the worker left in good order: no suspect
-                requeued += 1
-            else:
-                job.suspect = True
-                self._retry.append(job)
-                requeued += 1
-        self._fresh.extendleft(reversed(given_back))  # ahead of newer jobs
-        link.resent += requeued
-        self.books.resent += requeued
-        if graceful and not jobs:
-            log.info("worker %s left", link.name)
-        elif link.reliable:
-            log.warning(
-                "worker %s %s (%s): %d jobs re-sent, %d dead-lettered",
-                link.name,
-                "left" if graceful else "lost",
-                reason,
-                requeued,
-                len(jobs) - requeued,
-            )
+        """Take back every job `link` holds (`Settlement.lose`); wake, retire."""
+        self.settlement.lose(link, reason, graceful)
         self._wake.set()
         self.fleet.retire_if_done(link)  # its jobs went elsewhere: gone for good
         if self._draining:
             self._check_settled()
-
-    def _finish(
-        self, job: Envelope, status: Status, worker: str, payload: bytes = b""
-    ) -> None:
-        """`job` is done with: keep its record for status lookups, wake a waiter."""
-        self.records.add(job.id, status, worker, job.attempt, payload)
-        if self.journal is not None:  # no longer owed
-            self.journal.acked((job,))
-        job.resolve(worker, status, payload)
 
     def _malformed(self, link: Link, what: str) -> None:
         self.books.malformed += 1
@@ -444,7 +412,7 @@ class Dispatcher:
         )
 
     def _check_settled(self) -> None:
-        if not self.outstanding():
+        if not self._moving():
             self._settled.set()
 
     # -- reporting -----------------------------------------------------------------
@@ -461,12 +429,7 @@ class Dispatcher:
             if job is not None:
                 return {"id": job_id, "status": Status.IN_FLIGHT.value,
                         "worker": link.name, "attempt": job.attempt}  # fmt: skip
-        for queue in (self._retry, self._fresh):
-            for job in queue:
-                if job.id == job_id:
-                    return {"id": job_id, "status": Status.QUEUED.value,
-                            "attempt": job.attempt}  # fmt: skip
-        return self.records.get(job_id)
+        return self.queues.status(job_id) or self.records.get(job_id)
 
     def owns(self, job_id: str) -> bool:
         """True if `job_id` was made by this process (whatever became of it)."""
@@ -486,11 +449,16 @@ class Dispatcher:
 
     def pending(self) -> int:
         """Jobs accepted and waiting for a worker."""
-        return len(self._fresh) + len(self._retry)
+        return self.queues.pending()
 
     def outstanding(self) -> int:
-        """Jobs accepted and not yet acknowledged (waiting or in flight)."""
-        return self.pending() + self.fleet.in_flight()
+        """Jobs taken and not yet finished: being journaled, queued, in flight,
+        or waiting for a retry."""
+        return self._moving() + len(self.later)
+
+    def _moving(self) -> int:
+        """Jobs a drain waits for: in group commit, queued or in flight."""
+        return self.admission.in_commit() + self.pending() + self.fleet.in_flight()
 
     def health(self) -> tuple[bool, dict]:
         ready, not_ready = self.fleet.health()
@@ -515,6 +483,7 @@ class Dispatcher:
             self.links,
             self._clock(),
             pending=self.pending(),
+            waiting=len(self.later),
             barrier=self.barrier_met,
             dead_lettered=self.dead_letters.count,
             journal=books_module.journal_report(self.journal, self.books.replayed),

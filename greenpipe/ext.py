@@ -195,6 +195,10 @@ class Greenpipe:
             idempotency_key=idempotency_key,
         )
 
+    def cancel(self, job_id: str) -> dict[str, Any] | None:
+        """Cancel a job: see `Pipe.cancel` (None if unknown)."""
+        return self.pipe.cancel(job_id)
+
     def status(self, job_id: str) -> dict[str, Any] | None:
         """What became of a job: queued, in_flight, done, failed, dead, or None."""
         return self.pipe.status(job_id)

@@ -2,16 +2,22 @@
 
 `run_handler` applies what both must agree on: the result encoded as JSON
 (a value that is not JSON-serialisable is a failure), the error text of a
-failure cut to MAX_ERROR bytes, and the time limit reported in the same
-words. The worker interrupts a handler past its limit from its heartbeat;
-the inline mode bounds the call itself.
+failure cut to MAX_ERROR bytes, the time limit reported in the same words,
+and the handler's `Policy`: whether a failure is retried, and after how long.
+The worker interrupts a handler past its limit from its heartbeat (again at
+every heartbeat until it ends); the inline mode bounds the call itself.
+
+`JobTimeout` and `Cancelled` are `BaseException`s, as `gevent.Timeout` is: a
+handler's ``except Exception:`` around its work cannot swallow them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -22,10 +28,74 @@ from greenpipe.jobs import Job
 log = logging.getLogger(__name__)
 
 MAX_ERROR = 4000  # bytes of a failure's error text sent back
+RETRY_WITHOUT_POLICY = 3  # runs after the first that `raise Retry` gets by default
 
 
-class JobTimeout(Exception):
-    """Thrown into a handler that ran past its job's time limit (JOB_TIMEOUT)."""
+class JobTimeout(BaseException):  # noqa: N818 (the name users catch, like Timeout)
+    """Thrown into a handler that ran past its time limit (JOB_TIMEOUT, `timeout=`).
+
+    A `BaseException`: ``except Exception`` does not catch it. A handler that
+    swallows it anyway gets it again at the worker's next heartbeat.
+    """
+
+
+class Cancelled(BaseException):  # noqa: N818
+    """Thrown into a running handler whose job was cancelled (``pipe.cancel``)."""
+
+
+class Retry(Exception):  # noqa: N818 (raised, like StopIteration)
+    """Raise it from a handler to run the job again `after` seconds from now.
+
+    ``raise Retry(after=30)`` honours an upstream's Retry-After; with no
+    `after`, the handler's backoff decides. It counts against the handler's
+    `retries` (RETRY_WITHOUT_POLICY when the handler declared none).
+    """
+
+    def __init__(self, after: float | None = None, reason: str = "") -> None:
+        if after is not None and not 0 <= after < float("inf"):
+            raise ValueError(f"Retry(after={after!r}): seconds >= 0, or None")
+        super().__init__(reason or "retry asked by the handler")
+        self.after = after
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What a handler declared beside itself: retries, backoff, time limit.
+
+    Exponential backoff: ``backoff`` s before the first retry, then twice as
+    long each time, at most ``max_backoff``; with ``jitter`` (the default) a
+    random delay between 0 and that ("full jitter"), so failures that came
+    together do not retry together.
+    """
+
+    retries: int = 0  # runs after the first, at most; 0: a failure is final
+    backoff: float = 1.0  # seconds before the first retry
+    max_backoff: float = 300.0  # seconds, the cap
+    jitter: bool = True
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    timeout: float | None = None  # seconds; None: JOB_TIMEOUT from the web
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"retries={self.retries!r}: a whole number >= 0")
+        if not 0 <= self.backoff <= self.max_backoff:
+            raise ValueError(
+                f"backoff={self.backoff!r}, max_backoff={self.max_backoff!r}: "
+                "need 0 <= backoff <= max_backoff (seconds)"
+            )
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"timeout={self.timeout!r}: seconds > 0, or None")
+        for kind in self.retry_on:
+            if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+                raise TypeError(f"retry_on: {kind!r} is not an exception class")
+
+    def delay(self, retries: int) -> float:
+        """Seconds before the retry that follows `retries` earlier ones."""
+        ceiling = min(self.max_backoff, self.backoff * 2.0 ** min(retries, 60))
+        return random.uniform(0.0, ceiling) if self.jitter else ceiling
+
+
+NO_POLICY = Policy()
 
 
 def error_text(exc: BaseException) -> bytes:
@@ -33,13 +103,20 @@ def error_text(exc: BaseException) -> bytes:
 
 
 def run_handler(
-    handler: Callable[[Job], Any], job: Job, where: str, bounded: bool = False
+    handler: Callable[[Job], Any],
+    job: Job,
+    where: str,
+    policy: Policy = NO_POLICY,
+    bounded: bool = False,
 ) -> tuple[int, bytes]:
-    """Run `handler(job)`: (protocol.OK, JSON result or b"") or (FAILED, error).
+    """Run `handler(job)`: (a protocol result status, its payload).
 
-    `where` names the runner in the log ("worker :4444"). `bounded`: enforce
-    ``job.timeout`` here with a `gevent.Timeout` (the inline mode); a worker
-    interrupts its handlers itself, from its heartbeat.
+    OK with the JSON result (or b""); FAILED with the error text; RETRY (with
+    the delay) when `policy` retries this failure and has retries left (a
+    time-out counts as a failure; `Retry` asks for one); CANCELLED when
+    `Cancelled` interrupted it. `where` names the runner in the log. `bounded`:
+    enforce ``job.timeout`` here with a `gevent.Timeout` (the inline mode); a
+    worker interrupts its handlers itself, from its heartbeat.
     """
     timer = gevent.Timeout(job.timeout, JobTimeout) if bounded and job.timeout else None
     try:
@@ -49,13 +126,40 @@ def run_handler(
         # for Prefer: wait, push(wait=), and GET /jobs/<id>
         payload = b"" if result is None else json.dumps(result).encode()
         return protocol.OK, payload
-    except JobTimeout:
-        payload = f"handler exceeded {job.timeout:g} s (JOB_TIMEOUT)".encode()
-        log.error("%s: job %s: %s", where, job.id, payload.decode())
-        return protocol.FAILED, payload
+    except Cancelled:
+        log.warning("%s: job %s cancelled while it ran", where, job.id)
+        return protocol.CANCELLED, b"cancelled while it ran"
+    except JobTimeout as exc:
+        limit = "its handler's timeout=" if policy.timeout else "JOB_TIMEOUT"
+        error = f"handler exceeded {job.timeout:g} s ({limit})".encode()
+        return _failed(job, where, policy, exc, error)
     except Exception as exc:
-        log.exception("%s: job %s failed", where, job.id)
-        return protocol.FAILED, error_text(exc)
+        return _failed(job, where, policy, exc, error_text(exc))
     finally:
         if timer is not None:
             timer.close()
+
+
+def _failed(
+    job: Job, where: str, policy: Policy, exc: BaseException, error: bytes
+) -> tuple[int, bytes]:
+    """FAILED, or RETRY if the policy retries `exc` and has retries left."""
+    if isinstance(exc, Retry):
+        budget = policy.retries or RETRY_WITHOUT_POLICY
+        retry = job.retries < budget
+    else:
+        budget = policy.retries
+        retryable = isinstance(exc, policy.retry_on) or isinstance(exc, JobTimeout)
+        retry = retryable and job.retries < budget
+    if not retry:
+        if isinstance(exc, JobTimeout):
+            log.error("%s: job %s: %s", where, job.id, error.decode())
+        else:
+            log.error("%s: job %s failed", where, job.id, exc_info=exc)
+        return protocol.FAILED, error
+    after = exc.after if isinstance(exc, Retry) else None
+    delay = policy.delay(job.retries) if after is None else after
+    log.warning("%s: job %s: %s; retry %d of %d in %.3g s", where, job.id,
+                error.decode("utf-8", "replace"), job.retries + 1, budget,
+                delay)  # fmt: skip
+    return protocol.RETRY, protocol.retry_payload(delay, error)

@@ -24,9 +24,11 @@ class Status(StrEnum):
 
     QUEUED = "queued"  # accepted, waiting for a worker with credit
     IN_FLIGHT = "in_flight"  # sent to a worker, not yet acknowledged
+    RETRYING = "retrying"  # its handler failed; waiting out its backoff
     DONE = "done"  # the handler returned
-    FAILED = "failed"  # the handler raised, or ran past JOB_TIMEOUT
-    DEAD = "dead"  # given up on: dead-lettered after MAX_ATTEMPTS deliveries
+    FAILED = "failed"  # the handler raised, or ran past its time limit
+    DEAD = "dead"  # given up on: MAX_ATTEMPTS deliveries, or its last retry failed
+    CANCELLED = "cancelled"  # cancelled (pipe.cancel, DELETE /jobs/<id>)
     UNACKNOWLEDGED = "unacknowledged"  # handed to a plain PULL worker: at most once
     TIMEOUT = "timeout"  # nothing came back within the wait (still delivered)
     OK = "done"  # an alias of DONE (the name greenpipe 0.1 used)
@@ -49,8 +51,8 @@ class Outcome(NamedTuple):
 
     @property
     def error(self) -> str:
-        """Why it failed or was given up on ("" when it did not)."""
-        if self.status in (Status.FAILED, Status.DEAD):
+        """Why it failed, was given up on or cancelled ("" when it was not)."""
+        if self.status in (Status.FAILED, Status.DEAD, Status.CANCELLED):
             return self.payload.decode("utf-8", "replace")
         return ""
 
@@ -60,7 +62,8 @@ class Envelope:
 
     __slots__ = ("key", "id", "attempt", "method", "path", "query", "content_type")
     __slots__ += ("body", "flags", "sent_at", "reply", "name", "segment", "accepted_at")
-    __slots__ += ("suspect",)
+    __slots__ += ("suspect", "retries", "deliveries", "not_before", "errors")
+    __slots__ += ("cancelling",)
 
     def __init__(
         self,
@@ -78,7 +81,12 @@ class Envelope:
         self.segment = -1  # the journal segment it was written to (-1: none)
         self.accepted_at = 0.0  # the dispatcher's clock when it was accepted
         self.key = job_id.encode("ascii")
-        self.attempt = 0  # deliveries so far
+        self.attempt = 0  # deliveries so far, all runs together
+        self.deliveries = 0  # deliveries of this run (MAX_ATTEMPTS bounds them)
+        self.retries = 0  # handler retries so far (runs after the first)
+        self.not_before = 0.0  # wall time it waits for (a retry's backoff); 0: none
+        self.errors: list[str] = []  # why its runs failed, the last few
+        self.cancelling = False  # cancelled while a worker runs it
         # Taken back from a worker lost without a goodbye: it may be what killed
         # it, so it travels alone (greenpipe.rotation).
         self.suspect = False
@@ -129,12 +137,14 @@ class Job:
     to ``push``, or the path of a forwarded request (``method``, ``path`` and
     ``query`` are empty for a job pushed by name). ``body`` is the raw body;
     ``json()`` parses it (and raises ValueError if it is not JSON). ``attempt``
-    is 1 on first delivery and grows each time the web re-sends the job after
-    losing the worker that held it.
+    counts runs: 1 on first delivery, and one more each time the job runs
+    again, after a retry or after the web re-sent it from a lost worker.
+    ``retries`` is how many handler retries came before this run (0 at
+    first). ``timeout`` is its time limit in seconds (0: none).
     """
 
     __slots__ = ("id", "attempt", "method", "path", "query", "content_type", "body")
-    __slots__ += ("timeout", "wants_reply", "raw_id", "worker", "name")
+    __slots__ += ("timeout", "wants_reply", "raw_id", "worker", "name", "retries")
 
     def __init__(
         self,
@@ -148,8 +158,10 @@ class Job:
         timeout: float = 0.0,
         wants_reply: bool = False,
         name: str = "",
+        retries: int = 0,
     ) -> None:
         self.raw_id = raw_id
+        self.retries = retries
         self.name = name or path  # a forwarded request is named by its path
         self.id = raw_id.decode("ascii")
         self.attempt = attempt

@@ -48,35 +48,39 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
-import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
-import gevent
-
-from greenpipe.errors import ConfigError, GreenpipeError
+from greenpipe.errors import ConfigError
 from greenpipe.jobs import Envelope
 from greenpipe.segments import (
     ACK,
     CANCEL,
     JOB,
-    JOB_V1,
     KEY,
-    KEYS_V1,
+    LATER,
     SENT,
-    decode_job,
-    decode_key,
-    decode_keys_v1,
-    decode_sent,
     encode_job,
     encode_key,
+    encode_later,
     encode_sent,
-    read_records,
     record,
+)
+from greenpipe.slots import (
+    KEYS_FILE,
+    MAX_SLOTS,
+    Found,
+    JournalError,
+    Keys,
+    Owed,
+    Replay,
+    Segment,
+    Slots,
+    replace_file,
+)
+from greenpipe.slots import (
+    offload as _offload,
 )
 
 __all__ = ["Journal", "JournalError", "Replay", "encode_job", "record", "JOB"]
@@ -84,59 +88,7 @@ log = logging.getLogger(__name__)
 
 SEGMENT_ROLL = 4 << 20  # bytes: past this, the next group goes to a new segment
 CARRY_SHARE = 4  # an old segment's owed jobs are carried at 1/CARRY_SHARE its size
-MAX_SLOTS = 64
 SYNC_MODES = ("none", "batch")
-KEYS_FILE = "keys"
-
-Keys = dict[str, tuple[str, float]]  # idempotency key -> (job id, wall time)
-
-
-class JournalError(GreenpipeError):
-    """The journal cannot be written; jobs are refused (503) until it can."""
-
-
-@dataclass
-class Replay:
-    """What opening a journal found: the jobs still owed, and what was wrong."""
-
-    jobs: list[Envelope] = field(default_factory=list)
-    keys: Keys = field(default_factory=dict)  # each with its own wall time
-    torn: int = 0  # torn tails cut off
-    salvaged: int = 0  # damaged segments moved aside
-    adopted: list[int] = field(default_factory=list)  # orphaned slots taken over
-
-
-@dataclass
-class _Owed:
-    job: Envelope
-    size: int  # bytes of its record
-    key: str
-    at: float
-
-
-@dataclass
-class _Segment:
-    size: int = 0
-    owed: dict[str, _Owed] = field(default_factory=dict)
-    keyed: bool = False  # holds a JOB record with a key
-
-    def owed_bytes(self) -> int:
-        return sum(entry.size for entry in self.owed.values())
-
-
-@dataclass
-class _Found:
-    """What reading the segments of one or more slots found (see `_read_slot`)."""
-
-    jobs: dict[str, tuple[Envelope, int, str, float, int]] = field(default_factory=dict)
-    settled: set[str] = field(default_factory=set)  # acknowledged or cancelled
-    sent: dict[str, int] = field(default_factory=dict)  # job id -> last attempt sent
-    segments: dict[int, _Segment] = field(default_factory=dict)
-
-
-def _offload(function: Callable[..., Any], *args: Any) -> Any:
-    """Run a call that may stall (a sync) in gevent's thread pool (see module)."""
-    return gevent.get_hub().threadpool.apply(function, args)
 
 
 class Journal:
@@ -160,6 +112,7 @@ class Journal:
         self.directory = os.path.abspath(directory)
         self.sync = sync
         self.corrupt = corrupt
+        self._slots = Slots(self.directory, corrupt, sync)
         self.slot = -1
         self.path = ""  # the slot's folder
         self._live_keys = keys
@@ -168,7 +121,7 @@ class Journal:
         self._fd = -1
         self._segment = 0  # number of the segment being written
         self._size = 0  # its size in bytes (the last good record's end)
-        self._segments: dict[int, _Segment] = {}  # live, oldest first
+        self._segments: dict[int, Segment] = {}  # live, oldest first
         self._acks: list[bytes] = []  # ACK records not yet written (see acked)
         self._busy = False  # a write and its sync under way: ACK records wait
         self._opening = False
@@ -194,45 +147,63 @@ class Journal:
                 f"JOURNAL_DIR: cannot create {self.directory!r} ({exc}); give a "
                 "writable directory, or JOURNAL_DIR=off to run without a journal"
             ) from None
-        self.slot, self._lock_fd = self._take_slot()
-        self.path = self._slot_dir(self.slot)
+        self.slot, self._lock_fd = self._slots.take()
+        self.path = self._slots.slot_dir(self.slot)
         os.makedirs(self.path, exist_ok=True)
-        replay, own = Replay(), _Found()
-        self._read_slot(self.path, own, replay)
+        replay, own = Replay(), Found()
+        self._slots.read_slot(self.path, own, replay)
         orphans: list[tuple[int, int]] = []  # (slot, its lock fd): held until adopted
-        theirs = _Found()
         for other in range(MAX_SLOTS):
-            folder = self._slot_dir(other)
-            if other == self.slot or not os.path.isdir(folder):
+            if other == self.slot:
                 continue
-            if not self._numbers(folder) and not os.path.exists(
-                os.path.join(folder, KEYS_FILE)
+            slots = self._slots
+            if not slots.holds_jobs(slots.slot_dir(other)) and not slots.adoptions(
+                other
             ):
                 continue
-            fd = self._lock(other)
+            fd = self._slots.lock(other)
             if fd >= 0:  # no live process holds it: an orphan
-                self._read_slot(folder, theirs, replay)
                 orphans.append((other, fd))
+        # What is adopted is first renamed "adopted-...-by-<this slot>" (synced):
+        # a crash before its folder is gone leaves it to whoever holds this slot
+        # next, who reads it beside the copies already carried here (replay
+        # deduplicates by id); no process can take it as a slot of its own.
+        theirs, sources = Found(), self._slots.adoptions(self.slot)
+        for other, _ in orphans:
+            sources += self._slots.adoptions(other)
+            if self._slots.holds_jobs(self._slots.slot_dir(other)):
+                sources.append(self._slots.slot_dir(other))
+        sources = [self._slots.mark_adopted(folder, self.slot) for folder in sources]
+        for folder in sources:
+            self._slots.read_slot(folder, theirs, replay)
         settled = own.settled | theirs.settled
+        for cancelled in own.cancelled | theirs.cancelled:  # answered 503: no key
+            for key, (job_id, _) in list(replay.keys.items()):
+                if job_id == cancelled:
+                    del replay.keys[key]
         for found in (own, theirs):  # a job sent before the crash: its next attempt
             for job_id, (job, *_) in found.jobs.items():
                 job.attempt = max(job.attempt, found.sent.get(job_id, 0))
+                waits = found.later.get(job_id)
+                if waits is not None:  # and a job that waited waits on
+                    job.not_before, job.retries = waits[0], waits[1]
+                    job.attempt = max(job.attempt, waits[2])
         self._segments = own.segments
         for job_id, (job, number, key, at, size) in own.jobs.items():
             if job_id not in settled:
                 job.segment = number
-                self._segments[number].owed[job_id] = _Owed(job, size, key, at)
+                self._segments[number].owed[job_id] = Owed(job, size, key, at)
                 replay.jobs.append(job)
         self._own_keys, self._opening = dict(replay.keys), True
         self._start_segment(max(own.segments, default=0) + 1)
         adopted = [
-            _Owed(job, size, key, at)
+            Owed(job, size, key, at)
             for job_id, (job, _, key, at, size) in theirs.jobs.items()
             if job_id not in settled and job_id not in own.jobs
         ]
         try:  # the adopted jobs, with their keys, here before the orphans' files go
             self._carry(adopted)
-            if orphans:
+            if sources:
                 self._write_keys(self._own_keys)
             self._compact()
         except OSError as exc:
@@ -241,8 +212,11 @@ class Journal:
                 "free space or fix permissions there"
             ) from None
         replay.jobs.extend(entry.job for entry in adopted)
+        for folder in sources:
+            self._slots.remove_slot(folder)
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
         for other, fd in orphans:
-            self._remove_slot(self._slot_dir(other))
             os.close(fd)
             replay.adopted.append(other)
         if orphans:
@@ -253,124 +227,6 @@ class Journal:
         self._opening = False
         return replay
 
-    def _slot_dir(self, slot: int) -> str:
-        return os.path.join(self.directory, f"slot-{slot}")
-
-    def _lock(self, slot: int) -> int:
-        """The slot's lock fd if this process could take it, else -1."""
-        path = os.path.join(self.directory, f"slot-{slot}.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return -1
-        return fd
-
-    def _take_slot(self) -> tuple[int, int]:
-        for slot in range(MAX_SLOTS):
-            fd = self._lock(slot)
-            if fd >= 0:
-                return slot, fd
-        raise ConfigError(
-            f"JOURNAL_DIR: all {MAX_SLOTS} slots of {self.directory!r} are held by "
-            "running web processes; stop some, or give this one its own JOURNAL_DIR"
-        )
-
-    @staticmethod
-    def _numbers(folder: str) -> list[int]:
-        numbers = []
-        for name in os.listdir(folder):
-            if name.startswith("seg-") and name.endswith(".log"):
-                try:
-                    numbers.append(int(name[4:-4]))
-                except ValueError:
-                    continue
-        return sorted(numbers)
-
-    def _read_slot(self, folder: str, found: _Found, replay: Replay) -> None:
-        keys = replay.keys
-        for kind, payload in self._read(os.path.join(folder, KEYS_FILE), replay):
-            if kind == KEY:
-                key, job_id, at = decode_key(payload)
-                _newer(keys, key, job_id, at)
-        for number in self._numbers(folder):
-            path = os.path.join(folder, f"seg-{number:08d}.log")
-            segment = found.segments[number] = _Segment(os.path.getsize(path))
-            for kind, payload in self._read(path, replay):
-                if kind in (JOB, JOB_V1):
-                    job, key, at = decode_job(kind, payload)
-                    if key:
-                        segment.keyed = True
-                        at = time.time() if at < 0 else at  # JOB_V1: no time kept
-                        _newer(keys, key, job.id, at)
-                    size = len(payload) + 9
-                    found.jobs[job.id] = (job, number, key, at, size)
-                elif kind in (ACK, CANCEL):
-                    found.settled.update(raw.decode("ascii", "replace")
-                                         for raw in payload.split())  # fmt: skip
-                elif kind == SENT:
-                    sent = found.sent
-                    for job_id, attempt in decode_sent(payload):
-                        sent[job_id] = max(attempt, sent.get(job_id, 0))
-                elif kind == KEYS_V1:
-                    segment.keyed = True
-                    for key, job_id, at in decode_keys_v1(payload):
-                        _newer(keys, key, job_id, at)
-
-    def _read(self, path: str, replay: Replay) -> list[tuple[int, bytes]]:
-        """The records of a file ([] if absent), its torn tail cut, damage handled."""
-        try:
-            with open(path, "rb") as file:
-                data = file.read()
-        except FileNotFoundError:
-            return []
-        records, end, damaged = read_records(data)
-        if damaged:
-            self._salvage(path, data, end, records, replay)
-        elif end < len(data):
-            replay.torn += 1
-            log.warning(
-                "journal: %s ends in a torn record (%d bytes after offset %d, from a "
-                "crash while writing); cut off, the %d bytes before it replayed",
-                path, len(data) - end, end, end,
-            )  # fmt: skip
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.ftruncate(fd, end)
-            finally:
-                os.close(fd)
-        return records
-
-    def _salvage(self, path: str, data: bytes, end: int,
-                 records: list[tuple[int, bytes]], replay: Replay) -> None:  # fmt: skip
-        if self.corrupt == "refuse":
-            raise JournalError(
-                f"journal: {path} is damaged (bad bytes with readable records after "
-                "them, not a torn tail); move it aside by hand, or start with "
-                "JOURNAL_CORRUPT=salvage to replay what can be read"
-            )
-        replay.salvaged += 1
-        aside = f"{path}.damaged-{int(time.time())}"
-        log.error(
-            "journal: %s is damaged at offset %d with readable records after it; "
-            "replaying the %d records that can be read, kept the file as %s",
-            path, _first_bad(data, records), len(records), aside,
-        )  # fmt: skip
-        # The clean copy replaces the file in one rename: a crash meanwhile
-        # leaves the damaged file, salvaged again at the next start.
-        clean = b"".join(record(kind, payload) for kind, payload in records)
-        if not os.path.exists(aside):
-            os.link(path, aside)
-        self._replace(path, clean)
-
-    def _remove_slot(self, folder: str) -> None:
-        """An adopted slot's files, oldest segment first (see the module docstring)."""
-        names = [f"seg-{number:08d}.log" for number in self._numbers(folder)]
-        for name in [*names, KEYS_FILE, KEYS_FILE + ".tmp"]:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(folder, name))
-
     # -- writing --------------------------------------------------------------
 
     def _start_segment(self, number: int) -> None:
@@ -379,7 +235,7 @@ class Journal:
         if self._fd >= 0:
             os.close(self._fd)
         self._fd, self._segment, self._size = fd, number, os.fstat(fd).st_size
-        self._segments.setdefault(number, _Segment(self._size))
+        self._segments.setdefault(number, Segment(self._size))
 
     def append_jobs(
         self,
@@ -399,7 +255,7 @@ class Journal:
         entries = []
         for i, job in enumerate(jobs):
             key, at = keys[i] if keys else ("", 0.0)
-            entries.append(_Owed(job, 0, key, at))
+            entries.append(Owed(job, 0, key, at))
         try:
             self._compact(exclude={job.id for job in jobs})
             self._append(entries)
@@ -415,16 +271,23 @@ class Journal:
                 if entry.key:
                     self._own_keys[entry.key] = (entry.job.id, entry.at)
 
-    def _append(self, entries: list[_Owed]) -> None:
-        """Write the JOB records of `entries` (ACK records in memory ride along)."""
+    def _append(self, entries: list[Owed], carried: bool = False) -> None:
+        """Write the JOB records of `entries` (ACK records in memory ride along).
+
+        `carried`: copies of jobs still owed elsewhere; if they cannot be
+        written (nor cut back) no CANCEL may name them: the originals stand.
+        """
         records = []
         for entry in entries:
             data = record(JOB, encode_job(entry.job, entry.key, entry.at))
+            if entry.job.not_before or entry.job.retries:  # it waits: and until when
+                data += record(LATER, encode_later((entry.job,)))
             entry.size = len(data)
             records.append(data)
         acks, self._acks = self._acks, []
         try:
-            self._write(b"".join(acks + records), [e.job.key for e in entries])
+            ids = [] if carried else [e.job.key for e in entries]
+            self._write(b"".join(acks + records), ids)
         except BaseException:
             self._acks[:0] = acks
             raise
@@ -495,10 +358,23 @@ class Journal:
             return
         except OSError as cut:
             log.error("journal: cannot cut %s back (%s)", self.path, cut)
+        # Whatever stays of the group ends the segment (a torn tail, or records
+        # the CANCEL below settles): the next records go to a new one, so no
+        # later cut back can take the CANCEL away, nor follow a torn record.
+        try:
+            self._start_segment(self._segment + 1)
+        except OSError as roll:
+            log.error("journal: cannot start a new segment in %s (%s)", self.path, roll)
+            return
         if not ids:
             return  # only carried copies: replay deduplicates them
+        cancel = record(CANCEL, b" ".join(ids))
         try:
-            os.write(self._fd, record(CANCEL, b" ".join(ids)))
+            if os.write(self._fd, cancel) == len(cancel):
+                self._size += len(cancel)
+                self._segments[self._segment].size = self._size
+                return
+            raise OSError(errno.ENOSPC, "short write")
         except OSError as cancel:
             log.error(
                 "journal: cannot cancel %d jobs answered 503 in %s either (%s); "
@@ -528,12 +404,12 @@ class Journal:
             self._unlink(number)
             del self._segments[number]
 
-    def _carry(self, entries: list[_Owed]) -> None:
+    def _carry(self, entries: list[Owed]) -> None:
         """Write `entries` into the current segment (synced), then count them there."""
         if not entries:
             return
         origins = [self._segments.get(entry.job.segment) for entry in entries]
-        self._append([_Owed(e.job, e.size, e.key, e.at) for e in entries])
+        self._append([Owed(e.job, e.size, e.key, e.at) for e in entries], carried=True)
         # Owed here now, not there (a compaction cut short must not carry them
         # again once acknowledged), unless acknowledged during the write.
         for entry, old in zip(entries, origins, strict=True):
@@ -551,29 +427,10 @@ class Journal:
         data = b"".join(record(KEY, encode_key(key, job_id, at))
                         for key, (job_id, at) in keys.items()
                         if job_id not in exclude)  # fmt: skip
-        self._replace(os.path.join(self.path, KEYS_FILE), data)
+        replace_file(os.path.join(self.path, KEYS_FILE), data, self.sync == "batch")
 
-    def _replace(self, path: str, data: bytes) -> None:
-        """Replace `path` by `data` atomically: a temporary file, sync, rename."""
-        temporary = path + ".tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            if os.write(fd, data) != len(data):
-                raise OSError(errno.ENOSPC, f"short write to {temporary}")
-            if self.sync == "batch":
-                _offload(os.fdatasync, fd)
-        finally:
-            os.close(fd)
-        os.rename(temporary, path)
-        if self.sync == "batch":
-            folder = os.open(os.path.dirname(path), os.O_RDONLY)
-            try:
-                _offload(os.fsync, folder)
-            finally:
-                os.close(folder)
-
-    def acked(self, jobs: Iterable[Envelope]) -> None:
-        """Record acknowledgements (bookkeeping only: no I/O).
+    def acked(self, jobs: Iterable[Envelope]) -> bool:
+        """Record acknowledgements (bookkeeping only: no I/O); True if any was owed.
 
         The ACK record is kept in memory and written with the next group of
         jobs (or by `flush_acks`, every heartbeat): a lost ACK record costs
@@ -587,6 +444,7 @@ class Journal:
                 ids.append(job.key)
         if ids:
             self._acks.append(record(ACK, b" ".join(ids)))
+        return bool(ids)
 
     def sent(self, jobs: Sequence[Envelope]) -> None:
         """Record that `jobs` went out (bookkeeping only: no I/O).
@@ -598,6 +456,27 @@ class Journal:
         if jobs:
             self._acks.append(record(SENT, encode_sent(jobs)))
 
+    def later(self, jobs: Sequence[Envelope]) -> None:
+        """Record that `jobs` wait until their ``not_before`` (a retry's backoff).
+
+        Written now (not with the next heartbeat's ACK records) unless a
+        group is being written, which carries it: a crash must not run a
+        waiting job early. Not synced: after a power loss the job may run
+        early once.
+        """
+        if jobs:
+            self._acks.append(record(LATER, encode_later(jobs)))
+            self.flush_acks()
+
+    def cancelled(self, jobs: Iterable[Envelope]) -> None:
+        """Settle jobs a user cancelled, written now (see `later`).
+
+        An ACK record, not a CANCEL: those jobs were answered 202, so their
+        idempotency keys still name them (a CANCEL says "never a job").
+        """
+        if self.acked(jobs):
+            self.flush_acks()
+
     def flush_acks(self) -> None:
         """Write the ACK records kept in memory (each heartbeat, and at close).
 
@@ -608,11 +487,23 @@ class Journal:
             return
         data, self._acks = b"".join(self._acks), []
         try:
-            os.write(self._fd, data)
-            self._size += len(data)
-            self._segments[self._segment].size = self._size
+            written = os.write(self._fd, data)
         except OSError as exc:  # only duplicates at a replay: say so, go on
             log.error("journal: cannot write ACK records to %s (%s)", self.path, exc)
+            return
+        if written == len(data):
+            self._size += len(data)
+            self._segments[self._segment].size = self._size
+            return
+        # A short write (a full disk) left a torn record: cut it off, or else
+        # leave it as the segment's torn tail; the records are written again.
+        log.error("journal: short write of ACK records to %s", self.path)
+        self._acks.insert(0, data)
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._start_segment(self._segment + 1)
 
     def _unlink(self, number: int) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -635,19 +526,3 @@ class Journal:
             if fd >= 0:
                 os.close(fd)
         self._fd = self._lock_fd = -1
-
-
-def _newer(keys: Keys, key: str, job_id: str, at: float) -> None:
-    """Keep the newest mapping of `key` (a key is reused only after its window)."""
-    if key not in keys or keys[key][1] <= at:
-        keys[key] = (job_id, at)
-
-
-def _first_bad(data: bytes, records: list[tuple[int, bytes]]) -> int:
-    """Offset of the first byte not in a readable record (for the error message)."""
-    offset = 0
-    for kind, payload in records:
-        if data[offset : offset + 9 + len(payload)] != record(kind, payload):
-            return offset
-        offset += 9 + len(payload)
-    return offset

@@ -83,6 +83,13 @@ HANDSHAKE_FAILED = (
 )
 _MONITORED |= HANDSHAKE_FAILED
 _ids = itertools.count(1)
+# A result's status byte as what became of the job (RETRY: it waits, retrying).
+_OUTCOMES = {
+    protocol.OK: Status.DONE,
+    protocol.FAILED: Status.FAILED,
+    protocol.RETRY: Status.RETRYING,
+    protocol.CANCELLED: Status.CANCELLED,
+}
 _REFUSED = (
     "the worker refused this web's key: add this web's NAME.key to the worker's "
     "CURVE_ALLOW directory"
@@ -124,7 +131,7 @@ class Link:
         self.ever_ready = False
         # The worker's own figures from its last HEARTBEAT: handled, failed,
         # refused handshakes, run time sum, run time bucket counts.
-        self.figures: tuple | None = None
+        self.figures: protocol.Figures | None = None
         self.connected = False  # the ZMTP handshake completed (monitor events)
         self.handshake_error = ""  # why the last handshake failed (CURVE), if it did
         # (this web's keypair, the worker's public key): CURVE on this link.
@@ -200,11 +207,10 @@ class Link:
             job = pop(key, None)
             if job is None:
                 stray += 1
-            elif status == protocol.OK:
-                results.append((job, Status.DONE, payload))
             else:
-                self.failed += 1
-                results.append((job, Status.FAILED, payload))
+                outcome = _OUTCOMES[status]
+                self.failed += outcome is Status.FAILED
+                results.append((job, outcome, payload))
         if self.suspects:
             self.suspects = sum(1 for job in jobs.values() if job.suspect)
         self.acked += len(done) + len(results)
@@ -348,6 +354,7 @@ class Link:
                     job.flags,
                     timeout_ms,
                     job.name,
+                    job.retries,
                 )
             )
         sent = self._send_records(records)
@@ -383,7 +390,9 @@ class Link:
             "resent": self.resent,
             "credit": self.credit,
             # handshakes the worker's CURVE allowlist refused (all webs; its count)
-            "refused": self.figures[2] if self.figures is not None else 0,
+            "refused": self.figures.refused if self.figures is not None else 0,
+            # its handlers running past their time limit now (all webs)
+            "overrunning": self.figures.overrunning if self.figures else 0,
             "handshake_error": self.handshake_error,
         }
 

@@ -63,6 +63,8 @@ class Collector(_Collector):
             ("pushed", s.pushed, "Jobs handed to plain PULL workers."),
             ("replayed", s.replayed, "Jobs replayed from the journal at start."),
             ("redriven", s.redriven, "Dead letters re-sent from the dashboard."),
+            ("retried", s.retried, "Runs that failed and were held for a retry."),
+            ("cancelled", s.cancelled, "Jobs cancelled."),
         ):
             yield CounterMetricFamily(f"greenpipe_jobs_{name}", doc, value=value)
         rejected = CounterMetricFamily(
@@ -75,6 +77,9 @@ class Collector(_Collector):
         yield rejected
         yield _gauge("jobs_pending", "Jobs accepted, waiting for a worker.", s.pending)
         yield _gauge("jobs_in_flight", "Jobs sent, not yet acknowledged.", s.in_flight)
+        yield _gauge(
+            "jobs_waiting", "Jobs held until a time (retries' backoff).", s.waiting
+        )
         yield _gauge("barrier_met", "1 once every worker said READY.", s.barrier)
         latency = HistogramMetricFamily(
             "greenpipe_job_ack_seconds", "Time from acceptance to acknowledgement."
@@ -107,6 +112,11 @@ class Collector(_Collector):
             "refused_handshakes",
             "Handshakes its CURVE allowlist refused (all webs; its count).",
         )
+        overrunning = _per_worker(
+            GaugeMetricFamily,
+            "overrunning",
+            "Its handlers running past their time limit now (all webs).",
+        )
         run = HistogramMetricFamily(
             "greenpipe_worker_handler_seconds",
             "Handler run time as the worker measured it (all its jobs).",
@@ -126,13 +136,15 @@ class Collector(_Collector):
             sent.add_metric(name, report["sent"])
             acked.add_metric(name, report["acked"])
             if worker.figures is not None:
-                done, bad, refusals, run_sum, counts = worker.figures
-                handled.add_metric(name, done)
-                failed.add_metric(name, bad)
-                refused.add_metric(name, refusals)
-                run.add_metric(name, _buckets(protocol.RUN_BUCKETS, counts), run_sum)
+                figures = worker.figures
+                handled.add_metric(name, figures.handled)
+                failed.add_metric(name, figures.failed)
+                refused.add_metric(name, figures.refused)
+                overrunning.add_metric(name, figures.overrunning)
+                counts = _buckets(protocol.RUN_BUCKETS, figures.run_counts)
+                run.add_metric(name, counts, figures.run_sum)
         yield from (state, in_flight, credit, age, sent, acked, handled, failed,
-                   refused, run)  # fmt: skip
+                   refused, overrunning, run)  # fmt: skip
 
     def _journal(self, journal: dict) -> Iterator:
         on = journal.get("mode", "off") != "off"

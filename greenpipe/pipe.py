@@ -23,7 +23,7 @@ from greenpipe.books import Books, Snapshot
 from greenpipe.config import PipeSettings
 from greenpipe.dispatcher import Dispatcher
 from greenpipe.errors import ConfigError
-from greenpipe.handling import run_handler
+from greenpipe.handling import NO_POLICY, run_handler
 from greenpipe.history import History
 from greenpipe.jobs import Envelope, Job, Outcome, Status
 from greenpipe.records import JobRecords
@@ -81,6 +81,13 @@ def _payload(
         else:
             kind = "application/octet-stream" if raw else ""
     return raw_name, raw, kind.encode("latin-1")
+
+
+_INLINE = {
+    protocol.OK: Status.DONE,
+    protocol.FAILED: Status.FAILED,
+    protocol.CANCELLED: Status.CANCELLED,
+}
 
 
 def _check_wait(wait: Any) -> float:
@@ -243,6 +250,19 @@ class Pipe:
                            _record_payload(found), job.id)  # fmt: skip
         return self.dispatcher.outcome(job, timeout)
 
+    def cancel(self, job_id: str) -> dict[str, Any] | None:
+        """Cancel a job this process accepted: what became of it; None if unknown.
+
+        ``status`` tells: ``cancelled`` (it was queued or waiting for a retry,
+        and will never run, across a restart too); ``in_flight`` with
+        ``cancelling`` (a worker runs it: `Cancelled` is thrown into its
+        handler and it is not retried); anything else is the status of a job
+        that finished before the cancel (nothing changed). Idempotent.
+        """
+        if not self.started:
+            self.start()
+        return self.dispatcher.cancel(job_id)
+
     def redrive(self, job_id: str) -> Envelope:
         """Send a dead-lettered job again as a new job (the dashboard's button).
 
@@ -355,22 +375,37 @@ class InlinePipe(Pipe):
             )
         self._seq += 1
         job.named(self._prefix + format(self._seq, "010x"))
-        job.attempt = 1
         timeout = self.settings.job_timeout
-        seen = Job(job.key, 1, job.method.decode(), job.path.decode("latin-1"),
-                   job.query.decode("latin-1"), job.content_type.decode("latin-1"),
-                   job.body, timeout, wants_reply=job.reply is not None,
-                   name=job.name.decode())  # fmt: skip
-        seen.worker = "inline"
+        policy = getattr(self.handler, "policy", lambda name: NO_POLICY)
+        code = protocol.RETRY
+        while code == protocol.RETRY:  # retries run at once: no backoff inline
+            job.attempt += 1
+            seen = Job(job.key, job.attempt, job.method.decode(),
+                       job.path.decode("latin-1"), job.query.decode("latin-1"),
+                       job.content_type.decode("latin-1"), job.body, timeout,
+                       wants_reply=job.reply is not None, name=job.name.decode(),
+                       retries=job.retries)  # fmt: skip
+            seen.worker = "inline"
+            code, payload = run_handler(
+                self.handler, seen, "inline", policy(seen.name), bounded=True
+            )
+            if code == protocol.RETRY:
+                job.retries += 1
+                self.books.retried += 1
+        status = _INLINE[code]
+        if status is Status.FAILED and job.retries:
+            status = Status.DEAD  # as a web would: its retries spent
         self.books.accepted += 1
-        code, payload = run_handler(self.handler, seen, "inline", bounded=True)
-        status = Status.DONE if code == protocol.OK else Status.FAILED
-        if status is Status.FAILED:
+        if status is not Status.DONE:
             self.books.failure(job.id, "inline", payload)
         self.books.acked += 1
-        self.records.add(job.id, status, "inline", 1, payload)
+        self.records.add(job.id, status, "inline", job.attempt, payload,
+                         retries=job.retries)  # fmt: skip
         job.resolve("inline", status, payload)
         return job
+
+    def cancel(self, job_id: str) -> dict[str, Any] | None:
+        return self.records.get(job_id)  # inline, every job has finished
 
     def outcome(self, job: Envelope, timeout: float) -> Outcome | None:
         return job.reply.get(block=False) if job.reply is not None else None

@@ -1,4 +1,4 @@
-"""The greenpipe wire protocol (version 3) between web.py and server.py.
+"""The greenpipe wire protocol (version 4) between web.py and server.py.
 
 Every message starts with a one-byte kind. The web's DEALER sends web kinds;
 the worker's ROUTER sees them behind the connection's routing id and answers on
@@ -11,7 +11,11 @@ frame may be garbage. They raise `ProtocolError`; nothing here opens a socket.
     JOBS   jobs (one frame)             ACKS       ids done, [result, result, ...]
     PING   credit seq applied           HEARTBEAT  [figures]
     DONE   (nothing more will follow)   BYE        [reason]
-                                        CREDIT     change, seq
+    CANCEL ids (one frame)              CREDIT     change, seq
+
+A result says OK (the handler's JSON), FAILED (the error), RETRY (the
+handler's policy asks to run it again after a delay: the web holds it until
+then) or CANCELLED (the web's CANCEL interrupted it).
 
 A worker's capacity (CONCURRENCY) is shared by every web connected to it:
 READY carries a web's first share, CREDIT moves it (a grant at once; a cut
@@ -28,17 +32,21 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 from greenpipe.errors import ProtocolError
 from greenpipe.jobs import WANTS_REPLY, Job
 
-VERSION = 3  # 3: shared credit (CREDIT, PING seq); 2: a job carries its name
+# 4: retries (RETRY results, a job's retries), CANCEL, overrunning handlers;
+# 3: shared credit (CREDIT, PING seq); 2: a job carries its name.
+VERSION = 4
 
 # web -> worker
 HELLO = b"\x01"  # a web asks to send jobs; answered by READY (or BYE with a reason)
 JOBS = b"\x02"  # one or more jobs, concatenated in one frame (see encode_job)
 PING = b"\x03"  # the web is alive; a worker forgets webs that stay silent
 DONE = b"\x04"  # the web sends nothing more on this connection (answers BYE)
+CANCEL = b"\x05"  # interrupt these jobs if they run here (space-separated ids)
 # worker -> web
 READY = b"\x11"  # the worker takes jobs: up to `credit` unacknowledged at once
 ACKS = b"\x12"  # ids of jobs done, space-separated; then a frame per result
@@ -50,15 +58,18 @@ CREDIT = b"\x15"  # this web's credit changes by a signed amount (numbered)
 # Result status bytes (results travel only for failures and awaited jobs).
 OK = 0  # handler returned; payload is its JSON result
 FAILED = 1  # handler raised or timed out; payload is the error text (UTF-8)
+RETRY = 2  # run it again after a delay: payload is u32 ms, then the error text
+CANCELLED = 3  # interrupted by CANCEL; payload says so
 
 # Job flags: WANTS_REPLY (greenpipe.jobs), an HTTP client waits for the result.
 
 _HELLO = struct.Struct("!BI")  # version, heartbeat interval in ms
 _READY = struct.Struct("!BIII")  # version, credit, largest frame, credit seq
-# flags, attempt, time limit in ms (0: none), then the lengths of id, name,
-# method, path, query, content type and body, which follow in that order. An
-# empty name means "the path": a forwarded request is named by its path.
-_JOB = struct.Struct("!BBIBBBHHHI")
+# flags, attempt, retries so far, time limit in ms (0: none), then the lengths
+# of id, name, method, path, query, content type and body, which follow in that
+# order. An empty name means "the path": a forwarded request is named by its path.
+_JOB = struct.Struct("!BHHIBBBHHHI")
+_DELAY = struct.Struct("!I")  # a RETRY result's delay, ms
 _RESULT = struct.Struct("!BB")  # status, id length; then id, then payload
 _CREDIT = struct.Struct("!iI")  # change (signed), sequence number
 _PING = struct.Struct("!I")  # the last CREDIT sequence number the web applied
@@ -154,6 +165,7 @@ def encode_job(
     flags: int = 0,
     timeout_ms: int = 0,
     name: bytes = b"",
+    retries: int = 0,
 ) -> bytes:
     """One job as a record; records concatenate into a JOBS frame.
 
@@ -161,7 +173,8 @@ def encode_job(
     """
     head = _JOB.pack(
         flags,
-        attempt,
+        min(attempt, 0xFFFF),
+        min(retries, 0xFFFF),
         timeout_ms,
         len(job_id),
         len(name),
@@ -201,8 +214,8 @@ def _decode_job_at(frame: bytes, offset: int) -> tuple[Job, int]:
         raise ProtocolError(
             f"job record of {len(frame) - offset} bytes is shorter than its header"
         )
-    (flags, attempt, timeout_ms, n_id, n_name, n_method, n_path, n_query, n_ctype,
-     n_body) = _JOB.unpack_from(frame, offset)  # fmt: skip
+    (flags, attempt, retries, timeout_ms, n_id, n_name, n_method, n_path, n_query,
+     n_ctype, n_body) = _JOB.unpack_from(frame, offset)  # fmt: skip
     end_id = offset + _JOB.size + n_id
     end_name = end_id + n_name
     end_method = end_name + n_method
@@ -243,32 +256,53 @@ def _decode_job_at(frame: bytes, offset: int) -> tuple[Job, int]:
         timeout_ms / 1000,
         bool(flags & WANTS_REPLY),
         name or path,
+        retries,
     )
     return job, end
 
 
 # Handler run time buckets (seconds), the same on every worker; +Inf is implied.
 RUN_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
-# handled, failed, handshakes refused (reserved for CURVE's allowlist: 0 until
-# then), run time sum (s), then a count per bucket (not cumulative), +Inf last.
-_FIGURES = struct.Struct("!QQQd" + "Q" * (len(RUN_BUCKETS) + 1))
+# handled, failed, handshakes refused (CURVE's allowlist), handlers running
+# past their time limit now, run time sum (s), then a count per bucket (not
+# cumulative), +Inf last.
+_FIGURES = struct.Struct("!QQQQd" + "Q" * (len(RUN_BUCKETS) + 1))
+
+
+class Figures(NamedTuple):
+    """A worker's own figures, from its heartbeats (all webs together)."""
+
+    handled: int
+    failed: int
+    refused: int  # handshakes its CURVE allowlist refused
+    overrunning: int  # handlers still running past their time limit, now
+    run_sum: float  # seconds in handlers
+    run_counts: tuple[int, ...]  # per RUN_BUCKETS bucket, +Inf last
 
 
 def encode_heartbeat(
-    handled: int, failed: int, refused: int, run_sum: float, run_counts: Sequence[int]
+    handled: int,
+    failed: int,
+    refused: int,
+    run_sum: float,
+    run_counts: Sequence[int],
+    overrunning: int = 0,
 ) -> list[bytes]:
     """A HEARTBEAT carrying the worker's own figures (for the web's /metrics)."""
-    return [HEARTBEAT, _FIGURES.pack(handled, failed, refused, run_sum, *run_counts)]
+    return [
+        HEARTBEAT,
+        _FIGURES.pack(handled, failed, refused, overrunning, run_sum, *run_counts),
+    ]
 
 
-def decode_heartbeat(frames: Sequence[bytes]) -> tuple | None:
-    """(handled, failed, refused, run time sum, bucket counts), None if bare."""
+def decode_heartbeat(frames: Sequence[bytes]) -> Figures | None:
+    """The worker's `Figures`, None for a bare heartbeat."""
     if len(frames) == 1:
         return None
     if len(frames) != 2 or len(frames[1]) != _FIGURES.size:
         raise ProtocolError(f"HEARTBEAT figures must be one {_FIGURES.size}-byte frame")
-    handled, failed, refused, run_sum, *counts = _FIGURES.unpack(frames[1])
-    return handled, failed, refused, run_sum, tuple(counts)
+    handled, failed, refused, overrunning, run_sum, *counts = _FIGURES.unpack(frames[1])
+    return Figures(handled, failed, refused, overrunning, run_sum, tuple(counts))
 
 
 def encode_acks(done: Sequence[bytes], results: Sequence[bytes] = ()) -> list[bytes]:
@@ -286,6 +320,22 @@ def decode_result(frame: bytes) -> tuple[bytes, int, bytes]:
     if len(frame) < 3:
         raise ProtocolError(f"result frame of {len(frame)} bytes is too short")
     status, n_id = frame[0], frame[1]
-    if status not in (OK, FAILED) or len(frame) < 2 + n_id:
+    if status not in (OK, FAILED, RETRY, CANCELLED) or len(frame) < 2 + n_id:
         raise ProtocolError(f"result frame with status {status} and id length {n_id}")
     return frame[2 : 2 + n_id], status, frame[2 + n_id :]
+
+
+def retry_payload(delay_s: float, error: bytes) -> bytes:
+    """A RETRY result's payload: the delay asked for, then why the run failed."""
+    return _DELAY.pack(min(max(0, round(delay_s * 1000)), 0xFFFFFFFF)) + error
+
+
+def decode_retry(payload: bytes) -> tuple[float, bytes]:
+    """(delay in seconds, error text) of a RETRY result's payload."""
+    if len(payload) < _DELAY.size:
+        raise ProtocolError(f"RETRY payload of {len(payload)} bytes has no delay")
+    return _DELAY.unpack_from(payload)[0] / 1000, payload[_DELAY.size :]
+
+
+def encode_cancel(ids: Sequence[bytes]) -> list[bytes]:
+    return [CANCEL, b" ".join(ids)]

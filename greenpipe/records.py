@@ -37,10 +37,15 @@ class JobRecords:
         attempt: int,
         payload: bytes,
         now: float | None = None,
+        retries: int = 0,
     ) -> None:
-        """Keep one record; `now` (the clock's) saves a clock call per job."""
+        """Keep one record; `now` (the clock's) saves a clock call per job.
+
+        `retries`: handler retries before the last run (the job ran one more).
+        """
         records = self._records
-        records[job_id] = (status, worker, attempt, payload, now or self._clock())
+        records[job_id] = (status, worker, attempt, payload, now or self._clock(),
+                           retries)  # fmt: skip
         if len(records) > self.keep:
             records.popitem(last=False)
 
@@ -66,13 +71,14 @@ class JobRecords:
         found = self._records.get(job_id)
         if found is None:
             return None
-        status, worker, attempt, payload, finished = found
+        status, worker, attempt, payload, finished, retries = found
         finished += time.time() - self._clock()  # monotonic -> wall clock
         report: dict[str, Any] = {
             "id": job_id,
             "status": status.value,
             "worker": worker,
             "attempt": attempt,
+            "runs": retries + 1,  # the handler ran this many times (retries)
             "finished_at": round(finished, 3),
         }
         if status is Status.DONE:
@@ -84,7 +90,7 @@ class JobRecords:
                 except ValueError:  # a foreign worker's bytes: shown as text
                     report["result_text"] = payload.decode("utf-8", "replace")
         elif payload:
-            key = "error" if status is Status.FAILED else "reason"
+            key = "reason" if status in (Status.DEAD, Status.CANCELLED) else "error"
             report[key] = payload.decode("utf-8", "replace")
         return report
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from greenpipe.errors import GreenpipeError
+from greenpipe.handling import NO_POLICY, Policy
 from greenpipe.jobs import Handler, Job
 
 F = TypeVar("F", bound=Handler)
@@ -33,16 +34,44 @@ class Handlers:
 
     def __init__(self, default: Handler | None = None) -> None:
         self._by_name: dict[str, Handler] = {}
+        self._policies: dict[str, Policy] = {}
         self._default = default
 
-    def job(self, name: str) -> Callable[[F], F]:
-        """Register the decorated function for jobs named `name`; returns it as is."""
+    def job(
+        self,
+        name: str,
+        *,
+        retries: int = 0,
+        backoff: float = 1.0,
+        max_backoff: float = 300.0,
+        jitter: bool = True,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        timeout: float | None = None,
+    ) -> Callable[[F], F]:
+        """Register the decorated function for jobs named `name`; returns it as is.
+
+        `retries`: a failure (an exception in `retry_on`, or the time limit)
+        runs the job again, up to that many times, after `backoff` s, then
+        twice as long each time up to `max_backoff`, at random below that
+        with `jitter`; the web holds the job meanwhile (journaled). The last
+        failure goes to the dead-letter file. `timeout` (seconds) replaces
+        JOB_TIMEOUT for this handler. Raises ValueError/TypeError for values
+        that make no sense.
+        """
+        policy = Policy(retries, backoff, max_backoff, jitter, tuple(retry_on),
+                        timeout)  # fmt: skip
 
         def register(function: F) -> F:
             self.add(name, function)
+            if policy != NO_POLICY:
+                self._policies[name] = policy
             return function
 
         return register
+
+    def policy(self, name: str) -> Policy:
+        """The `Policy` of the handler that runs jobs named `name`."""
+        return self._policies.get(name, NO_POLICY)
 
     def add(self, name: str, function: Handler) -> None:
         if not isinstance(name, str) or not name:

@@ -34,7 +34,10 @@ from greenpipe.jobs import Envelope, Status
 log = logging.getLogger(__name__)
 
 MAX_CONTENT_TYPE = 1024  # bytes; the job frame has 16 bits for it, this is plenty
-ROUTES = "GET /, POST /jobs, GET /jobs/<id>, GET /healthz and GET /stats"
+ROUTES = (
+    "GET /, POST /jobs, GET /jobs/<id>, DELETE /jobs/<id>, GET /healthz and GET /stats"
+)
+ACTION_HEADER = "X-Greenpipe-Action"  # a custom header: no cross-site form sends it
 
 
 class DispatcherLike(Protocol):
@@ -263,27 +266,59 @@ def ops_blueprint(source: Callable[[], DispatcherLike]) -> Blueprint:
         found = pipe.status(job_id)
         if found is not None:
             return json_response(200, found)
-        pid = os.getpid()
-        if not pipe.owns(job_id) and getattr(pipe.settings, "reuse_port", False):
-            # Several processes share this port (WEB_PROCESSES, REUSE_PORT): the
-            # one that accepted the job knows it; a new connection may reach it.
+        return _unknown(pipe, job_id)
+
+    @bp.delete("/jobs/<job_id>")
+    def job_cancel(job_id: str) -> Response:
+        if request.headers.get(ACTION_HEADER) != "cancel":
             return _error(
-                421,
-                "misdirected request",
-                f"job {job_id!r} was not accepted by this web process (pid {pid}) "
-                "but perhaps by another one sharing this port; ask again on a new "
-                "connection (the kernel spreads connections over the processes)",
-                {"Retry-After": "0", "Connection": "close"},
+                403,
+                "forbidden",
+                f"cancelling needs the header {ACTION_HEADER}: cancel (a "
+                "cross-site form cannot send it)",
             )
-        return _error(
-            404,
-            "unknown job",
-            f"no job {job_id!r} here (pid {pid}): never accepted, or its record "
-            f"expired (kept {pipe.settings.status_ttl:g} s, at most "
-            f"{pipe.settings.status_keep} jobs: GREENPIPE_STATUS_TTL, STATUS_KEEP)",
+        pipe = source()
+        found = pipe.cancel(job_id)
+        if found is None:
+            return _unknown(pipe, job_id)
+        if found["status"] == Status.CANCELLED:
+            return json_response(200, found)
+        if found.get("cancelling"):
+            return json_response(202, found)  # its worker interrupts it
+        return json_response(
+            409,
+            {
+                "error": "already finished",
+                "detail": f"job {job_id} is {found['status']}; there is nothing "
+                "left to cancel",
+                "job": found,
+            },
         )
 
     return bp
+
+
+def _unknown(pipe: Any, job_id: str) -> Response:
+    """404 for a job this process does not know (421 if another one may)."""
+    pid = os.getpid()
+    if not pipe.owns(job_id) and getattr(pipe.settings, "reuse_port", False):
+        # Several processes share this port (WEB_PROCESSES, REUSE_PORT): the
+        # one that accepted the job knows it; a new connection may reach it.
+        return _error(
+            421,
+            "misdirected request",
+            f"job {job_id!r} was not accepted by this web process (pid {pid}) "
+            "but perhaps by another one sharing this port; ask again on a new "
+            "connection (the kernel spreads connections over the processes)",
+            {"Retry-After": "0", "Connection": "close"},
+        )
+    return _error(
+        404,
+        "unknown job",
+        f"no job {job_id!r} here (pid {pid}): never accepted, or its record "
+        f"expired (kept {pipe.settings.status_ttl:g} s, at most "
+        f"{pipe.settings.status_keep} jobs: GREENPIPE_STATUS_TTL, STATUS_KEEP)",
+    )
 
 
 def unavailable(exc: Unavailable) -> Response:

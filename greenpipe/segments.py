@@ -19,7 +19,10 @@ JOB = 4  # a job accepted: enough to send it again, with its key and the key's t
 CANCEL = 5  # ids of a group that failed after its write: never replay them
 KEY = 6  # one idempotency key in its window (the keys file)
 SENT = 7  # "id@attempt" of jobs handed to a worker: a replay is their next attempt
-KINDS = frozenset((JOB_V1, ACK, KEYS_V1, JOB, CANCEL, KEY, SENT))
+# "id@not_before@retries@attempt" of a job that waits (a retry's backoff): the
+# wall time it may run again, and how many runs it had.
+LATER = 8
+KINDS = frozenset((JOB_V1, ACK, KEYS_V1, JOB, CANCEL, KEY, SENT, LATER))
 
 _HEAD = struct.Struct("!IIB")  # length of type + payload, crc32, type
 # attempt, the key's wall time, then the lengths of id, name, method, path,
@@ -85,6 +88,27 @@ def decode_sent(payload: bytes) -> Iterator[tuple[str, int]]:
         raw_id, _, attempt = item.rpartition(b"@")
         if raw_id and attempt.isdigit():
             yield raw_id.decode("ascii", "replace"), int(attempt)
+
+
+def encode_later(jobs: Iterable[Envelope]) -> bytes:
+    """A LATER payload: each waiting job's not-before time, retries and attempt."""
+    return b" ".join(
+        b"%s@%.3f@%d@%d" % (job.key, job.not_before, job.retries, job.attempt)
+        for job in jobs
+    )
+
+
+def decode_later(payload: bytes) -> Iterator[tuple[str, float, int, int]]:
+    """(job id, not-before wall time, retries, attempt) per job of a LATER record."""
+    for item in payload.split():
+        parts = item.split(b"@")
+        if len(parts) != 4:
+            continue
+        raw_id, not_before, retries, attempt = parts
+        try:
+            yield raw_id.decode("ascii"), float(not_before), int(retries), int(attempt)
+        except (UnicodeDecodeError, ValueError):
+            continue
 
 
 def encode_key(key: str, job_id: str, at: float) -> bytes:

@@ -15,6 +15,7 @@ import logging
 import signal
 import time
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -34,7 +35,7 @@ from greenpipe.curve import (
     load_secret,
 )
 from greenpipe.errors import ConfigError, LinkError, ProtocolError
-from greenpipe.handling import JobTimeout, run_handler
+from greenpipe.handling import NO_POLICY, Cancelled, JobTimeout, Policy, run_handler
 from greenpipe.jobs import Handler, Job
 from greenpipe.throttle import Throttle
 
@@ -106,6 +107,13 @@ class Worker:
         # per job); `_busy` counts them, `_active` gives each its deadline.
         self._busy = 0
         self._active: dict[Any, tuple[float, Job]] = {}
+        self._running: dict[bytes, Any] = {}  # job id -> its greenlet (CANCEL)
+        self.overrunning = 0  # handlers past their time limit at the last check
+        self._thrown: set[Any] = set()  # handlers JobTimeout was thrown into
+        # The handler's policy by job name (a `Handlers` registry has one).
+        self._policy: Callable[[str], Policy] = getattr(
+            handler, "policy", lambda name: NO_POLICY
+        )
         self._slot = gevent.event.Event()  # set when a handler returns
         self._idle = gevent.event.Event()  # set when none runs
         self._idle.set()
@@ -291,6 +299,9 @@ class Worker:
                     self._share(tick=False)  # a confirmed cut: grant it onwards
         elif kind == protocol.HELLO:
             self._hello(ident, peer, frames[1:])
+        elif kind == protocol.CANCEL and len(frames) == 3:
+            if peer is not None:
+                self._cancel(frames[2])
         elif kind == protocol.DONE and len(frames) == 2:
             if peer is not None:
                 peer.done = True
@@ -370,12 +381,18 @@ class Worker:
     def _run(self, peer: Peer, job: Job) -> None:
         me = getcurrent()
         started = monotonic()
+        policy = self._policy(job.name)
+        if policy.timeout is not None:
+            job.timeout = policy.timeout  # the handler's own limit wins
         deadline = started + job.timeout if job.timeout else NO_DEADLINE
         self._active[me] = (deadline, job)
+        self._running[job.raw_id] = me
         try:
-            status, payload = run_handler(self.handler, job, self.name)
+            status, payload = run_handler(self.handler, job, self.name, policy)
         finally:
             del self._active[me]
+            if self._running.get(job.raw_id) is me:
+                del self._running[job.raw_id]
             self._busy -= 1
             self.shares.finished(peer.account)
             self._slot.set()
@@ -396,13 +413,32 @@ class Worker:
     def _reap(self, now: float) -> None:
         """Interrupt handlers past their deadline (checked every heartbeat).
 
-        Only cooperative handlers can be interrupted; one holding the event loop
-        stops the heartbeats too, and the web treats the worker as frozen.
+        `JobTimeout` is thrown again at every heartbeat until the handler ends:
+        one that swallowed it (``except BaseException``) keeps getting it, and
+        is counted as overrunning meanwhile (heartbeats, /stats, /metrics).
+        Only cooperative handlers can be interrupted; one holding the event
+        loop stops the heartbeats too, and the web treats the worker as frozen.
         """
+        overrunning, thrown = 0, set()
         for runner, (deadline, job) in list(self._active.items()):
             if deadline <= now:
-                self._active[runner] = (NO_DEADLINE, job)
+                thrown.add(runner)
+                if runner in self._thrown:
+                    overrunning += 1  # it had one heartbeat to end, and did not
+                    self._throttle.warning(
+                        f"overrun:{job.name}",
+                        "%s: job %s (%s) still runs %.1f s past its %g s limit",
+                        self.name, job.id, job.name, now - deadline, job.timeout,
+                    )  # fmt: skip
                 gevent.kill(runner, JobTimeout)
+        self.overrunning, self._thrown = overrunning, thrown
+
+    def _cancel(self, ids: bytes) -> None:
+        """CANCEL from a web: interrupt those of its jobs that run here now."""
+        for raw_id in ids.split():
+            runner = self._running.get(raw_id)
+            if runner is not None:
+                gevent.kill(runner, Cancelled)
 
     # -- sending -------------------------------------------------------------
 
@@ -433,7 +469,12 @@ class Worker:
 
     def _beat(self, now: float) -> None:
         beat = protocol.encode_heartbeat(
-            self.handled, self.failed, self.refused, self._run_sum, self._run_counts
+            self.handled,
+            self.failed,
+            self.refused,
+            self._run_sum,
+            self._run_counts,
+            self.overrunning,
         )
         for ident, peer in list(self._peers.items()):
             if now - peer.last_seen > max(5.0, 10 * peer.heartbeat):
@@ -485,6 +526,9 @@ def in_app_context(handler: Handler, spec: str) -> Handler:
         with app.app_context():
             return handler(job)
 
+    policy = getattr(handler, "policy", None)
+    if policy is not None:  # a Handlers registry's policies stay visible
+        run_in_context.policy = policy  # type: ignore[attr-defined]
     return run_in_context
 
 

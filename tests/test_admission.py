@@ -8,6 +8,7 @@ or stall on purpose.
 from __future__ import annotations
 
 import struct
+import time
 
 import gevent
 import gevent.event
@@ -17,7 +18,7 @@ from greenpipe.admission import IdempotencyKeys, check_key
 from greenpipe.errors import Unavailable
 from greenpipe.jobs import Envelope
 from greenpipe.journal import JournalError
-from tests.test_core import Clock, make, ready
+from tests.test_core import Clock, ack, make, ready
 
 
 def _job() -> Envelope:
@@ -107,3 +108,138 @@ def test_keys_expire_after_their_window():
     keys.remember("c", "job-c")
     keys.remember("d", "job-d")
     assert len(keys) == 2 and keys.find("b") is None, "at most `limit`, oldest out"
+
+
+def _slow_disk(monkeypatch) -> None:
+    """Every sync of the journal takes 0.3 s longer: a slow disk stands in."""
+    from greenpipe import journal as journal_module
+
+    real = journal_module._offload
+
+    def slow(call, *args):
+        gevent.sleep(0.3)  # the deliberate slow disk, not a wait for an event
+        return real(call, *args)
+
+    monkeypatch.setattr(journal_module, "_offload", slow)
+
+
+def _until(done, what: str, timeout: float = 5.0) -> None:
+    """Yield to the other greenlets until `done()`, or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        gevent.sleep(0.001)
+
+
+# -- found by a review (issue 24): keys, drain and close around group commit ---
+
+
+@pytest.mark.parametrize("journal", ["off", "on"])
+def test_one_key_makes_one_job_even_when_both_requests_wait_for_the_barrier(
+    tmp_path, journal
+):
+    """Two requests with the same key arrive before the barrier is met (a
+    client retrying at start-up): both look the key up before check() waits
+    for the barrier, then both make a job."""
+    flags = {"ready_timeout": 5}
+    if journal == "on":
+        flags["journal_dir"] = tmp_path / "journal"
+    d = make(Clock(), **flags)
+    d.start()
+    try:
+        first = gevent.spawn(d.submit, _job(), "order-1")
+        retry = gevent.spawn(d.submit, _job(), "order-1")
+        gevent.sleep(0)  # an idle yield: both run until they wait for the barrier
+        for link in d.links:
+            ready(d, link)
+        gevent.joinall([first, retry], timeout=5)
+        assert first.successful() and retry.successful()
+        assert first.value.id == retry.value.id, "one key, two jobs"
+        assert d.books.accepted == 1
+    finally:
+        d.close()
+
+
+def test_drain_waits_for_jobs_parked_in_group_commit(tmp_path, monkeypatch):
+    """drain() counts queued and in-flight jobs, not those in a group being
+    written nor in the open group behind it: with a slow sync (batch mode) it
+    answers 0 at once while requests are parked, then close() kills the
+    dispatcher greenlet that would write the next group: that request never
+    gets an answer (neither 202 nor 503)."""
+
+    d = make(Clock(), journal_dir=tmp_path / "journal", journal_sync="batch")
+    d.start()
+    for link in d.links:
+        ready(d, link)
+    _slow_disk(monkeypatch)
+    first = gevent.spawn(d.submit, _job())
+    _until(lambda: d.admission._commit.committing, "the first group in its sync")
+    second = gevent.spawn(d.submit, _job())
+    _until(lambda: d.admission.in_commit() == 2, "the second job parked behind it")
+    left = d.drain(2.0)
+    d.close()
+    gevent.joinall([first, second], timeout=2)
+    assert left == 2 and second.ready(), (
+        f"drain said {left} left; first answered: {first.ready()}, "
+        f"second answered: {second.ready()} (parked for good)"
+    )
+
+
+def test_close_during_a_groups_sync_answers_503_for_a_job_that_runs_later(
+    tmp_path, monkeypatch
+):
+    """drain() returns at once while a group is in its thread-pool sync (its
+    jobs are not counted); close() then closes the segment's fd under it: the
+    sync fails with EBADF, the cut back and the CANCEL fail too, the request
+    gets 503, yet its JOB record is in the file: the next start runs it."""
+    from greenpipe.errors import Unavailable
+    from greenpipe.journal import Journal
+
+    d = make(Clock(), journal_dir=tmp_path / "journal", journal_sync="batch")
+    d.start()
+    for link in d.links:
+        ready(d, link)
+    _slow_disk(monkeypatch)
+    job = _job()
+    request = gevent.spawn(d.submit, job)
+    _until(lambda: d.admission._commit.committing, "the group in its sync")
+    d.drain(2.0)
+    d.close()
+    request.join(2)
+    monkeypatch.undo()
+    journal = Journal(str(tmp_path / "journal"))
+    replayed = [each.id for each in journal.open().jobs]
+    journal.close()
+    if isinstance(request.exception, Unavailable):
+        assert job.id not in replayed, "answered 503, and replayed at the next start"
+    else:  # the group finished before the close: 202, and owed
+        assert request.successful() and job.id in replayed, request.exception
+
+
+def test_acks_received_before_a_clean_close_during_a_sync_are_kept(
+    tmp_path, monkeypatch
+):
+    """close() -> journal.close() -> flush_acks(), which skips while a group
+    is being written (_busy): ACK records in memory are dropped, and a clean
+    stop replays jobs that were acknowledged before it."""
+    from greenpipe.journal import Journal
+
+    d = make(Clock(), journal_dir=tmp_path / "journal", journal_sync="batch")
+    d.start()
+    for link in d.links:
+        ready(d, link)
+    done = gevent.spawn(d.submit, _job())
+    done.join(5)
+    _until(lambda: any(link.jobs for link in d.links), "the first job sent")
+    holder = next(link for link in d.links if link.jobs)
+    _slow_disk(monkeypatch)
+    gevent.spawn(d.submit, _job())
+    _until(lambda: d.admission._commit.committing, "a group in its sync")
+    ack(d, holder, done.value.id)  # acknowledged: its ACK record waits in memory
+    d.drain(1.0)
+    d.close()
+    monkeypatch.undo()
+    journal = Journal(str(tmp_path / "journal"))
+    replayed = [job.id for job in journal.open().jobs]
+    journal.close()
+    assert done.value.id not in replayed, "acknowledged, replayed after a clean stop"

@@ -177,9 +177,11 @@ def test_unsent_credit_is_not_booked():
 
 
 def test_a_random_interleaving_keeps_the_bound_and_serves_every_web():
-    for seed in range(20):
-        model = Model(capacity=1 + seed % 6, seed=seed, drop=0.2)
-        _interleave(model, 400, most_webs=5)
+    # capacity 1-9, 2-7 webs, 0-40% of sends dropped (a review ran 400 seeds
+    # of this clean; 150 keep the suite quick)
+    for seed in range(150):
+        model = Model(capacity=1 + seed % 9, seed=seed, drop=(seed % 5) / 10)
+        _interleave(model, 600, most_webs=2 + seed % 6)
         model.drop = 0.0  # then: every web with jobs gets credit, within a bound
         waiting = {}
         for web in model.webs.values():

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from greenpipe import journal as journal_module
+from greenpipe import slots as slots_module
 from greenpipe.jobs import Envelope
 from greenpipe.journal import Journal, JournalError
 from greenpipe.segments import ACK, read_records
@@ -247,6 +248,7 @@ def _check(run: Run, disk: Disk, power_loss: bool, where: str) -> None:
 def test_every_crash_point_keeps_the_journals_promises(tmp_path, monkeypatch, sync):
     monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 1024)  # many rolls
     monkeypatch.setattr(journal_module, "_offload", lambda call, *args: call(*args))
+    monkeypatch.setattr(slots_module, "offload", lambda call, *args: call(*args))
     monkeypatch.setattr(journal_module, "MAX_SLOTS", 4)  # fewer stats per open
     points = 0
     for seed in range(2 if sync == "batch" else 3):  # each mode about 1,000 runs
@@ -257,6 +259,7 @@ def test_every_crash_point_keeps_the_journals_promises(tmp_path, monkeypatch, sy
                 run.orphan()
                 disk = Disk(crash_at, random.Random(crash_at), faults=True)
                 monkeypatch.setattr(journal_module, "os", disk)
+                monkeypatch.setattr(slots_module, "os", disk)  # the slots' files
                 try:
                     run.work(140)
                     finished = True
@@ -264,6 +267,7 @@ def test_every_crash_point_keeps_the_journals_promises(tmp_path, monkeypatch, sy
                     finished = False
                 disk.kill(root, power_loss)
                 monkeypatch.setattr(journal_module, "os", os)
+                monkeypatch.setattr(slots_module, "os", os)
                 where = (
                     f"seed {seed}, crash at call {crash_at}, power loss {power_loss}"
                 )

@@ -89,8 +89,9 @@ def test_control_messages_round_trip():
         (b"", "shorter than its header"),
         (b"\x00" * 17, "shorter than its header"),
         (
-            struct.pack("!BBIBBBHHHI", 0, 1, 0, 200, 0, 0, 0, 0, 0, 0) + b"x",
-            "needs 219 bytes",
+            # flags, attempt, retries, time limit, then the lengths (protocol 4)
+            struct.pack("!BHHIBBBHHHI", 0, 1, 0, 0, 200, 0, 0, 0, 0, 0, 0) + b"x",
+            "needs 222 bytes",
         ),
         (
             protocol.encode_job(b"ok-1", 1, b"GET", b"/", b"", b"", b"") + b"z",

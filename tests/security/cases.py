@@ -286,7 +286,9 @@ def _peer(system: System, keys: tuple[bytes, bytes] | None, server: bytes | None
 def _inject(sock, count: int, tag: str, frame_size: int = 0) -> bool:
     """Say HELLO; if the worker answers READY, send `count` jobs. True if READY."""
     sock.send_multipart(protocol.encode_hello(1.0, f"attacker {tag}"))
-    if not sock.poll(1000):
+    # ms; a new web's READY waits for its share of the worker's credit: a cut
+    # from the web that holds it all, confirmed by that web's next PING.
+    if not sock.poll(3000):
         return False
     frames = sock.recv_multipart()
     if frames[0] != protocol.READY:

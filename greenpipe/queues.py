@@ -1,0 +1,69 @@
+"""The jobs the web holds that no worker holds: new, taken back, and waiting.
+
+`fresh` holds jobs accepted and never sent (and those a worker gave back
+when it left in good order, at its head); `retry` holds suspects taken back
+from a lost worker (they travel alone); `later` holds jobs waiting for a time
+(a retry's backoff). Lookups by id scan them: a status lookup or a cancel is
+rare, a map kept per job is not free.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from greenpipe.jobs import Envelope, Status
+from greenpipe.later import Later
+
+
+class Queues:
+    """fresh, retry and later: see the module docstring."""
+
+    def __init__(self) -> None:
+        self.fresh: deque[Envelope] = deque()  # accepted, never sent
+        self.retry: deque[Envelope] = deque()  # taken back from a lost worker
+        self.later = Later()  # waiting for a time
+
+    def pending(self) -> int:
+        """Jobs waiting for a worker now (not those waiting for a time)."""
+        return len(self.fresh) + len(self.retry)
+
+    def due(self, now: float) -> None:
+        """Jobs whose time has come go out as new jobs."""
+        if self.later:
+            self.fresh.extend(self.later.due(now))
+
+    def remove(self, job_id: str) -> Envelope | None:
+        """Take a job out of whichever queue holds it (a cancel); None if none."""
+        job = self.later.remove(job_id)
+        if job is not None:
+            return job
+        for queue in (self.retry, self.fresh):
+            for each in queue:
+                if each.id == job_id:
+                    queue.remove(each)
+                    return each
+        return None
+
+    def status(self, job_id: str) -> dict[str, Any] | None:
+        """``queued`` or ``retrying`` (when, and why) for a job held here."""
+        for queue in (self.retry, self.fresh):
+            for job in queue:
+                if job.id == job_id:
+                    return {"id": job_id, "status": Status.QUEUED.value,
+                            "attempt": job.attempt}  # fmt: skip
+        job = self.later.get(job_id)
+        if job is None:
+            return None
+        return {"id": job_id, "status": Status.RETRYING.value, "attempt": job.attempt,
+                "runs": job.retries, "next_at": round(job.not_before, 3),
+                "error": job.errors[-1] if job.errors else ""}  # fmt: skip
+
+    def take_all(self) -> list[Envelope]:
+        """Empty every queue (a web stopping without a journal); what they held."""
+        jobs = [*self.retry, *self.fresh, *self.later]
+        self.retry.clear()
+        self.fresh.clear()
+        for job in list(self.later):
+            self.later.remove(job.id)
+        return jobs

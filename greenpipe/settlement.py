@@ -1,0 +1,190 @@
+"""What became of jobs: acknowledgements, retries held, losses re-sent, cancels.
+
+The dispatcher hands in what a link settled or lost; `Settlement` records it
+(the records behind GET /jobs/<id>, the books, the journal), wakes whoever
+waits for a job, puts a failed run on the timer when its handler asked for a
+retry, dead-letters what is given up on, and re-queues what a lost worker
+held. It calls nothing above it: the dispatcher wakes itself afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from greenpipe import protocol
+from greenpipe.books import Books
+from greenpipe.config import PipeSettings
+from greenpipe.deadletter import DeadLetters
+from greenpipe.errors import ProtocolError
+from greenpipe.jobs import Envelope, Status
+from greenpipe.journal import Journal
+from greenpipe.link import Link
+from greenpipe.queues import Queues
+from greenpipe.records import JobRecords
+
+log = logging.getLogger(__name__)
+
+
+class Settlement:
+    """Settles jobs the links return; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: PipeSettings,
+        queues: Queues,
+        records: JobRecords,
+        books: Books,
+        journal: Journal | None,
+        dead_letters: DeadLetters,
+        malformed: Callable[[Link, str], None],
+    ) -> None:
+        self.settings = settings
+        self.queues = queues
+        self.records = records
+        self.books = books
+        self.journal = journal
+        self.dead_letters = dead_letters
+        self._malformed = malformed
+
+    def acked(
+        self,
+        link: Link,
+        done: list[Envelope],
+        results: list[tuple[Envelope, Status, bytes]],
+        stray: int,
+        now: float,
+    ) -> None:
+        """Jobs `link` settled: record, count, journal, wake whoever waits."""
+        # Per job on the hot path: bound methods and one clock read per message.
+        store, worker = self.records.store, link.name
+        for job in done:
+            store[job.id] = (Status.DONE, worker, job.attempt, b"", now, job.retries)
+            if job.reply is not None:
+                job.resolve(worker, Status.DONE)
+        if results:
+            results = self._results(link, results, now)
+            for job, status, payload in results:
+                store[job.id] = (status, worker, job.attempt, payload, now, job.retries)
+                if job.reply is not None:
+                    job.resolve(worker, status, payload)
+        self.records.trim()
+        self.books.settled(done, results, stray, worker, now)
+        if self.journal is not None:
+            if done:
+                self.journal.acked(done)
+            if results:
+                self.journal.acked([job for job, _, _ in results])
+
+    def _results(
+        self, link: Link, results: list[tuple[Envelope, Status, bytes]], now: float
+    ) -> list[tuple[Envelope, Status, bytes]]:
+        """The jobs a result finishes; those whose handler asked for a retry wait.
+
+        A failure after retries is the job's last: dead-lettered with its errors.
+        """
+        finished, held = [], []
+        for job, status, payload in results:
+            if status is Status.RETRYING and not job.cancelling:
+                try:
+                    delay, error = protocol.decode_retry(payload)
+                except ProtocolError as exc:
+                    self._malformed(link, str(exc))
+                    delay, error = 0.0, payload
+                self.queues.later.hold(job, delay, error.decode("utf-8", "replace"),
+                                       now)  # fmt: skip
+                held.append(job)
+                continue
+            if status is Status.RETRYING:  # cancelled meanwhile: no retry
+                status, payload = Status.CANCELLED, b"cancelled; not retried"
+            elif status is Status.FAILED and job.retries:
+                job.errors.append(payload.decode("utf-8", "replace"))
+                note = f"its handler failed {job.retries + 1} times (retries spent)"
+                self.dead_letters.write(job, note, link.name)
+                status = Status.DEAD
+            if status is Status.CANCELLED:
+                self.books.cancelled += 1
+            finished.append((job, status, payload))
+        if held:
+            self.books.retried += len(held)
+            if self.journal is not None:
+                self.journal.later(held)
+        return finished
+
+    def cancel(self, job_id: str, links: Sequence[Link]) -> dict | None:
+        """Cancel a job this process accepted; what became of it, None if unknown.
+
+        Queued or waiting for a retry: removed, journaled as settled (a
+        restart does not run it): ``cancelled``. Running: the worker throws
+        `Cancelled` into its handler and it is not retried: ``in_flight``
+        with ``cancelling``. Finished: its record, unchanged. Idempotent.
+        """
+        job = self.queues.remove(job_id)
+        if job is not None:
+            self.cancelled([job], "cancelled before it ran", "")
+            return self.records.get(job_id)
+        key = job_id.encode("ascii", "replace")
+        for link in links:
+            job = link.jobs.get(key)
+            if job is not None:
+                if not job.cancelling:
+                    job.cancelling = True
+                    link.send(protocol.encode_cancel([key]))
+                return {"id": job_id, "status": Status.IN_FLIGHT.value,
+                        "worker": link.name, "attempt": job.attempt,
+                        "cancelling": True}  # fmt: skip
+        return self.records.get(job_id)
+
+    def cancelled(self, jobs: list[Envelope], reason: str, worker: str) -> None:
+        for job in jobs:
+            self.records.add(job.id, Status.CANCELLED, worker, job.attempt,
+                             reason.encode(), retries=job.retries)  # fmt: skip
+            job.resolve(worker, Status.CANCELLED, reason.encode())
+        self.books.cancelled += len(jobs)
+        if self.journal is not None:
+            self.journal.cancelled(jobs)
+
+    def lose(self, link: Link, reason: str, graceful: bool = False) -> None:
+        """Take back every job `link` holds, re-queue or dead-letter it, reconnect."""
+        jobs = link.take_back(graceful)
+        requeued, given_back = 0, []
+        for job in jobs:
+            if job.cancelling:  # it was to be interrupted: it is not re-sent
+                self.cancelled([job], "cancelled; its worker was lost", link.name)
+            elif job.deliveries >= self.settings.max_attempts:
+                note = f"worker lost ({reason}) on attempt {job.attempt} of " + str(
+                    self.settings.max_attempts
+                )
+                self.dead_letters.write(job, note, link.name)
+                self.finish(job, Status.DEAD, link.name, note.encode())
+            elif graceful and not job.suspect:
+                given_back.append(job)  # the worker left in good order: no suspect
+                requeued += 1
+            else:
+                job.suspect = True
+                self.queues.retry.append(job)
+                requeued += 1
+        self.queues.fresh.extendleft(reversed(given_back))  # ahead of newer jobs
+        link.resent += requeued
+        self.books.resent += requeued
+        if graceful and not jobs:
+            log.info("worker %s left", link.name)
+        elif link.reliable:
+            log.warning(
+                "worker %s %s (%s): %d jobs re-sent, %d dead-lettered",
+                link.name,
+                "left" if graceful else "lost",
+                reason,
+                requeued,
+                len(jobs) - requeued,
+            )
+
+    def finish(
+        self, job: Envelope, status: Status, worker: str, payload: bytes = b""
+    ) -> None:
+        """`job` is done with: keep its record for status lookups, wake a waiter."""
+        self.records.add(job.id, status, worker, job.attempt, payload,
+                         retries=job.retries)  # fmt: skip
+        if self.journal is not None:  # no longer owed
+            self.journal.acked((job,))
+        job.resolve(worker, status, payload)

@@ -1,0 +1,382 @@
+"""Retries with backoff, time limits that hold, cancellation (issue 19).
+
+The handler's side in microseconds (`run_handler` and a `Policy`), the web's
+side with a real `Dispatcher` on scripted links and a fake clock (as
+tests/test_core.py), and a few real processes for what only processes show:
+a retry that waits across `kill -9` of the web, a handler that swallows its
+time limit, a running job cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import gevent
+import pytest
+
+from greenpipe import Cancelled, Handlers, JobTimeout, Retry, protocol
+from greenpipe.handling import Policy, run_handler
+from greenpipe.jobs import Envelope, Job
+from greenpipe.testing import PYTHON, Proc, Web, flags, poll_until
+from tests.test_core import Clock, ack, make, ready
+
+# -- the handler's side ---------------------------------------------------------
+
+
+def _job(retries: int = 0, name: str = "flaky", timeout: float = 0.0) -> Job:
+    return Job(b"r-1", retries + 1, "", "", "", "", b"{}", timeout, name=name,
+               retries=retries)  # fmt: skip
+
+
+def test_a_policy_retries_a_failure_until_its_retries_are_spent():
+    policy = Policy(retries=2, backoff=1.0, max_backoff=3.0, jitter=False)
+
+    def failing(job):
+        raise ValueError("upstream down")
+
+    delays = []
+    for retries in (0, 1):
+        status, payload = run_handler(failing, _job(retries), "w", policy)
+        assert status == protocol.RETRY
+        delay, error = protocol.decode_retry(payload)
+        delays.append(delay)
+        assert error == b"ValueError: upstream down"
+    assert delays == [1.0, 2.0], "exponential: backoff, then twice"
+    assert run_handler(failing, _job(2), "w", policy)[0] == protocol.FAILED
+    assert Policy(retries=9, backoff=1, max_backoff=3, jitter=False).delay(5) == 3
+
+
+def test_full_jitter_stays_within_the_backoff():
+    policy = Policy(retries=5, backoff=0.5, max_backoff=10.0)
+    for retries in range(5):
+        ceiling = min(10.0, 0.5 * 2**retries)
+        draws = [policy.delay(retries) for _ in range(200)]
+        assert all(0 <= d <= ceiling for d in draws), (retries, max(draws))
+        assert max(draws) > ceiling / 2, "spread over the whole range"
+
+
+def test_retry_on_filters_and_retry_after_is_honoured():
+    policy = Policy(retries=3, retry_on=(ConnectionError,))
+
+    def wrong_kind(job):
+        raise KeyError("a bug, not an outage")
+
+    assert run_handler(wrong_kind, _job(), "w", policy)[0] == protocol.FAILED
+
+    def asks(job):
+        raise Retry(after=42.5)
+
+    status, payload = run_handler(asks, _job(), "w", Policy())
+    assert status == protocol.RETRY and protocol.decode_retry(payload)[0] == 42.5
+    spent = _job(retries=3)  # Retry without a policy: 3 retries by default
+    assert run_handler(asks, spent, "w", Policy())[0] == protocol.FAILED
+    with pytest.raises(ValueError, match="seconds >= 0"):
+        Retry(after=-1)
+
+
+def test_a_time_limit_is_not_swallowed_by_except_exception():
+    def careless(job):
+        try:
+            gevent.sleep(5)
+        except Exception:  # what a handler wraps its work in
+            return "swallowed"
+        return "ran on"
+
+    started = time.monotonic()
+    status, payload = run_handler(careless, _job(timeout=0.05), "w", bounded=True)
+    assert status == protocol.FAILED and b"exceeded 0.05 s" in payload
+    assert time.monotonic() - started < 2
+    assert issubclass(JobTimeout, BaseException) and not issubclass(
+        JobTimeout, Exception
+    )
+    assert issubclass(Cancelled, BaseException) and not issubclass(Cancelled, Exception)
+
+
+def test_handlers_declare_their_policy_beside_themselves():
+    handlers = Handlers()
+
+    @handlers.job("mail", retries=4, backoff=2, timeout=9)
+    def mail(job):
+        return None
+
+    assert handlers.policy("mail") == Policy(retries=4, backoff=2, timeout=9)
+    assert handlers.policy("other") == Policy(), "defaults: no retries"
+    with pytest.raises(ValueError, match="retries=-1"):
+        handlers.job("bad", retries=-1)
+    with pytest.raises(TypeError, match="not an exception class"):
+        handlers.job("bad", retries=1, retry_on=("ValueError",))
+
+
+# -- the web's side, scripted -----------------------------------------------------
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def _result(link, job_id: str, status: int, payload: bytes = b"") -> list[bytes]:
+    return protocol.encode_acks([], [protocol.encode_result(job_id.encode(), status,
+                                                            payload)])  # fmt: skip
+
+
+def _retry(d, link, job_id: str, delay: float, error: bytes = b"E: boom") -> None:
+    payload = protocol.retry_payload(delay, error)
+    d._on_message(link, _result(link, job_id, protocol.RETRY, payload))
+
+
+def _sent(link) -> list[Job]:
+    return [job for m in link.sent_messages if m[0] == protocol.JOBS
+            for job in protocol.decode_jobs(m[1])]  # fmt: skip
+
+
+def _submit(d) -> Envelope:
+    return d.submit(Envelope.new(b"POST", b"/jobs", b"", b"", b"{}"))
+
+
+def test_a_retry_waits_its_time_then_goes_out_as_the_next_run(clock):
+    d = make(clock, workers="127.0.0.1:1")
+    link = d.links[0]
+    ready(d, link)
+    job = _submit(d)
+    d.flush()
+    _retry(d, link, job.id, 5.0)
+    status = d.status(job.id)
+    assert status["status"] == "retrying" and status["error"] == "E: boom", status
+    assert status["next_at"] == pytest.approx(time.time() + 5, abs=1)
+    assert d.books.retried == 1 and d.snapshot().waiting == 1
+    clock.now += 4.9
+    d.flush()
+    assert len(_sent(link)) == 1, "not before its time"
+    clock.now += 0.2
+    d.flush()
+    again = _sent(link)[-1]
+    assert (again.id, again.attempt, again.retries) == (job.id, 2, 1)
+    ack(d, link, job.id)
+    assert d.status(job.id)["status"] == "done" and d.status(job.id)["runs"] == 2
+
+
+def test_a_failure_after_retries_is_dead_lettered_with_its_errors(clock, tmp_path):
+    d = make(clock, workers="127.0.0.1:1")
+    d.dead_letters.path = str(tmp_path / "dead.jsonl")
+    link = d.links[0]
+    ready(d, link)
+    job = _submit(d)
+    d.flush()
+    _retry(d, link, job.id, 0.0, b"E: first")
+    d.flush()
+    d._on_message(link, _result(link, job.id, protocol.FAILED, b"E: second"))
+    record = d.status(job.id)
+    assert record["status"] == "dead" and record["runs"] == 2, record
+    (line,) = (tmp_path / "dead.jsonl").read_text().splitlines()
+    dead = json.loads(line)
+    assert dead["errors"] == ["E: first", "E: second"] and dead["runs"] == 2
+
+
+def test_max_attempts_bounds_the_deliveries_of_one_run_not_all_runs(clock):
+    d = make(clock, workers="127.0.0.1:1,127.0.0.1:2", max_attempts=2)
+    a, b = d.links
+    ready(d, a)
+    ready(d, b)
+    job = _submit(d)
+    d.flush()
+    holder = a if a.jobs else b
+    _retry(d, holder, job.id, 0.0)
+    d.flush()  # run 2, delivery 1
+    holder = a if a.jobs else b
+    d._lose(holder, "killed")  # run 2, delivery 2 follows: not dead yet
+    assert d.status(job.id)["status"] == "queued"
+
+
+def test_cancel_queued_waiting_running_finished_unknown(clock):
+    d = make(clock, workers="127.0.0.1:1")
+    link = d.links[0]
+    ready(d, link, credit=1)
+    running, queued = _submit(d), _submit(d)
+    d.flush()  # credit 1: one runs, one waits in the queue
+    assert d.cancel(queued.id)["status"] == "cancelled"
+    assert d.cancel(queued.id)["status"] == "cancelled", "idempotent"
+    found = d.cancel(running.id)
+    assert found["status"] == "in_flight" and found["cancelling"], found
+    assert link.sent_messages[-1] == protocol.encode_cancel([running.key])
+    d.cancel(running.id)
+    assert link.kinds().count(protocol.CANCEL) == 1, "one CANCEL is enough"
+    d._on_message(link, _result(link, running.id, protocol.CANCELLED, b"cancelled"))
+    assert d.status(running.id)["status"] == "cancelled"
+    waiting = _submit(d)
+    d.flush()
+    _retry(d, link, waiting.id, 60.0)
+    assert d.cancel(waiting.id)["status"] == "cancelled"
+    clock.now += 61
+    d.flush()
+    assert waiting.id not in [job.id for job in _sent(link)[2:]], "never runs"
+    done = _submit(d)
+    d.flush()
+    ack(d, link, done.id)
+    assert d.cancel(done.id)["status"] == "done", "finished: nothing changes"
+    assert d.cancel("nobody-0000000001") is None
+    assert d.books.cancelled == 3
+
+
+def test_a_cancelled_retry_is_not_retried_and_a_lost_one_not_resent(clock):
+    d = make(clock, workers="127.0.0.1:1,127.0.0.1:2")
+    for link in d.links:
+        ready(d, link)
+    first, second = _submit(d), _submit(d)
+    d.flush()
+    a, b = d.links
+    d.cancel(first.id)
+    _retry(d, a, first.id, 0.0)  # the run failed before the CANCEL landed
+    assert d.status(first.id)["status"] == "cancelled" and not len(d.later)
+    d.cancel(second.id)
+    d._lose(b, "killed")
+    assert d.status(second.id)["status"] == "cancelled" and not d._retry
+
+
+def test_a_waiting_retry_and_a_cancel_survive_a_restart(clock, tmp_path):
+    journal = tmp_path / "journal"
+    d = make(clock, workers="127.0.0.1:1", journal_dir=journal)
+    d.start()
+    try:
+        ready(d, d.links[0])
+        jobs = [gevent.spawn(_submit, d) for _ in range(2)]
+        gevent.sleep(0)
+        d.flush()
+        gevent.joinall(jobs, timeout=5, raise_error=True)
+        waits, cancelled = (job.value for job in jobs)
+        d.flush()
+        _retry(d, d.links[0], waits.id, 30.0)
+        d.cancel(cancelled.id)  # in flight: the worker is told
+        d._on_message(d.links[0], _result(d.links[0], cancelled.id,
+                                          protocol.CANCELLED, b"cancelled"))  # fmt: skip
+    finally:
+        d.close()  # nothing written after this: as kill -9 would leave it
+    again = make(clock, workers="127.0.0.1:1", journal_dir=journal)
+    again.start()
+    try:
+        assert [job.id for job in again.later] == [waits.id], "waits on"
+        assert not again._fresh, "nothing to run now: not early, not cancelled"
+        job = again.later.get(waits.id)
+        assert job.retries == 1 and job.not_before > time.time() + 25
+    finally:
+        again.close()
+
+
+# -- real processes -----------------------------------------------------------------
+
+HANDLERS = "tests.retry_handlers:handlers"
+
+
+@pytest.fixture
+def start_app(procs, tmp_path, record_dir):
+    """tests/retry_handlers.py's app (serve(app)) for the given workers."""
+
+    def start(workers, **options) -> Web:
+        options.setdefault("dead_letter", tmp_path / "dead-letter.jsonl")
+        options.setdefault("journal_dir", tmp_path / "journal")
+        argv = [PYTHON, "-m", "tests.retry_handlers", "--port", "0", "--workers",
+                ",".join(w.address for w in workers), *flags(options)]  # fmt: skip
+        proc = Proc("app", argv, env={"GREENPIPE_RECORD_DIR": str(record_dir)})
+        procs.append(proc)
+        port = int(proc.expect(r"serving http://[^:]+:(\d+)", 15)[1])
+        proc.expect("barrier met", 15)
+        return Web(proc, port)
+
+    return start
+
+
+def _runs(record_dir: Path) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {}
+    for path in record_dir.glob("*.runs"):
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            runs.setdefault(entry["id"], []).append(entry)
+    return runs
+
+
+def test_a_flaky_handler_runs_k_plus_1_times_within_its_backoff(
+    start_worker, start_app, record_dir
+):
+    worker = start_worker(handler=HANDLERS)
+    web = start_app([worker])
+    code, _, body = web.post("/jobs/flaky", {"fail": 2})
+    assert code == 202
+    job_id = body["id"]
+    runs = poll_until(lambda: _runs(record_dir).get(job_id, []),
+                      lambda r: len(r) == 3, 15, "three runs of the flaky job")  # fmt: skip
+    gaps = [b["t"] - a["t"] for a, b in zip(runs, runs[1:], strict=False)]
+    # backoff 0.2 s, full jitter: at most 0.2 s, then 0.4 s (plus a heartbeat)
+    assert gaps[0] <= 0.2 + 0.6 and gaps[1] <= 0.4 + 0.6, gaps
+    assert [r["attempt"] for r in runs] == [1, 2, 3]
+    done = poll_until(lambda: web.get(f"/jobs/{job_id}")[2],
+                      lambda s: s.get("status") == "done", 10, "done after retries")  # fmt: skip
+    assert done["runs"] == 3, done
+    assert web.stats()["retried"] == 2
+
+
+def test_a_retry_pending_at_kill_9_of_the_web_runs_at_its_time_after_restart(
+    start_worker, start_app, record_dir, tmp_path
+):
+    worker = start_worker(handler=HANDLERS)
+    journal = tmp_path / "journal"
+    web = start_app([worker], journal_dir=journal)
+    job_id = web.post("/jobs/later", {"after": 3})[2]["id"]
+    poll_until(lambda: web.stats()["waiting"], lambda n: n == 1, 10,
+               "the job waiting for its retry")  # fmt: skip
+    first = _runs(record_dir)[job_id][0]["t"]
+    web.proc.signal(signal.SIGKILL)
+    web.proc.wait_exit(5)
+    start_app([worker], journal_dir=journal)
+    runs = poll_until(lambda: _runs(record_dir).get(job_id, []),
+                      lambda r: len(r) == 2, 15, "the retry after the restart")  # fmt: skip
+    assert runs[1]["t"] - first >= 3.0 - 0.05, "never early"
+    assert runs[1]["retries"] == 1
+
+
+def test_a_handler_swallowing_exception_is_stopped_at_its_limit(
+    start_worker, start_app, record_dir
+):
+    worker = start_worker(handler=HANDLERS, concurrency=1)
+    web = start_app([worker])
+    stuck = web.post("/jobs/swallow", {})[2]["id"]
+    after = web.post("/jobs/quick", {})[2]["id"]
+    runs = poll_until(lambda: _runs(record_dir), lambda r: after in r, 10,
+                      "the next job ran: the slot was freed")  # fmt: skip
+    assert stuck not in runs, (
+        f"it neither caught the limit nor ran on: {runs.get(stuck)}"
+    )
+    failed = poll_until(lambda: web.get(f"/jobs/{stuck}")[2],
+                        lambda s: s.get("status") == "failed", 10, "reported failed")  # fmt: skip
+    assert "exceeded 0.5 s" in failed["error"], failed
+
+
+def test_a_running_job_is_cancelled_over_http(start_worker, start_app, record_dir):
+    worker = start_worker(handler=HANDLERS)
+    web = start_app([worker])
+    job_id = web.post("/jobs/long", {})[2]["id"]
+    poll_until(lambda: _runs(record_dir), lambda r: job_id in r, 10, "it started")
+    assert web.request("DELETE", f"/jobs/{job_id}")[0] == 403, "the header is needed"
+    code, _, body = web.request("DELETE", f"/jobs/{job_id}",
+                                headers={"X-Greenpipe-Action": "cancel"})  # fmt: skip
+    assert code == 202 and body["cancelling"], body
+    runs = poll_until(lambda: _runs(record_dir)[job_id], lambda r: len(r) == 2, 10,
+                      "the handler saw Cancelled")  # fmt: skip
+    assert runs[1]["event"] == "cancelled"
+    status = poll_until(lambda: web.get(f"/jobs/{job_id}")[2],
+                        lambda s: s.get("status") == "cancelled", 10, "cancelled")  # fmt: skip
+    assert status["status"] == "cancelled"
+    code, _, again = web.request("DELETE", f"/jobs/{job_id}",
+                                 headers={"X-Greenpipe-Action": "cancel"})  # fmt: skip
+    assert code == 200 and again["status"] == "cancelled", "idempotent"
+    code, _, unknown = web.request("DELETE", "/jobs/nobody-0000000001",
+                                   headers={"X-Greenpipe-Action": "cancel"})  # fmt: skip
+    assert code == 404, unknown
+    quick = web.post("/jobs/quick", {})[2]["id"]
+    poll_until(lambda: web.get(f"/jobs/{quick}")[2], lambda s: s.get("status") == "done",
+               10, "the quick job done")  # fmt: skip
+    code, _, finished = web.request("DELETE", f"/jobs/{quick}",
+                                    headers={"X-Greenpipe-Action": "cancel"})  # fmt: skip
+    assert code == 409 and finished["job"]["status"] == "done", finished
