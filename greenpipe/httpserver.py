@@ -4,8 +4,9 @@ Stock `gevent.pywsgi` writes a response's headers and body in two sends; on a
 keep-alive connection Nagle's algorithm and the client's delayed ACK then stall
 each request about 40 ms. `Server` sets TCP_NODELAY on every accepted socket,
 sends headers and body in one write, and yields after each keep-alive request.
-It also bounds each wait (header, body, idle), caps connections, and refuses
-ambiguous framing (`greenpipe.framing`) before any app code runs.
+It also bounds each wait (header, body, idle), caps connections, refuses
+ambiguous framing (`greenpipe.framing`) before any app code runs, and stops
+without a plain 500 (`Server.stop`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections import Counter
 
 import gevent
 import gevent.event
+from gevent import GreenletExit
 from gevent.pool import Pool
 from gevent.pywsgi import (
     Input,
@@ -51,7 +53,18 @@ RESPONSE_408 = _canned("408 Request Timeout", "", "request timeout",
 RESPONSE_503 = _canned("503 Service Unavailable", "Retry-After: 1\r\n", "unavailable",
                        "MAX_CONNECTIONS connections are open and none can give way; "
                        "retry in a second")  # fmt: skip
+RESPONSE_STOPPING = _canned("503 Service Unavailable", "Retry-After: 1\r\n",
+                            "unavailable", "this web process is stopping; retry "
+                            "(on a new connection)")  # fmt: skip
 OVERFLOW = 64  # connections past MAX_CONNECTIONS that get a quick answer
+# Stopping: a connection answered this recently is between two requests of a
+# busy client, not idle; it may send one more (answered, with Connection:
+# close) before it is closed. Closing it at once would race its next request.
+BETWEEN_REQUESTS_S = 0.25
+
+
+class _Stopped(GreenletExit):
+    """The stop window ended with this request still in the app: answer a 503."""
 
 
 class _Cut(Exception):
@@ -69,6 +82,7 @@ class _Handler(WSGIHandler):
     """
 
     served = 0  # requests answered on this connection
+    answered_at = 0.0  # time.monotonic() of the last answer
     version = (1, 1)  # the request line's, once checked
     evicted = False
     _timer: gevent.Timeout | None = None
@@ -83,7 +97,10 @@ class _Handler(WSGIHandler):
         server = self.server
         kind = "idle" if self.served else "header"
         wait = server.idle_timeout if self.served else server.header_timeout
-        server.waiting[self] = None
+        if server.stopping and self.served:  # one more request, if it comes now
+            kind = "stopping"
+            wait = max(self.answered_at + BETWEEN_REQUESTS_S - time.monotonic(), 0.001)
+        server.waiting[self] = kind
         self._timer = gevent.Timeout.start_new(wait, _Cut(kind))
         try:
             line = super().read_requestline()
@@ -114,6 +131,18 @@ class _Handler(WSGIHandler):
         if self.evicted:  # the headers "ended" because we shut the socket
             raise _Cut("evicted")
         return done
+
+    def start_response(self, status, headers, exc_info=None):
+        # Stopping: the answer says Connection: close (pywsgi says it only to
+        # HTTP/1.0 clients), so the client's next request opens a connection
+        # that a process still listening accepts.
+        if self.server.stopping and not self.close_connection:
+            self.close_connection = True
+            if self.request_version != "HTTP/1.0" and not any(
+                name.lower() == "connection" for name, _ in headers
+            ):
+                headers = [*headers, ("Connection", "close")]
+        return super().start_response(status, headers, exc_info)
 
     def MessageClass(self, fp, *args) -> OldMessage:  # noqa: N802 (pywsgi's name)
         """The request's fields, checked by framing.py, in pywsgi's header object.
@@ -151,15 +180,31 @@ class _Handler(WSGIHandler):
         detail = f"{ex}; send a well-formed HTTP/1.1 request"
         return ("400", _canned("400 Bad Request", "", "bad request", detail))
 
-    def evict(self) -> None:
-        """Shut this waiting connection: its read ends as if the client left."""
+    def evict(self, why: str = "evicted", answer: bytes = b"") -> None:
+        """Shut this waiting connection: its read ends as if the client left.
+
+        `answer`, if given, is sent first (a whole response, Connection: close).
+        """
         self.evicted = True
         self.server.waiting.pop(self, None)
-        self.server.cut["evicted"] += 1
+        self.server.cut[why] += 1
         try:
+            if answer:
+                self.socket.sendall(answer)
             self.socket.shutdown(socket.SHUT_RDWR)
         except (OSError, AttributeError):
             pass
+
+    def handle_error(self, t, v, tb) -> None:
+        if issubclass(t, _Stopped):  # not gevent's plain-text 500
+            self.close_connection = True
+            if not self.headers_sent:
+                self.server.cut["stopped"] += 1
+                self._sendall(RESPONSE_STOPPING)
+                self.response_length = len(RESPONSE_STOPPING)
+                self.status = b"503 Service Unavailable"
+            return
+        super().handle_error(t, v, tb)
 
     def get_environ(self) -> dict:
         env = super().get_environ()
@@ -175,6 +220,7 @@ class _Handler(WSGIHandler):
         result = super().handle_one_request()
         if result is True:
             self.served += 1
+            self.answered_at = time.monotonic()
             # Keep-alive: when the next request is already buffered, pywsgi would
             # serve it without yielding, and a busy connection would starve the
             # dispatcher and the ack readers (and other connections) for as long
@@ -216,7 +262,7 @@ class _Body:
         left = self._deadline - time.monotonic()
         handler = self._handler
         waiting = handler.server.waiting
-        waiting[handler] = None  # evictable while it waits for the client
+        waiting[handler] = "body"  # evictable while it waits for the client
         try:
             with gevent.Timeout(max(left, 0.001), _Cut("body")):
                 data = read(*args)
@@ -325,7 +371,8 @@ class Server(WSGIServer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.active = 0
-        self.waiting: dict[_Handler, None] = {}  # oldest wait first
+        self.waiting: dict[_Handler, str] = {}  # oldest wait first: its kind
+        self.stopping = False
         self.cut: Counter[str] = Counter()  # header, idle, body, evicted, refused
 
     def report(self) -> dict:
@@ -351,6 +398,57 @@ class Server(WSGIServer):
             super().handle(sock, address)
         finally:
             self.active -= 1
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, answer what is under way, close; `timeout`: seconds.
+
+        Every request already read, or arriving on an open connection within
+        BETWEEN_REQUESTS_S of its last answer, is answered normally (jobs are
+        still taken: the pipe drains after this), with ``Connection: close``.
+        A connection idle for longer is closed at once. Past `timeout`, a
+        connection still sending its request gets a JSON 503 with
+        Retry-After, and a request still in the app is interrupted into the
+        same 503 (never gevent's plain-text 500): the only case where a
+        client may get a 503 for a job that is then handled.
+        """
+        timeout = self.stop_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        self.stopping = True
+        self._take_queued()
+        self.close()  # the listening socket: new connections go elsewhere
+        now = time.monotonic()
+        for handler, kind in list(self.waiting.items()):
+            if kind == "idle":  # waiting since before the stop (a long wait)
+                quiet = now - handler.answered_at
+                gevent.spawn_later(max(BETWEEN_REQUESTS_S - quiet, 0),
+                                   _close_if_idle, handler)  # fmt: skip
+        if self.pool is not None:
+            self.pool.join(timeout=max(deadline - time.monotonic(), 0))
+            for handler, kind in list(self.waiting.items()):  # sending a request
+                handler.evict("stopped", RESPONSE_STOPPING if kind != "idle" else b"")
+            self.pool.join(timeout=0.1)  # the evicted connections close
+            self.pool.kill(_Stopped, block=True, timeout=1)  # into RESPONSE_STOPPING
+        log.info(
+            "http: stopped; %d idle connections closed, %d requests answered 503 "
+            "(stopping)", self.cut["stopping"], self.cut["stopped"],
+        )  # fmt: skip
+
+    def _take_queued(self) -> None:
+        # Connections the kernel has queued on the listening socket would be
+        # reset by its close: take them first (each gets one answer).
+        while not self.full():
+            try:
+                args = self.do_read()
+            except OSError:
+                return
+            if not args:
+                return
+            self.do_handle(*args)
+
+
+def _close_if_idle(handler: _Handler) -> None:
+    if handler.server.waiting.get(handler) == "idle":
+        handler.evict("stopping")
 
 
 def listener(host: str, port: int, reuse_port: bool) -> socket.socket:

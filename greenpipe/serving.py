@@ -143,9 +143,8 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
         )
     stopping.wait()
     log.info("web: stopping; finishing requests, then waiting for acknowledgements")
-    if ops is not None:
-        ops.stop(timeout=1)
-    server.stop(timeout=STOP_REQUESTS_S)
+    servers = [server] if ops is None else [server, ops]
+    gevent.joinall([gevent.spawn(s.stop, STOP_REQUESTS_S) for s in servers])
     # Drains (the dispatcher says where what is still owed went), says DONE, closes.
     ext.stop(app, settings.drain_timeout)
     stats = pipe.stats()

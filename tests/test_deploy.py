@@ -1,0 +1,185 @@
+"""A deploy is invisible to clients (issue 21): stops, crashes and rolling restarts.
+
+Real processes, real signals, 30 keep-alive clients. A client counts what
+each request got: a 202 (with its job id), greenpipe's JSON 503 with
+Retry-After, any other answer (kept whole, to be shown), a refused
+connection, or a kept-alive connection the server closed before answering
+(which a client retries on a new connection, as HTTP clients do). The
+workers' own records say whether every accepted job was handled.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+
+from greenpipe.httpserver import BETWEEN_REQUESTS_S
+from greenpipe.testing import Proc
+from tests.support import PYTHON, ROOT, handled_ids, poll_until
+
+CLIENTS = 30
+
+
+class Clients:
+    """`count` keep-alive HTTP clients sending POST /jobs back to back until stop()."""
+
+    def __init__(self, port: int, count: int = CLIENTS) -> None:
+        self.port = port
+        self.counts: Counter[str] = Counter()
+        self.accepted: set[str] = set()
+        self.odd: list[tuple[int, str, str]] = []  # (status, content type, body)
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._client, daemon=True) for _ in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _count(self, kind: str) -> None:
+        with self._lock:
+            self.counts[kind] += 1
+
+    def _client(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        headers = {"Content-Type": "application/json"}
+        while not self._stopped.is_set():
+            try:
+                conn.request("POST", "/jobs", body=b"{}", headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+            except ConnectionRefusedError:
+                self._count("refused")
+                conn.close()
+                self._stopped.wait(0.01)  # sleep-ok: a refused client's pause
+                continue
+            except (OSError, http.client.HTTPException):
+                self._count("closed")  # before any answer: retried, new connection
+                conn.close()
+                continue
+            kind = str(resp.status)
+            if resp.status == 202:
+                with self._lock:
+                    self.accepted.add(json.loads(raw)["id"])
+            elif (
+                resp.status == 503
+                and resp.getheader("Retry-After")
+                and resp.getheader("Content-Type") == "application/json"
+                and "error" in json.loads(raw)
+            ):
+                kind = "503 json"
+            else:
+                with self._lock:
+                    self.odd.append(
+                        (resp.status, resp.getheader("Content-Type") or "", raw[:200])
+                    )
+            self._count(kind)
+        conn.close()
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.counts.values())
+
+    def wait_answers(self, more: int, timeout: float = 20.0) -> None:
+        """Block until `more` further requests got an answer or an error."""
+        target = self.total() + more
+        poll_until(self.total, lambda n: n >= target, timeout,
+                   f"{more} more requests answered")  # fmt: skip
+
+    def stop(self) -> Counter[str]:
+        self._stopped.set()
+        for thread in self._threads:
+            thread.join(15)
+        return self.counts
+
+
+def assert_nothing_lost(record_dir, accepted: set[str], timeout: float = 20.0) -> None:
+    poll_until(lambda: handled_ids(record_dir).keys(), lambda ids: ids >= accepted,
+               timeout, f"all {len(accepted)} accepted jobs handled")  # fmt: skip
+
+
+def test_sigterm_under_keep_alive_load_answers_only_202_or_json_503(
+    start_worker, start_web, record_dir
+):
+    workers = [start_worker() for _ in range(3)]
+    web = start_web(workers)
+    clients = Clients(web.port)
+    clients.wait_answers(1000)
+    web.proc.signal(signal.SIGTERM)
+    assert web.proc.wait_exit(6) == 0, web.proc.tail()
+    counts = clients.stop()
+    print(f"single web, SIGTERM under {CLIENTS} clients: {dict(counts)}")
+    assert not clients.odd, f"answers other than 202 or JSON 503: {clients.odd[:5]}"
+    assert set(counts) <= {"202", "503 json", "refused"}, counts
+    assert_nothing_lost(record_dir, clients.accepted)
+
+
+USER_APP = """
+from gevent import monkey
+
+monkey.patch_all()
+
+import gevent
+from flask import Flask
+
+from greenpipe import Greenpipe, serve
+
+app = Flask("slow")
+Greenpipe(app)
+
+
+@app.get("/slow")
+def slow():
+    app.logger.warning("slow: in the view")
+    gevent.sleep(30)
+    return {"ok": True}
+
+
+@app.get("/fast")
+def fast():
+    return {"ok": True}
+
+
+if __name__ == "__main__":
+    raise SystemExit(serve(app))
+"""
+
+
+def test_serve_app_stop_closes_idle_at_once_and_interrupts_a_slow_view_into_503(
+    start_worker, procs, tmp_path
+):
+    worker = start_worker()
+    (tmp_path / "slowapp.py").write_text(USER_APP)
+    app = Proc("slowapp", [PYTHON, str(tmp_path / "slowapp.py"), "--port", "0",
+                           "--workers", worker.address,
+                           "--journal-dir", str(tmp_path / "journal")],
+               env={"PYTHONPATH": str(ROOT)})  # fmt: skip
+    procs.append(app)
+    port = int(app.expect(r"serving http://[^:]+:(\d+)", 15)[1])
+    idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    idle.request("GET", "/fast")
+    assert idle.getresponse().read() == b'{"ok":true}\n'
+    slow = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    slow.request("GET", "/slow")
+    app.expect("slow: in the view")
+    silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+    # A connection is idle once it has been quiet for BETWEEN_REQUESTS_S.
+    time.sleep(BETWEEN_REQUESTS_S)  # sleep-ok: makes the connection idle
+    app.signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    assert idle.sock.recv(1) == b"", "the idle connection was not closed"
+    closed_after = time.monotonic() - signalled
+    resp = slow.getresponse()
+    answered_after = time.monotonic() - signalled
+    body = json.loads(resp.read())
+    assert (resp.status, resp.getheader("Retry-After")) == (503, "1"), body
+    assert resp.getheader("Connection") == "close" and "stopping" in body["detail"]
+    assert silent.recv(4096).startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert app.wait_exit(6) == 0, app.tail()
+    assert closed_after < 0.5 <= answered_after, (closed_after, answered_after)
+    app.expect(r"1 idle connections closed, 2 requests answered 503")
