@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -30,8 +29,10 @@ from greenpipe.config import (
 )
 from greenpipe.errors import ConfigError
 from greenpipe.ext import Greenpipe, extension_of
-from greenpipe.httpserver import listener, make_server
+from greenpipe.httpserver import make_server
+from greenpipe.pipe import Pipe
 from greenpipe.routes import json_errors
+from greenpipe.supervisor import READY_ENV, Supervisor, reserve
 
 log = logging.getLogger(__name__)
 STOP_REQUESTS_S = 1.0  # time given to requests in progress when stopping
@@ -101,8 +102,12 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
     )
     ops = None
     if settings.ops_port >= 0:
-        ops = make_server(app, settings.host, settings.ops_port, OPS_CONNECTIONS,
-                          settings.access_log, own_port=True)  # fmt: skip
+        # Shared only for the moment two processes of one slot overlap (a
+        # rolling restart), when both are a WEB_PROCESSES supervisor's children.
+        ops = make_server(
+            app, settings.host, settings.ops_port, OPS_CONNECTIONS,
+            settings.access_log, settings.reuse_port, own_port=True,
+        )  # fmt: skip
     pipe = ext.start(app)
 
     def on_hangup() -> None:  # SIGHUP: re-read WORKERS_FILE, add and remove
@@ -141,6 +146,9 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
             "GREENPIPE_METRICS=false and GREENPIPE_DASHBOARD=false turn them off",
             settings.host,
         )
+    ready_fd = os.environ.pop(READY_ENV, "")
+    if ready_fd:  # a WEB_PROCESSES child: tell the supervisor once it serves
+        gevent.spawn(_say_serving, pipe, int(ready_fd))
     stopping.wait()
     log.info("web: stopping; finishing requests, then waiting for acknowledgements")
     servers = [server] if ops is None else [server, ops]
@@ -160,16 +168,27 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
     return 0
 
 
+def _say_serving(pipe: Pipe, fd: int) -> None:
+    """Write one byte to the supervisor's pipe once listening and the barrier is met."""
+    try:
+        while not pipe.wait_ready(60.0):
+            pass
+        os.write(fd, b"1")
+    finally:
+        os.close(fd)
+
+
 def supervise(settings: WebSettings) -> int:
-    """Run WEB_PROCESSES web.py children on one port (SO_REUSEPORT); stop them together.
+    """Run WEB_PROCESSES web.py children on one port (SO_REUSEPORT), kept at N.
 
     Each child is a whole web.py: its own dispatcher, barrier and exact
-    round-robin over its own jobs, and its own /stats. Children are started
-    with subprocess (never fork a process that runs gevent or ZeroMQ). If one
-    exits, the others are stopped too and this process exits 1, as honcho does.
+    round-robin over its own jobs, its own /stats and journal slot. Children
+    are started with subprocess (never fork a process that runs gevent or
+    ZeroMQ). One that dies is replaced (`greenpipe.supervisor`); SIGUSR2
+    replaces them one at a time; SIGHUP is passed on; SIGTERM/SIGINT stop all.
     """
-    reserve = listener(settings.host, settings.port, reuse_port=True)  # fixes port 0
-    port = reserve.getsockname()[1]
+    port_held = reserve(settings.host, settings.port)  # fixes port 0
+    port = port_held.getsockname()[1]
     child = replace(settings, web_processes=1, reuse_port=True, port=port)
     # The children run what this process runs: the same script (web.py, or a
     # user's own), else greenpipe's own app.
@@ -186,44 +205,15 @@ def supervise(settings: WebSettings) -> int:
     # run as python web.py, or site-packages).
     home = os.path.dirname(os.path.dirname(os.path.abspath(greenpipe.__file__)))
     path = os.pathsep.join(filter(None, [home, os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path}
-    children = [
-        subprocess.Popen(argv(i), env=env) for i in range(settings.web_processes)
-    ]
-    reserve.close()  # bound to the port until the children had bound it too
-    log.info(
-        "web: %d processes sharing http://%s:%d (pids %s)",
-        len(children), settings.host, port, ", ".join(str(c.pid) for c in children),
-    )  # fmt: skip
-    stopping = gevent.event.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, stopping.set)
-
-    def hangup() -> None:  # each child re-reads WORKERS_FILE
-        for c in children:
-            if c.poll() is None:
-                c.send_signal(signal.SIGHUP)
-
-    gevent.signal_handler(signal.SIGHUP, hangup)
-    watchers = [gevent.spawn(c.wait) for c in children]
-    for watcher in watchers:
-        watcher.link(lambda _: stopping.set())
-    stopping.wait()
-    stopped = {c.pid for c in children if c.poll() is None}
-    for c in children:
-        if c.pid in stopped:
-            c.send_signal(signal.SIGTERM)
-    codes = []
-    for c in children:
-        try:
-            code = c.wait(settings.drain_timeout + STOP_REQUESTS_S + 1)
-        except subprocess.TimeoutExpired:
-            c.kill()
-            code = c.wait()
-        # A child stopped by our SIGTERM before it had installed its handler
-        # (still starting) held nothing: that is a clean stop, not a failure.
-        codes.append(0 if c.pid in stopped and code == -signal.SIGTERM else code)
-    if any(codes):
-        log.error("web: children exited %s", codes)
-        return 1
-    return 0
+    supervisor = Supervisor(
+        argv,
+        {**os.environ, "PYTHONPATH": path},
+        settings.web_processes,
+        stop_timeout=settings.drain_timeout + STOP_REQUESTS_S + 1,
+        ready_timeout=settings.ready_timeout,
+        url=f"http://{settings.host}:{port}",
+    )
+    try:
+        return supervisor.run()
+    finally:
+        port_held.close()

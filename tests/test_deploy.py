@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
 import threading
 import time
 from collections import Counter
 
+import pytest
+
 from greenpipe.httpserver import BETWEEN_REQUESTS_S
-from greenpipe.testing import Proc
-from tests.support import PYTHON, ROOT, handled_ids, poll_until
+from greenpipe.testing import Proc, entry, flags
+from tests.support import PYTHON, ROOT, free_port, handled_ids, poll_until
 
 CLIENTS = 30
 
@@ -103,17 +106,19 @@ def assert_nothing_lost(record_dir, accepted: set[str], timeout: float = 20.0) -
                timeout, f"all {len(accepted)} accepted jobs handled")  # fmt: skip
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 def test_sigterm_under_keep_alive_load_answers_only_202_or_json_503(
-    start_worker, start_web, record_dir
+    start_worker, start_web, record_dir, processes
 ):
     workers = [start_worker() for _ in range(3)]
-    web = start_web(workers)
+    web = start_web(workers, web_processes=processes)
     clients = Clients(web.port)
     clients.wait_answers(1000)
     web.proc.signal(signal.SIGTERM)
-    assert web.proc.wait_exit(6) == 0, web.proc.tail()
+    assert web.proc.wait_exit(8) == 0, web.proc.tail()
     counts = clients.stop()
-    print(f"single web, SIGTERM under {CLIENTS} clients: {dict(counts)}")
+    print(f"WEB_PROCESSES={processes}, SIGTERM under {CLIENTS} clients: "
+          f"{dict(counts)}")  # fmt: skip
     assert not clients.odd, f"answers other than 202 or JSON 503: {clients.odd[:5]}"
     assert set(counts) <= {"202", "503 json", "refused"}, counts
     assert_nothing_lost(record_dir, clients.accepted)
@@ -183,3 +188,100 @@ def test_serve_app_stop_closes_idle_at_once_and_interrupts_a_slow_view_into_503(
     assert app.wait_exit(6) == 0, app.tail()
     assert closed_after < 0.5 <= answered_after, (closed_after, answered_after)
     app.expect(r"1 idle connections closed, 2 requests answered 503")
+
+
+def child_pids(web) -> list[int]:
+    line = web.proc.expect(r"processes sharing \S+ \(pids ([\d, ]+)\)")
+    return [int(pid) for pid in line[1].split(", ")]
+
+
+def test_a_killed_process_is_replaced_and_the_other_keeps_serving(
+    start_worker, start_web, record_dir
+):
+    workers = [start_worker() for _ in range(3)]
+    web = start_web(workers, web_processes=2)
+    victim, survivor = child_pids(web)
+    clients = Clients(web.port)
+    clients.wait_answers(1000)
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    died = web.proc.expect(rf"process (\d) \(pid {victim}\) was killed by SIGKILL")
+    line = web.proc.expect(rf"process {died[1]} \(pid (\d+)\) serving", 10, times=2)
+    replaced_s = time.monotonic() - killed
+    clients.wait_answers(1000)  # both serve again
+    counts = clients.stop()
+    print(f"WEB_PROCESSES=2, kill -9 of one under {CLIENTS} clients: {dict(counts)}, "
+          f"replaced in {replaced_s:.2f} s")  # fmt: skip
+    newcomer = int(line[1])
+    assert os.kill(survivor, 0) is None and newcomer not in (victim, survivor)
+    assert not clients.odd, f"answers other than 202 or JSON 503: {clients.odd[:5]}"
+    assert set(counts) <= {"202", "closed"}, counts  # closed: the dead one's
+    assert counts["closed"] <= CLIENTS, counts
+    assert_nothing_lost(record_dir, clients.accepted)
+    # The newcomer took the dead one's journal slot (slots 0 and 1, no third)
+    # and replayed what it owed before it served (the journal opens first).
+    replay = web.proc.expect(r"journal: .* \(slot (\d+).*replaying (\d+) jobs", times=3)
+    assert replay[1] in ("0", "1"), replay[0]
+
+
+def test_a_process_that_dies_at_start_is_restarted_with_backoff_and_says_why(
+    start_worker, procs, tmp_path
+):
+    ops, taken = ports_in_a_row()  # process 1's own port is taken: it cannot start
+    web = Proc("web", [*entry("web"), *flags({
+        "port": 0, "workers": start_worker().address, "web_processes": 2,
+        "ops_port": ops, "journal_dir": tmp_path / "journal"})])  # fmt: skip
+    procs.append(web)
+    web.expect(rf"cannot listen on http://127\.0\.0\.1:{ops + 1}")
+    lines = [
+        web.expect(
+            r"process 1 \(pid \d+\) exited 1 before it served, after "
+            r"[\d.]+ s \((\d) in a row\); starting another (.*)",
+            timeout=10,
+            times=n,
+        )  # fmt: skip
+        for n in (1, 2, 3)
+    ]
+    assert [(m[1], m[2]) for m in lines] == [
+        ("1", "now"),
+        ("2", "in 0.5 s"),
+        ("3", "in 1 s"),
+    ], [m[0] for m in lines]
+    taken.close()  # the port is free again: the next one starts
+    web.expect(r"process 1 \(pid \d+\) serving", timeout=15)
+    web.expect(r"process 0 \(pid \d+\) serving")
+
+
+def ports_in_a_row() -> tuple[int, socket.socket]:
+    """A free port P and a socket listening on P + 1 (without SO_REUSEPORT)."""
+    for _ in range(50):
+        base = free_port()
+        taken = socket.socket()
+        try:
+            taken.bind(("127.0.0.1", base + 1))
+        except OSError:
+            taken.close()
+            continue
+        taken.listen()
+        return base, taken
+    raise AssertionError("no two free ports in a row in 50 tries")
+
+
+def test_rolling_restart_under_load_refuses_nothing(
+    start_worker, start_web, record_dir
+):
+    workers = [start_worker() for _ in range(3)]
+    web = start_web(workers, web_processes=2)
+    old = set(child_pids(web))
+    clients = Clients(web.port)
+    clients.wait_answers(1000)
+    web.proc.signal(signal.SIGUSR2)
+    done = web.proc.expect(r"rolling restart done in ([\d.]+) s: pids ([\d, ]+)", 30)
+    clients.wait_answers(1000)
+    counts = clients.stop()
+    print(f"WEB_PROCESSES=2, rolling restart under {CLIENTS} clients: "
+          f"{dict(counts)}, in {done[1]} s")  # fmt: skip
+    assert not old & {int(pid) for pid in done[2].split(", ")}, done[0]
+    assert not clients.odd, f"answers other than 202: {clients.odd[:5]}"
+    assert set(counts) == {"202"}, counts
+    assert_nothing_lost(record_dir, clients.accepted)
