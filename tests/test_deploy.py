@@ -101,6 +101,13 @@ class Clients:
         return self.counts
 
 
+def assert_a_clean_stop(clients: Clients, record_dir) -> None:
+    """Only 202s and JSON 503s, refused once nothing listens; nothing accepted lost."""
+    assert not clients.odd, f"answers other than 202 or JSON 503: {clients.odd[:5]}"
+    assert set(clients.counts) <= {"202", "503 json", "refused"}, clients.counts
+    assert_nothing_lost(record_dir, clients.accepted)
+
+
 def assert_nothing_lost(record_dir, accepted: set[str], timeout: float = 20.0) -> None:
     poll_until(lambda: handled_ids(record_dir).keys(), lambda ids: ids >= accepted,
                timeout, f"all {len(accepted)} accepted jobs handled")  # fmt: skip
@@ -119,9 +126,7 @@ def test_sigterm_under_keep_alive_load_answers_only_202_or_json_503(
     counts = clients.stop()
     print(f"WEB_PROCESSES={processes}, SIGTERM under {CLIENTS} clients: "
           f"{dict(counts)}")  # fmt: skip
-    assert not clients.odd, f"answers other than 202 or JSON 503: {clients.odd[:5]}"
-    assert set(counts) <= {"202", "503 json", "refused"}, counts
-    assert_nothing_lost(record_dir, clients.accepted)
+    assert_a_clean_stop(clients, record_dir)
 
 
 USER_APP = """
@@ -315,6 +320,4 @@ def test_gunicorn_sigterm_under_load_answers_only_202_or_json_503(
     counts = clients.stop()
     print(f"gunicorn -w 2, SIGTERM under {CLIENTS} clients: {dict(counts)}, "
           f"stopped in {stopped_s:.1f} s")  # fmt: skip
-    assert not clients.odd, f"answers other than 202 or JSON 503: {clients.odd[:5]}"
-    assert set(counts) <= {"202", "503 json", "refused"}, counts
-    assert_nothing_lost(record_dir, clients.accepted)
+    assert_a_clean_stop(clients, record_dir)
