@@ -11,7 +11,8 @@ The public names, importable from ``greenpipe`` directly:
 - `serve`: run a Flask app with greenpipe as web.py does
 - `Retry`, `JobTimeout`, `Cancelled`: what a handler raises to be run again
   later, and what is thrown into it past its time limit or when cancelled
-- `GreenpipeError`, `ConfigError`, `Unavailable`, `UnknownJob`: the errors
+- `GreenpipeError`, `ConfigError`, `Unavailable`, `UnknownJob`, `BadJob`,
+  `TooLarge`: the errors
 
 Importing ``greenpipe`` imports none of them until one is used, so an entry
 point can import it before ``gevent.monkey.patch_all()`` without harm.
@@ -41,11 +42,19 @@ _WHERE = {
     "GreenpipeError": "greenpipe.errors",
     "ConfigError": "greenpipe.errors",
     "Unavailable": "greenpipe.errors",
+    "BadJob": "greenpipe.errors",
+    "TooLarge": "greenpipe.errors",
 }
 __all__ = sorted(_WHERE)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
-    from greenpipe.errors import ConfigError, GreenpipeError, Unavailable  # noqa: F401
+    from greenpipe.errors import (  # noqa: F401
+        BadJob,
+        ConfigError,
+        GreenpipeError,
+        TooLarge,
+        Unavailable,
+    )
     from greenpipe.ext import Greenpipe  # noqa: F401
     from greenpipe.handling import Cancelled, JobTimeout, Retry  # noqa: F401
     from greenpipe.jobs import Job, Outcome, Status  # noqa: F401

@@ -32,3 +32,19 @@ class BodyTimeout(RequestTimeout, OSError):
     connection is closed). An OSError too, so a read that fails this way is
     handled where a reset connection is.
     """
+
+
+class BadJob(GreenpipeError, ValueError):
+    """A job's input was refused (an idempotency key that breaks the rule).
+
+    Raised by ``push``; left uncaught in a view, it answers 400 as web.py does
+    for the same input. A ValueError too, as ``push`` documents.
+    """
+
+    status = 400
+
+
+class TooLarge(BadJob):
+    """A job's body is over MAX_BODY: 413 in a view, as web.py answers."""
+
+    status = 413

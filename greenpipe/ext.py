@@ -13,7 +13,7 @@ from greenpipe import routes
 from greenpipe.commit import took_turn
 from greenpipe.config import WebSettings, _flag, load_web
 from greenpipe.dashboard import dashboard_blueprint
-from greenpipe.errors import ConfigError, Unavailable
+from greenpipe.errors import BadJob, ConfigError, Unavailable
 from greenpipe.jobs import Handler, Outcome
 from greenpipe.pipe import _MISSING, InlinePipe, Pipe, Receipt, load_handlers
 
@@ -118,6 +118,7 @@ class Greenpipe:
         state = _State(self, app, settings, error)
         app.extensions["greenpipe"] = state
         app.register_error_handler(Unavailable, routes.unavailable)
+        app.register_error_handler(BadJob, routes.bad_job)  # 413 / 400, as web.py
         app.teardown_request(_take_turn)
         if config.get("GREENPIPE_ROUTES", True):
             prefix = config.get("GREENPIPE_PREFIX", "") or None

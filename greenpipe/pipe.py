@@ -22,7 +22,7 @@ from greenpipe.admission import check_key
 from greenpipe.books import Books, Snapshot
 from greenpipe.config import PipeSettings
 from greenpipe.dispatcher import Dispatcher
-from greenpipe.errors import ConfigError
+from greenpipe.errors import BadJob, ConfigError, TooLarge
 from greenpipe.handling import NO_POLICY, run_handler
 from greenpipe.history import History
 from greenpipe.jobs import Envelope, Job, Outcome, Status
@@ -193,14 +193,19 @@ class Pipe:
         seconds (status TIMEOUT if none came: the job is still delivered at
         least once). Raises `Unavailable` when no worker can take it or the
         journal could not keep it (the extension answers 503 with Retry-After),
-        ValueError for bad arguments. The same `idempotency_key` within
-        IDEMPOTENCY_TTL returns the first job's id and creates no second job.
+        ValueError for bad arguments (`TooLarge` for a body over MAX_BODY,
+        `BadJob` for a bad idempotency key: a view answers 413 and 400). The
+        same `idempotency_key` within IDEMPOTENCY_TTL returns the first job's
+        id and creates no second job.
         """
         wait = _check_wait(wait)
         raw_name, raw, kind = _payload(name, json, body, content_type)
         self._check_size(raw)
         if idempotency_key:
-            check_key(idempotency_key)
+            try:
+                check_key(idempotency_key)
+            except ValueError as exc:  # usually a client's header: a 400 in a view
+                raise BadJob(f"push: {exc}") from None
         job = Envelope.new(b"", b"", b"", kind, raw, wait=wait > 0, name=raw_name)
         return self._answer(self.submit(job, idempotency_key), name, wait)
 
@@ -223,7 +228,7 @@ class Pipe:
 
     def _check_size(self, raw: bytes) -> None:
         if len(raw) > self.settings.max_body:
-            raise ValueError(
+            raise TooLarge(
                 f"push: the body is {len(raw)} bytes, over MAX_BODY "
                 f"({self.settings.max_body}); send less, or raise MAX_BODY"
             )

@@ -28,7 +28,7 @@ from werkzeug.exceptions import (
 
 from greenpipe.admission import KEY_RULE, check_key
 from greenpipe.config import WebSettings
-from greenpipe.errors import BodyTimeout, Unavailable
+from greenpipe.errors import BadJob, BodyTimeout, Unavailable
 from greenpipe.jobs import Envelope, Status
 
 log = logging.getLogger(__name__)
@@ -326,10 +326,24 @@ def unavailable(exc: Unavailable) -> Response:
     return _error(503, "unavailable", str(exc), {"Retry-After": str(exc.retry_after)})
 
 
+def bad_job(exc: BadJob) -> Response:
+    """413 or 400 for a job refused for its input (`TooLarge`, `BadJob`), as
+    web.py answers the same input: the client's error, not a 500."""
+    error = "payload too large" if exc.status == 413 else "bad request"
+    return _error(exc.status, error, str(exc))
+
+
 def json_errors(app: Flask, routes: str = ROUTES) -> None:
-    """Answer every error of `app` as ``{"error": ..., "detail": ...}``, never HTML."""
+    """Answer every error of `app` as ``{"error": ..., "detail": ...}``, never HTML.
+
+    Call it on an app whose clients read JSON (an API): the app's own 404s,
+    405s and uncaught exceptions become JSON too. Without it, only greenpipe's
+    own errors (`Unavailable`: 503, `TooLarge`: 413, `BadJob`: 400) are JSON
+    and the rest stays Flask's HTML.
+    """
 
     app.register_error_handler(Unavailable, unavailable)
+    app.register_error_handler(BadJob, bad_job)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -338,10 +352,17 @@ def json_errors(app: Flask, routes: str = ROUTES) -> None:
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> Response:
-        log.exception("internal error on %s %s", request.method, request.path)
-        return _error(
-            500, "internal error", "a bug in greenpipe; the web's log has the details"
-        )
+        view = request.endpoint or "no view"
+        log.exception("internal error on %s %s (%s)", request.method, request.path,
+                      view)  # fmt: skip
+        if (request.blueprint or "").startswith("greenpipe"):  # greenpipe's routes
+            detail = f"a bug in greenpipe ({view}); the web's log has the traceback"
+        else:  # the app's own view: its bug (or a greenpipe error it let through)
+            detail = (
+                f"an uncaught {type(exc).__name__} in the app's view {view!r}; "
+                "the web's log has the traceback"
+            )
+        return _error(500, "internal error", detail)
 
 
 def create_app(dispatcher: DispatcherLike, settings: WebSettings) -> Flask:
