@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, request, send_from_directory
+from flask import Blueprint, Response, abort, request, send_from_directory
 from werkzeug.exceptions import NotFound
 
 from greenpipe.errors import Unavailable
@@ -40,6 +40,12 @@ from greenpipe.routes import (
 if TYPE_CHECKING:
     from greenpipe.history import History
 
+INLINE = (
+    "jobs run at once in this process (inline mode: app.testing or "
+    "GREENPIPE_INLINE), with no worker and nothing flowing to draw; "
+    "GET /jobs/<id>, /stats and /metrics answer. Turn TESTING off (with "
+    "GREENPIPE_WORKERS) to see the dashboard"
+)
 RECENT = 20  # failures and dead letters shown
 RESEND_HEADER = ACTION_HEADER
 STATIC = Path(__file__).with_name("static")
@@ -95,8 +101,10 @@ def dashboard_blueprint(source: Callable[[], Any]) -> Blueprint:
 
     def pipe() -> Any:
         p = source()
-        if not getattr(p.settings, "dashboard", False) or p.history is None:
+        if not getattr(p.settings, "dashboard", False):
             raise NotFound()
+        if p.history is None:  # inline mode: nothing flows, nothing is sampled
+            abort(_error(404, "no dashboard in inline mode", INLINE))
         return p
 
     @bp.get("/dashboard")

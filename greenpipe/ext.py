@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
+import copy
 import logging
 import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import gevent
@@ -35,6 +42,45 @@ class _State:
         self._settings = settings
         self.error = error  # a bad setting, raised when the pipe is first needed
         self.pipe: Pipe | None = None
+        # What greenpipe read from app.config, and when: a later change raises.
+        self.read: dict[str, tuple[Any, str]] = {}
+        self.size = 0  # len(app.config) when last looked over: a key added shows
+        self.settings_read = INIT
+        self.remember(INIT, self.settings_keys())
+
+    def settings_keys(self) -> list[str]:
+        config = self.app.config
+        return [k for k in config if k.startswith("GREENPIPE_") and k not in AT_START]
+
+    def remember(self, when: str, keys: list[str]) -> None:
+        """Note the values of `keys` in app.config as read now, `when`."""
+        config = self.app.config
+        for key in keys:
+            self.read[key] = (_copy(config.get(key, _ABSENT)), when)
+        self.size = len(config)
+
+    def reread(self, when: str) -> None:
+        """The settings were read again (`use_settings`): forget the old ones."""
+        for key in [k for k in self.read if k not in AT_START]:
+            del self.read[key]
+        self.settings_read = when
+        self.remember(when, self.settings_keys())
+
+    def check(self) -> None:
+        """Raise `ConfigError` if a setting read before has changed since.
+
+        About a microsecond per request: few settings are read, and the whole
+        config is looked over only when its size changed (a key added).
+        """
+        config = self.app.config
+        for key, (value, when) in self.read.items():
+            if config.get(key, _ABSENT) != value:
+                _changed(key, when)
+        if len(config) != self.size:
+            for key in self.settings_keys():
+                if key not in self.read:
+                    _changed(key, self.settings_read, added=True)
+            self.size = len(config)
 
     @property
     def inline(self) -> bool:
@@ -57,6 +103,73 @@ class _State:
     @settings.setter
     def settings(self, value: WebSettings) -> None:
         self._settings, self.error = value, None
+
+
+INIT = "Greenpipe(app) / init_app"
+START = "the first push (or start()), which chose inline mode or workers"
+# Read when the pipe is made, not at init_app: TESTING may be set after
+# Greenpipe(app), up to the first push (the README's test does).
+AT_START = ("TESTING", "GREENPIPE_INLINE", "GREENPIPE_HANDLERS")
+_ABSENT: Any = object()
+
+
+def _copy(value: Any) -> Any:
+    if value is _ABSENT:
+        return value
+    try:  # a list changed in place is a change too
+        return copy.deepcopy(value)
+    except Exception:  # an object that cannot be copied: compared as itself
+        return value
+
+
+def _changed(key: str, when: str, added: bool = False) -> None:
+    what = "was set" if added else "changed"
+    raise ConfigError(
+        f"{key}: {what} in app.config after greenpipe read it (at {when}), so it "
+        "would be silently ignored; set GREENPIPE_* settings before Greenpipe(app) "
+        "or pipe.init_app(app), and TESTING or GREENPIPE_INLINE before the first "
+        "push (or pipe.start())"
+    )
+
+
+def _away_from_cwd(settings: WebSettings, config: Mapping[str, Any]) -> WebSettings:
+    """Under pytest, the journal and dead-letter file not given go to a temporary
+    directory, not the working directory.
+
+    A test that reaches real workers (TESTING left off) would otherwise leave
+    ./.greenpipe-journal behind, which the next run, or the next real web
+    started there, replays. Logged once per pipe, naming the directory.
+    """
+    if "pytest" not in sys.modules:
+        return settings
+    defaults = WebSettings()
+    moved = {
+        field: getattr(settings, field)
+        for field, name in (
+            ("journal_dir", "JOURNAL_DIR"),
+            ("dead_letter", "DEAD_LETTER"),
+        )
+        if getattr(settings, field) == getattr(defaults, field)
+        and f"GREENPIPE_{name}" not in config
+        and name not in os.environ
+    }
+    if not moved:
+        return settings
+    where = tempfile.mkdtemp(prefix="greenpipe-test-")
+    atexit.register(shutil.rmtree, where, ignore_errors=True)
+    new = {
+        field: os.path.join(where, os.path.basename(old))
+        for field, old in moved.items()
+    }
+    log.warning(
+        "greenpipe under pytest, with workers (TESTING is off): %s not set, so "
+        "%s in %s, removed at exit, not in the working directory; set "
+        "GREENPIPE_JOURNAL_DIR / GREENPIPE_DEAD_LETTER to choose",
+        " and ".join("GREENPIPE_" + field.upper() for field in moved),
+        " and ".join(os.path.basename(old) for old in moved.values()),
+        where,
+    )
+    return replace(settings, **new)
 
 
 def _take_turn(_exc: BaseException | None = None) -> None:
@@ -144,13 +257,15 @@ class Greenpipe:
         Raises `ConfigError` if a setting is bad.
         """
         state = self._state(app)
+        state.check()
         pipe = state.pipe
         if pipe is None or not pipe.started:  # none yet, or forked since
+            state.remember(START, list(AT_START))
             if state.inline:
                 spec = state.app.config.get("GREENPIPE_HANDLERS")
                 pipe = InlinePipe(load_handlers(spec, self.handlers), state.settings)
             else:
-                pipe = Pipe(state.settings)
+                pipe = Pipe(_away_from_cwd(state.settings, state.app.config))
                 pipe.start()
             state.pipe = pipe
         return pipe
@@ -170,6 +285,7 @@ class Greenpipe:
         state = self._state(app)
         state.settings = settings
         state.app.config["GREENPIPE_MAX_BODY"] = settings.max_body
+        state.reread("serve() (use_settings)")
 
     # -- the verbs
     def push(

@@ -6,12 +6,15 @@ status from any of the processes sharing a port.
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 
 import pytest
 from flask import Flask
 
 from greenpipe import (
     BadJob,
+    ConfigError,
     Greenpipe,
     Handlers,
     TooLarge,
@@ -92,3 +95,77 @@ def test_input_errors_are_still_value_errors_outside_a_request():
         with pytest.raises(ValueError, match="idempotency key") as bad:
             pipe.push("echo", json={}, idempotency_key="é")
         assert isinstance(bad.value, BadJob)
+
+
+# -- item 2: a test that forgets TESTING ---------------------------------------------
+
+
+def _push_view(app: Flask, pipe: Greenpipe):
+    with app.test_request_context("/"):
+        return pipe.push("echo", json={"n": 1})
+
+
+def test_a_setting_changed_after_it_was_read_raises_naming_it():
+    app = Flask("user_app")
+    app.config["GREENPIPE_MAX_PENDING"] = 10
+    pipe = Greenpipe(app, handlers=_handlers())
+    app.config["GREENPIPE_WORKERS"] = ["127.0.0.1:4999"]  # after: was ignored
+    with pytest.raises(ConfigError, match=r"GREENPIPE_WORKERS: was set .* after "
+                       r"greenpipe read it \(at Greenpipe\(app\) / init_app\)"):  # fmt: skip
+        _push_view(app, pipe)
+    del app.config["GREENPIPE_WORKERS"]
+    app.config["GREENPIPE_MAX_PENDING"] = 20
+    with pytest.raises(ConfigError, match=r"GREENPIPE_MAX_PENDING: changed"):
+        _push_view(app, pipe)
+
+
+def test_testing_may_be_set_up_to_the_first_push_not_after():
+    app = Flask("user_app")
+    pipe = Greenpipe(app, handlers=_handlers())
+    app.config["TESTING"] = True  # the README's test does this: inline mode
+    assert _push_view(app, pipe).id.startswith("inline")
+    app.config["TESTING"] = False  # after the first push: would be ignored
+    with pytest.raises(ConfigError, match=r"TESTING: changed .*\(at the first push"):
+        _push_view(app, pipe)
+
+
+def test_a_journal_under_pytest_stays_out_of_the_working_directory(
+    tmp_path, monkeypatch, caplog
+):
+    monkeypatch.chdir(tmp_path)
+    for name in ("JOURNAL_DIR", "DEAD_LETTER"):
+        monkeypatch.delenv(name, raising=False)
+    app = Flask("user_app")  # TESTING left off: real workers (none answer here)
+    app.config.update(GREENPIPE_WORKERS=["127.0.0.1:1"], GREENPIPE_READY_TIMEOUT=0.1)
+    ext = Greenpipe(app)
+    with caplog.at_level(logging.WARNING, "greenpipe.ext"):
+        pipe = ext.start(app)
+    try:
+        journal = Path(pipe.settings.journal_dir)
+        assert journal.parent.parent == Path(tempfile.gettempdir()), journal
+        assert journal.is_dir(), "the journal is kept, in a temporary directory"
+        assert Path(pipe.settings.dead_letter).parent == journal.parent
+        assert not list(tmp_path.iterdir()), "nothing in the working directory"
+        assert str(journal.parent) in caplog.text, "the log says where it went"
+    finally:
+        ext.stop(app, timeout=0)
+
+    explicit = Flask("user_app")
+    explicit.config.update(GREENPIPE_WORKERS=["127.0.0.1:1"],
+                           GREENPIPE_JOURNAL_DIR=str(tmp_path / "mine"))  # fmt: skip
+    ext = Greenpipe(explicit)
+    pipe = ext.start(explicit)
+    try:
+        assert pipe.settings.journal_dir == str(tmp_path / "mine"), "given: kept"
+    finally:
+        ext.stop(explicit, timeout=0)
+
+
+def test_the_dashboard_in_inline_mode_says_why_there_is_none():
+    app, _ = _user_app(json=False)
+    resp = app.test_client().get("/dashboard")
+    assert resp.status_code == 404
+    body = resp.get_json()
+    assert body["error"] == "no dashboard in inline mode", body
+    assert "TESTING" in body["detail"] and "/jobs/<id>" in body["detail"]
+    assert app.test_client().get("/dashboard/data").status_code == 404
