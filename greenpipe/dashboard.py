@@ -109,7 +109,7 @@ def dashboard_blueprint(source: Callable[[], Any]) -> Blueprint:
 
     @bp.get("/dashboard")
     def page() -> Response:
-        refused = shared_port(pipe().settings)
+        refused = shared_port(pipe())
         if refused is not None:
             return refused
         return send_from_directory(STATIC, "dashboard.html", max_age=0)
@@ -122,7 +122,7 @@ def dashboard_blueprint(source: Callable[[], Any]) -> Blueprint:
     @bp.get("/dashboard/data")
     def data() -> Response:
         p = pipe()
-        refused = shared_port(p.settings)
+        refused = shared_port(p)
         if refused is not None:
             return refused
         try:

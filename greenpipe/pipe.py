@@ -27,6 +27,7 @@ from greenpipe.handling import NO_POLICY, run_handler
 from greenpipe.history import History
 from greenpipe.jobs import Envelope, Job, Outcome, Status
 from greenpipe.records import JobRecords
+from greenpipe.siblings import Siblings
 
 _MISSING: Any = object()
 # Every Pipe, so that a forked child knows none of them runs in it (the links
@@ -138,6 +139,7 @@ class Pipe:
         self.history: History | None = None  # the dashboard's samples, once started
         self.started = False  # in this process: a forked child starts afresh
         self._exposition: Any = None  # /metrics' registry, made when first scraped
+        self.siblings: Siblings | None = None  # processes sharing the port, if any
         _PIPES.add(self)
 
     # -- lifecycle
@@ -150,6 +152,9 @@ class Pipe:
             if self.settings.dashboard:
                 self.history = History(self.snapshot)
                 self.history.start()
+            self.siblings = Siblings.join(
+                self.settings, self.dispatcher.admission.prefix, self.dispatcher.status
+            )
 
     def wait_ready(self, timeout: float) -> bool:
         """Block up to `timeout` s for the barrier (every worker said READY once)."""
@@ -174,6 +179,8 @@ class Pipe:
     def close(self) -> None:
         if self.history is not None:
             self.history.stop()
+        if self.siblings is not None:
+            self.siblings.close()
         self.dispatcher.close()
 
     # -- jobs
@@ -304,8 +311,15 @@ class Pipe:
         return self.dispatcher.snapshot()
 
     def status(self, job_id: str) -> dict[str, Any] | None:
-        """queued, in_flight, done, failed, dead, or None if unknown or expired."""
-        return self.dispatcher.status(job_id)
+        """queued, in_flight, done, failed, dead, or None if unknown or expired.
+
+        A job another process sharing this port accepted is asked of that
+        process (on this host; up to a second, else `Unavailable`).
+        """
+        found = self.dispatcher.status(job_id)
+        if found is None and self.siblings is not None and not self.owns(job_id):
+            return self.siblings.status(job_id)
+        return found
 
     def owns(self, job_id: str) -> bool:
         return self.dispatcher.owns(job_id)
@@ -340,6 +354,7 @@ class InlinePipe(Pipe):
         self.settings = settings or config.load_web([], {}, {})
         self.handler = handler
         self.history = None  # no dashboard: nothing flows
+        self.siblings = None
         self.started = True
         self.records = JobRecords(self.settings.status_keep, self.settings.status_ttl)
         self.books = Books()

@@ -211,22 +211,34 @@ def forwarding_blueprint(
     return bp
 
 
-def shared_port(settings: Any) -> Response | None:
+def shared_port(pipe: Any) -> Response | None:
     """421 for a whole-process view asked on a port several processes share.
 
     One scrape (or one dashboard) would reach one process at random and read
-    as the whole; each process answers on its own OPS_PORT instead.
+    as the whole; with greenpipe's server each process answers on its own
+    OPS_PORT instead. Under gunicorn, with more than one worker.
     """
-    if not getattr(settings, "reuse_port", False):
-        return None
     if request.environ.get("greenpipe.own_port"):
+        return None
+    pid = os.getpid()
+    if getattr(pipe.settings, "reuse_port", False):
+        where = (
+            "Ask each process on its own port: set GREENPIPE_OPS_PORT (the web's "
+            "log names each process's port)"
+        )
+    elif getattr(pipe, "siblings", None) is not None and pipe.siblings.count() > 1:
+        where = (
+            "Under gunicorn, each worker's figures are its own and no worker has "
+            "a port of its own: run with -w 1, or greenpipe's own server "
+            "(WEB_PROCESSES and GREENPIPE_OPS_PORT: a port per process)"
+        )
+    else:
         return None
     return _error(
         421,
         "misdirected request",
-        f"several web processes share this port; this one (pid {os.getpid()}) "
-        "cannot speak for the others. Ask each process on its own port: set "
-        "GREENPIPE_OPS_PORT (the web's log names each process's port)",
+        f"several web processes share this port; this one (pid {pid}) cannot "
+        f"speak for the others. {where}",
     )
 
 
@@ -254,7 +266,7 @@ def ops_blueprint(source: Callable[[], DispatcherLike]) -> Blueprint:
         render = getattr(pipe, "metrics", None)
         if render is None or not getattr(settings, "metrics", True):
             raise NotFound()
-        refused = shared_port(settings)
+        refused = shared_port(pipe)
         if refused is not None:
             return refused
         return Response(render(), mimetype=None, headers={
@@ -280,7 +292,7 @@ def ops_blueprint(source: Callable[[], DispatcherLike]) -> Blueprint:
         pipe = source()
         found = pipe.cancel(job_id)
         if found is None:
-            return _unknown(pipe, job_id)
+            return _unknown(pipe, job_id, asked=False)
         if found["status"] == Status.CANCELLED:
             return json_response(200, found)
         if found.get("cancelling"):
@@ -298,12 +310,18 @@ def ops_blueprint(source: Callable[[], DispatcherLike]) -> Blueprint:
     return bp
 
 
-def _unknown(pipe: Any, job_id: str) -> Response:
-    """404 for a job this process does not know (421 if another one may)."""
+def _unknown(pipe: Any, job_id: str, asked: bool = True) -> Response:
+    """404 for a job this process does not know (421 if another one may).
+
+    `asked`: the pipe asked the processes sharing this port (a status lookup
+    does, through `greenpipe.siblings`; a cancel does not).
+    """
     pid = os.getpid()
-    if not pipe.owns(job_id) and getattr(pipe.settings, "reuse_port", False):
-        # Several processes share this port (WEB_PROCESSES, REUSE_PORT): the
-        # one that accepted the job knows it; a new connection may reach it.
+    shared = getattr(pipe.settings, "reuse_port", False)
+    asked = asked and getattr(pipe, "siblings", None) is not None
+    if not pipe.owns(job_id) and shared and not asked:
+        # Several processes share this port (REUSE_PORT) and this one could
+        # not ask the others: a new connection may reach the one that knows.
         return _error(
             421,
             "misdirected request",

@@ -6,6 +6,7 @@ status from any of the processes sharing a port.
 from __future__ import annotations
 
 import logging
+import signal
 import tempfile
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from greenpipe import (
     TooLarge,
     json_errors,
 )
+from tests.support import PYTHON, Proc, Web, poll_until
 
 
 def _handlers() -> Handlers:
@@ -169,3 +171,54 @@ def test_the_dashboard_in_inline_mode_says_why_there_is_none():
     assert body["error"] == "no dashboard in inline mode", body
     assert "TESTING" in body["detail"] and "/jobs/<id>" in body["detail"]
     assert app.test_client().get("/dashboard/data").status_code == 404
+
+
+# -- item 5: status from any process sharing the port --------------------------------
+
+
+def _any_process_answers(web: Web) -> None:
+    """Jobs accepted by both processes; every lookup, on a new connection each
+    (so the kernel hands it to either process), answers 200 with the record."""
+    ids = [web.post("/jobs", {"n": i})[2]["id"] for i in range(20)]
+    prefixes = {job_id.rsplit("-", 1)[0] for job_id in ids}
+    assert len(prefixes) == 2, f"both processes accepted jobs (p 2**-19): {ids}"
+    for job_id in ids:
+        poll_until(lambda job_id=job_id: web.get(f"/jobs/{job_id}"),
+                   lambda r: r[0] != 200 or r[2]["status"] == "done", 10,
+                   f"job {job_id} done, or a lookup not answered 200")  # fmt: skip
+    for job_id in ids * 3:
+        code, _, record = web.get(f"/jobs/{job_id}")
+        assert code == 200, f"lookup of {job_id}: {code} {record}"
+        assert (record["id"], record["status"]) == (job_id, "done"), record
+    stranger = next(iter(prefixes))[:-1] + "z-0000000001"  # not a prefix: 404
+    assert web.get(f"/jobs/{stranger}")[0] == 404
+    gone = "0badf00d-0000000001"  # a prefix no process has
+    assert web.get(f"/jobs/{gone}")[0] == 404
+
+
+def test_status_with_web_processes_is_answered_by_either(start_worker, start_web):
+    web = start_web([start_worker()], web_processes=2)
+    _any_process_answers(web)
+    assert web.get("/metrics")[0] == 421, "the shared port cannot speak for both"
+
+
+def test_status_under_gunicorn_is_answered_by_either_worker(
+    start_worker, procs, tmp_path
+):
+    worker = start_worker()
+    env = {"WORKERS": f"127.0.0.1:{worker.port}",
+           "JOURNAL_DIR": str(tmp_path / "journal"),
+           "DEAD_LETTER": str(tmp_path / "dead.jsonl")}  # fmt: skip
+    gunicorn = Proc("gunicorn", [PYTHON, "-m", "gunicorn", "-c", "python:greenpipe.gunicorn",
+                                 "-w", "2", "-b", "127.0.0.1:0", "web:app"], env=env)  # fmt: skip
+    procs.append(gunicorn)
+    port = int(gunicorn.expect(r"Listening at: http://127\.0\.0\.1:(\d+)", 20)[1])
+    gunicorn.expect("answers its siblings' lookups", 20, times=2)
+    gunicorn.expect("barrier met", 20, times=2)
+    web = Web(gunicorn, port)
+    _any_process_answers(web)
+    for _ in range(6):  # never one random worker's counters
+        code, _, body = web.get("/metrics")
+        assert code == 421 and "gunicorn" in body["detail"], (code, body)
+    gunicorn.signal(signal.SIGTERM)
+    assert gunicorn.wait_exit(30) == 0

@@ -1,0 +1,182 @@
+"""The web processes sharing one port, each answering the others' lookups.
+
+A job id starts with the prefix of the process that accepted it. Processes
+that share a port (WEB_PROCESSES children and other SO_REUSEPORT webs; the
+workers of one gunicorn master) each listen on a unix socket named by that
+prefix, in one directory per port under ``$TMPDIR/greenpipe-<uid>`` (0700):
+a lookup that lands on another process asks the owner there, in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import stat
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent import socket
+from gevent.server import StreamServer
+
+from greenpipe.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+ASK_TIMEOUT_S = 1.0  # a sibling on the same host answers in well under a ms
+MAX_LINE = 512  # bytes of a question: "status <id>\n"
+MAX_ANSWER = 1 << 20  # bytes; a status record (results over 64 KiB are not kept)
+PREFIX = re.compile(r"[0-9a-f]{8}")  # Admission.prefix without its "-"
+MAX_UNIX_PATH = 100  # bytes; sun_path holds 108
+
+
+def group(settings: Any) -> str | None:
+    """The name of the processes sharing this one's port, or None if it shares none.
+
+    greenpipe's own server with REUSE_PORT (WEB_PROCESSES sets it): every web
+    bound to the same host and port. Under gunicorn: the workers of one master
+    (they share its listening socket).
+    """
+    if getattr(settings, "reuse_port", False):
+        return f"port-{settings.host}-{settings.port}"
+    if "gunicorn.arbiter" in sys.modules:  # a gunicorn worker (pipes never run
+        return f"gunicorn-{os.getppid()}"  # in the master: pyzmq#1330)
+    return None
+
+
+def _private_dir(path: str) -> bool:
+    """Make `path` a directory only this user can enter; False if it is not."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    return (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid == os.getuid()
+        and not info.st_mode & 0o077
+    )
+
+
+class Siblings:
+    """This process's socket in its group's directory, and lookups of the others.
+
+    `answer(job_id)` is this process's own record of a job (never asking
+    further). `status` asks the process whose prefix a job id carries: None
+    if it says unknown or has gone (its socket refuses), `Unavailable` if it
+    does not answer within ASK_TIMEOUT_S.
+    """
+
+    def __init__(
+        self, directory: str, prefix: str, answer: Callable[[str], dict | None]
+    ) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, prefix.rstrip("-") + ".sock")
+        self._answer = answer
+        self._server: StreamServer | None = None
+
+    @classmethod
+    def join(
+        cls, settings: Any, prefix: str, answer: Callable[[str], dict | None]
+    ) -> Siblings | None:
+        """Listen for lookups if this process shares its port; else None.
+
+        A runtime directory that is not this user's alone, or a path too long
+        for a unix socket, is logged and leaves the shared port answering 421.
+        """
+        name = group(settings)
+        if name is None:
+            return None
+        root = os.path.join(tempfile.gettempdir(), f"greenpipe-{os.getuid()}")
+        directory = os.path.join(root, name)
+        siblings = cls(directory, prefix, answer)
+        try:
+            if not (_private_dir(root) and _private_dir(directory)):
+                raise OSError(f"{root} is not a 0700 directory of uid {os.getuid()}")
+            if len(siblings.path.encode()) > MAX_UNIX_PATH:
+                raise OSError(f"{siblings.path} is too long for a unix socket")
+            siblings.start()
+        except OSError as exc:
+            log.warning("web: lookups from processes sharing this port are off (%s); "
+                        "they answer 421 for this process's jobs", exc)  # fmt: skip
+            return None
+        return siblings
+
+    def start(self) -> None:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.path)
+        listener.listen(64)
+        self._server = StreamServer(listener, self._serve)
+        self._server.start()
+        log.info("web: pid %d answers its siblings' lookups at %s", os.getpid(),
+                 self.path)  # fmt: skip
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.stop(timeout=0)
+            self._server = None
+            try:
+                os.unlink(self.path)
+                os.rmdir(self.directory)  # the last one out
+            except OSError:
+                pass
+
+    def count(self) -> int:
+        """How many processes share the port (sockets in the directory)."""
+        try:
+            return sum(name.endswith(".sock") for name in os.listdir(self.directory))
+        except OSError:
+            return 1
+
+    def _serve(self, conn: socket.socket, _address: Any) -> None:
+        try:
+            with gevent.Timeout(ASK_TIMEOUT_S, False):
+                question = _read_line(conn, MAX_LINE)
+                verb, _, job_id = question.decode("ascii", "replace").partition(" ")
+                found = self._answer(job_id) if verb == "status" else None
+                conn.sendall(json.dumps(found).encode() + b"\n")
+        except OSError:
+            pass  # the asker gave up
+        finally:
+            conn.close()
+
+    def status(self, job_id: str) -> dict | None:
+        """The record of `job_id` from the process that accepted it, or None."""
+        prefix = job_id.split("-", 1)[0]
+        if not PREFIX.fullmatch(prefix):
+            return None  # not a job id of this web: no path built from it
+        path = os.path.join(self.directory, prefix + ".sock")
+        if path == self.path:
+            return None
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with gevent.Timeout(ASK_TIMEOUT_S):
+                conn.connect(path)
+                conn.sendall(f"status {job_id}\n".encode("ascii", "replace"))
+                answer = _read_line(conn, MAX_ANSWER)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None  # no such process, or it has gone
+        except (gevent.Timeout, OSError) as exc:
+            raise Unavailable(
+                f"the web process that accepted job {job_id!r} (sharing this port) "
+                f"did not answer within {ASK_TIMEOUT_S:g} s ({exc}); ask again",
+                retry_after=1,
+            ) from None
+        finally:
+            conn.close()
+        found = json.loads(answer) if answer else None
+        return found if isinstance(found, dict) else None
+
+
+def _read_line(conn: socket.socket, limit: int) -> bytes:
+    data = bytearray()
+    while not data.endswith(b"\n") and len(data) < limit:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data).strip()
