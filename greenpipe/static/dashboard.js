@@ -14,11 +14,22 @@ let updates = 0;
 
 function $(id) { return document.getElementById(id); }
 function text(id, value) { $(id).textContent = value === null || value === undefined ? "–" : String(value); }
+const MIN_SPAN_S = 60;  // a fresh web's charts show a minute, ticks in whole seconds
+const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600];
 function clock(t) { return new Date(t * 1000).toLocaleTimeString(); }
+function hms(t) { return new Date(t * 1000).toLocaleTimeString([], { hour12: false }); }
+// A dead letter's "2026-11-23T17:18:14+0000": the time, with the date if not today.
+function when(iso) {
+  const d = new Date(String(iso).replace(/([+-]\d\d)(\d\d)$/, "$1:$2"));
+  if (isNaN(d)) return iso;
+  const today = d.toDateString() === new Date().toDateString();
+  return (today ? "" : d.toLocaleDateString() + " ") + d.toLocaleTimeString();
+}
 function cell(row, value, cls) {
   const td = row.insertCell();
   td.textContent = value === null || value === undefined ? "–" : String(value);
   if (cls) td.className = cls;
+  if (cls === "error") td.title = td.textContent;  // cut on the page: whole on hover
   return td;
 }
 
@@ -27,7 +38,8 @@ function makeChart(el, title, series, yLabel) {
   const opts = {
     width, height: 220,
     scales: { x: { time: true } },
-    axes: [{}, { label: yLabel, size: 60 }],
+    axes: [{ space: 70, incrs: TIME_INCRS, values: (u, ticks) => ticks.map(hms) },
+           { label: yLabel, size: 60 }],
     series: [{}, ...series.map((s, i) => ({
       label: s, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false,
     }))],
@@ -48,11 +60,16 @@ function buildCharts(names) {
 
 function draw() {
   if (typeof uPlot === "undefined" || !charts) return;
+  // At least MIN_SPAN_S on the time axis: a fresh web's one or two samples
+  // would otherwise span a second (ticks ":21.000 :21.500") or, alone, none.
   const t = samples.map(s => s.t);
-  charts.workers.setData([t, ...workerNames.map((_, i) => samples.map(s => s.workers[i] ?? null))]);
-  charts.latency.setData([t, samples.map(s => s.p50), samples.map(s => s.p99)]);
-  charts.flight.setData([t, samples.map(s => s.in_flight), samples.map(s => s.pending),
-                         samples.map(s => s.credit), samples.map(s => s.resent)]);
+  const pad = t.length && t[0] > t[t.length - 1] - MIN_SPAN_S;
+  const x = pad ? [t[t.length - 1] - MIN_SPAN_S, ...t] : t;
+  const col = f => (pad ? [null] : []).concat(samples.map(f));
+  charts.workers.setData([x, ...workerNames.map((_, i) => col(s => s.workers[i] ?? null))]);
+  charts.latency.setData([x, col(s => s.p50), col(s => s.p99)]);
+  charts.flight.setData([x, col(s => s.in_flight), col(s => s.pending),
+                         col(s => s.credit), col(s => s.resent)]);
 }
 
 function showStrip(d) {
@@ -118,7 +135,8 @@ function showDead(d) {
   for (const r of d.dead_letters) {
     const row = body.insertRow();
     row.dataset.job = r.id;
-    cell(row, r.time); cell(row, r.id); cell(row, r.reason, "error"); cell(row, r.attempts);
+    cell(row, when(r.time)).title = r.time; cell(row, r.id); cell(row, r.reason, "error");
+    cell(row, r.attempts);
     const old = done.get(r.id);
     if (old) { row.insertCell().appendChild(old); continue; }
     const button = document.createElement("button");
