@@ -9,16 +9,21 @@ from gevent import monkey
 
 monkey.patch_all()  # first statement: patching late leaves blocking sockets behind
 
+import functools  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
-from greenpipe import config, entry, serving, worker  # noqa: E402
+from greenpipe import __version__, config, entry, serving, worker  # noqa: E402
 
 USAGE = """usage: greenpipe {web,worker,keys} [--help] [flags]
+       greenpipe --version
 
+commands:
   web            serve HTTP and feed the workers (as python web.py)
   worker         run jobs from the webs that connect (as port=4444 python server.py)
   keys DIR NAME  write a CURVE keypair: DIR/NAME.key, DIR/NAME.key_secret (0600)
+
+greenpipe COMMAND --help lists a command's flags and settings.
 """
 
 
@@ -26,15 +31,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     command = args.pop(0) if args else ""
     if command == "web":
-        return entry.main(config.load_web, serving.run, args)
+        load_web = functools.partial(config.load_web, prog="greenpipe web")
+        return entry.main(load_web, serving.run, args)
     if command == "worker":
-        return entry.main(config.load_worker, worker.run, args)
+        load_worker = functools.partial(config.load_worker, prog="greenpipe worker")
+        return entry.main(load_worker, worker.run, args)
     if command == "keys":
         from greenpipe.curve import keys_main
 
         return keys_main(args)
     if command in ("-h", "--help"):
         sys.stdout.write(USAGE)
+        return 0
+    if command in ("-V", "--version"):
+        sys.stdout.write(f"greenpipe {__version__}\n")
         return 0
     sys.stderr.write(
         USAGE + f"\ngreenpipe: expected 'web', 'worker' or 'keys', got {command!r}\n"

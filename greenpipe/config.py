@@ -8,6 +8,7 @@ naming the setting, the value, where it came from and what to do.
 from __future__ import annotations
 
 import argparse
+import difflib
 import ipaddress
 import logging
 import os
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from greenpipe.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -285,6 +288,12 @@ class PipeSettings:
     reuse_port: bool = _setting(
         False, _flag, "bind HTTP with SO_REUSEPORT (shared port)"
     )
+    unknown_settings: str = _setting(
+        "warn",
+        _choice("warn", "refuse"),
+        "a GREENPIPE_* name (environment, app.config) or a near-miss of a "
+        "setting's name that is no setting: warn at start, or refuse to start",
+    )
     log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
 
 
@@ -358,16 +367,39 @@ class WorkerSettings:
         "largest job frame accepted from a peer",
         "16MiB+64KiB",
     )
+    unknown_settings: str = _setting(
+        "warn",
+        _choice("warn", "refuse"),
+        "a GREENPIPE_* name (environment, app.config) or a near-miss of a "
+        "setting's name that is no setting: warn at start, or refuse to start",
+    )
     log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
+
+
+PREFIX = "GREENPIPE_"
+
+# GREENPIPE_ names that are not settings: the Flask extension's own app.config
+# keys, and what the tests and the book-keeping handler read.
+EXTENSION_KEYS = frozenset(
+    PREFIX + name for name in ("INLINE", "HANDLERS", "PREFIX", "ROUTES")
+)
+OTHER_VARIABLES = frozenset(
+    PREFIX + name for name in ("HIDE_TOOLS", "RECORD_DIR", "SLEEP")
+)
+_CLOSE = 0.75  # difflib ratio from which an unknown name "probably meant" a setting
+_warned: set[str] = set()  # names warned about in this process (warned once each)
 
 
 def env_names(name: str) -> tuple[str, ...]:
     """Environment variables for a setting, strongest first.
 
-    ``port`` in lower case (the original setup's spelling) outranks ``PORT``,
-    which honcho exports to every process it starts (5000, 5100, …).
+    One rule: ``GREENPIPE_<NAME>`` (as in app.config, and what the key tool's
+    advice reads like) or the bare ``<NAME>``; the prefixed one wins when both
+    are set. ``port`` in lower case (the original setup's spelling) outranks
+    ``PORT``, which honcho exports to every process it starts (5000, 5100, …).
     """
-    return ("port", "PORT") if name == "port" else (name.upper(),)
+    bare = ("port", "PORT") if name == "port" else (name.upper(),)
+    return (PREFIX + name.upper(), *bare)
 
 
 def _lookup(
@@ -377,16 +409,87 @@ def _lookup(
     app_config: Mapping[str, Any],
 ) -> tuple[str | None, str, str]:
     """Return (raw text, where it came from, the name to show in errors)."""
-    label = env_names(name)[0]
+    label = "port" if name == "port" else name.upper()
     if name in flags:
         return flags[name], f"flag --{name.replace('_', '-')}", label
-    key = "GREENPIPE_" + name.upper()
+    key = PREFIX + name.upper()
     if key in app_config:
         return _text(app_config[key]), f"app.config[{key!r}]", key
     for env in env_names(name):
         if env in environ:
             return environ[env], f"environment variable {env}", env
     return None, "default", label
+
+
+def _setting_names(cls: type) -> list[str]:
+    return [f.name.upper() for f in fields(cls)]
+
+
+def unknown_settings(
+    cls: type, environ: Mapping[str, str], app_config: Mapping[str, Any]
+) -> list[str]:
+    """What would be ignored, each with the setting it probably meant.
+
+    Every ``GREENPIPE_*`` key of `app_config` and of `environ` that is no
+    setting, and a bare environment variable that is not one but is close to
+    one of this program's settings (``CONCURENCY``, ``JOURNAL``). Settings of
+    the other program (``CONCURRENCY`` seen by the web) are known, not
+    warned about: honcho gives every process the same environment.
+    """
+    mine = _setting_names(cls)
+    known = set(_setting_names(WebSettings)) | set(_setting_names(WorkerSettings))
+    problems = []
+    for key in app_config:
+        if not isinstance(key, str) or not key.startswith(PREFIX):
+            continue
+        name = key[len(PREFIX) :]
+        if key in EXTENSION_KEYS or name in mine:
+            continue
+        if name in known:
+            problems.append(
+                f"app.config[{key!r}] is a setting of greenpipe worker, which "
+                "does not read app.config: it is ignored; give the worker "
+                f"--{name.lower().replace('_', '-')} or {name} in its environment"
+            )
+            continue
+        problems.append(f"app.config[{key!r}] is not a setting: it is ignored"
+                        + _meant(name, mine, PREFIX))  # fmt: skip
+    for variable in environ:
+        if variable in OTHER_VARIABLES or variable in EXTENSION_KEYS:
+            continue
+        if variable.startswith(PREFIX):
+            name = variable[len(PREFIX) :]
+            if name not in known:
+                problems.append(
+                    f"environment variable {variable} is not a setting: it is "
+                    f"ignored{_meant(name, mine, PREFIX)}"
+                )
+        elif variable.isupper() and variable not in known:
+            close = difflib.get_close_matches(variable, mine, 3, _CLOSE)
+            if close:
+                problems.append(
+                    f"environment variable {variable} is not a setting: it is "
+                    f"ignored; did you mean {' or '.join(close)}?"
+                )
+    return problems
+
+
+def _meant(name: str, choices: Sequence[str], prefix: str) -> str:
+    close = difflib.get_close_matches(name, choices, 3, _CLOSE)
+    if not close:
+        return "; see --help for the settings"
+    return "; did you mean " + " or ".join(prefix + c for c in close) + "?"
+
+
+def _report_unknown(problems: list[str], refuse: bool) -> None:
+    if problems and refuse:
+        raise ConfigError(
+            "; ".join(problems) + " (UNKNOWN_SETTINGS=refuse: fix or unset them)"
+        )
+    for problem in problems:
+        if problem not in _warned:
+            _warned.add(problem)
+            log.warning("%s (UNKNOWN_SETTINGS=refuse stops instead)", problem)
 
 
 def _shown_default(f: Any) -> str:
@@ -406,7 +509,7 @@ def _text(value: Any) -> str:
 
 def _load(
     cls: type,
-    prog: str,
+    prog: str | None,
     description: str,
     argv: Sequence[str] | None,
     environ: Mapping[str, str],
@@ -416,8 +519,9 @@ def _load(
         prog=prog,
         description=description,
         argument_default=argparse.SUPPRESS,
-        epilog="Each flag also reads the environment variable named in its help; "
-        "flags win over the environment, which wins over the defaults.",
+        epilog="Each flag also reads the environment variables named in its help "
+        "(GREENPIPE_NAME or NAME; the first wins); flags win over the environment, "
+        "which wins over the defaults.",
     )
     for f in fields(cls):
         parser.add_argument(
@@ -440,15 +544,22 @@ def _load(
                 f"{label}: expected {exc}, got {raw!r} ({source}); fix it, or unset it "
                 f"to use the default {_shown_default(f)}"
             ) from None
-    return cls(**values)
+    settings = cls(**values)
+    problems = unknown_settings(cls, environ, app_config or {})
+    _report_unknown(problems, settings.unknown_settings == "refuse")
+    return settings
 
 
 def load_web(
     argv: Sequence[str] | None = None,
     environ: Mapping[str, str] = os.environ,
     app_config: Mapping[str, Any] | None = None,
+    prog: str | None = None,
 ) -> WebSettings:
     """Resolve web.py's settings: flags, then app.config, environment, defaults.
+
+    `prog` names the program in usage and errors (default: the script run,
+    as argparse does: ``web.py``, ``myapp.py``).
 
     `app_config` is a Flask app's config: ``GREENPIPE_WORKERS`` and the like
     (the environment variable's name with a ``GREENPIPE_`` prefix), typed
@@ -457,7 +568,7 @@ def load_web(
     description = (
         "greenpipe web: turns every HTTP request into one job for the workers."
     )
-    settings = _load(WebSettings, "web.py", description, argv, environ, app_config)
+    settings = _load(WebSettings, prog, description, argv, environ, app_config)
     if settings.heartbeat * 2 > settings.heartbeat_timeout:
         raise ConfigError(
             f"HEARTBEAT_TIMEOUT: expected at least twice HEARTBEAT "
@@ -505,11 +616,13 @@ def _pair(first: str, name: str, second: str, other: str, what: str) -> None:
 
 
 def load_worker(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] = os.environ,
+    prog: str | None = None,
 ) -> WorkerSettings:
     """Resolve server.py's settings from flags, then environment, then defaults."""
     description = "greenpipe worker: runs each job it receives, then acknowledges it."
-    settings = _load(WorkerSettings, "server.py", description, argv, environ)
+    settings = _load(WorkerSettings, prog, description, argv, environ)
     _pair(settings.curve_secret, "CURVE_SECRET", settings.curve_allow, "CURVE_ALLOW",
           "a directory of the webs' public key files")  # fmt: skip
     return settings

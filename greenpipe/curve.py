@@ -146,10 +146,13 @@ def keys_main(argv: list[str]) -> int:
     print(
         f"wrote {public} (public) and {secret} (secret, mode 0600)\n"
         f"fingerprint {fingerprint(load_certificate(str(public))[0])}\n\n"
-        f"If {argv[1]} is a web:    GREENPIPE_CURVE_SECRET={secret}\n"
+        f"If {argv[1]} is a web, start it with\n"
+        f"    CURVE_SECRET={secret} CURVE_SERVER=<the workers' NAME.key>\n"
+        f"    (in app.config: GREENPIPE_CURVE_SECRET, GREENPIPE_CURVE_SERVER)\n"
         f"    and copy {public} into each worker's CURVE_ALLOW directory\n"
-        f"If {argv[1]} is a worker: CURVE_SECRET={secret}\n"
-        f"    and give {public} to each web as GREENPIPE_CURVE_SERVER\n"
+        f"If {argv[1]} is a worker, start it with\n"
+        f"    CURVE_SECRET={secret} CURVE_ALLOW=<a directory of the webs' .key files>\n"
+        f"    and give each web CURVE_SERVER={public}\n"
         "Keep the secret file on its own machine; only .key files travel."
     )
     return 0

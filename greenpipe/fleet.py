@@ -75,7 +75,7 @@ class Fleet:
             log.warning(
                 "workers beyond loopback without CURVE (%s): jobs and results "
                 "cross the network in plain text and anyone there can impersonate "
-                "a worker; set GREENPIPE_CURVE_SECRET and GREENPIPE_CURVE_SERVER "
+                "a worker; set CURVE_SECRET and CURVE_SERVER "
                 "(python -m greenpipe keys)",
                 ", ".join(remote),
             )
