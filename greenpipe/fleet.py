@@ -23,6 +23,9 @@ from greenpipe.rotation import Rotation
 
 log = logging.getLogger(__name__)
 
+WAITING_LOG_AFTER = 2.0  # seconds; workers started at the same time are not missing
+WAITING_LOG_EVERY = 5.0  # seconds between two lines naming the missing workers
+
 # Makes the link for one configured worker (tests pass one without sockets).
 LinkFactory = Callable[[int, Endpoint, OnMessage, OnEvent], Link]
 
@@ -52,6 +55,8 @@ class Fleet:
         self.rotation = Rotation(self.links)  # the same list: it sees additions
         # (this web's keypair, workers' public key) when CURVE is on.
         self.curve_keys: tuple[Keypair, bytes] | None = self._curve(settings)
+        self._waiting_since: float | None = None  # first tick without the barrier
+        self._waiting_logged = 0.0  # when the missing workers were last logged
 
     def _make_link(
         self, index: int, endpoint: Endpoint, on_message: OnMessage, on_event: OnEvent
@@ -163,6 +168,8 @@ class Fleet:
         self, now: float, name: str, ack_deadline: float
     ) -> list[tuple[Link, str]]:
         """Every HEARTBEAT: greet, ping; the links to lose, with the reason."""
+        if not self.barrier.is_set():
+            self._log_waiting(now)
         timeout = self.settings.heartbeat_timeout
         lose = []
         for link in list(self.acknowledged):
@@ -217,8 +224,30 @@ class Fleet:
         return (
             f"{ready} of {len(self.links)} workers READY after "
             f"{self.settings.ready_timeout:g} s (waiting on {', '.join(waiting)}); "
-            "is server.py running there?"
+            "is a worker running there (greenpipe worker, or python server.py in "
+            "a checkout)?"
         )
+
+    def _log_waiting(self, now: float) -> None:
+        """While the barrier waits: which workers, why, and what to run (throttled)."""
+        if self._waiting_since is None:
+            self._waiting_since = now
+        waited = now - self._waiting_since
+        if waited < WAITING_LOG_AFTER or now - self._waiting_logged < WAITING_LOG_EVERY:
+            return
+        self._waiting_logged = now
+        missing = [link for link in self.links if not link.ever_ready]
+        why = "; ".join(f"{link.name} {_why_not_ready(link)}" for link in missing)
+        ports = [link.name.rsplit(":", 1)[1] for link in missing
+                 if link.name.startswith("tcp://")]  # fmt: skip
+        run = f"greenpipe worker --port {ports[0]}" if ports else "greenpipe worker"
+        log.warning(
+            "barrier: waited %.0f s for %d of %d %s: %s; jobs wait (up to "
+            "READY_TIMEOUT) until every worker is READY. Start each one (%s, or "
+            "port=N python server.py in a checkout), or fix WORKERS",
+            waited, len(missing), len(self.links),
+            "worker" if len(self.links) == 1 else "workers", why, run,
+        )  # fmt: skip
 
     def health(self) -> tuple[list[str], dict[str, str]]:
         """(names of the ready workers, {name: why not} for the others)."""
@@ -226,3 +255,11 @@ class Fleet:
         not_ready = {link.name: link.handshake_error or link.status.value
                      for link in self.links if link.state != READY}  # fmt: skip
         return ready, not_ready
+
+
+def _why_not_ready(link: Link) -> str:
+    if link.handshake_error:
+        return f"({link.handshake_error})"
+    if link.connected:
+        return "(connected, no READY yet)"
+    return "(no connection: is anything listening there?)"

@@ -94,10 +94,48 @@ _REFUSED = (
     "the worker refused this web's key: add this web's NAME.key to the worker's "
     "CURVE_ALLOW directory"
 )
-_NO_CURVE = (
-    "the CURVE handshake failed: is CURVE_SERVER the worker's public key, and is "
-    "the worker running with CURVE on?"
+# Why a handshake failed, as far as libzmq's monitor events tell (the event, its
+# value, and whether this web has CURVE on). A wrong CURVE_SERVER key and a peer
+# that is not ZeroMQ at all both end in HANDSHAKE_FAILED_NO_DETAIL.
+_WRONG_KEY = (
+    "the CURVE handshake failed: is CURVE_SERVER the worker's public key (compare "
+    "its fingerprint with the one the worker logs at start)? If it is, what "
+    "listens there is not a greenpipe worker"
 )
+_NOT_ZEROMQ = (
+    "what listens there does not speak ZeroMQ (the ZMTP greeting failed): is it "
+    "a worker's port, and not a web's HTTP port or another service?"
+)
+_WORKER_HAS_CURVE = (
+    "the worker has CURVE on and this web has it off: set CURVE_SECRET and "
+    "CURVE_SERVER for this web (python -m greenpipe keys)"
+)
+_WEB_HAS_CURVE = (
+    "this web has CURVE on and the worker has it off: start the worker with "
+    "CURVE_SECRET and CURVE_ALLOW, or unset this web's CURVE_SECRET"
+)
+
+
+_PROTOCOL_ERRORS = {getattr(zmq, name): name for name in dir(zmq)
+                    if name.startswith("PROTOCOL_ERROR_")}  # fmt: skip
+
+
+def handshake_failure(event: int, value: int, curve: bool) -> str:
+    """Why a handshake failed, from a monitor event and its value, in words."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return _REFUSED
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            return _WEB_HAS_CURVE if curve else _WORKER_HAS_CURVE
+        if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+            return _WRONG_KEY
+        name = _PROTOCOL_ERRORS.get(value, hex(value))
+        return (
+            f"the ZeroMQ handshake failed ({name}): is it a greenpipe worker, "
+            "running the same greenpipe as this web?"
+        )
+    return _WRONG_KEY if curve else _NOT_ZEROMQ
+
 
 OnMessage = Callable[["Link", list[bytes]], None]
 OnEvent = Callable[["Link", int], None]
@@ -133,7 +171,8 @@ class Link:
         # refused handshakes, run time sum, run time bucket counts.
         self.figures: protocol.Figures | None = None
         self.connected = False  # the ZMTP handshake completed (monitor events)
-        self.handshake_error = ""  # why the last handshake failed (CURVE), if it did
+        self.handshake_error = ""  # why the last handshake failed, if it did
+        self.monitor_value = 0  # the value of the monitor event being applied
         # (this web's keypair, the worker's public key): CURVE on this link.
         self.curve: tuple[Keypair, bytes] | None = None
         self._context = context
@@ -239,7 +278,7 @@ class Link:
             if self.needs_hello():
                 return [Event(Happened.HELLO_DUE)]
         elif event & HANDSHAKE_FAILED:
-            why = _REFUSED if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else _NO_CURVE
+            why = handshake_failure(event, self.monitor_value, self.curve is not None)
             self.handshake_error = why
             return [Event(Happened.HANDSHAKE_FAILED, why)]
         elif event == zmq.EVENT_DISCONNECTED:
@@ -519,6 +558,7 @@ class Link:
                 return
             if sock is not self._sock:
                 return
+            self.monitor_value = event["value"]
             self._on_event(self, event["event"])
 
     def __repr__(self) -> str:

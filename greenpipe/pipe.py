@@ -147,8 +147,9 @@ class Pipe:
         if not self.started:
             self.started = True
             self.dispatcher.start()
-            log.info("pipe started in pid %d, feeding %d workers", os.getpid(),
-                     len(self.dispatcher.links))  # fmt: skip
+            workers = len(self.dispatcher.links)
+            log.info("pipe started in pid %d, feeding %d %s", os.getpid(), workers,
+                     "worker" if workers == 1 else "workers")  # fmt: skip
             if self.settings.dashboard:
                 self.history = History(self.snapshot)
                 self.history.start()

@@ -127,9 +127,9 @@ def test_a_web_says_why_a_curve_worker_will_not_take_it(keys, start_worker, star
         code, _, body = web.get("/healthz")
         return "" if code == 200 else str(body["not_ready"])
 
-    for web, text in ((wrong, "the CURVE handshake failed"),
+    for web, text in ((wrong, "is CURVE_SERVER the worker's public key"),
                       (unlisted, "the worker refused this web's key"),
-                      (plain, "the CURVE handshake failed")):  # fmt: skip
+                      (plain, "the worker has CURVE on and this web has it off")):  # fmt: skip
         poll_until(lambda web=web: why(web), lambda s, text=text: text in s, 10,
                    f"/healthz of {web.proc.name} saying {text!r}")  # fmt: skip
         web.proc.expect(text)
