@@ -1,0 +1,362 @@
+"""Every code block of the README, docs/ and examples/*/README.md, run as written.
+
+The harness (tests/docs_harness.py) finds the blocks and their markers; the
+recipes below run the marked ones in a checkout-like temporary directory on
+free ports, each wait with its own deadline. `pytest -rs tests/test_readme.py`
+prints why each block that is not run is not.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from greenpipe.testing import PYTHON, ROOT, Proc, poll_until
+from tests.docs_harness import Block, Shell, all_blocks, exec_form
+
+pytestmark = pytest.mark.timeout(120)
+BLOCKS = all_blocks()
+
+
+def call(port: int, method: str, path: str, body: Any = None,
+         headers: dict[str, str] | None = None) -> tuple[int, Any]:  # fmt: skip
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    data = json.dumps(body).encode() if body is not None else None
+    sent = {"Content-Type": "application/json"} if data else {}
+    conn.request(method, path, body=data, headers={**sent, **(headers or {})})
+    resp = conn.getresponse()
+    raw = resp.read()
+    conn.close()
+    try:
+        return resp.status, json.loads(raw)
+    except ValueError:
+        return resp.status, raw.decode(errors="replace")
+
+
+def healthy(port: int, what: str, timeout: float = 20.0) -> None:
+    def probe() -> int:
+        try:
+            return call(port, "GET", "/healthz")[0]
+        except OSError:
+            return 0
+
+    poll_until(probe, lambda code: code == 200, timeout, f"{what}: /healthz 200")
+
+
+def need(tool: str, package: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.skip(f"needs {tool}: apt-get install {package}")
+
+
+@pytest.fixture(scope="module")
+def shell(tmp_path_factory: pytest.TempPathFactory) -> Shell:
+    return Shell(tmp_path_factory.mktemp("checkout"))
+
+
+@pytest.fixture(scope="module")
+def original(shell: Shell) -> Iterator[list[Proc]]:
+    """README "As in the original": three workers and a web, four terminals."""
+    block = _only("original")
+    lines = block.commands()
+    procs = []
+    try:
+        for i, line in enumerate(lines):
+            web = "web.py" in line
+            procs.append(shell.start(line, "web" if web else f"worker{i + 1}",
+                                     shell.web_defaults() if web else None))  # fmt: skip
+        healthy(shell.port(4567), f"{block.where}: the web after its barrier")
+        yield procs
+    finally:
+        for proc in procs:
+            proc.stop(timeout=8)
+
+
+def _only(name: str) -> Block:
+    found = [b for b in BLOCKS if b.kind == "run" and b.argument == name]
+    assert found, f"no block marked <!-- docs: run {name} -->"
+    return found[0]
+
+
+# -- the recipes: one per documented situation -----------------------------------
+
+
+def run_original(block: Block, request: pytest.FixtureRequest) -> None:
+    """Stop one worker with Ctrl-C (SIGINT): it says goodbye; start it again."""
+    shell: Shell = request.getfixturevalue("shell")
+    procs: list[Proc] = request.getfixturevalue("original")
+    web_port = shell.port(4567)
+    second = procs[1]
+    second.signal(2)  # Ctrl-C in its terminal
+    assert second.wait_exit(8) == 0, second.tail()
+
+    def state() -> str:
+        return call(web_port, "GET", "/stats")[1]["workers"][1]["state"]
+
+    poll_until(state, lambda s: s != "ready", 10, "the stopped worker leaving")
+    for _ in range(6):
+        assert call(web_port, "POST", "/jobs", {"n": 1})[0] == 202
+    procs[1] = shell.start(block.commands()[1], "worker2 again")
+    poll_until(state, lambda s: s == "ready", 10, "the restarted worker READY")
+
+
+def run_curls(block: Block, request: pytest.FixtureRequest) -> None:
+    need("curl", "curl")
+    shell: Shell = request.getfixturevalue("shell")
+    procs: list[Proc] = request.getfixturevalue("original")
+    outputs = [shell.run(line, timeout=20) for line in block.commands()]
+    assert "HTTP/1.1 202" in outputs[0] and '"id"' in outputs[0], outputs[0]
+    assert "HTTP/1.1 202" in outputs[1], outputs[1]
+    assert '"result"' in outputs[2], outputs[2]  # Prefer: wait=5 answers with it
+    assert '"accepted"' in outputs[3], outputs[3]
+    # "watch each worker log one line per job"
+    seen = [p.matches(r"INFO greenpipe.jobs: worker :\d+: job \S+ attempt 1: (GET|POST) /")
+            for p in procs[:3]]  # fmt: skip
+    assert sum(map(len, seen)) >= 3, [p.tail(5) for p in procs]
+
+
+def run_library(block: Block, request: pytest.FixtureRequest) -> None:
+    """The whole "Use it in your Flask app" section, in a clean virtualenv."""
+    tmp: Path = request.getfixturevalue("tmp_path")
+    shell = Shell(tmp)  # its own free ports
+    section = [b for b in BLOCKS if b.kind == "run" and b.argument == "library"]
+    app_code, commands, test_code = (b.text for b in section)
+    venv = _clean_venv_with_greenpipe(tmp)
+    app = tmp / "myapp"
+    app.mkdir()
+    (app / "myapp.py").write_text(shell.sub(app_code))
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp)}
+    procs = []
+    try:
+        for i, line in enumerate(Block(block.path, 0, commands, "", "").commands()):
+            procs.append(Proc(f"library {i + 1}", ["bash", "-c", exec_form(shell.sub(line))],
+                              env=env, cwd=app))  # fmt: skip
+        for worker in procs[:2]:
+            worker.expect(r"listening on tcp://", timeout=20)
+        port = shell.port(5000)
+        healthy(port, "python myapp.py --port 5000")
+        code, answer = call(port, "POST", "/signup", {"email": "ada@example.com"})
+        assert code == 202, answer
+        poll_until(lambda: call(port, "GET", f"/jobs/{answer['id']}")[1],
+                   lambda job: job.get("status") == "done", 10,
+                   "GET /jobs/<id> saying done")  # fmt: skip
+        done = call(port, "GET", f"/jobs/{answer['id']}")[1]
+        assert done["result"] == {"sent_to": "ada@example.com"}, done
+    finally:
+        for proc in procs:
+            proc.stop(timeout=8)
+    (app / "check.py").write_text(
+        "from myapp import app\n" + test_code + "\ntest_signup()\nprint('passed')\n"
+    )
+    check = subprocess.run([str(venv / "bin" / "python"), "check.py"], cwd=app,
+                           env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert check.returncode == 0 and "passed" in check.stdout, check.stderr[-2000:]
+
+
+def _clean_venv_with_greenpipe(tmp: Path) -> Path:
+    """A new virtualenv with `pip install` of a copy of the checkout, offline.
+
+    The pinned dependencies come from the suite's own environment through a
+    .pth file (no network, as tests/test_package.py); greenpipe itself only
+    from the install, not from the checkout.
+    """
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)],
+                   check=True, timeout=60)  # fmt: skip
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    deps = next(Path(PYTHON).parent.parent.glob("lib/python3*/site-packages"))
+    (site / "suite-deps.pth").write_text(f"{deps}\n")
+    source = tmp / "source"
+    shutil.copytree(ROOT / "greenpipe", source / "greenpipe",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    build = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps",
+         "--no-build-isolation", "--no-index", "--disable-pip-version-check",
+         str(source)], capture_output=True, text=True, timeout=120, cwd=tmp,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-2000:]
+    assert (venv / "bin" / "greenpipe").exists(), (
+        "pip install wrote no greenpipe script"
+    )
+    return venv
+
+
+def run_security(block: Block, request: pytest.FixtureRequest) -> None:
+    """Keys, allowlist, the worker and the web as printed; the web gets in."""
+    tmp: Path = request.getfixturevalue("tmp_path")
+    shell = Shell(tmp)
+    procs = []
+    try:
+        for line in block.commands():
+            if "server.py" in line:
+                procs.append(shell.start(line, "curve worker"))
+                procs[-1].expect("listening on", timeout=20)
+            elif "web.py" in line:
+                procs.append(shell.start(line, "curve web", shell.web_defaults()))
+                procs[-1].expect(r"CURVE on: this web's key", timeout=20)
+                procs[-1].expect("barrier met", timeout=20)
+            else:
+                shell.run(line)
+        assert call(shell.port(4567), "POST", "/jobs", {"n": 1},
+                    {"Prefer": "wait=5"})[0] == 200  # fmt: skip
+    finally:
+        for proc in reversed(procs):
+            proc.stop(timeout=8)
+
+
+def run_several_webs(block: Block, request: pytest.FixtureRequest) -> None:
+    """Both ways, one after the other on the web port, with the original's workers."""
+    shell = Shell(request.getfixturevalue("tmp_path"))  # its own ports
+    workers = [shell.start(line, f"worker{i + 1}")
+               for i, line in enumerate(_only("original").commands()[:3])]  # fmt: skip
+    try:
+        for i, line in enumerate(block.commands()):
+            web = shell.start(line, f"several webs {i + 1}", shell.web_defaults())
+            try:
+                # Both processes serve and met their barriers before the stop
+                # (a gunicorn worker still booting at SIGTERM may hang: see the
+                # report of issue 23).
+                web.expect("barrier met", timeout=20, times=2)
+                healthy(shell.port(4567), f"{block.where} line {i + 1}")
+                for _ in range(4):
+                    assert call(shell.port(4567), "GET", "/")[0] == 202
+            finally:
+                web.stop(timeout=10)
+    finally:
+        for worker in workers:
+            worker.stop(timeout=8)
+
+
+def run_loadtest(block: Block, request: pytest.FixtureRequest) -> None:
+    """Both ab-style lines, with -n 300 for -n 100000 (a minute) to keep it short."""
+    shell: Shell = request.getfixturevalue("shell")
+    request.getfixturevalue("original")
+    for line in block.commands():
+        out = shell.run(line.replace("-n 100000", "-n 300"), timeout=90)
+        assert "Verdict: all 300 accepted jobs acknowledged" in out, out[-2000:]
+
+
+def run_locust(block: Block, request: pytest.FixtureRequest) -> None:
+    """Headless for 3 s instead of 5 minutes; the UI answers on its port."""
+    shell: Shell = request.getfixturevalue("shell")
+    request.getfixturevalue("original")
+    headless, ui = block.commands()
+    shell.run(headless.replace("-t 5m", "-t 3s"), timeout=60)
+    proc = shell.start(ui, "locust ui")
+    try:
+        healthy_ui = lambda: _status(shell.port(8089), "/")  # noqa: E731
+        poll_until(healthy_ui, lambda code: code == 200, 20, "Locust's UI on its port")
+    finally:
+        proc.expected_exit = None  # locust exits 0 or 1 after SIGTERM by version
+        proc.stop(timeout=10)
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", path)
+        return conn.getresponse().status
+    except OSError:
+        return 0
+
+
+def run_completes(block: Block, request: pytest.FixtureRequest) -> None:
+    """Commands that finish by themselves: each exits 0 within its deadline."""
+    shell: Shell = request.getfixturevalue("shell")
+    for line in block.commands():
+        command = line.split("#", 1)[0].strip()
+        if command not in _completed:  # the README and an example's README share some
+            shell.run(line, timeout=60)
+            _completed.add(command)
+
+
+def run_pull_workers(block: Block, request: pytest.FixtureRequest) -> None:
+    """Two plain PULL workers and a web feeding them and a greenpipe worker."""
+    tmp: Path = request.getfixturevalue("tmp_path")
+    shell = Shell(tmp)
+    first, second, web_line = block.commands()
+    procs = [shell.start(first, "pull 1"), shell.start(second, "pull 2")]
+    try:
+        # The web's third worker is a greenpipe one on 4444, as with `make run`.
+        procs.append(shell.start("port=4444 .venv/bin/python server.py", "worker"))
+        procs.append(shell.start(web_line, "web", shell.web_defaults()))
+        healthy(shell.port(4567), "web.py feeding plain PULL workers")
+        for i in range(3):
+            assert call(shell.port(4567), "POST", "/jobs", {"n": i})[0] == 202
+        procs[0].expect(r"job \S+ \(\d+ bytes\)", timeout=10)
+        procs[1].expect(r"job \S+ \(\d+ bytes\)", timeout=10)
+    finally:
+        for proc in reversed(procs):
+            proc.stop(timeout=8)
+
+
+def run_config_error(block: Block, request: pytest.FixtureRequest) -> None:
+    """The documented message, from the documented mistake (MAX_BODY=lots)."""
+    shell: Shell = request.getfixturevalue("shell")
+    out = shell.run("MAX_BODY=lots .venv/bin/python web.py", code=2, timeout=30)
+    assert block.text.strip() in out, out
+
+
+RECIPES: dict[str, Callable[[Block, pytest.FixtureRequest], None]] = {
+    "original": run_original,
+    "curls": run_curls,
+    "library": run_library,
+    "security": run_security,
+    "several-webs": run_several_webs,
+    "loadtest": run_loadtest,
+    "locust": run_locust,
+    "completes": run_completes,
+    "pull-workers": run_pull_workers,
+    "config-error": run_config_error,
+}
+_ran: set[str] = set()  # recipes that cover several blocks run once
+_completed: set[str] = set()  # commands run to their end already
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[b.where for b in BLOCKS])
+def test_block(block: Block, request: pytest.FixtureRequest) -> None:
+    if block.kind == "":
+        pytest.fail(
+            f"{block.where}: a code block without a marker; put one of "
+            "<!-- docs: run NAME -->, <!-- docs: skip REASON --> or "
+            "<!-- docs: output REASON --> on the line above it (see "
+            f"tests/docs_harness.py):\n{block.text[:300]}"
+        )
+    if block.kind in ("skip", "output"):
+        assert block.argument, f"{block.where}: say why it is not run"
+        pytest.skip(f"{block.where}: {block.kind}: {block.argument}")
+    recipe = RECIPES.get(block.argument)
+    assert recipe, (
+        f"{block.where}: no recipe {block.argument!r}; known: {sorted(RECIPES)}"
+    )
+    if block.argument == "library":
+        if "library" in _ran:
+            pytest.skip(f"{block.where}: run with the first block of its section")
+        _ran.add("library")
+    recipe(block, request)
+
+
+def test_every_doc_is_read_and_every_block_counted() -> None:
+    where = {b.path.relative_to(ROOT).as_posix() for b in BLOCKS}
+    assert "README.md" in where and "examples/sum/README.md" in where, where
+    assert len(BLOCKS) >= 30, len(BLOCKS)
+
+
+def test_an_unmarked_block_is_found_and_a_marker_read(tmp_path: Path) -> None:
+    from tests.docs_harness import blocks
+
+    page = tmp_path / "page.md"
+    page.write_text("text\n\n    make run\n\n<!-- docs: skip why not -->\n\n"
+                    "    make bench\n\n```python\nprint(1)\n```\n")  # fmt: skip
+    found = [(b.line, b.kind, b.argument, b.text) for b in blocks(page)]
+    assert found == [(3, "", "", "make run"), (7, "skip", "why not", "make bench"),
+                     (10, "", "", "print(1)")]  # fmt: skip
