@@ -44,8 +44,8 @@ screenshot: $(STAMP)  ## docs/dashboard.png: the dashboard under load, a worker 
 scenario: $(STAMP)  ## starts everything, kills a worker mid-run, draws the chart
 	$(BIN)/python -m loadtest.scenario
 
-lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+lint: $(STAMP)  ## ruff check, ruff format --check, mypy --strict on the public API (pyproject.toml)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -15,11 +15,12 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from greenpipe.errors import ConfigError
 
 log = logging.getLogger(__name__)
+_S = TypeVar("_S", "WebSettings", "WorkerSettings")  # what _load makes
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -494,7 +495,7 @@ def _report_unknown(problems: list[str], refuse: bool) -> None:
 
 def _shown_default(f: Any) -> str:
     if f.metadata["shown"]:
-        return f.metadata["shown"]
+        return str(f.metadata["shown"])
     return str(f.default).lower() if isinstance(f.default, bool) else str(f.default)
 
 
@@ -508,13 +509,13 @@ def _text(value: Any) -> str:
 
 
 def _load(
-    cls: type,
+    cls: type[_S],
     prog: str | None,
     description: str,
     argv: Sequence[str] | None,
     environ: Mapping[str, str],
     app_config: Mapping[str, Any] | None = None,
-):
+) -> _S:
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,

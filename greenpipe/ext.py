@@ -243,13 +243,14 @@ class Greenpipe:
     # -- which app, which pipe
     def _state(self, app: Flask | None = None) -> _State:
         if app is None:
-            app = current_app._get_current_object() if has_app_context() else self._app
+            app = current_app._get_current_object() if has_app_context() else self._app  # type: ignore[attr-defined]
         if app is None or "greenpipe" not in app.extensions:
             raise RuntimeError(
                 "greenpipe is not set up for this app: call Greenpipe(app) or "
                 "pipe.init_app(app), and use it inside the app's context"
             )
-        return app.extensions["greenpipe"]
+        state: _State = app.extensions["greenpipe"]
+        return state
 
     def pipe_for(self, app: Flask | None = None) -> Pipe:
         """This process's pipe for `app` (the current app by default), started.

@@ -60,10 +60,10 @@ class Outcome(NamedTuple):
 class Envelope:
     """A job as the web holds it: the request's parts, and where it has been."""
 
-    __slots__ = ("key", "id", "attempt", "method", "path", "query", "content_type")
-    __slots__ += ("body", "flags", "sent_at", "reply", "name", "segment", "accepted_at")
-    __slots__ += ("suspect", "retries", "deliveries", "not_before", "errors")
-    __slots__ += ("cancelling",)
+    __slots__ = ("key", "id", "attempt", "method", "path", "query", "content_type",
+                 "body", "flags", "sent_at", "reply", "name", "segment",
+                 "accepted_at", "suspect", "retries", "deliveries", "not_before",
+                 "errors", "cancelling")  # fmt: skip
 
     def __init__(
         self,
@@ -73,7 +73,7 @@ class Envelope:
         query: bytes,
         content_type: bytes,
         body: bytes,
-        reply: gevent.event.AsyncResult | None = None,
+        reply: gevent.event.AsyncResult[Any] | None = None,
         name: bytes = b"",
     ) -> None:
         self.id = job_id
@@ -115,7 +115,9 @@ class Envelope:
 
         `wait`: someone will wait for its outcome (``Prefer: wait``).
         """
-        reply = gevent.event.AsyncResult() if wait else None
+        reply: gevent.event.AsyncResult[Any] | None = (
+            gevent.event.AsyncResult() if wait else None
+        )
         return cls("", method, path, query, content_type, body, reply, name)
 
     def named(self, job_id: str) -> Envelope:
@@ -143,8 +145,9 @@ class Job:
     first). ``timeout`` is its time limit in seconds (0: none).
     """
 
-    __slots__ = ("id", "attempt", "method", "path", "query", "content_type", "body")
-    __slots__ += ("timeout", "wants_reply", "raw_id", "worker", "name", "retries")
+    __slots__ = ("id", "attempt", "method", "path", "query", "content_type", "body",
+                 "timeout", "wants_reply", "raw_id", "worker", "name",
+                 "retries")  # fmt: skip
 
     def __init__(
         self,

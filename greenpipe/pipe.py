@@ -126,7 +126,7 @@ class Pipe:
         self,
         settings: PipeSettings | None = None,
         *,
-        context: zmq.Context | None = None,
+        context: zmq.Context[Any] | None = None,
         name: str = "",
         **overrides: Any,
     ) -> None:
@@ -325,7 +325,7 @@ class Pipe:
     def owns(self, job_id: str) -> bool:
         return self.dispatcher.owns(job_id)
 
-    def health(self) -> tuple[bool, dict]:
+    def health(self) -> tuple[bool, dict[str, Any]]:
         return self.dispatcher.health()
 
     def metrics(self) -> bytes:
@@ -334,9 +334,9 @@ class Pipe:
 
         if self._exposition is None:
             self._exposition = Exposition(self.snapshot)
-        return self._exposition.render()
+        return self._exposition.render()  # type: ignore[no-any-return]
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         return self.dispatcher.stats()
 
 
@@ -437,7 +437,7 @@ class InlinePipe(Pipe):
     def owns(self, job_id: str) -> bool:
         return job_id.startswith(self._prefix)
 
-    def health(self) -> tuple[bool, dict]:
+    def health(self) -> tuple[bool, dict[str, Any]]:
         return True, {"status": "ok", "inline": True}
 
     def redrive(self, job_id: str) -> Envelope:
@@ -453,7 +453,7 @@ class InlinePipe(Pipe):
     def snapshot(self) -> Snapshot:
         return books_module.take(self._name, self.books, [], 0.0)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "inline": True, "accepted": self.books.accepted,
                 "failed": self.books.failed, "acked": self.books.acked}  # fmt: skip
 
@@ -461,7 +461,7 @@ class InlinePipe(Pipe):
 def load_handlers(spec: str | None, given: Any) -> Callable[[Job], Any] | None:
     """The handlers for inline mode: given, or imported from a spec string."""
     if given is not None or not spec:
-        return given
+        return given  # type: ignore[no-any-return]
     from greenpipe.worker import load_handler
 
     return load_handler(spec)

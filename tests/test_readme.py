@@ -187,6 +187,8 @@ def _clean_venv_with_greenpipe(tmp: Path) -> Path:
     assert (venv / "bin" / "greenpipe").exists(), (
         "pip install wrote no greenpipe script"
     )
+    typed = next(venv.glob("lib/python3*/site-packages/greenpipe/py.typed"), None)
+    assert typed is not None, "the installed package has no py.typed (package data)"
     return venv
 
 
