@@ -157,7 +157,7 @@ def _away_from_cwd(settings: WebSettings, config: Mapping[str, Any]) -> WebSetti
         return settings
     where = tempfile.mkdtemp(prefix="greenpipe-test-")
     atexit.register(shutil.rmtree, where, ignore_errors=True)
-    new = {
+    new: dict[str, Any] = {
         field: os.path.join(where, os.path.basename(old))
         for field, old in moved.items()
     }
