@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench import load, systems
 from greenpipe.testing import PYTHON, ROOT
@@ -334,6 +336,55 @@ def curve(pairs: int, connections: int, seconds: float) -> list[str]:
     return lines
 
 
+def retries(pairs: int, connections: int, seconds: float) -> list[str]:
+    """Retries: a handler without a policy, with one unused, and 10% failing once.
+
+    The path with no failure must cost nothing measurable; with 10% of jobs
+    failing once (retried after 0.1 s, no jitter), throughput, and how late
+    each retry ran against the time asked (the web's timer, then a worker).
+    """
+    handler = "bench.retry_handlers:handlers"
+    book = tempfile.mkdtemp(prefix="greenpipe-bench-retries-")
+    running = {
+        "bare": systems.bare(),
+        "plain": systems.greenpipe(),
+        "policy": systems.greenpipe(handler=handler),
+        "fail": systems.greenpipe(handler=handler, env={
+            "GREENPIPE_BENCH_FAIL": "10", "GREENPIPE_BENCH_DIR": book}),
+    }  # fmt: skip
+    try:
+        figures = rounds(running, pairs, connections, seconds)
+        retried = _stats_of(running["fail"].url)["retried"]
+    finally:
+        for each in running.values():
+            each.stop()
+    due: dict[str, float] = {}
+    late = []
+    for path in Path(book).glob("*.due"):
+        for line in path.read_text().splitlines():
+            job_id, at = line.split()
+            due[job_id] = float(at)
+    for path in Path(book).glob("*.ran"):
+        for line in path.read_text().splitlines():
+            job_id, at = line.split()
+            if job_id in due:
+                late.append((float(at) - due[job_id]) * 1000)
+    shutil.rmtree(book, ignore_errors=True)
+    lines = [f"- {pairs} rounds of {seconds:g} s, the four systems back to back:"]
+    lines += compare(figures, {"plain": "no retry policy (the no-op handler)",
+                               "policy": "retries=3 declared, no job failing",
+                               "fail": "10% of jobs fail once, retried after 0.1 s"},
+                     "plain")  # fmt: skip
+    if late:
+        late.sort()
+        lines.append(
+            f"  - {retried:,} retries; each ran after the time asked by "
+            f"{late[len(late) // 2]:.1f} ms (p50), {late[int(len(late) * 0.99)]:.1f} "
+            f"ms (p99), {late[-1]:.1f} ms at most, under that load"
+        )
+    return lines
+
+
 def scale(pairs: int, connections: int, seconds: float) -> list[str]:
     """1 and 2 web processes (WEB_PROCESSES, gunicorn -k gevent), against bare."""
     running = {"bare": systems.bare(), "one": systems.greenpipe(),
@@ -468,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", default="bare,greenpipe,plain,multi,celery,rq")
     parser.add_argument(
         "--sections",
-        default="macro,paired,journal,observe,curve,scale,micro,latency,memory",
+        default="macro,paired,journal,observe,curve,scale,retries,micro,latency,memory",
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=6.0, help="per measurement")
@@ -541,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
         ("curve", "CURVE: worker links encrypted and authenticated, off and on",
          curve),
         ("scale", "Several web processes: WEB_PROCESSES and gunicorn", scale),
+        ("retries", "Retries: no policy, a policy unused, 10% of jobs failing once",
+         retries),
     )  # fmt: skip
     pairs, seconds = (1, 2) if args.quick else (8, 3)
     for key, title, run in back_to_back:
