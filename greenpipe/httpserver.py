@@ -16,6 +16,7 @@ import logging
 import socket
 import time
 from collections import Counter
+from typing import Any
 
 import gevent
 import gevent.event
@@ -482,15 +483,17 @@ def make_server(
     reuse_port: bool = False,
     own_port: bool = False,
     timeouts: tuple[float, float, float] | None = None,
+    sock: Any = None,
 ) -> Server:
     """Bind (port 0: any free port) and start accepting.
 
     `own_port`: this process's ops port (OPS_PORT), which only it serves;
     requests on it carry ``environ["greenpipe.own_port"]``. `timeouts`:
-    (HEADER_TIMEOUT, IDLE_TIMEOUT, BODY_TIMEOUT) in seconds.
+    (HEADER_TIMEOUT, IDLE_TIMEOUT, BODY_TIMEOUT) in seconds. `sock`: a
+    listening socket to serve instead of binding one (gunicorn's).
     """
     server = Server(
-        listener(host, port, reuse_port),
+        sock if sock is not None else listener(host, port, reuse_port),
         app,
         # Only a pooled server drains on stop(timeout); OVERFLOW slots answer
         # (or make room for) the connections past MAX_CONNECTIONS.

@@ -292,13 +292,6 @@ def test_rolling_restart_under_load_refuses_nothing(
     assert_nothing_lost(record_dir, clients.accepted)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gunicorn's gevent worker accepts for up to 1 s after SIGTERM, every "
-    "request then closing its connection, and resets the connections still queued "
-    "when it closes the listener: no 500, but ~30 connections closed unanswered "
-    "(issue 21, not done)",
-)
 def test_gunicorn_sigterm_under_load_answers_only_202_or_json_503(
     start_worker, procs, record_dir, tmp_path
 ):

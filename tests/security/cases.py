@@ -288,7 +288,7 @@ def _inject(sock, count: int, tag: str, frame_size: int = 0) -> bool:
     sock.send_multipart(protocol.encode_hello(1.0, f"attacker {tag}"))
     # ms; a new web's READY waits for its share of the worker's credit: a cut
     # from the web that holds it all, confirmed by that web's next PING.
-    if not sock.poll(3000):
+    if not sock.poll(1500):
         return False
     frames = sock.recv_multipart()
     if frames[0] != protocol.READY:
