@@ -239,8 +239,9 @@ class Dispatcher:
         interval = self.settings.heartbeat
         clock = self._clock
         next_tick = clock()
+        later = self.later
         while not self._closed:
-            due = self.later.next_due()
+            due = later.next_due() if later else None
             until = next_tick if due is None else min(next_tick, due)
             self._wake.wait(max(0.0, until - clock()))
             self._wake.clear()

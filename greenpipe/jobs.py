@@ -5,7 +5,7 @@ and what became of it (`Outcome`, `Status`). The bottom of the import graph.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs
@@ -85,7 +85,7 @@ class Envelope:
         self.deliveries = 0  # deliveries of this run (MAX_ATTEMPTS bounds them)
         self.retries = 0  # handler retries so far (runs after the first)
         self.not_before = 0.0  # wall time it waits for (a retry's backoff); 0: none
-        self.errors: list[str] = []  # why its runs failed, the last few
+        self.errors: Sequence[str] = ()  # why its runs failed, the last few
         self.cancelling = False  # cancelled while a worker runs it
         # Taken back from a worker lost without a goodbye: it may be what killed
         # it, so it travels alone (greenpipe.rotation).

@@ -183,7 +183,7 @@ class Journal:
                     del replay.keys[key]
         for found in (own, theirs):  # a job sent before the crash: its next attempt
             for job_id, (job, *_) in found.jobs.items():
-                job.attempt = max(job.attempt, found.sent.get(job_id, 0))
+                job.attempt += found.sent.get(job_id, 0)
                 waits = found.later.get(job_id)
                 if waits is not None:  # and a job that waited waits on
                     job.not_before, job.retries = waits[0], waits[1]
@@ -257,7 +257,7 @@ class Journal:
             key, at = keys[i] if keys else ("", 0.0)
             entries.append(Owed(job, 0, key, at))
         try:
-            self._compact(exclude={job.id for job in jobs})
+            self._compact(jobs)
             self._append(entries)
         except OSError as exc:
             raise JournalError(
@@ -382,7 +382,7 @@ class Journal:
                 len(ids), self.path, cancel,
             )  # fmt: skip
 
-    def _compact(self, exclude: Collection[str] = ()) -> None:
+    def _compact(self, incoming: Sequence[Envelope] = ()) -> None:
         """Roll a full segment; let old ones go, oldest first (module docstring)."""
         if self._size >= SEGMENT_ROLL:
             self._start_segment(self._segment + 1)
@@ -399,7 +399,7 @@ class Journal:
             return
         self._carry(carry)
         if keyed:
-            self._write_keys(self._current_keys(), exclude)
+            self._write_keys(self._current_keys(), {job.id for job in incoming})
         for number in doomed:
             self._unlink(number)
             del self._segments[number]

@@ -173,8 +173,8 @@ def encode_job(
     """
     head = _JOB.pack(
         flags,
-        min(attempt, 0xFFFF),
-        min(retries, 0xFFFF),
+        attempt,  # at most MAX_ATTEMPTS per run, runs bounded by a Policy
+        retries,
         timeout_ms,
         len(job_id),
         len(name),

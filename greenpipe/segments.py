@@ -18,7 +18,9 @@ KEYS_V1 = 3  # keys carried into a new segment, newline-joined (read, never writ
 JOB = 4  # a job accepted: enough to send it again, with its key and the key's time
 CANCEL = 5  # ids of a group that failed after its write: never replay them
 KEY = 6  # one idempotency key in its window (the keys file)
-SENT = 7  # "id@attempt" of jobs handed to a worker: a replay is their next attempt
+# ids of jobs handed to a worker, one mention per delivery: a replay is their
+# next attempt (the deliveries after a job's last JOB record count on top of it)
+SENT = 7
 # "id@not_before@retries@attempt" of a job that waits (a retry's backoff): the
 # wall time it may run again, and how many runs it had.
 LATER = 8
@@ -79,15 +81,13 @@ def decode_job(kind: int, payload: bytes) -> tuple[Envelope, str, float]:
 
 
 def encode_sent(jobs: Iterable[Envelope]) -> bytes:
-    """A SENT payload: each job's id and the attempt it went out as."""
-    return b" ".join(b"%s@%d" % (job.key, job.attempt) for job in jobs)
+    """A SENT payload: the ids of jobs handed to a worker, once per delivery."""
+    return b" ".join([job.key for job in jobs])
 
 
-def decode_sent(payload: bytes) -> Iterator[tuple[str, int]]:
-    for item in payload.split():
-        raw_id, _, attempt = item.rpartition(b"@")
-        if raw_id and attempt.isdigit():
-            yield raw_id.decode("ascii", "replace"), int(attempt)
+def decode_sent(payload: bytes) -> Iterator[str]:
+    for raw_id in payload.split():
+        yield raw_id.decode("ascii", "replace")
 
 
 def encode_later(jobs: Iterable[Envelope]) -> bytes:

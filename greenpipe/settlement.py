@@ -98,7 +98,7 @@ class Settlement:
             if status is Status.RETRYING:  # cancelled meanwhile: no retry
                 status, payload = Status.CANCELLED, b"cancelled; not retried"
             elif status is Status.FAILED and job.retries:
-                job.errors.append(payload.decode("utf-8", "replace"))
+                job.errors = [*job.errors, payload.decode("utf-8", "replace")]
                 note = f"its handler failed {job.retries + 1} times (retries spent)"
                 self.dead_letters.write(job, note, link.name)
                 status = Status.DEAD

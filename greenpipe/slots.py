@@ -90,7 +90,8 @@ class Found:
     jobs: dict[str, tuple[Envelope, int, str, float, int]] = field(default_factory=dict)
     settled: set[str] = field(default_factory=set)  # acknowledged or cancelled
     cancelled: set[str] = field(default_factory=set)  # answered 503: never a job
-    sent: dict[str, int] = field(default_factory=dict)  # job id -> last attempt sent
+    # job id -> deliveries after its last JOB record (SENT mentions)
+    sent: dict[str, int] = field(default_factory=dict)
     # job id -> (not-before wall time, retries, attempt) from its last LATER record
     later: dict[str, tuple[float, int, int]] = field(default_factory=dict)
     segments: dict[int, Segment] = field(default_factory=dict)
@@ -194,6 +195,7 @@ class Slots:
                         newer(keys, key, job.id, at)
                     size = len(payload) + 9
                     found.jobs[job.id] = (job, number, key, at, size)
+                    found.sent.pop(job.id, None)  # its attempt counts those before
                 elif kind in (ACK, CANCEL):
                     ids = [raw.decode("ascii", "replace") for raw in payload.split()]
                     found.settled.update(ids)
@@ -201,8 +203,8 @@ class Slots:
                         found.cancelled.update(ids)
                 elif kind == SENT:
                     sent = found.sent
-                    for job_id, attempt in decode_sent(payload):
-                        sent[job_id] = max(attempt, sent.get(job_id, 0))
+                    for job_id in decode_sent(payload):
+                        sent[job_id] = sent.get(job_id, 0) + 1
                 elif kind == LATER:
                     for job_id, not_before, retries, attempt in decode_later(payload):
                         found.later[job_id] = (not_before, retries, attempt)
