@@ -84,6 +84,7 @@ def _payload(
     return raw_name, raw, kind.encode("latin-1")
 
 
+_UNFINISHED = (Status.QUEUED, Status.IN_FLIGHT, Status.RETRYING)
 _INLINE = {
     protocol.OK: Status.DONE,
     protocol.FAILED: Status.FAILED,
@@ -257,7 +258,7 @@ class Pipe:
         """What became of `job` (made with ``wait=True``) within `timeout` s."""
         if job.reply is None:  # a repeated idempotency key: the first job's record
             found = self.status(job.id)
-            if found is None or found["status"] in (Status.QUEUED, Status.IN_FLIGHT):
+            if found is None or found["status"] in _UNFINISHED:
                 return None
             return Outcome(found.get("worker", ""), Status(found["status"]),
                            _record_payload(found), job.id)  # fmt: skip
