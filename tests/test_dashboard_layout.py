@@ -27,7 +27,12 @@ from greenpipe.jobs import Envelope
 from tests.support import chromium, poll_until
 
 MEASURE = b"""<script>
-setTimeout(() => {
+// Measure once the charts have drawn their time axis (a loaded machine may
+// answer the page's first polls late): every 250 ms, 40 times at most.
+const measure = (tries) => {
+  const drawn = typeof charts !== "undefined" && charts
+    && (charts.workers.axes[0]._values || []).length;
+  if (!drawn && tries < 40) { setTimeout(() => measure(tries + 1), 250); return; }
   const problems = [];
   const page = document.documentElement;
   const view = page.clientWidth;
@@ -58,7 +63,8 @@ setTimeout(() => {
     failures: document.querySelectorAll("#failures tbody tr").length,
     dead: document.querySelectorAll("#dead tbody tr").length,
   });
-}, 2500);
+};
+setTimeout(() => measure(0), 2500);
 </script></body>"""
 
 
@@ -104,7 +110,7 @@ def proxy():
 
 def _render(url: str, width: int, screenshot: Path | None = None) -> str:
     argv = [chromium(), "--headless", "--no-sandbox", "--disable-gpu",
-            "--disable-dev-shm-usage", "--no-first-run", "--virtual-time-budget=4000",
+            "--disable-dev-shm-usage", "--no-first-run", "--virtual-time-budget=15000",
             f"--window-size={width},1400"]  # fmt: skip
     argv += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
     done = subprocess.run([*argv, url], capture_output=True, text=True, timeout=60)
