@@ -84,6 +84,7 @@ function showStrip(d) {
     text(key, d[key]);
   }
   text("pending", d.pending); text("in-flight", d.in_flight); text("credit", d.credit);
+  text("waiting", d.waiting); text("retried", d.retried); text("cancelled", d.cancelled);
   text("rejected", d.rejected); text("dead-lettered", d.dead_lettered); text("redriven", d.redriven);
 }
 
