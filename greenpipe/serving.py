@@ -126,13 +126,15 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
 
     gevent.signal_handler(signal.SIGHUP, on_hangup)
     pipe.name = f"web http://{settings.host}:{server.server_port} pid {os.getpid()}"
+    workers = pipe.workers()
     log.info(
-        "web: serving http://%s:%d (pid %d), feeding %d workers: %s",
+        "web: serving http://%s:%d (pid %d), feeding %d %s: %s",
         settings.host,
         server.server_port,
         os.getpid(),
-        len(pipe.workers()),
-        ", ".join(pipe.workers()),
+        len(workers),
+        "worker" if len(workers) == 1 else "workers",
+        ", ".join(workers),
     )
     if ops is not None:
         log.info(

@@ -152,9 +152,9 @@ class Worker:
         except zmq.ZMQError as exc:
             sock.close(0)
             raise LinkError(
-                f"cannot bind {address}: {exc}; is another server.py on port "
-                f"{self.settings.port}? Stop it or pick another port "
-                "(--port, 0 for any)"
+                f"cannot bind {address}: {exc}; is another worker (greenpipe "
+                f"worker, server.py) or program on port {self.settings.port}? "
+                "Stop it or pick another port (--port, 0 for any)"
             ) from None
         self._sock = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
