@@ -155,7 +155,10 @@ class Pipe:
                 self.history = History(self.snapshot)
                 self.history.start()
             self.siblings = Siblings.join(
-                self.settings, self.dispatcher.admission.prefix, self.dispatcher.status
+                self.settings,
+                self.dispatcher.admission.prefix,
+                self.dispatcher.status,
+                self.dispatcher.cancel,
             )
 
     def wait_ready(self, timeout: float) -> bool:
@@ -275,7 +278,10 @@ class Pipe:
         """
         if not self.started:
             self.start()
-        return self.dispatcher.cancel(job_id)
+        found = self.dispatcher.cancel(job_id)
+        if found is None and self.siblings is not None and not self.owns(job_id):
+            return self.siblings.cancel(job_id)  # another process sharing the port
+        return found
 
     def redrive(self, job_id: str) -> Envelope:
         """Send a dead-lettered job again as a new job (the dashboard's button).

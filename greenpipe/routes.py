@@ -292,7 +292,7 @@ def ops_blueprint(source: Callable[[], DispatcherLike]) -> Blueprint:
         pipe = source()
         found = pipe.cancel(job_id)
         if found is None:
-            return _unknown(pipe, job_id, asked=False)
+            return _unknown(pipe, job_id)
         if found["status"] == Status.CANCELLED:
             return json_response(200, found)
         if found.get("cancelling"):
@@ -310,15 +310,15 @@ def ops_blueprint(source: Callable[[], DispatcherLike]) -> Blueprint:
     return bp
 
 
-def _unknown(pipe: Any, job_id: str, asked: bool = True) -> Response:
+def _unknown(pipe: Any, job_id: str) -> Response:
     """404 for a job this process does not know (421 if another one may).
 
-    `asked`: the pipe asked the processes sharing this port (a status lookup
-    does, through `greenpipe.siblings`; a cancel does not).
+    A pipe whose `siblings` are set asked the processes sharing this port
+    (`greenpipe.siblings`: lookups and cancels) before answering None.
     """
     pid = os.getpid()
     shared = getattr(pipe.settings, "reuse_port", False)
-    asked = asked and getattr(pipe, "siblings", None) is not None
+    asked = getattr(pipe, "siblings", None) is not None
     if not pipe.owns(job_id) and shared and not asked:
         # Several processes share this port (REUSE_PORT) and this one could
         # not ask the others: a new connection may reach the one that knows.

@@ -66,22 +66,31 @@ class Siblings:
     """This process's socket in its group's directory, and lookups of the others.
 
     `answer(job_id)` is this process's own record of a job (never asking
-    further). `status` asks the process whose prefix a job id carries: None
-    if it says unknown or has gone (its socket refuses), `Unavailable` if it
-    does not answer within ASK_TIMEOUT_S.
+    further), `cancel(job_id)` its own cancel. `status` and `cancel` ask the
+    process whose prefix a job id carries: None if it says unknown or has
+    gone (its socket refuses), `Unavailable` if it does not answer within
+    ASK_TIMEOUT_S.
     """
 
     def __init__(
-        self, directory: str, prefix: str, answer: Callable[[str], dict | None]
+        self,
+        directory: str,
+        prefix: str,
+        answer: Callable[[str], dict | None],
+        cancel: Callable[[str], dict | None] | None = None,
     ) -> None:
         self.directory = directory
         self.path = os.path.join(directory, prefix.rstrip("-") + ".sock")
-        self._answer = answer
+        self._verbs = {"status": answer, "cancel": cancel or (lambda _id: None)}
         self._server: StreamServer | None = None
 
     @classmethod
     def join(
-        cls, settings: Any, prefix: str, answer: Callable[[str], dict | None]
+        cls,
+        settings: Any,
+        prefix: str,
+        answer: Callable[[str], dict | None],
+        cancel: Callable[[str], dict | None] | None = None,
     ) -> Siblings | None:
         """Listen for lookups if this process shares its port; else None.
 
@@ -93,7 +102,7 @@ class Siblings:
             return None
         root = os.path.join(tempfile.gettempdir(), f"greenpipe-{os.getuid()}")
         directory = os.path.join(root, name)
-        siblings = cls(directory, prefix, answer)
+        siblings = cls(directory, prefix, answer, cancel)
         try:
             if not (_private_dir(root) and _private_dir(directory)):
                 raise OSError(f"{root} is not a 0700 directory of uid {os.getuid()}")
@@ -137,7 +146,8 @@ class Siblings:
             with gevent.Timeout(ASK_TIMEOUT_S, False):
                 question = _read_line(conn, MAX_LINE)
                 verb, _, job_id = question.decode("ascii", "replace").partition(" ")
-                found = self._answer(job_id) if verb == "status" else None
+                act = self._verbs.get(verb)
+                found = act(job_id) if act is not None else None
                 conn.sendall(json.dumps(found).encode() + b"\n")
         except OSError:
             pass  # the asker gave up
@@ -146,6 +156,13 @@ class Siblings:
 
     def status(self, job_id: str) -> dict | None:
         """The record of `job_id` from the process that accepted it, or None."""
+        return self._ask("status", job_id)
+
+    def cancel(self, job_id: str) -> dict | None:
+        """Cancel `job_id` in the process that accepted it: its record, or None."""
+        return self._ask("cancel", job_id)
+
+    def _ask(self, verb: str, job_id: str) -> dict | None:
         prefix = job_id.split("-", 1)[0]
         if not PREFIX.fullmatch(prefix):
             return None  # not a job id of this web: no path built from it
@@ -156,7 +173,7 @@ class Siblings:
         try:
             with gevent.Timeout(ASK_TIMEOUT_S):
                 conn.connect(path)
-                conn.sendall(f"status {job_id}\n".encode("ascii", "replace"))
+                conn.sendall(f"{verb} {job_id}\n".encode("ascii", "replace"))
                 answer = _read_line(conn, MAX_ANSWER)
         except (FileNotFoundError, ConnectionRefusedError):
             return None  # no such process, or it has gone

@@ -200,6 +200,16 @@ def test_status_with_web_processes_is_answered_by_either(start_worker, start_web
     web = start_web([start_worker()], web_processes=2)
     _any_process_answers(web)
     assert web.get("/metrics")[0] == 421, "the shared port cannot speak for both"
+    # A cancel too reaches the process that accepted the job (it has finished:
+    # 409 with its record, from whichever process the connection lands on).
+    ids = [web.post("/jobs", {"n": i})[2]["id"] for i in range(6)]
+    for job_id in ids:
+        poll_until(lambda job_id=job_id: web.get(f"/jobs/{job_id}")[2],
+                   lambda r: r.get("status") == "done", 10, f"job {job_id} done")  # fmt: skip
+    for job_id in ids * 2:
+        code, _, found = web.request("DELETE", f"/jobs/{job_id}",
+                                     headers={"X-Greenpipe-Action": "cancel"})  # fmt: skip
+        assert code == 409 and found["job"]["id"] == job_id, (code, found)
 
 
 def test_status_under_gunicorn_is_answered_by_either_worker(
