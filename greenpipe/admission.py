@@ -102,6 +102,7 @@ class Admission:
         journal: Journal | None,
         taken: Callable[[Sequence[Envelope]], None],
         queued: Callable[[], int],
+        scheduled: Callable[[], int],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from greenpipe.commit import GroupCommit  # gevent: only where jobs are taken
@@ -112,6 +113,7 @@ class Admission:
         self.keys = keys
         self._taken = taken
         self._queued = queued
+        self._scheduled = scheduled
         self._clock = clock
         self._commit: GroupCommit | None = None
         if journal is not None:
@@ -133,12 +135,12 @@ class Admission:
         if key:
             check_key(key)
             if not self.fleet.barrier.is_set():  # waits: a twin may come meanwhile
-                self.check(self._queued(), draining)
+                self.check(self._queued(), draining, bool(job.not_before))
             first = self._first_for(key)
             if first is not None:
                 job.reply = None  # the first job's outcome is not this one's
                 return job.named(first)
-        self.check(self._queued(), draining)
+        self.check(self._queued(), draining, bool(job.not_before))
         job.named(self.new_id())
         job.accepted_at = self._clock()
         if self._commit is None:
@@ -209,12 +211,13 @@ class Admission:
         """True if `job_id` was made by this process (whatever became of it)."""
         return job_id.startswith(self.prefix)
 
-    def check(self, queued: int, draining: bool) -> None:
+    def check(self, queued: int, draining: bool, delayed: bool = False) -> None:
         """Raise `Unavailable` (a 503) if a job cannot be taken now; else return.
 
         Before the barrier is met, waits for it up to READY_TIMEOUT; after
         that, never waits. Jobs beyond what the ready workers have credit for
-        are "waiting": at most MAX_PENDING of them.
+        are "waiting": at most MAX_PENDING of them. A `delayed` job waits for
+        its time instead: at most MAX_SCHEDULED of those.
         """
         fleet, settings = self.fleet, self.settings
         if not fleet.barrier.is_set() and not fleet.barrier.wait(
@@ -230,7 +233,16 @@ class Admission:
             raise Unavailable(
                 f"no worker can take jobs now ({fleet.states()}); retry soon"
             )
-        if queued >= settings.max_pending:  # only then can too many be waiting
+        if delayed:
+            scheduled = self._scheduled()
+            if scheduled >= settings.max_scheduled:
+                self.books.reject("max_scheduled")
+                raise Unavailable(
+                    f"{scheduled} delayed jobs already wait for their time "
+                    f"(MAX_SCHEDULED={settings.max_scheduled}); retry later, or "
+                    "raise MAX_SCHEDULED"
+                )
+        elif queued >= settings.max_pending:  # only then can too many be waiting
             waiting = queued - fleet.free_credit()
             if waiting >= settings.max_pending:
                 self.books.reject("max_pending")

@@ -26,7 +26,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0, 30.0)  # fmt: skip
 ERROR_CHARS = 200  # of a failure's error text kept for the dashboard
 RECENT_FAILURES = 20
-REJECT_REASONS = ("barrier", "no_worker", "max_pending", "stopping", "journal")
+REJECT_REASONS = ("barrier", "no_worker", "max_pending", "max_scheduled", "stopping",
+                  "journal")  # fmt: skip
 
 
 class Books:

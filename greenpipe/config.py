@@ -65,6 +65,16 @@ def _positive_int(raw: str) -> int:
     return int(raw)
 
 
+def _horizon(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 366 * 86400:
+        raise ValueError("a number of seconds above 0, at most a year (31622400)")
+    return value
+
+
 def _seconds(raw: str) -> float:
     try:
         value = float(raw)
@@ -234,6 +244,12 @@ class PipeSettings:
     max_body: int = _setting(MiB, _size, "largest request body accepted", "1MiB")
     max_pending: int = _setting(
         1000, _positive_int, "jobs waiting for a worker, at most"
+    )
+    max_scheduled: int = _setting(
+        100_000, _positive_int, "delayed jobs waiting for their time, at most"
+    )
+    max_delay: float = _setting(
+        7 * 86400.0, _horizon, "how far ahead a job may be delayed, seconds"
     )
     drain_timeout: float = _setting(
         3.0, _seconds, "seconds to wait for acks when stopping"

@@ -87,7 +87,7 @@ class Dispatcher:
         )  # fmt: skip
         self.admission = Admission(
             settings, self.fleet, self.books, keys, self.journal, self._taken,
-            self.pending, clock,
+            self.pending, lambda: len(self.later), clock,
         )  # fmt: skip
         self._wake = gevent.event.Event()
         self._settled = gevent.event.Event()
@@ -221,8 +221,16 @@ class Dispatcher:
         return self.admission.take(job, key, self._draining)
 
     def _taken(self, jobs: Sequence[Envelope]) -> None:
-        """Jobs admitted and kept (journaled, if there is a journal): queue them."""
-        self._fresh.extend(jobs)
+        """Jobs admitted and kept (journaled, if there is a journal): queue them.
+
+        A job pushed with a delay waits in the timer for its time instead.
+        """
+        fresh = self._fresh
+        for job in jobs:
+            if job.not_before:
+                self.later.add(job, self._clock() + job.not_before - time.time())
+            else:
+                fresh.append(job)
         self._wake.set()  # send these, and write the next group
         if self._draining:
             self._check_settled()

@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import gevent
@@ -298,6 +299,8 @@ class Greenpipe:
         content_type: str | None = None,
         wait: float = 0,
         idempotency_key: str = "",
+        delay: float | None = None,
+        at: datetime | None = None,
     ) -> Receipt | Outcome:
         """Hand one job named `name` to a worker: see `Pipe.push`.
 
@@ -311,6 +314,8 @@ class Greenpipe:
             content_type=content_type,
             wait=wait,
             idempotency_key=idempotency_key,
+            delay=delay,
+            at=at,
         )
 
     def cancel(self, job_id: str) -> dict[str, Any] | None:

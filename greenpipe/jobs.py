@@ -24,6 +24,7 @@ class Status(StrEnum):
 
     QUEUED = "queued"  # accepted, waiting for a worker with credit
     IN_FLIGHT = "in_flight"  # sent to a worker, not yet acknowledged
+    SCHEDULED = "scheduled"  # pushed with a delay: waiting for its time
     RETRYING = "retrying"  # its handler failed; waiting out its backoff
     DONE = "done"  # the handler returned
     FAILED = "failed"  # the handler raised, or ran past its time limit

@@ -1,4 +1,4 @@
-"""Jobs that wait for a time: the web's one timer (retries waiting out their backoff).
+"""Jobs that wait for a time: the web's one timer (delayed pushes, retries' backoff).
 
 A heap ordered by due time, on the dispatcher's monotonic clock; each job's
 wall-clock not-before time is in the journal (LATER records), so a restart

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json as jsonlib
 import logging
 import os
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import zmq.green as zmq
@@ -90,6 +92,38 @@ _INLINE = {
     protocol.FAILED: Status.FAILED,
     protocol.CANCELLED: Status.CANCELLED,
 }
+
+
+def not_before(delay: Any, at: Any, horizon: float) -> float:
+    """The wall time a delayed job waits for (0: none), or `BadJob` naming why.
+
+    `delay` in seconds, or `at` an aware datetime; at most `horizon` seconds
+    ahead (MAX_DELAY). A delay of 0, or a time already past, is no delay.
+    """
+    if delay is not None and at is not None:
+        raise BadJob("push: give delay=... or at=..., not both")
+    now = time.time()
+    if at is not None:
+        if not isinstance(at, datetime) or at.tzinfo is None:
+            raise BadJob(
+                f"push: at={at!r} is not an aware datetime; give e.g. "
+                "datetime.now(timezone.utc) + timedelta(minutes=5)"
+            )
+        delay = at.timestamp() - now
+    elif delay is None:
+        return 0.0
+    elif (
+        isinstance(delay, bool)
+        or not isinstance(delay, int | float)
+        or not (0 <= delay < float("inf"))
+    ):
+        raise BadJob(f"push: delay={delay!r} is not a number of seconds >= 0")
+    if delay > horizon:
+        raise BadJob(
+            f"push: a delay of {delay:.0f} s is over MAX_DELAY ({horizon:g} s); "
+            "push it nearer its time, or raise MAX_DELAY"
+        )
+    return now + delay if delay > 0 else 0.0
 
 
 def _check_wait(wait: Any) -> float:
@@ -198,8 +232,16 @@ class Pipe:
         content_type: str | None = None,
         wait: float = 0,
         idempotency_key: str = "",
+        delay: float | None = None,
+        at: datetime | None = None,
     ) -> Receipt | Outcome:
         """Hand one job named `name` to a worker; its handler gets ``job.json()``.
+
+        With `delay` (seconds) or `at` (an aware datetime), one of them, the
+        job waits in the web (journaled: a restart keeps it) and goes out at
+        its time, never before (status ``scheduled`` meanwhile); a delay of 0
+        is an ordinary push. Past MAX_DELAY: `BadJob`; MAX_SCHEDULED jobs
+        waiting already: `Unavailable`.
 
         Returns a `Receipt` at once, or with ``wait=N`` the `Outcome` within N
         seconds (status TIMEOUT if none came: the job is still delivered at
@@ -219,6 +261,7 @@ class Pipe:
             except ValueError as exc:  # usually a client's header: a 400 in a view
                 raise BadJob(f"push: {exc}") from None
         job = Envelope.new(b"", b"", b"", kind, raw, wait=wait > 0, name=raw_name)
+        job.not_before = not_before(delay, at, self.settings.max_delay)
         return self._answer(self.submit(job, idempotency_key), name, wait)
 
     def forward(

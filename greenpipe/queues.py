@@ -3,8 +3,8 @@
 `fresh` holds jobs accepted and never sent (and those a worker gave back
 when it left in good order, at its head); `retry` holds suspects taken back
 from a lost worker (they travel alone); `later` holds jobs waiting for a time
-(a retry's backoff). Lookups by id scan them: a status lookup or a cancel is
-rare, a map kept per job is not free.
+(a delayed push, a retry's backoff). Lookups by id scan them: a status
+lookup or a cancel is rare, a map kept per job is not free.
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ class Queues:
         job = self.later.get(job_id)
         if job is None:
             return None
+        if not job.retries:  # pushed with a delay, never ran
+            return {"id": job_id, "status": Status.SCHEDULED.value,
+                    "due_at": round(job.not_before, 3)}  # fmt: skip
         return {"id": job_id, "status": Status.RETRYING.value, "attempt": job.attempt,
                 "runs": job.retries, "next_at": round(job.not_before, 3),
                 "error": job.errors[-1] if job.errors else ""}  # fmt: skip

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -73,6 +74,27 @@ def parse_wait(header: str | None, cap: float) -> float:
             )
         return min(seconds, cap)
     return 0.0
+
+
+def parse_delay(header: str, horizon: float) -> float:
+    """``Greenpipe-Delay: N`` (seconds from now): the wall time it waits for, or 400.
+
+    A header of greenpipe's own, not a ``Prefer`` preference (RFC 7240): a
+    server may ignore a preference, and a delay must never be ignored. 0 is
+    no delay; past MAX_DELAY (`horizon`) or not a number of seconds: 400.
+    """
+    text = header.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not (math.isfinite(seconds) and 0 <= seconds <= horizon):
+        raise BadRequest(
+            f"Greenpipe-Delay: {text[:40]!r} is not a number of seconds from 0 to "
+            f"MAX_DELAY ({horizon:g}); send e.g. 'Greenpipe-Delay: 30', or no "
+            "header to run the job now"
+        )
+    return time.time() + seconds if seconds > 0 else 0.0
 
 
 def idempotency_key(header: str | None) -> str:
@@ -193,17 +215,18 @@ def forwarding_blueprint(
                     f"{content_type!r}; send valid JSON or another Content-Type"
                 ) from None
         key = idempotency_key(environ.get("HTTP_IDEMPOTENCY_KEY"))
-        job = pipe.submit(
-            Envelope.new(
-                environ["REQUEST_METHOD"].encode("ascii"),
-                environ.get("PATH_INFO", "/").encode("latin-1"),
-                environ.get("QUERY_STRING", "").encode("latin-1"),
-                content_type.encode("latin-1"),
-                body,
-                wait=wait > 0,
-            ),
-            key,
+        job = Envelope.new(
+            environ["REQUEST_METHOD"].encode("ascii"),
+            environ.get("PATH_INFO", "/").encode("latin-1"),
+            environ.get("QUERY_STRING", "").encode("latin-1"),
+            content_type.encode("latin-1"),
+            body,
+            wait=wait > 0,
         )
+        delay = environ.get("HTTP_GREENPIPE_DELAY")
+        if delay is not None:
+            job.not_before = parse_delay(delay, limits.max_delay)
+        job = pipe.submit(job, key)
         if not wait:
             return accepted(job.id)
         return _waited(pipe, job, wait)
