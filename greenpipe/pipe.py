@@ -446,8 +446,10 @@ class InlinePipe(Pipe):
             )
         self._seq += 1
         job.named(self._prefix + format(self._seq, "010x"))
-        timeout = self.settings.job_timeout
-        policy = getattr(self.handler, "policy", lambda name: NO_POLICY)
+        policy = getattr(self.handler, "policy", lambda name: NO_POLICY)(
+            job.name.decode() or job.path.decode("latin-1")
+        )
+        timeout = policy.timeout or self.settings.job_timeout  # the handler's wins
         code = protocol.RETRY
         while code == protocol.RETRY:  # retries run at once: no backoff inline
             job.attempt += 1
@@ -457,9 +459,7 @@ class InlinePipe(Pipe):
                        wants_reply=job.reply is not None, name=job.name.decode(),
                        retries=job.retries)  # fmt: skip
             seen.worker = "inline"
-            code, payload = run_handler(
-                self.handler, seen, "inline", policy(seen.name), bounded=True
-            )
+            code, payload = run_handler(self.handler, seen, "inline", policy, True)
             if code == protocol.RETRY:
                 job.retries += 1
                 self.books.retried += 1

@@ -358,7 +358,7 @@ def _unknown(pipe: Any, job_id: str) -> Response:
         "unknown job",
         f"no job {job_id!r} here (pid {pid}): never accepted, or its record "
         f"expired (kept {pipe.settings.status_ttl:g} s, at most "
-        f"{pipe.settings.status_keep} jobs: GREENPIPE_STATUS_TTL, STATUS_KEEP)",
+        f"{pipe.settings.status_keep} jobs: STATUS_TTL, STATUS_KEEP)",
     )
 
 

@@ -121,7 +121,11 @@ class Settlement:
         """
         job = self.queues.remove(job_id)
         if job is not None:
-            self.cancelled([job], "cancelled before it ran", "")
+            # Runs so far: its retries if it waits to run again (a retry counts
+            # the run to come), else one if it was ever delivered.
+            runs = job.retries or (1 if job.attempt else 0)
+            reason = "cancelled before it ran" + (" again" if runs else "")
+            self.cancelled([job], reason, "", retries=runs - 1)
             return self.records.get(job_id)
         key = job_id.encode("ascii", "replace")
         for link in links:
@@ -135,10 +139,14 @@ class Settlement:
                         "cancelling": True}  # fmt: skip
         return self.records.get(job_id)
 
-    def cancelled(self, jobs: list[Envelope], reason: str, worker: str) -> None:
+    def cancelled(
+        self, jobs: list[Envelope], reason: str, worker: str, retries: int = -2
+    ) -> None:
+        """Settle `jobs` as cancelled; `retries`: runs - 1 if not the job's own."""
         for job in jobs:
+            before = job.retries if retries < -1 else retries
             self.records.add(job.id, Status.CANCELLED, worker, job.attempt,
-                             reason.encode(), retries=job.retries)  # fmt: skip
+                             reason.encode(), retries=before)  # fmt: skip
             job.resolve(worker, Status.CANCELLED, reason.encode())
         self.books.cancelled += len(jobs)
         if self.journal is not None:

@@ -221,6 +221,50 @@ def test_cancel_queued_waiting_running_finished_unknown(clock):
     assert d.books.cancelled == 3
 
 
+def test_a_job_cancelled_while_it_waits_to_run_again_counts_its_runs(clock):
+    """A fresh eye's finding: it said runs 2 and "before it ran" after one run."""
+    d = make(clock, workers="127.0.0.1:1")
+    link = d.links[0]
+    ready(d, link)
+    ran, never = _submit(d), _submit(d)
+    d.flush()
+    _retry(d, link, ran.id, 60.0)
+    record = d.cancel(ran.id)
+    assert (record["runs"], record["reason"]) == (1, "cancelled before it ran again")
+    ack(d, link, never.id)
+    queued = _submit(d)  # not flushed: never delivered
+    record = d.cancel(queued.id)
+    assert (record["runs"], record["reason"]) == (0, "cancelled before it ran")
+
+
+def test_inline_mode_holds_a_handlers_own_time_limit():
+    """A fresh eye's finding: inline, timeout= was ignored (JOB_TIMEOUT held)."""
+    from flask import Flask
+
+    from greenpipe import Greenpipe
+
+    handlers = Handlers()
+    seen = []
+
+    @handlers.job("slow", timeout=0.2)
+    def slow(job):
+        seen.append(job.timeout)
+        try:
+            gevent.sleep(5)
+        except Exception:  # noqa: BLE001 (careless on purpose)
+            return "swallowed"
+        return "ran on"
+
+    app = Flask("inline_limits")
+    app.config.update(TESTING=True)
+    pipe = Greenpipe(app, handlers=handlers)
+    started = time.monotonic()
+    with app.app_context():
+        outcome = pipe.push("slow", json={}, wait=1)
+    assert seen == [0.2] and time.monotonic() - started < 2
+    assert outcome.status == "failed" and "exceeded 0.2 s" in outcome.error, outcome
+
+
 def test_a_cancelled_retry_is_not_retried_and_a_lost_one_not_resent(clock):
     d = make(clock, workers="127.0.0.1:1,127.0.0.1:2")
     for link in d.links:
