@@ -8,7 +8,6 @@ naming the setting, the value, where it came from and what to do.
 from __future__ import annotations
 
 import argparse
-import difflib
 import ipaddress
 import logging
 import os
@@ -17,7 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
+from greenpipe import spelling
 from greenpipe.errors import ConfigError
+from greenpipe.spelling import PREFIX
 
 log = logging.getLogger(__name__)
 _S = TypeVar("_S", "WebSettings", "WorkerSettings")  # what _load makes
@@ -393,20 +394,6 @@ class WorkerSettings:
     log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
 
 
-PREFIX = "GREENPIPE_"
-
-# GREENPIPE_ names that are not settings: the Flask extension's own app.config
-# keys, and what the tests and the book-keeping handler read.
-EXTENSION_KEYS = frozenset(
-    PREFIX + name for name in ("INLINE", "HANDLERS", "PREFIX", "ROUTES")
-)
-OTHER_VARIABLES = frozenset(
-    PREFIX + name for name in ("HIDE_TOOLS", "RECORD_DIR", "SLEEP")
-)
-_CLOSE = 0.75  # difflib ratio from which an unknown name "probably meant" a setting
-_warned: set[str] = set()  # names warned about in this process (warned once each)
-
-
 def env_names(name: str) -> tuple[str, ...]:
     """Environment variables for a setting, strongest first.
 
@@ -440,73 +427,6 @@ def _lookup(
 
 def _setting_names(cls: type) -> list[str]:
     return [f.name.upper() for f in fields(cls)]
-
-
-def unknown_settings(
-    cls: type, environ: Mapping[str, str], app_config: Mapping[str, Any]
-) -> list[str]:
-    """What would be ignored, each with the setting it probably meant.
-
-    Every ``GREENPIPE_*`` key of `app_config` and of `environ` that is no
-    setting, and a bare environment variable that is not one but is close to
-    one of this program's settings (``CONCURENCY``, ``JOURNAL``). Settings of
-    the other program (``CONCURRENCY`` seen by the web) are known, not
-    warned about: honcho gives every process the same environment.
-    """
-    mine = _setting_names(cls)
-    known = set(_setting_names(WebSettings)) | set(_setting_names(WorkerSettings))
-    problems = []
-    for key in app_config:
-        if not isinstance(key, str) or not key.startswith(PREFIX):
-            continue
-        name = key[len(PREFIX) :]
-        if key in EXTENSION_KEYS or name in mine:
-            continue
-        if name in known:
-            problems.append(
-                f"app.config[{key!r}] is a setting of greenpipe worker, which "
-                "does not read app.config: it is ignored; give the worker "
-                f"--{name.lower().replace('_', '-')} or {name} in its environment"
-            )
-            continue
-        problems.append(f"app.config[{key!r}] is not a setting: it is ignored"
-                        + _meant(name, mine, PREFIX))  # fmt: skip
-    for variable in environ:
-        if variable in OTHER_VARIABLES or variable in EXTENSION_KEYS:
-            continue
-        if variable.startswith(PREFIX):
-            name = variable[len(PREFIX) :]
-            if name not in known:
-                problems.append(
-                    f"environment variable {variable} is not a setting: it is "
-                    f"ignored{_meant(name, mine, PREFIX)}"
-                )
-        elif variable.isupper() and variable not in known:
-            close = difflib.get_close_matches(variable, mine, 3, _CLOSE)
-            if close:
-                problems.append(
-                    f"environment variable {variable} is not a setting: it is "
-                    f"ignored; did you mean {' or '.join(close)}?"
-                )
-    return problems
-
-
-def _meant(name: str, choices: Sequence[str], prefix: str) -> str:
-    close = difflib.get_close_matches(name, choices, 3, _CLOSE)
-    if not close:
-        return "; see --help for the settings"
-    return "; did you mean " + " or ".join(prefix + c for c in close) + "?"
-
-
-def _report_unknown(problems: list[str], refuse: bool) -> None:
-    if problems and refuse:
-        raise ConfigError(
-            "; ".join(problems) + " (UNKNOWN_SETTINGS=refuse: fix or unset them)"
-        )
-    for problem in problems:
-        if problem not in _warned:
-            _warned.add(problem)
-            log.warning("%s (UNKNOWN_SETTINGS=refuse stops instead)", problem)
 
 
 def _shown_default(f: Any) -> str:
@@ -562,8 +482,9 @@ def _load(
                 f"to use the default {_shown_default(f)}"
             ) from None
     settings = cls(**values)
-    problems = unknown_settings(cls, environ, app_config or {})
-    _report_unknown(problems, settings.unknown_settings == "refuse")
+    known = set(_setting_names(WebSettings)) | set(_setting_names(WorkerSettings))
+    problems = spelling.unknown(_setting_names(cls), known, environ, app_config or {})
+    spelling.report(problems, settings.unknown_settings == "refuse")
     return settings
 
 

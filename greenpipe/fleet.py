@@ -18,7 +18,8 @@ import zmq.green as zmq
 from greenpipe import protocol
 from greenpipe.config import Endpoint, PipeSettings, loopback
 from greenpipe.curve import Keypair, fingerprint, load_public, load_secret
-from greenpipe.link import LEAVING, READY, Link, OnEvent, OnMessage, PushLink
+from greenpipe.link import LEAVING, READY, Link, OnEvent, OnMessage
+from greenpipe.pushlink import PushLink
 from greenpipe.rotation import Rotation
 
 log = logging.getLogger(__name__)

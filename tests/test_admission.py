@@ -43,7 +43,9 @@ def test_a_retry_with_the_same_key_waits_for_the_first_jobs_write(web, monkeypat
 
     def failing(jobs, keys=None):
         started.set()
-        gevent.sleep(0.05)  # the disk is slow: the retry arrives meanwhile
+        gevent.sleep(
+            0.05
+        )  # sleep-ok: the deliberate slow disk (the disk is slow: the retry arrives meanwhile)
         raise JournalError("disk full (on purpose)")
 
     monkeypatch.setattr(web.journal, "append_jobs", failing)
@@ -117,7 +119,7 @@ def _slow_disk(monkeypatch) -> None:
     real = journal_module._offload
 
     def slow(call, *args):
-        gevent.sleep(0.3)  # the deliberate slow disk, not a wait for an event
+        gevent.sleep(0.3)  # sleep-ok: the deliberate slow disk, not a wait for an event
         return real(call, *args)
 
     monkeypatch.setattr(journal_module, "_offload", slow)
@@ -128,7 +130,7 @@ def _until(done, what: str, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not done():
         assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        gevent.sleep(0.001)
+        gevent.sleep(0.001)  # sleep-ok: a yield in a polling loop with a deadline
 
 
 # -- found by a review (issue 24): keys, drain and close around group commit ---
@@ -149,7 +151,9 @@ def test_one_key_makes_one_job_even_when_both_requests_wait_for_the_barrier(
     try:
         first = gevent.spawn(d.submit, _job(), "order-1")
         retry = gevent.spawn(d.submit, _job(), "order-1")
-        gevent.sleep(0)  # an idle yield: both run until they wait for the barrier
+        gevent.sleep(
+            0
+        )  # sleep-ok: an idle yield, not a wait (an idle yield: both run until they wait for the barrier)
         for link in d.links:
             ready(d, link)
         gevent.joinall([first, retry], timeout=5)

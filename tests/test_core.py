@@ -21,7 +21,8 @@ from greenpipe.config import WorkerSettings, load_web
 from greenpipe.dispatcher import Dispatcher
 from greenpipe.errors import Unavailable
 from greenpipe.jobs import Envelope, Job, Status
-from greenpipe.link import CONNECTING, FULL, LEAVING, LOST, READY, Link, PushLink
+from greenpipe.link import CONNECTING, FULL, LEAVING, LOST, READY, Link
+from greenpipe.pushlink import PushLink
 from greenpipe.worker import Worker
 
 
@@ -436,7 +437,9 @@ def test_a_stop_with_a_journal_keeps_queued_jobs_owed_not_dead(clock, tmp_path):
             ready(d, link, credit=1)
         jobs = [gevent.spawn(d.submit, Envelope.new(b"POST", b"/", b"", b"", b"{}"))
                 for _ in range(10)]  # fmt: skip
-        gevent.sleep(0)  # the requests park on their group: one write
+        gevent.sleep(
+            0
+        )  # sleep-ok: an idle yield, not a wait (the requests park on their group: one write)
         d.flush()
         gevent.joinall(jobs, timeout=5, raise_error=True)
         d.flush()
@@ -464,7 +467,9 @@ def test_a_replayed_job_is_sent_as_its_next_attempt_round_robin(clock, tmp_path)
         ready(d, d.links[1], credit=1)
         jobs = [gevent.spawn(d.submit, Envelope.new(b"POST", b"/", b"", b"", b"{}"))
                 for _ in range(4)]  # fmt: skip
-        gevent.sleep(0)  # the requests park on their group: one write
+        gevent.sleep(
+            0
+        )  # sleep-ok: an idle yield, not a wait (the requests park on their group: one write)
         d.flush()
         gevent.joinall(jobs, timeout=5, raise_error=True)
         d.flush()  # two go out (credit 1 each), two wait

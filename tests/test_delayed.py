@@ -91,7 +91,9 @@ def test_a_delayed_job_survives_a_restart_and_is_not_run_early(clock, tmp_path):
     try:
         ready(d, d.links[0])
         waiting = gevent.spawn(_delayed, d, 30.0)
-        gevent.sleep(0)  # parked on its group: the dispatcher writes it
+        gevent.sleep(
+            0
+        )  # sleep-ok: an idle yield, not a wait (parked on its group: the dispatcher writes it)
         d.flush()
         waiting.join(5)
         assert waiting.successful(), waiting.exception

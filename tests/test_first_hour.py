@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from greenpipe import config
+from greenpipe import spelling
 from greenpipe.config import load_web, load_worker
 from greenpipe.errors import ConfigError
 from tests.support import PYTHON, ROOT, Proc
@@ -69,10 +69,10 @@ def test_the_key_tool_advises_names_that_work(tmp_path, capsys):
 
 @pytest.fixture
 def warnings(caplog):
-    config._warned.clear()
+    spelling._warned.clear()
     caplog.set_level(logging.WARNING, logger="greenpipe.config")
     yield caplog
-    config._warned.clear()
+    spelling._warned.clear()
 
 
 def test_a_misspelt_app_config_key_warns_naming_the_setting_meant(warnings):

@@ -122,7 +122,7 @@ def test_an_acknowledged_replayed_job_is_not_replayed_again(tmp_path, monkeypatc
 
 
 class Crash(BaseException):
-    pass
+    """Stands for a kill -9 at that point."""
 
 
 def _orphan(directory: Path, jobs: list[Envelope], keys=None) -> None:

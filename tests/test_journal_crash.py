@@ -32,7 +32,7 @@ MUTATING = ("write", "fdatasync", "fsync", "ftruncate", "rename", "unlink", "lin
 
 
 class Crash(BaseException):
-    pass
+    """Stands for a kill -9 at that point."""
 
 
 class Interrupted(BaseException):

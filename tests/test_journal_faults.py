@@ -81,7 +81,7 @@ def test_a_short_ack_write_makes_the_segment_damaged(tmp_path, monkeypatch):
 
 
 class Crash(BaseException):
-    pass
+    """Stands for a kill -9 at that point."""
 
 
 def test_a_crash_during_adoption_then_two_webs_starting_together_run_jobs_twice(

@@ -80,7 +80,7 @@ def test_retry_on_filters_and_retry_after_is_honoured():
 def test_a_time_limit_is_not_swallowed_by_except_exception():
     def careless(job):
         try:
-            gevent.sleep(5)
+            gevent.sleep(5)  # sleep-ok: the handler's work (cancelled or timed out)
         except Exception:  # what a handler wraps its work in
             return "swallowed"
         return "ran on"
@@ -250,7 +250,7 @@ def test_inline_mode_holds_a_handlers_own_time_limit():
     def slow(job):
         seen.append(job.timeout)
         try:
-            gevent.sleep(5)
+            gevent.sleep(5)  # sleep-ok: the handler's work (cancelled or timed out)
         except Exception:  # noqa: BLE001 (careless on purpose)
             return "swallowed"
         return "ran on"
@@ -287,7 +287,7 @@ def test_a_waiting_retry_and_a_cancel_survive_a_restart(clock, tmp_path):
     try:
         ready(d, d.links[0])
         jobs = [gevent.spawn(_submit, d) for _ in range(2)]
-        gevent.sleep(0)
+        gevent.sleep(0)  # sleep-ok: an idle yield, not a wait
         d.flush()
         gevent.joinall(jobs, timeout=5, raise_error=True)
         waits, cancelled = (job.value for job in jobs)
