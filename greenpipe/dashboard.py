@@ -32,6 +32,7 @@ from greenpipe.errors import Unavailable
 from greenpipe.routes import (
     ACTION_HEADER,
     _error,
+    action_refused,
     json_response,
     shared_port,
     unavailable,
@@ -134,13 +135,9 @@ def dashboard_blueprint(source: Callable[[], Any]) -> Blueprint:
     @bp.post("/dashboard/dead/<job_id>/resend")
     def resend(job_id: str) -> Response:
         p = pipe()
-        if request.headers.get(RESEND_HEADER) != "resend":
-            return _error(
-                403,
-                "forbidden",
-                f"re-sending needs the header {RESEND_HEADER}: resend (the "
-                "dashboard's button sends it; a cross-site form cannot)",
-            )
+        refused = action_refused("resend", "re-sending (the dashboard's button)")
+        if refused is not None:
+            return refused
         try:
             job = p.redrive(job_id)
         except KeyError:

@@ -305,13 +305,9 @@ def ops_blueprint(source: Callable[[], DispatcherLike]) -> Blueprint:
 
     @bp.delete("/jobs/<job_id>")
     def job_cancel(job_id: str) -> Response:
-        if request.headers.get(ACTION_HEADER) != "cancel":
-            return _error(
-                403,
-                "forbidden",
-                f"cancelling needs the header {ACTION_HEADER}: cancel (a "
-                "cross-site form cannot send it)",
-            )
+        refused = action_refused("cancel", "cancelling")
+        if refused is not None:
+            return refused
         pipe = source()
         found = pipe.cancel(job_id)
         if found is None:
@@ -331,6 +327,22 @@ def ops_blueprint(source: Callable[[], DispatcherLike]) -> Blueprint:
         )
 
     return bp
+
+
+def action_refused(action: str, doing: str) -> Response | None:
+    """403 unless the request says ``X-Greenpipe-Action: <action>``.
+
+    A custom header: a cross-site form or image cannot send one (a browser
+    would need a CORS preflight this web never grants).
+    """
+    if request.headers.get(ACTION_HEADER) == action:
+        return None
+    return _error(
+        403,
+        "forbidden",
+        f"{doing} needs the header {ACTION_HEADER}: {action} (a cross-site form "
+        "cannot send it)",
+    )
 
 
 def _unknown(pipe: Any, job_id: str) -> Response:
