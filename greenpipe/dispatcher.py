@@ -78,7 +78,7 @@ class Dispatcher:
                 settings.journal_corrupt,
                 keys=keys.live,  # the keys file holds the keys in their window
             )
-        self.queues = Queues()
+        self.queues = Queues(clock)
         self._fresh, self._retry = self.queues.fresh, self.queues.retry
         self.later = self.queues.later  # waiting for a time: a retry's backoff
         self.settlement = Settlement(
@@ -119,7 +119,7 @@ class Dispatcher:
             for job in replay.jobs:
                 job.accepted_at = now  # for the latency histogram
                 if job.not_before > wall:  # a retry waiting out its backoff
-                    self.later.add(job, now + job.not_before - wall)
+                    self.later.add(job)
                 else:
                     self._fresh.append(job)
             self.admission.keys.load(replay.keys)
@@ -228,7 +228,7 @@ class Dispatcher:
         fresh = self._fresh
         for job in jobs:
             if job.not_before:
-                self.later.add(job, self._clock() + job.not_before - time.time())
+                self.later.add(job)
             else:
                 fresh.append(job)
         self._wake.set()  # send these, and write the next group

@@ -16,6 +16,11 @@ files of records (`greenpipe.segments`) and a keys file:
   settle). The segment being written rolls at SEGMENT_ROLL bytes whatever is
   owed; an older segment goes once its jobs are settled, or once its few
   owed jobs (at most a quarter of its bytes) are carried into the current one.
+  Jobs waiting for their time (a delayed push, a retry's backoff) do not
+  count in that quarter: they are carried whatever their number, so a job
+  due in a week never pins the segments written meanwhile. To keep carrying
+  them cheap, a segment rolls at no less than CARRY_SHARE times their bytes:
+  they are rewritten at most once per roll, a quarter of what was written.
 - The keys file (``keys``) holds the keys in their window whose JOB records
   went with their segments; it is rewritten whole and atomically (temporary
   file, sync, rename, sync of the folder) only when a segment holding keyed
@@ -50,6 +55,7 @@ import contextlib
 import errno
 import logging
 import os
+import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 
 from greenpipe.errors import ConfigError
@@ -120,6 +126,7 @@ class Journal:
         self._lock_fd = -1
         self._fd = -1
         self._segment = 0  # number of the segment being written
+        self._roll_floor = 0  # CARRY_SHARE x the waiting jobs' bytes: no roll below
         self._size = 0  # its size in bytes (the last good record's end)
         self._segments: dict[int, Segment] = {}  # live, oldest first
         self._acks: list[bytes] = []  # ACK records not yet written (see acked)
@@ -384,14 +391,17 @@ class Journal:
 
     def _compact(self, incoming: Sequence[Envelope] = ()) -> None:
         """Roll a full segment; let old ones go, oldest first (module docstring)."""
-        if self._size >= SEGMENT_ROLL:
-            self._start_segment(self._segment + 1)
+        now = time.time()
+        if self._size >= max(SEGMENT_ROLL, self._roll_floor):
+            self._roll_floor = CARRY_SHARE * self._waiting_bytes(now)
+            if self._size >= max(SEGMENT_ROLL, self._roll_floor):
+                self._start_segment(self._segment + 1)
         doomed, carry, keyed = [], [], False
         for number, segment in self._segments.items():
             if number == self._segment:
                 break
-            if segment.owed and segment.owed_bytes() * CARRY_SHARE > segment.size:
-                break  # many still owed: it waits, and so do the newer ones
+            if segment.owed and segment.due_bytes(now) * CARRY_SHARE > segment.size:
+                break  # many due still owed: it waits, and so do the newer ones
             doomed.append(number)
             carry.extend(segment.owed.values())
             keyed |= segment.keyed
@@ -403,6 +413,12 @@ class Journal:
         for number in doomed:
             self._unlink(number)
             del self._segments[number]
+
+    def _waiting_bytes(self, now: float) -> int:
+        """Bytes of the owed jobs still waiting for their time (delayed, retrying)."""
+        return sum(entry.size for segment in self._segments.values()
+                   for entry in segment.owed.values()
+                   if entry.job.not_before > now)  # fmt: skip
 
     def _carry(self, entries: list[Owed]) -> None:
         """Write `entries` into the current segment (synced), then count them there."""

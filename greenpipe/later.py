@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from greenpipe.jobs import Envelope
 
@@ -19,14 +19,18 @@ MAX_ERRORS = 5  # a job's last errors kept (its dead letter shows them)
 
 
 class Later:
-    """Jobs by due time; `due(now)` hands over those whose time has come."""
+    """Jobs by due time; `due(now)` hands over those whose time has come.
 
-    def __init__(self) -> None:
+    `clock` is the dispatcher's monotonic clock, which `due` is given.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._heap: list[tuple[float, int, Envelope]] = []
         self._by_id: dict[str, Envelope] = {}
         self._seq = itertools.count()
+        self._clock = clock
 
-    def hold(self, job: Envelope, delay: float, error: str, now: float) -> None:
+    def hold(self, job: Envelope, delay: float, error: str) -> None:
         """`job`'s run failed and is to be retried after `delay` s: hold it.
 
         It will go out as a new run: its deliveries count afresh (MAX_ATTEMPTS
@@ -38,10 +42,16 @@ class Later:
         job.suspect = False
         job.not_before = time.time() + delay
         job.errors = [*job.errors[-(MAX_ERRORS - 1) :], error]
-        self.add(job, now + delay)
+        self.add(job)
 
-    def add(self, job: Envelope, due: float) -> None:
-        """Hold `job` until `due` (the dispatcher's clock)."""
+    def add(self, job: Envelope) -> None:
+        """Hold `job` until its ``not_before`` (wall time), on the clock.
+
+        The wall clock is read first: the due time on the clock can only come
+        out late, by the instant between the two reads, never early.
+        """
+        wall = time.time()
+        due = self._clock() + job.not_before - wall
         self._by_id[job.id] = job
         heapq.heappush(self._heap, (due, next(self._seq), job))
 

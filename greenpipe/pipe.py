@@ -109,21 +109,27 @@ def not_before(delay: Any, at: Any, horizon: float) -> float:
                 f"push: at={at!r} is not an aware datetime; give e.g. "
                 "datetime.now(timezone.utc) + timedelta(minutes=5)"
             )
-        delay = at.timestamp() - now
-    elif delay is None:
+        due = at.timestamp()  # exactly: a handler may compare against it
+        _check_horizon(due - now, horizon)
+        return due if due > now else 0.0
+    if delay is None:
         return 0.0
-    elif (
+    if (
         isinstance(delay, bool)
         or not isinstance(delay, int | float)
         or not (0 <= delay < float("inf"))
     ):
         raise BadJob(f"push: delay={delay!r} is not a number of seconds >= 0")
+    _check_horizon(delay, horizon)
+    return now + delay if delay > 0 else 0.0
+
+
+def _check_horizon(delay: float, horizon: float) -> None:
     if delay > horizon:
         raise BadJob(
             f"push: a delay of {delay:.0f} s is over MAX_DELAY ({horizon:g} s); "
             "push it nearer its time, or raise MAX_DELAY"
         )
-    return now + delay if delay > 0 else 0.0
 
 
 def _check_wait(wait: Any) -> float:

@@ -10,6 +10,7 @@ lookup or a cancel is rare, a map kept per job is not free.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from greenpipe.jobs import Envelope, Status
@@ -19,10 +20,10 @@ from greenpipe.later import Later
 class Queues:
     """fresh, retry and later: see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
         self.fresh: deque[Envelope] = deque()  # accepted, never sent
         self.retry: deque[Envelope] = deque()  # taken back from a lost worker
-        self.later = Later()  # waiting for a time
+        self.later = Later(clock)  # waiting for a time
 
     def pending(self) -> int:
         """Jobs waiting for a worker now (not those waiting for a time)."""

@@ -6,6 +6,7 @@ A record is ``u32 length | u32 crc32(type + payload) | u8 type | payload``.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
@@ -91,9 +92,14 @@ def decode_sent(payload: bytes) -> Iterator[str]:
 
 
 def encode_later(jobs: Iterable[Envelope]) -> bytes:
-    """A LATER payload: each waiting job's not-before time, retries and attempt."""
+    """A LATER payload: each waiting job's not-before time, retries and attempt.
+
+    The time is written in whole milliseconds rounded up: read back, it is
+    never earlier than the job's time.
+    """
     return b" ".join(
-        b"%s@%.3f@%d@%d" % (job.key, job.not_before, job.retries, job.attempt)
+        b"%s@%.3f@%d@%d"
+        % (job.key, math.ceil(job.not_before * 1000) / 1000, job.retries, job.attempt)
         for job in jobs
     )
 

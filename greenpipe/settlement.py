@@ -63,7 +63,7 @@ class Settlement:
             if job.reply is not None:
                 job.resolve(worker, Status.DONE)
         if results:
-            results = self._results(link, results, now)
+            results = self._results(link, results)
             for job, status, payload in results:
                 store[job.id] = (status, worker, job.attempt, payload, now, job.retries)
                 if job.reply is not None:
@@ -77,7 +77,7 @@ class Settlement:
                 self.journal.acked([job for job, _, _ in results])
 
     def _results(
-        self, link: Link, results: list[tuple[Envelope, Status, bytes]], now: float
+        self, link: Link, results: list[tuple[Envelope, Status, bytes]]
     ) -> list[tuple[Envelope, Status, bytes]]:
         """The jobs a result finishes; those whose handler asked for a retry wait.
 
@@ -91,8 +91,7 @@ class Settlement:
                 except ProtocolError as exc:
                     self._malformed(link, str(exc))
                     delay, error = 0.0, payload
-                self.queues.later.hold(job, delay, error.decode("utf-8", "replace"),
-                                       now)  # fmt: skip
+                self.queues.later.hold(job, delay, error.decode("utf-8", "replace"))
                 held.append(job)
                 continue
             if status is Status.RETRYING:  # cancelled meanwhile: no retry

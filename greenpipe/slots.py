@@ -79,8 +79,10 @@ class Segment:
     owed: dict[str, Owed] = field(default_factory=dict)
     keyed: bool = False  # holds a JOB record with a key
 
-    def owed_bytes(self) -> int:
-        return sum(entry.size for entry in self.owed.values())
+    def due_bytes(self, now: float) -> int:
+        """Bytes of the owed jobs but those waiting past `now` (see the journal)."""
+        return sum(entry.size for entry in self.owed.values()
+                   if entry.job.not_before <= now)  # fmt: skip
 
 
 @dataclass

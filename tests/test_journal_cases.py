@@ -274,3 +274,44 @@ def test_damage_with_a_torn_tail_can_refuse_to_start(tmp_path):
     _damaged_and_torn(tmp_path)
     with pytest.raises(JournalError, match="JOURNAL_CORRUPT=salvage"):
         Journal(str(tmp_path), corrupt="refuse").open()
+
+
+# -- issue 20: jobs due in an hour do not pin compaction ----------------------------
+
+
+def test_jobs_waiting_for_an_hour_do_not_pin_the_segments_written_meanwhile(
+    tmp_path, monkeypatch
+):
+    import time
+
+    monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 4096)
+    journal = Journal(str(tmp_path))
+    journal.open()
+    waiting = _jobs(40, start=90_000)
+    for job in waiting:
+        job.not_before = time.time() + 3600
+    journal.append_jobs(waiting)
+    waiting_bytes = sum(entry.size for segment in journal._segments.values()
+                        for entry in segment.owed.values())  # fmt: skip
+    sizes = []
+    for round_ in range(400):  # a steady load, each job acknowledged: ~1 MiB
+        jobs = _jobs(4, start=4 * round_, pad=600)
+        journal.append_jobs(jobs)
+        journal.acked(jobs)
+        sizes.append(journal.size())
+    bound = 2 * max(4096, 4 * waiting_bytes) + 4 * waiting_bytes + 8192
+    assert max(sizes[100:]) <= bound, (
+        f"the journal grew to {max(sizes)} bytes with {waiting_bytes} bytes of "
+        f"waiting jobs (bound {bound}): waiting jobs pin compaction"
+    )
+    written = journal.bytes_written
+    assert journal.carried * 4 <= written, "carrying them costs more than a quarter"
+    journal.close()
+    replayed = Journal(str(tmp_path))
+    jobs = replayed.open().jobs
+    replayed.close()
+    assert sorted(job.id for job in jobs) == sorted(job.id for job in waiting)
+    by_id = {job.id: job.not_before for job in waiting}
+    early = [job.id for job in jobs if job.not_before < by_id[job.id]]
+    assert not early, f"due times read back earlier than written: {early}"
+    assert all(job.not_before - by_id[job.id] < 0.001 for job in jobs), "kept to 1 ms"

@@ -18,6 +18,7 @@ import errno
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,7 @@ class Run:
         self.in_doubt: set[str] = set()  # 503 after their sync completed
         self.acked: set[str] = set()
         self.keys: dict[str, tuple[str, float]] = {}  # live keys of 202s
+        self.waiting: dict[str, float] = {}  # job id -> its not-before time
         self.serial = 0
 
     def orphan(self) -> None:
@@ -195,6 +197,9 @@ class Run:
             event = rng.random()
             if event < 0.5:
                 jobs = [self._next() for _ in range(rng.randrange(1, 4))]
+                for job in jobs:  # some wait an hour: carried, never pinning
+                    if rng.random() < 0.15:
+                        job.not_before = time.time() + 3600
                 keys = [(f"k{job.id}\n", float(self.serial)) if rng.random() < 0.3
                         else ("", 0.0) for job in jobs]  # fmt: skip
                 try:
@@ -205,7 +210,9 @@ class Run:
                         self.in_doubt |= {job.id for job in jobs}
                     continue
                 self.accepted |= {job.id for job in jobs}
-                owed.update((job.id, job) for job in jobs)
+                self.waiting.update((job.id, job.not_before) for job in jobs
+                                    if job.not_before)  # fmt: skip
+                owed.update((job.id, job) for job in jobs if not job.not_before)
                 for job, (key, at) in zip(jobs, keys, strict=True):
                     if key:
                         self.keys[key] = (job.id, at)
@@ -239,6 +246,9 @@ def _check(run: Run, disk: Disk, power_loss: bool, where: str) -> None:
     wrong = {k: v for k, v in replay.keys.items()
              if v[0] not in run.accepted | replayed}  # fmt: skip
     assert not wrong, f"{where}: keys naming jobs that do not exist: {wrong}"
+    early = [job.id for job in replay.jobs
+             if job.not_before < run.waiting.get(job.id, 0.0)]  # fmt: skip
+    assert not early, f"{where}: waiting jobs replayed with an earlier time: {early}"
     owed = sum(len(job.body) + 80 for job in replay.jobs)
     assert journal.size() <= 3 * journal_module.SEGMENT_ROLL + 4 * owed + 4096, where
     journal.close()
@@ -261,7 +271,7 @@ def test_every_crash_point_keeps_the_journals_promises(tmp_path, monkeypatch, sy
                 monkeypatch.setattr(journal_module, "os", disk)
                 monkeypatch.setattr(slots_module, "os", disk)  # the slots' files
                 try:
-                    run.work(140)
+                    run.work(200)
                     finished = True
                 except Crash:
                     finished = False
