@@ -582,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         section(
             "Paired: greenpipe against the ceiling",
             lambda: paired(
-                3 if args.quick else 12, args.connections, 2 if args.quick else 3
+                1 if args.quick else 12, args.connections, 2 if args.quick else 3
             ),
         )
     # The back-to-back sections: their systems side by side, rounds rotating.

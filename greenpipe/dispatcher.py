@@ -270,7 +270,7 @@ class Dispatcher:
         self.admission.commit()
         if not self.fleet.barrier.is_set() and self._clock() < self._hold_until:
             return  # jobs replayed at start: round-robin from the barrier on
-        self.queues.due(self._clock())  # retries whose time came: as new jobs
+        self.queues.due(self._clock())  # delayed jobs and retries whose time came
         batches: dict[Link, list[Envelope]] = {}
         choose = self.fleet.rotation.choose
         for queue, suspect in ((self._retry, True), (self._fresh, False)):

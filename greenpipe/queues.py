@@ -30,9 +30,13 @@ class Queues:
         return len(self.fresh) + len(self.retry)
 
     def due(self, now: float) -> None:
-        """Jobs whose time has come go out as new jobs."""
+        """Jobs whose time has come go out as new jobs, ahead of the fresh ones.
+
+        Their time came before what was pushed since: queued behind a backlog
+        they would start late by all of it (seconds under load).
+        """
         if self.later:
-            self.fresh.extend(self.later.due(now))
+            self.fresh.extendleft(reversed(self.later.due(now)))
 
     def remove(self, job_id: str) -> Envelope | None:
         """Take a job out of whichever queue holds it (a cancel); None if none."""

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from greenpipe import testing
-from tests.support import Proc, Web, path_without
+from tests.support import PYTHON, Proc, Web, flags, path_without
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -107,5 +107,23 @@ def start_web(procs: list[Proc], tmp_path: Path):
         )
         procs.append(web.proc)
         return web
+
+    return start
+
+
+@pytest.fixture
+def start_app(procs: list[Proc], tmp_path: Path, record_dir: Path):
+    """tests/retry_handlers.py's app (serve(app)) for the given workers."""
+
+    def start(workers: list[WorkerProc], **options: Any) -> Web:
+        options.setdefault("dead_letter", tmp_path / "dead-letter.jsonl")
+        options.setdefault("journal_dir", tmp_path / "journal")
+        argv = [PYTHON, "-m", "tests.retry_handlers", "--port", "0", "--workers",
+                ",".join(w.address for w in workers), *flags(options)]  # fmt: skip
+        proc = Proc("app", argv, env={"GREENPIPE_RECORD_DIR": str(record_dir)})
+        procs.append(proc)
+        port = int(proc.expect(r"serving http://[^:]+:(\d+)", 15)[1])
+        proc.expect("barrier met", 15)
+        return Web(proc, port)
 
     return start

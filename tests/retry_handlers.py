@@ -3,7 +3,8 @@
 Worker:  python server.py --port 0 --handler tests.retry_handlers:handlers
 Web:     python -m tests.retry_handlers --port 0 --workers 127.0.0.1:PORT
 
-``POST /jobs/<name>`` pushes one job named `name` with the JSON body. Each run
+``POST /jobs/<name>`` pushes one job named `name` with the JSON body;
+``POST /later/<name>`` pushes one per due time it is given (``push(at=)``). Each run
 appends a JSON line (id, attempt, retries, time, event) to
 ``$GREENPIPE_RECORD_DIR/<pid>.runs``, the book the tests read.
 """
@@ -15,6 +16,7 @@ monkey.patch_all()  # first statement: patching late leaves blocking sockets beh
 import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
 
 import gevent  # noqa: E402
 from flask import Flask, request  # noqa: E402
@@ -85,6 +87,13 @@ json_errors(app)
 @app.post("/jobs/<name>")
 def push(name: str):
     return {"id": pipe.push(name, json=request.get_json()).id}, 202
+
+
+@app.post("/later/<name>")
+def push_later(name: str):
+    """{"dues": [wall times]}: one job named `name` due at each (``push(at=)``)."""
+    dues = [datetime.fromtimestamp(due, UTC) for due in request.get_json()["dues"]]
+    return {"ids": [pipe.push(name, json={}, at=due).id for due in dues]}, 202
 
 
 if __name__ == "__main__":

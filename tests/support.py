@@ -196,3 +196,13 @@ def render(url: str, budget_ms: int = 4000, screenshot: Path | None = None) -> s
     done = subprocess.run([*argv, url], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
+
+
+def read_runs(record_dir: Path) -> dict[str, list[dict]]:
+    """What tests/retry_handlers.py's handlers noted: {job id: [run, ...]}."""
+    runs: dict[str, list[dict]] = {}
+    for path in record_dir.glob("*.runs"):
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            runs.setdefault(entry["id"], []).append(entry)
+    return runs

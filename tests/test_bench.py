@@ -52,6 +52,20 @@ def test_bench_quick_runs_every_section_without_optional_tools(tmp_path):
     assert "bytes per job in flight: needs wrk" in out
 
 
+def test_bench_delayed_quick_reports_lateness_memory_and_cost(tmp_path):
+    env = {**os.environ, "PATH": path_without(OPTIONAL_TOOLS, tmp_path / "bin")}
+    result = subprocess.run([PYTHON, "-m", "bench.delayed", "--quick"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=200, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    ran = re.findall(r"(\d+) jobs due at random .*?: (\d+) ran, (\d+) early", out)
+    assert len(ran) == 2 and all(a == b and e == "0" for a, b, e in ran), out
+    assert "under locust load" in out, out
+    assert re.search(r"[\d,]+ bytes per scheduled job", out), out
+    assert re.search(r"with none: ratio [\d.]+", out), out
+    assert re.search(r"[\d.]+-[\d.]+ MiB on disk", out), out
+
+
 def test_locust_stats_without_percentiles_are_reported_not_fatal():
     """Locust writes N/A for a percentile no finished request gave (issue 9)."""
     na = {"Name": "Aggregated", "Request Count": "0", "Failure Count": "0",

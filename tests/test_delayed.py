@@ -6,6 +6,8 @@ a real `Journal` for the restart, and one real-process test over HTTP.
 
 from __future__ import annotations
 
+import random
+import signal
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +19,7 @@ from greenpipe.errors import BadJob, Unavailable
 from greenpipe.jobs import Envelope
 from greenpipe.pipe import not_before
 from greenpipe.testing import poll_until, read_records
+from tests.support import read_runs
 from tests.test_core import Clock, make, ready
 
 
@@ -125,3 +128,30 @@ def test_a_delay_over_http_runs_the_job_after_its_time(start_worker, start_web,
     bad = web.request("POST", "/jobs", "{}", {"Content-Type": "application/json",
                                               "Greenpipe-Delay": "soon"})  # fmt: skip
     assert bad[0] == 400 and "Greenpipe-Delay: 'soon'" in bad[2]["detail"], bad
+
+
+def test_kill_9_while_1000_delayed_jobs_wait_each_runs_at_its_time(
+    start_worker, start_app, record_dir, tmp_path
+):
+    worker = start_worker(handler="tests.retry_handlers:handlers")
+    journal = tmp_path / "journal"
+    web = start_app([worker], journal_dir=journal)
+    rng = random.Random(20)
+    start = time.time() + 2.0  # all still waiting at the kill
+    dues = [start + rng.uniform(0, 3) for _ in range(1000)]
+    code, _, body = web.post("/later/quick", {"dues": dues}, timeout=30)
+    assert code == 202, body
+    due_of = dict(zip(body["ids"], dues, strict=True))
+    assert web.stats()["waiting"] == 1000
+    assert time.time() < start, "the pushes took too long: some are due already"
+    web.proc.signal(signal.SIGKILL)
+    web.proc.wait_exit(5)
+    start_app([worker], journal_dir=journal)
+    runs = poll_until(lambda: read_runs(record_dir),
+                      lambda r: len(r.keys() & due_of.keys()) == 1000, 30,
+                      "all 1,000 delayed jobs run after the restart")  # fmt: skip
+    early = {job_id: due_of[job_id] - r[0]["t"] for job_id, r in runs.items()
+             if r[0]["t"] < due_of[job_id]}  # fmt: skip
+    assert not early, f"{len(early)} ran before their time (s early): {early}"
+    twice = {job_id: len(r) for job_id, r in runs.items() if len(r) > 1}
+    assert not twice, f"none was sent before the kill, yet these ran twice: {twice}"

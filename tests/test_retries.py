@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from pathlib import Path
 
 import gevent
 import pytest
@@ -20,7 +19,8 @@ import pytest
 from greenpipe import Cancelled, Handlers, JobTimeout, Retry, protocol
 from greenpipe.handling import Policy, run_handler
 from greenpipe.jobs import Envelope, Job
-from greenpipe.testing import PYTHON, Proc, Web, flags, poll_until
+from greenpipe.testing import poll_until
+from tests.support import read_runs
 from tests.test_core import Clock, ack, make, ready
 
 # -- the handler's side ---------------------------------------------------------
@@ -314,33 +314,6 @@ def test_a_waiting_retry_and_a_cancel_survive_a_restart(clock, tmp_path):
 HANDLERS = "tests.retry_handlers:handlers"
 
 
-@pytest.fixture
-def start_app(procs, tmp_path, record_dir):
-    """tests/retry_handlers.py's app (serve(app)) for the given workers."""
-
-    def start(workers, **options) -> Web:
-        options.setdefault("dead_letter", tmp_path / "dead-letter.jsonl")
-        options.setdefault("journal_dir", tmp_path / "journal")
-        argv = [PYTHON, "-m", "tests.retry_handlers", "--port", "0", "--workers",
-                ",".join(w.address for w in workers), *flags(options)]  # fmt: skip
-        proc = Proc("app", argv, env={"GREENPIPE_RECORD_DIR": str(record_dir)})
-        procs.append(proc)
-        port = int(proc.expect(r"serving http://[^:]+:(\d+)", 15)[1])
-        proc.expect("barrier met", 15)
-        return Web(proc, port)
-
-    return start
-
-
-def _runs(record_dir: Path) -> dict[str, list[dict]]:
-    runs: dict[str, list[dict]] = {}
-    for path in record_dir.glob("*.runs"):
-        for line in path.read_text().splitlines():
-            entry = json.loads(line)
-            runs.setdefault(entry["id"], []).append(entry)
-    return runs
-
-
 def test_a_flaky_handler_runs_k_plus_1_times_within_its_backoff(
     start_worker, start_app, record_dir
 ):
@@ -349,7 +322,7 @@ def test_a_flaky_handler_runs_k_plus_1_times_within_its_backoff(
     code, _, body = web.post("/jobs/flaky", {"fail": 2})
     assert code == 202
     job_id = body["id"]
-    runs = poll_until(lambda: _runs(record_dir).get(job_id, []),
+    runs = poll_until(lambda: read_runs(record_dir).get(job_id, []),
                       lambda r: len(r) == 3, 15, "three runs of the flaky job")  # fmt: skip
     gaps = [b["t"] - a["t"] for a, b in zip(runs, runs[1:], strict=False)]
     # backoff 0.2 s, full jitter: at most 0.2 s, then 0.4 s (plus a heartbeat)
@@ -370,11 +343,11 @@ def test_a_retry_pending_at_kill_9_of_the_web_runs_at_its_time_after_restart(
     job_id = web.post("/jobs/later", {"after": 3})[2]["id"]
     poll_until(lambda: web.stats()["waiting"], lambda n: n == 1, 10,
                "the job waiting for its retry")  # fmt: skip
-    first = _runs(record_dir)[job_id][0]["t"]
+    first = read_runs(record_dir)[job_id][0]["t"]
     web.proc.signal(signal.SIGKILL)
     web.proc.wait_exit(5)
     start_app([worker], journal_dir=journal)
-    runs = poll_until(lambda: _runs(record_dir).get(job_id, []),
+    runs = poll_until(lambda: read_runs(record_dir).get(job_id, []),
                       lambda r: len(r) == 2, 15, "the retry after the restart")  # fmt: skip
     assert runs[1]["t"] - first >= 3.0 - 0.05, "never early"
     assert runs[1]["retries"] == 1
@@ -387,7 +360,7 @@ def test_a_handler_swallowing_exception_is_stopped_at_its_limit(
     web = start_app([worker])
     stuck = web.post("/jobs/swallow", {})[2]["id"]
     after = web.post("/jobs/quick", {})[2]["id"]
-    runs = poll_until(lambda: _runs(record_dir), lambda r: after in r, 10,
+    runs = poll_until(lambda: read_runs(record_dir), lambda r: after in r, 10,
                       "the next job ran: the slot was freed")  # fmt: skip
     assert stuck not in runs, (
         f"it neither caught the limit nor ran on: {runs.get(stuck)}"
@@ -401,12 +374,12 @@ def test_a_running_job_is_cancelled_over_http(start_worker, start_app, record_di
     worker = start_worker(handler=HANDLERS)
     web = start_app([worker])
     job_id = web.post("/jobs/long", {})[2]["id"]
-    poll_until(lambda: _runs(record_dir), lambda r: job_id in r, 10, "it started")
+    poll_until(lambda: read_runs(record_dir), lambda r: job_id in r, 10, "it started")
     assert web.request("DELETE", f"/jobs/{job_id}")[0] == 403, "the header is needed"
     code, _, body = web.request("DELETE", f"/jobs/{job_id}",
                                 headers={"X-Greenpipe-Action": "cancel"})  # fmt: skip
     assert code == 202 and body["cancelling"], body
-    runs = poll_until(lambda: _runs(record_dir)[job_id], lambda r: len(r) == 2, 10,
+    runs = poll_until(lambda: read_runs(record_dir)[job_id], lambda r: len(r) == 2, 10,
                       "the handler saw Cancelled")  # fmt: skip
     assert runs[1]["event"] == "cancelled"
     status = poll_until(lambda: web.get(f"/jobs/{job_id}")[2],
