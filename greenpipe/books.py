@@ -163,7 +163,7 @@ def journal_report(journal: Journal | None, replayed: int) -> dict[str, Any]:
     return {"mode": journal.sync, "path": journal.path, "slot": journal.slot,
             "healthy": journal.healthy, "last_error": journal.last_error,
             "jobs_written": journal.written, "groups": journal.groups,
-            "bytes_written": journal.bytes_written,
+            "bytes_written": journal.bytes_written, "carried": journal.carried,
             "failures": journal.failures, "replayed": replayed,
             "bytes_on_disk": journal.size()}  # fmt: skip
 

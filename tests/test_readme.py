@@ -122,6 +122,16 @@ def run_curls(block: Block, request: pytest.FixtureRequest) -> None:
     assert sum(map(len, seen)) >= 3, [p.tail(5) for p in procs]
 
 
+def run_delays(block: Block, request: pytest.FixtureRequest) -> None:
+    """The three lines in one terminal: a job scheduled 30 s ahead, cancelled."""
+    need("curl", "curl")
+    shell: Shell = request.getfixturevalue("shell")
+    request.getfixturevalue("original")
+    out = shell.run("\n".join(block.commands()), timeout=20)
+    assert '"status":"scheduled"' in out.replace(" ", "") and "due_at" in out, out
+    assert '"status":"cancelled"' in out.replace(" ", ""), out
+
+
 def run_library(block: Block, request: pytest.FixtureRequest) -> None:
     """The whole "Use it in your Flask app" section, in a clean virtualenv."""
     tmp: Path = request.getfixturevalue("tmp_path")
@@ -311,6 +321,7 @@ def run_config_error(block: Block, request: pytest.FixtureRequest) -> None:
 RECIPES: dict[str, Callable[[Block, pytest.FixtureRequest], None]] = {
     "original": run_original,
     "curls": run_curls,
+    "delays": run_delays,
     "library": run_library,
     "security": run_security,
     "several-webs": run_several_webs,
