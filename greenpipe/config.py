@@ -66,6 +66,12 @@ def _positive_int(raw: str) -> int:
     return int(raw)
 
 
+def _count(raw: str) -> int:
+    if not raw.strip().isdigit():
+        raise ValueError("a whole number, 0 or more")
+    return int(raw)
+
+
 def _horizon(raw: str) -> float:
     try:
         value = float(raw)
@@ -367,6 +373,12 @@ class WorkerSettings:
     )
     drain_timeout: float = _setting(
         3.0, _seconds, "seconds to finish jobs when stopping"
+    )
+    retries: int = _setting(
+        0, _count, "retries of a failed job whose handler declares no policy"
+    )
+    retry_backoff: float = _setting(
+        1.0, _seconds, "seconds before the first of those, doubling, jittered"
     )
     curve_secret: str = _setting(
         "",

@@ -110,10 +110,18 @@ class Worker:
         self._running: dict[bytes, Any] = {}  # job id -> its greenlet (CANCEL)
         self.overrunning = 0  # handlers past their time limit at the last check
         self._thrown: set[Any] = set()  # handlers JobTimeout was thrown into
-        # The handler's policy by job name (a `Handlers` registry has one).
+        # The handler's policy by job name (a `Handlers` registry has one);
+        # RETRIES and RETRY_BACKOFF make the policy of handlers declaring none.
         self._policy: Callable[[str], Policy] = getattr(
             handler, "policy", lambda name: NO_POLICY
         )
+        self._default_policy = NO_POLICY
+        if settings.retries:
+            self._default_policy = Policy(
+                settings.retries,
+                settings.retry_backoff,
+                max(NO_POLICY.max_backoff, settings.retry_backoff),
+            )
         self._slot = gevent.event.Event()  # set when a handler returns
         self._idle = gevent.event.Event()  # set when none runs
         self._idle.set()
@@ -382,6 +390,8 @@ class Worker:
         me = getcurrent()
         started = monotonic()
         policy = self._policy(job.name)
+        if policy is NO_POLICY:
+            policy = self._default_policy
         if policy.timeout is not None:
             job.timeout = policy.timeout  # the handler's own limit wins
         deadline = started + job.timeout if job.timeout else NO_DEADLINE

@@ -20,7 +20,7 @@ from greenpipe import Cancelled, Handlers, JobTimeout, Retry, protocol
 from greenpipe.handling import Policy, run_handler
 from greenpipe.jobs import Envelope, Job
 from greenpipe.testing import poll_until
-from tests.support import read_runs
+from tests.support import read_records, read_runs
 from tests.test_core import Clock, ack, make, ready
 
 # -- the handler's side ---------------------------------------------------------
@@ -397,3 +397,20 @@ def test_a_running_job_is_cancelled_over_http(start_worker, start_app, record_di
     code, _, finished = web.request("DELETE", f"/jobs/{quick}",
                                     headers={"X-Greenpipe-Action": "cancel"})  # fmt: skip
     assert code == 409 and finished["job"]["status"] == "done", finished
+
+
+def test_retries_setting_gives_the_stock_handler_a_policy(start_worker, start_web,
+                                                          record_dir):  # fmt: skip
+    worker = start_worker(retries=2, retry_backoff=0.1)
+    web = start_web([worker])
+    job_id = web.post("/jobs", {"fail": "upstream down"})[2]["id"]
+    dead = poll_until(lambda: web.get(f"/jobs/{job_id}")[2],
+                      lambda s: s.get("status") == "dead", 15,
+                      "dead after the RETRIES=2 retries")  # fmt: skip
+    assert dead["runs"] == 3, dead
+    runs = [a for entries in read_records(record_dir).values() for i, a in entries
+            if i == job_id]  # fmt: skip
+    assert sorted(runs) == [1, 2, 3], runs
+    ok = web.post("/jobs", {})[2]["id"]
+    assert poll_until(lambda: web.get(f"/jobs/{ok}")[2], lambda s: s.get("status")
+                      == "done", 10, "a job that does not fail: done")["runs"] == 1  # fmt: skip
