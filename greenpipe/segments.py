@@ -6,7 +6,6 @@ A record is ``u32 length | u32 crc32(type + payload) | u8 type | payload``.
 
 from __future__ import annotations
 
-import math
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
@@ -94,12 +93,11 @@ def decode_sent(payload: bytes) -> Iterator[str]:
 def encode_later(jobs: Iterable[Envelope]) -> bytes:
     """A LATER payload: each waiting job's not-before time, retries and attempt.
 
-    The time is written in whole milliseconds rounded up: read back, it is
-    never earlier than the job's time.
+    The time is written exactly (the shortest repr that reads back as the same
+    float): rounding ``ceil(t * 1000) / 1000`` could read back one ulp early.
     """
     return b" ".join(
-        b"%s@%.3f@%d@%d"
-        % (job.key, math.ceil(job.not_before * 1000) / 1000, job.retries, job.attempt)
+        b"%s@%a@%d@%d" % (job.key, job.not_before, job.retries, job.attempt)
         for job in jobs
     )
 
