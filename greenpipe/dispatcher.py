@@ -250,6 +250,8 @@ class Dispatcher:
         later = self.later
         while not self._closed:
             due = later.next_due() if later else None
+            if due is not None and not self.fleet.barrier.is_set():  # flush holds
+                due = max(due, self._hold_until)  # them till then (JOINED wakes)
             until = next_tick if due is None else min(next_tick, due)
             self._wake.wait(max(0.0, until - clock()))
             self._wake.clear()
