@@ -19,8 +19,15 @@ files of records (`greenpipe.segments`) and a keys file:
   Jobs waiting for their time (a delayed push, a retry's backoff) do not
   count in that quarter: they are carried whatever their number, so a job
   due in a week never pins the segments written meanwhile. To keep carrying
-  them cheap, a segment rolls at no less than CARRY_SHARE times their bytes:
-  they are rewritten at most once per roll, a quarter of what was written.
+  them cheap, a segment rolls at no less than CARRY_SHARE times their bytes
+  (recomputed every SEGMENT_ROLL bytes): they are rewritten at most once per
+  roll, a quarter of what was written. A group carries at most a quarter of
+  SEGMENT_ROLL: the rest goes with the next groups (a carry of 50,000 jobs
+  would stall one group past its COMMIT_TIMEOUT on a slow disk, and the
+  next, and so on); the old segment goes once all it owed is carried.
+- LATER records (a retry's wait) and a user's cancel are written at once,
+  or, while a group is being written, as soon as its write ends; a record
+  that could not be written is kept and written again.
 - The keys file (``keys``) holds the keys in their window whose JOB records
   went with their segments; it is rewritten whole and atomically (temporary
   file, sync, rename, sync of the folder) only when a segment holding keyed
@@ -127,10 +134,12 @@ class Journal:
         self._fd = -1
         self._segment = 0  # number of the segment being written
         self._roll_floor = 0  # CARRY_SHARE x the waiting jobs' bytes: no roll below
+        self._checked_at = 0  # the size at which that was last computed
         self._size = 0  # its size in bytes (the last good record's end)
         self._segments: dict[int, Segment] = {}  # live, oldest first
         self._acks: list[bytes] = []  # ACK records not yet written (see acked)
         self._busy = False  # a write and its sync under way: ACK records wait
+        self._urgent = False  # a LATER or a cancel waits for that write's end
         self._opening = False
         self.written = self.bytes_written = self.failures = 0
         self.groups = 0  # group commits (writes of jobs): written / groups per write
@@ -242,6 +251,7 @@ class Journal:
         if self._fd >= 0:
             os.close(self._fd)
         self._fd, self._segment, self._size = fd, number, os.fstat(fd).st_size
+        self._checked_at = 0
         self._segments.setdefault(number, Segment(self._size))
 
     def append_jobs(
@@ -271,6 +281,10 @@ class Journal:
                 f"cannot journal {len(jobs)} jobs to {self.path} "
                 f"({exc.strerror or exc}); free space or fix permissions there"
             ) from None
+        finally:
+            if self._urgent:  # a LATER or a cancel came during the write
+                self._urgent = False
+                self.flush_acks()
         self.written += len(jobs)
         self.groups += 1
         if self._live_keys is None:
@@ -392,22 +406,32 @@ class Journal:
     def _compact(self, incoming: Sequence[Envelope] = ()) -> None:
         """Roll a full segment; let old ones go, oldest first (module docstring)."""
         now = time.time()
-        if self._size >= max(SEGMENT_ROLL, self._roll_floor):
+        roll = max(SEGMENT_ROLL, self._roll_floor)
+        if self._size >= min(roll, self._checked_at + SEGMENT_ROLL):
+            self._checked_at = self._size  # again every SEGMENT_ROLL bytes
             self._roll_floor = CARRY_SHARE * self._waiting_bytes(now)
             if self._size >= max(SEGMENT_ROLL, self._roll_floor):
                 self._start_segment(self._segment + 1)
         doomed, carry, keyed = [], [], False
+        budget = SEGMENT_ROLL // CARRY_SHARE  # bytes carried per group, about
         for number, segment in self._segments.items():
             if number == self._segment:
                 break
             if segment.owed and segment.due_bytes(now) * CARRY_SHARE > segment.size:
                 break  # many due still owed: it waits, and so do the newer ones
-            doomed.append(number)
-            carry.extend(segment.owed.values())
-            keyed |= segment.keyed
+            for entry in segment.owed.values():
+                if carry and budget < entry.size:
+                    break  # the rest goes with the next groups
+                carry.append(entry)
+                budget -= entry.size
+            else:
+                doomed.append(number)
+                keyed |= segment.keyed
+                continue
+            break
+        self._carry(carry)
         if not doomed:
             return
-        self._carry(carry)
         if keyed:
             self._write_keys(self._current_keys(), {job.id for job in incoming})
         for number in doomed:
@@ -475,14 +499,14 @@ class Journal:
     def later(self, jobs: Sequence[Envelope]) -> None:
         """Record that `jobs` wait until their ``not_before`` (a retry's backoff).
 
-        Written now (not with the next heartbeat's ACK records) unless a
-        group is being written, which carries it: a crash must not run a
-        waiting job early. Not synced: after a power loss the job may run
-        early once.
+        Written now (not with the next heartbeat's ACK records), or if a
+        group is being written, as soon as its write ends: a crash must not
+        run a waiting job early. Not synced: after a power loss the job may
+        run early once.
         """
         if jobs:
             self._acks.append(record(LATER, encode_later(jobs)))
-            self.flush_acks()
+            self._write_soon()
 
     def cancelled(self, jobs: Iterable[Envelope]) -> None:
         """Settle jobs a user cancelled, written now (see `later`).
@@ -491,7 +515,12 @@ class Journal:
         idempotency keys still name them (a CANCEL says "never a job").
         """
         if self.acked(jobs):
-            self.flush_acks()
+            self._write_soon()
+
+    def _write_soon(self) -> None:
+        """Write the records kept in memory now, or when the group's write ends."""
+        self._urgent = self._busy
+        self.flush_acks()
 
     def flush_acks(self) -> None:
         """Write the ACK records kept in memory (each heartbeat, and at close).
@@ -504,8 +533,9 @@ class Journal:
         data, self._acks = b"".join(self._acks), []
         try:
             written = os.write(self._fd, data)
-        except OSError as exc:  # only duplicates at a replay: say so, go on
+        except OSError as exc:  # kept, and tried again: a LATER record must not go
             log.error("journal: cannot write ACK records to %s (%s)", self.path, exc)
+            self._acks.insert(0, data)
             return
         if written == len(data):
             self._size += len(data)

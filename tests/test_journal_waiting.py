@@ -1,6 +1,5 @@
-"""Review of issue 20's journal and timer changes (0c2d7e7, 9c102d7, 20fa4b1).
-
-Each test reproduces one defect found in review; each says what it shows.
+"""Jobs that wait, in the journal and the timer: the cases a review of issue 20
+found (each test failed before its fix; its docstring tells the defect).
 """
 
 from __future__ import annotations
@@ -101,7 +100,7 @@ def test_the_roll_floor_falls_once_the_waiting_jobs_are_gone(tmp_path, monkeypat
 # -- 3. a carry of every waiting job in one group commit ---------------------------
 
 
-def test_a_carry_too_big_to_sync_in_time_refuses_every_later_group(tmp_path,
+def test_a_big_carry_is_spread_over_groups_so_none_is_refused_for_good(tmp_path,
                                                                    monkeypatch):  # fmt: skip
     """All the waiting jobs are carried in the one group that rolls, written and
     (batch) synced inside that group's COMMIT_TIMEOUT. On a disk that syncs W
