@@ -15,16 +15,7 @@ from greenpipe import journal as journal_module
 from greenpipe.jobs import Envelope
 from greenpipe.journal import Journal, JournalError
 from greenpipe.segments import decode_later, encode_later
-
-
-def _jobs(count: int, start: int = 0, pad: int = 0) -> list[Envelope]:
-    jobs = []
-    for i in range(start, start + count):
-        job = Envelope(f"r-{i:06d}", b"POST", b"/jobs", b"", b"application/json",
-                       b'{"n": %d}' % i + b" " * pad)  # fmt: skip
-        job.attempt = 1
-        jobs.append(job)
-    return jobs
+from tests.test_journal_cases import _jobs
 
 
 def _kill(journal: Journal) -> None:
