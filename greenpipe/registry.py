@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from greenpipe.errors import GreenpipeError
 from greenpipe.handling import NO_POLICY, Policy
 from greenpipe.jobs import Handler, Job
+from greenpipe.periodic import Periodic
 
 F = TypeVar("F", bound=Handler)
 
@@ -30,11 +31,15 @@ class Handlers:
     name is not registered goes to the default handler if there is one, else
     it fails with `UnknownJob` naming the names known: reported to the web as
     a failure, never retried, never dropped silently.
+
+    Periodic jobs are declared here too (`periodic`, `schedule`) and pushed
+    once per tick by ``greenpipe schedule --handler myapp.jobs:handlers``.
     """
 
     def __init__(self, default: Handler | None = None) -> None:
         self._by_name: dict[str, Handler] = {}
         self._policies: dict[str, Policy] = {}
+        self._schedules: dict[str, Periodic] = {}
         self._default = default
 
     def job(
@@ -68,6 +73,80 @@ class Handlers:
             return function
 
         return register
+
+    def periodic(
+        self,
+        cron: str | None = None,
+        *,
+        every: float | None = None,
+        name: str | None = None,
+        json: Any = None,
+        tz: str = "UTC",
+        missed: str = "skip",
+        **policy: Any,
+    ) -> Callable[[F], F]:
+        """Register the decorated function as `job` does, and run it once per tick.
+
+            @handlers.periodic("0 3 * * *", tz="Europe/Paris")
+            def nightly_report(job): ...
+
+            @handlers.periodic(every=30, json={"queue": "mail"})
+            def poll_inbox(job): ...
+
+        `cron`: a 5-field cron expression read in the zone `tz` (an IANA
+        name); or `every` seconds, ticks at multiples of it since the Unix
+        epoch. The job is named `name` (default: the function's name) and
+        carries `json`. `missed`: what a scheduler that was down does with
+        the ticks it missed: "skip" them, run the "latest" once, or "all"
+        (at most `greenpipe.periodic.MAX_CATCH_UP`). `policy`: the retry and
+        time limit keywords of `job` (retries=, backoff=, timeout=, ...).
+        Raises ValueError (TypeError for an unknown keyword) at once.
+        """
+        when = Periodic.declare(name or "", cron, every, json, tz, missed)
+        Policy(**policy)  # `job` checks them again when decorating: the same rules
+
+        def register(function: F) -> F:
+            named = when.named(name or function.__name__)
+            self._check_schedule(named.name)
+            self.job(named.name, **policy)(function)
+            self._schedules[named.name] = named
+            return function
+
+        return register
+
+    def schedule(
+        self,
+        name: str,
+        cron: str | None = None,
+        *,
+        every: float | None = None,
+        json: Any = None,
+        tz: str = "UTC",
+        missed: str = "skip",
+    ) -> Periodic:
+        """Run the job `name` once per tick, its handler registered elsewhere.
+
+        ``handlers.schedule("/cleanup", "*/15 * * * *")``: as `periodic`
+        without registering a handler (another registry, another worker, a
+        forwarded path). Returns the checked `Periodic`; ValueError at once.
+        """
+        when = Periodic.declare(name, cron, every, json, tz, missed).named(name)
+        self._check_schedule(name)
+        self._schedules[name] = when
+        return when
+
+    def _check_schedule(self, name: str) -> None:
+        known = self._schedules.get(name)
+        if known is not None:
+            raise ValueError(
+                f"job {name!r} already has a schedule ({known.describe()}); "
+                "one schedule per job name"
+            )
+
+    @property
+    def schedules(self) -> list[Periodic]:
+        """The periodic jobs declared, in the order of declaration."""
+        return list(self._schedules.values())
 
     def policy(self, name: str) -> Policy:
         """The `Policy` of the handler that runs jobs named `name`."""
