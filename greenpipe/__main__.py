@@ -1,8 +1,9 @@
-"""greenpipe's command line: ``greenpipe web``, ``worker`` and ``keys``.
+"""greenpipe's command line: ``greenpipe web``, ``worker``, ``schedule`` and ``keys``.
 
 The same programs as web.py and server.py, with the same flags and settings,
 for an installed greenpipe (``pip install .``): ``greenpipe worker --port 4444``,
-``greenpipe web``, or ``python -m greenpipe web``.
+``greenpipe web``, or ``python -m greenpipe web``; and the one scheduler of
+periodic jobs, ``greenpipe schedule --handler myapp.jobs:handlers``.
 """
 
 from gevent import monkey
@@ -15,12 +16,14 @@ from collections.abc import Sequence  # noqa: E402
 
 from greenpipe import __version__, config, entry, serving, worker  # noqa: E402
 
-USAGE = """usage: greenpipe {web,worker,keys} [--help] [flags]
+USAGE = """usage: greenpipe {web,worker,schedule,keys} [--help] [flags]
        greenpipe --version
 
 commands:
   web            serve HTTP and feed the workers (as python web.py)
   worker         run jobs from the webs that connect (as port=4444 python server.py)
+  schedule       push the periodic jobs of --handler once per tick (one per set
+                 of workers; its own journal, .greenpipe-schedule)
   keys DIR NAME  write a CURVE keypair: DIR/NAME.key, DIR/NAME.key_secret (0600)
 
 greenpipe COMMAND --help lists a command's flags and settings.
@@ -36,6 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "worker":
         load_worker = functools.partial(config.load_worker, prog="greenpipe worker")
         return entry.main(load_worker, worker.run, args)
+    if command == "schedule":
+        from greenpipe import scheduler
+
+        load = functools.partial(scheduler.load_schedule, prog="greenpipe schedule")
+        return entry.main(load, scheduler.run, args)
     if command == "keys":
         from greenpipe.curve import keys_main
 
@@ -47,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(f"greenpipe {__version__}\n")
         return 0
     sys.stderr.write(
-        USAGE + f"\ngreenpipe: expected 'web', 'worker' or 'keys', got {command!r}\n"
+        USAGE + "\ngreenpipe: expected 'web', 'worker', 'schedule' or 'keys', got "
+        f"{command!r}\n"
     )
     return 2
 

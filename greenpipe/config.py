@@ -21,7 +21,8 @@ from greenpipe.errors import ConfigError
 from greenpipe.spelling import PREFIX
 
 log = logging.getLogger(__name__)
-_S = TypeVar("_S", "WebSettings", "WorkerSettings")  # what _load makes
+_S = TypeVar("_S", bound="PipeSettings | WorkerSettings")  # load_settings makes
+_P = TypeVar("_P", bound="PipeSettings")
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -456,7 +457,7 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _load(
+def load_settings(
     cls: type[_S],
     prog: str | None,
     description: str,
@@ -464,6 +465,7 @@ def _load(
     environ: Mapping[str, str],
     app_config: Mapping[str, Any] | None = None,
 ) -> _S:
+    """The settings of `cls` (its fields): flags, app.config, environment, defaults."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
@@ -518,7 +520,13 @@ def load_web(
     description = (
         "greenpipe web: turns every HTTP request into one job for the workers."
     )
-    settings = _load(WebSettings, prog, description, argv, environ, app_config)
+    return check_pipe(
+        load_settings(WebSettings, prog, description, argv, environ, app_config)
+    )
+
+
+def check_pipe(settings: _P) -> _P:
+    """What a pipe's settings must agree on together; WORKERS_FILE read."""
     if settings.heartbeat * 2 > settings.heartbeat_timeout:
         raise ConfigError(
             f"HEARTBEAT_TIMEOUT: expected at least twice HEARTBEAT "
@@ -572,7 +580,7 @@ def load_worker(
 ) -> WorkerSettings:
     """Resolve server.py's settings from flags, then environment, then defaults."""
     description = "greenpipe worker: runs each job it receives, then acknowledges it."
-    settings = _load(WorkerSettings, prog, description, argv, environ)
+    settings = load_settings(WorkerSettings, prog, description, argv, environ)
     _pair(settings.curve_secret, "CURVE_SECRET", settings.curve_allow, "CURVE_ALLOW",
           "a directory of the webs' public key files")  # fmt: skip
     return settings

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
+
+import gevent
+import gevent.event
 
 from greenpipe.config import configure_logging
 from greenpipe.errors import ConfigError, GreenpipeError
@@ -43,6 +47,25 @@ def main(
     except GreenpipeError as exc:
         log.error("%s", exc)
         return 1
+
+
+def stop_signals(name: str) -> gevent.event.Event:
+    """An Event that SIGTERM or SIGINT sets; a second signal exits at once (1).
+
+    The caller's main greenlet waits on it, then stops in order. `name`
+    starts the log line ("web", "schedule").
+    """
+    stopping = gevent.event.Event()
+
+    def on_signal() -> None:
+        if stopping.is_set():
+            log.warning("%s: second signal; exiting now", name)
+            raise SystemExit(1)
+        stopping.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, on_signal)
+    return stopping
 
 
 def _current_directory_first() -> None:

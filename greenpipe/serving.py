@@ -69,17 +69,7 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
         return supervise(settings)
     if app is None:
         app = default_app()
-    stopping = gevent.event.Event()
-
-    def on_signal() -> None:
-        if stopping.is_set():
-            log.warning("web: second signal; exiting now")
-            raise SystemExit(1)
-        stopping.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, on_signal)
-
+    stopping = entry.stop_signals("web")
     ext = extension_of(app)
     if ext is None:
         raise ConfigError(

@@ -149,14 +149,7 @@ class Slots:
 
     def lock(self, slot: int) -> int:
         """The slot's lock fd if this process could take it, else -1."""
-        path = os.path.join(self.directory, f"slot-{slot}.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return -1
-        return fd
+        return lock_file(os.path.join(self.directory, f"slot-{slot}.lock"))
 
     def take(self) -> tuple[int, int]:
         for slot in range(MAX_SLOTS):
@@ -267,6 +260,20 @@ class Slots:
         for name in [*names, KEYS_FILE, KEYS_FILE + ".tmp"]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(folder, name))
+
+
+def lock_file(path: str) -> int:
+    """An exclusive ``flock`` on `path` (made if need be): its fd, or -1 if held.
+
+    Held until the fd is closed or the process ends (a kill -9 too).
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return -1
+    return fd
 
 
 def replace_file(path: str, data: bytes, sync: bool) -> None:

@@ -4,9 +4,10 @@
 `expect(pattern)` blocks until such a line appears, with a deadline and a
 failure message naming what did not happen. `start_worker` and `start_web`
 start server.py and web.py on ports the OS picks and return once they said
-they are ready. Nothing here sleeps to wait. `record` is a handler that keeps
-its own books (HANDLER=greenpipe.testing:record), so a run can be checked
-against what the handlers saw, not only the web's counters.
+they are ready; `start_scheduler`, ``greenpipe schedule``. Nothing here
+sleeps to wait. `record` is a handler that keeps its own books
+(HANDLER=greenpipe.testing:record), so a run can be checked against what the
+handlers saw, not only the web's counters.
 
 The test suite, `python -m bench`, `python -m loadtest.scenario` and the fault
 suite all use this module; an application's own tests may too.
@@ -306,6 +307,32 @@ def start_web(
         proc.stop()
         raise
     return Web(proc, port)
+
+
+def start_scheduler(
+    handler: str,
+    workers: Iterable[str],
+    name: str = "scheduler",
+    env: Mapping[str, str] | None = None,
+    wait: bool = True,
+    timeout: float = 15.0,
+    **options: Any,
+) -> Proc:
+    """Start ``greenpipe schedule`` for `handler`'s periodic jobs and `workers`.
+
+    By default returns once it logged its schedules (it holds its lock then);
+    ``wait=False`` returns at once (for a scheduler expected to refuse).
+    """
+    argv = [PYTHON, "-m", "greenpipe", "schedule", "--handler", handler,
+            "--workers", ",".join(workers), *flags(options)]  # fmt: skip
+    proc = Proc(name, argv, env=dict(env or {}))
+    if wait:
+        try:
+            proc.expect(r"schedule: pid \d+ pushing", timeout=timeout)
+        except AssertionError:
+            proc.stop()
+            raise
+    return proc
 
 
 _record_fds: dict[str, int] = {}
