@@ -7,12 +7,13 @@ from dataclasses import fields
 import pytest
 
 from greenpipe.config import WebSettings, WorkerSettings, env_names
+from greenpipe.scheduler import ScheduleSettings
 from tests.support import ROOT
 
 README = (ROOT / "README.md").read_text()
 
 
-@pytest.mark.parametrize("cls", [WebSettings, WorkerSettings])
+@pytest.mark.parametrize("cls", [WebSettings, WorkerSettings, ScheduleSettings])
 def test_every_setting_is_in_the_readme(cls):
     missing = [
         f.name

@@ -318,6 +318,31 @@ def run_config_error(block: Block, request: pytest.FixtureRequest) -> None:
     assert block.text.strip() in out, out
 
 
+def run_periodic(block: Block, request: pytest.FixtureRequest) -> None:
+    """The "Periodic jobs" module and its two terminals: a tick runs on the worker.
+
+    every=10 becomes every=1, so a tick comes within the test's deadline.
+    """
+    tmp: Path = request.getfixturevalue("tmp_path")
+    shell = Shell(tmp)
+    code, commands = (b for b in BLOCKS if b.kind == "run" and b.argument == "periodic")
+    assert "every=10" in code.text, code.where
+    (tmp / "myjobs.py").write_text(code.text.replace("every=10", "every=1"))
+    worker_line, scheduler_line = commands.commands()
+    procs = [shell.start(worker_line, "worker")]
+    try:
+        procs[0].expect(r"listening on tcp://", timeout=20)
+        procs.append(shell.start(scheduler_line, "scheduler"))
+        started = procs[1].expect(r"pushing 3 periodic jobs .*: (.*)", timeout=20)[1]
+        assert "nightly_report cron '0 3 * * *' Europe/Paris, missed=latest" in started
+        assert "send_digest cron '0 8 * * mon' UTC" in started, started
+        procs[0].expect(r"INFO myjobs: polling the support inbox", timeout=20, times=2)
+    finally:
+        for proc in reversed(procs):
+            proc.stop(timeout=8)
+    assert (tmp / ".greenpipe-schedule" / "scheduler.lock").exists()
+
+
 RECIPES: dict[str, Callable[[Block, pytest.FixtureRequest], None]] = {
     "original": run_original,
     "curls": run_curls,
@@ -330,6 +355,7 @@ RECIPES: dict[str, Callable[[Block, pytest.FixtureRequest], None]] = {
     "completes": run_completes,
     "pull-workers": run_pull_workers,
     "config-error": run_config_error,
+    "periodic": run_periodic,
 }
 _ran: set[str] = set()  # recipes that cover several blocks run once
 _completed: set[str] = set()  # commands run to their end already
@@ -351,10 +377,10 @@ def test_block(block: Block, request: pytest.FixtureRequest) -> None:
     assert recipe, (
         f"{block.where}: no recipe {block.argument!r}; known: {sorted(RECIPES)}"
     )
-    if block.argument == "library":
-        if "library" in _ran:
+    if block.argument in ("library", "periodic"):
+        if block.argument in _ran:
             pytest.skip(f"{block.where}: run with the first block of its section")
-        _ran.add("library")
+        _ran.add(block.argument)
     recipe(block, request)
 
 
