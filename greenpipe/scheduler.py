@@ -24,9 +24,6 @@ import gevent
 from greenpipe import entry
 from greenpipe.config import (
     PipeSettings,
-    _flag,
-    _journal_dir,
-    _optional_spec,
     _setting,
     check_pipe,
     load_settings,
@@ -35,6 +32,7 @@ from greenpipe.errors import ConfigError, GreenpipeError, Unavailable
 from greenpipe.periodic import Periodic, plan, tick_text
 from greenpipe.slots import lock_file, replace_file
 from greenpipe.throttle import Throttle
+from greenpipe.values import _flag, _journal_dir, _optional_spec
 
 if TYPE_CHECKING:
     from greenpipe.pipe import Pipe

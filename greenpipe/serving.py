@@ -23,7 +23,6 @@ from greenpipe import entry
 from greenpipe.config import (
     WebSettings,
     load_web,
-    loopback,
     read_workers_file,
     to_flags,
 )
@@ -33,6 +32,7 @@ from greenpipe.httpserver import make_server
 from greenpipe.pipe import Pipe
 from greenpipe.routes import json_errors
 from greenpipe.supervisor import READY_ENV, Supervisor, reserve
+from greenpipe.values import loopback
 
 log = logging.getLogger(__name__)
 STOP_REQUESTS_S = 1.0  # time given to requests in progress when stopping

@@ -24,7 +24,7 @@ import zmq.green as zmq
 from greenlet import getcurrent
 
 from greenpipe import protocol
-from greenpipe.config import WorkerSettings, loopback
+from greenpipe.config import WorkerSettings
 from greenpipe.credit import Account, Shares
 from greenpipe.curve import (
     DOMAIN,
@@ -38,6 +38,7 @@ from greenpipe.errors import ConfigError, LinkError, ProtocolError
 from greenpipe.handling import NO_POLICY, Cancelled, JobTimeout, Policy, run_handler
 from greenpipe.jobs import Handler, Job
 from greenpipe.throttle import Throttle
+from greenpipe.values import loopback
 
 log = logging.getLogger(__name__)
 monotonic = time.monotonic
