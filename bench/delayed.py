@@ -199,9 +199,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny counts, 2 s rounds")
     parser.add_argument("--connections", type=int, default=50)
     args = parser.parse_args()
-    args.count, args.spread = (500, 2.0) if args.quick else (10_000, 20.0)
-    args.waiting = 2_000 if args.quick else 50_000
-    args.rounds, args.seconds = (2, 2.0) if args.quick else (10, 4.0)
+    args.count, args.spread = (300, 1.5) if args.quick else (10_000, 20.0)
+    args.waiting = 1_000 if args.quick else 50_000
+    args.rounds, args.seconds = (1, 2.0) if args.quick else (10, 4.0)
     book = tempfile.mkdtemp(prefix="greenpipe-bench-late-")
     lines = ["Jobs that wait (python -m bench.delayed):"]
     try:

@@ -48,6 +48,11 @@ def _croniter() -> Any:
 def _zone(tz: Any) -> tzinfo:
     if tz == "UTC":
         return UTC  # no time zone database needed
+    if not isinstance(tz, str):
+        raise ValueError(
+            f"tz={tz!r}: expected an IANA time zone name (a str) such as 'UTC' or "
+            "'Europe/Paris', not a tzinfo object"
+        )
     try:
         return zoneinfo.ZoneInfo(tz)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
@@ -145,7 +150,12 @@ class Periodic:
                 )
             return cls(name, None, _every(every), json, tz, missed, zone)
         if not isinstance(cron, str):
-            raise ValueError(f"cron={cron!r}: expected a cron expression (a str)")
+            hint = ""
+            if callable(cron):
+                hint = "; write @handlers.periodic(...) with its parentheses"
+            elif isinstance(cron, int | float):
+                hint = f"; for every {cron} s, write every={cron}"
+            raise ValueError(f"cron={cron!r}: expected a cron expression (a str){hint}")
         expression = " ".join(cron.split())
         croniter = _croniter()
         reason = f"{len(expression.split())} fields"

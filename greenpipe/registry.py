@@ -27,7 +27,8 @@ class Handlers:
             send_mail(job.json()["email"])
 
     Run it with ``server.py --handler myapp.jobs:handlers``. A forwarded
-    request is named by its path (``@handlers.job("/resize")``). A job whose
+    request is named by its path ("/" or "/jobs" from web.py; ``pipe.forward``
+    names it as told: ``@handlers.job("/resize")``). A job whose
     name is not registered goes to the default handler if there is one, else
     it fails with `UnknownJob` naming the names known: reported to the web as
     a failure, never retried, never dropped silently.
@@ -168,6 +169,11 @@ class Handlers:
         """Register the decorated function for every job no other handler takes."""
         self._default = function
         return function
+
+    @property
+    def has_default(self) -> bool:
+        """True if a default handler takes the jobs no other handler takes."""
+        return self._default is not None
 
     @property
     def names(self) -> list[str]:

@@ -30,6 +30,7 @@ from greenpipe.config import (
 )
 from greenpipe.errors import ConfigError, GreenpipeError, Unavailable
 from greenpipe.periodic import Periodic, plan, tick_text
+from greenpipe.registry import Handlers
 from greenpipe.slots import lock_file, replace_file
 from greenpipe.throttle import Throttle
 from greenpipe.values import _flag, _journal_dir, _optional_spec
@@ -100,7 +101,7 @@ def load_schedules(spec: str) -> list[Periodic]:
 
     registry = load_handler(spec)
     schedules = getattr(registry, "schedules", None)
-    if schedules is None:
+    if not isinstance(registry, Handlers) or schedules is None:
         raise ConfigError(
             f"HANDLER: {spec!r} is a {type(registry).__name__}, not a Handlers "
             "registry; give the registry that declares the periodic jobs"
@@ -110,6 +111,13 @@ def load_schedules(spec: str) -> list[Periodic]:
             f"HANDLER: {spec!r} declares no periodic jobs; declare them with "
             "@handlers.periodic(...) or handlers.schedule(...)"
         )
+    for periodic in schedules:
+        if periodic.name not in registry and not registry.has_default:
+            log.warning(
+                "schedule: %r has no handler in %s: the workers must run a "
+                "registry that has one, or each of its ticks fails (UnknownJob)",
+                periodic.name, spec,
+            )  # fmt: skip
     return list(schedules)
 
 
@@ -277,7 +285,9 @@ class Scheduler:
         except Unavailable as exc:
             self._throttle.warning(
                 f"refused {name}", "schedule: %s: tick %s not pushed (%s); "
-                "trying again", name, tick_text(tick), exc,
+                "trying again in %g s with the newest tick due then (older ones "
+                "follow missed=%r)", name, tick_text(tick), exc, RETRY_S,
+                periodic.missed,
             )  # fmt: skip
             return False
         except ValueError as exc:  # its JSON over MAX_BODY: never pushable

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
 import time
+import traceback
 from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
@@ -60,6 +62,11 @@ def load_handler(spec: str, setting: str = "HANDLER") -> Handler:
             f"{setting}: cannot import module {module_name!r} from {spec!r} ({exc}); "
             "check the spelling and that it is on PYTHONPATH"
         ) from None
+    except (ValueError, TypeError) as exc:  # a declaration refused as it ran
+        raise ConfigError(
+            f"{setting}: importing {module_name!r} raised {type(exc).__name__} at "
+            f"{_user_line(exc)}: {exc}"
+        ) from None
     for attr in attr_path.split("."):
         target = getattr(target, attr, None)
         if target is None:
@@ -72,6 +79,17 @@ def load_handler(spec: str, setting: str = "HANDLER") -> Handler:
             f"{setting}: {spec!r} is a {type(target).__name__}, not a callable"
         )
     return target
+
+
+def _user_line(exc: BaseException) -> str:
+    """file:line of the innermost frame of `exc` outside greenpipe (the user's)."""
+    where = "?"
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if os.sep + "greenpipe" + os.sep not in frame.filename and not (
+            frame.filename.startswith("<frozen")
+        ):
+            where = f"{frame.filename}:{frame.lineno}"
+    return where
 
 
 class Peer:

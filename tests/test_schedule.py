@@ -111,6 +111,9 @@ def test_cron_ticks_in_a_zone_across_both_changes_of_summer_time():
         ({"every": 60, "tz": "Europe/Paris"}, r"tz='Europe/Paris' with every=: .*give a cron expression"),
         ({"every": 60, "missed": "some"}, r"missed='some': expected one of 'skip' .*'latest' or 'all'"),
         ({"every": 60, "json": {1, 2}}, r"json=\{1, 2\}: not JSON-serialisable"),
+        ({"cron": "* * * * *", "tz": UTC}, r"tz=datetime.timezone.utc: expected an IANA time zone name \(a str\)"),
+        ({"cron": 10}, r"cron=10: expected a cron expression \(a str\); for every 10 s, write every=10"),
+        ({"cron": print}, r"write @handlers.periodic\(...\) with its parentheses"),
     ],
 )  # fmt: skip
 def test_a_bad_declaration_names_the_value_and_what_is_expected(kwargs, message):
@@ -387,7 +390,7 @@ def test_kill_9_and_restart_never_runs_one_tick_as_two_jobs(
 
 
 def test_the_schedule_command_reads_its_settings_and_names_mistakes(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, caplog
 ):
     settings = load_schedule(["--handler", HANDLERS], {"WORKERS": "127.0.0.1:4444"})
     assert (settings.handler, settings.journal_dir, settings.dashboard) == (
@@ -405,6 +408,20 @@ def test_the_schedule_command_reads_its_settings_and_names_mistakes(
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ConfigError, match="declares no periodic jobs; declare them"):
         load_schedules("nothing_periodic:handlers")
+    (tmp_path / "ghost.py").write_text(
+        "from greenpipe import Handlers\nhandlers = Handlers()\n"
+        "handlers.schedule('ghost', every=60)\n"
+    )
+    with caplog.at_level(logging.WARNING, "greenpipe.scheduler"):
+        load_schedules("ghost:handlers")
+    assert "'ghost' has no handler in ghost:handlers" in caplog.text
+    (tmp_path / "bad_cron.py").write_text(
+        "from greenpipe import Handlers\nhandlers = Handlers()\n\n\n"
+        "@handlers.periodic('0 25 * * *')\ndef nightly(job):\n    return None\n"
+    )  # a refused declaration: exit 2 naming the user's line, not a traceback
+    with pytest.raises(ConfigError, match=r"HANDLER: importing 'bad_cron' raised "
+                       r"ValueError at \S*bad_cron.py:5: cron='0 25 \* \* \*'"):  # fmt: skip
+        load_schedules("bad_cron:handlers")
     done = subprocess.run([PYTHON, "-m", "greenpipe", "schedule", "--help"], cwd=ROOT,
                           env={**os.environ, "COLUMNS": "200"}, capture_output=True,
                           text=True, timeout=30)  # fmt: skip
