@@ -227,8 +227,8 @@ def forwarding_blueprint(
         if delay is not None:
             job.not_before = parse_delay(delay, limits.max_delay)
         job = pipe.submit(job, key)
-        if not wait:
-            return accepted(job.id)
+        if not wait or job.not_before > time.time() + wait:
+            return accepted(job.id)  # due after the wait: nothing to wait for
         return _waited(pipe, job, wait)
 
     return bp

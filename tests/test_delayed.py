@@ -125,6 +125,11 @@ def test_a_delay_over_http_runs_the_job_after_its_time(start_worker, start_web,
                                 for job_id, _ in entries), 10,
                "the delayed job handled")  # fmt: skip
     assert time.time() - accepted >= 1.5 - 0.05, "never early"
+    code, headers, later = web.request("POST", "/jobs", "{}", {
+        "Content-Type": "application/json", "Greenpipe-Delay": "60",
+        "Prefer": "wait=5"})  # fmt: skip
+    assert code == 202 and "Preference-Applied" not in headers, (code, later)
+    assert web.get(f"/jobs/{later['id']}")[2]["status"] == "scheduled"
     bad = web.request("POST", "/jobs", "{}", {"Content-Type": "application/json",
                                               "Greenpipe-Delay": "soon"})  # fmt: skip
     assert bad[0] == 400 and "Greenpipe-Delay: 'soon'" in bad[2]["detail"], bad
