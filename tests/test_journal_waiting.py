@@ -4,6 +4,7 @@ found (each test failed before its fix; its docstring tells the defect).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -106,12 +107,11 @@ def test_a_big_carry_is_spread_over_groups_so_none_is_refused_for_good(tmp_path,
 
     def slow_disk(fd: int) -> None:  # 2 MB/s for what was written since last sync
         size = os.fstat(fd).st_size
-        time.sleep(max(0, size - synced.get(fd, 0)) / 2e6)
-        try:  # (a sync given up on may end after the journal closed its file)
+        time.sleep(max(0, size - synced.get(fd, 0)) / 2e6)  # sleep-ok: the disk
+        # (a sync given up on may end after the journal closed its file)
+        with contextlib.suppress(OSError):
             real(fd)  # what was cut back meanwhile is not synced: written again
             synced[fd] = min(size, os.fstat(fd).st_size)
-        except OSError:
-            pass
 
     real_cut = os.ftruncate
 
