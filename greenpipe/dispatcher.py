@@ -80,7 +80,7 @@ class Dispatcher:
             )
         self.queues = Queues(clock)
         self._fresh, self._retry = self.queues.fresh, self.queues.retry
-        self.later = self.queues.later  # waiting for a time: a retry's backoff
+        self.later = self.queues.later  # waiting for a time: a delay, a backoff
         self.settlement = Settlement(
             settings, self.queues, self.records, self.books, self.journal,
             self.dead_letters, self._malformed,

@@ -140,6 +140,7 @@ class Journal:
         self._acks: list[bytes] = []  # ACK records not yet written (see acked)
         self._busy = False  # a write and its sync under way: ACK records wait
         self._urgent = False  # a LATER or a cancel waits for that write's end
+        self._acks_failing = False  # their last write failed (said once)
         self._opening = False
         self.written = self.bytes_written = self.failures = 0
         self.groups = 0  # group commits (writes of jobs): written / groups per write
@@ -534,9 +535,13 @@ class Journal:
         try:
             written = os.write(self._fd, data)
         except OSError as exc:  # kept, and tried again: a LATER record must not go
-            log.error("journal: cannot write ACK records to %s (%s)", self.path, exc)
+            if not self._acks_failing:  # once, not every heartbeat
+                log.error("journal: cannot write ACK records to %s (%s); kept, "
+                          "trying again", self.path, exc)  # fmt: skip
+            self._acks_failing = True
             self._acks.insert(0, data)
             return
+        self._acks_failing = False
         if written == len(data):
             self._size += len(data)
             self._segments[self._segment].size = self._size
