@@ -226,8 +226,9 @@ def forwarding_blueprint(
         delay = environ.get("HTTP_GREENPIPE_DELAY")
         if delay is not None:
             job.not_before = parse_delay(delay, limits.max_delay)
+        due = job.not_before
         job = pipe.submit(job, key)
-        if not wait or job.not_before > time.time() + wait:
+        if not wait or due > time.time() + wait:
             return accepted(job.id)  # due after the wait: nothing to wait for
         return _waited(pipe, job, wait)
 
