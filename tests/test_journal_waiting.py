@@ -280,10 +280,6 @@ def test_crash_points_with_waiting_jobs_cancelled_and_coming_due(tmp_path, monke
     wait 2 ms) and are acknowledged, and some are cancelled while they wait: at
     every crash point, each comes back once with its time, or not at all if its
     ACK reached the disk."""
-    import random
-    import shutil
-
-    from greenpipe import slots as slots_module
     from tests import test_journal_crash as crash
 
     class Run(crash.Run):
@@ -298,17 +294,8 @@ def test_crash_points_with_waiting_jobs_cancelled_and_coming_due(tmp_path, monke
                     for job in jobs:
                         if rng.random() < 0.4:
                             job.not_before = time.time() + rng.choice((0.002, 3600))
-                    try:
-                        journal.append_jobs(jobs)
-                    except (JournalError, crash.Interrupted) as exc:
-                        self.refused |= {job.id for job in jobs}
-                        if isinstance(exc, crash.Interrupted):
-                            self.in_doubt |= {job.id for job in jobs}
-                        continue
-                    self.accepted |= {job.id for job in jobs}
-                    self.waiting.update((job.id, job.not_before) for job in jobs
-                                        if job.not_before)  # fmt: skip
-                    owed.update((job.id, job) for job in jobs)
+                    if self.push(journal, jobs):
+                        owed.update((job.id, job) for job in jobs)
                 elif event < 0.75 and owed:
                     due = [j for j in owed.values() if j.not_before <= time.time()]
                     if due:
@@ -328,30 +315,5 @@ def test_crash_points_with_waiting_jobs_cancelled_and_coming_due(tmp_path, monke
                     journal.flush_acks()
             journal.close()
 
-    monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 1024)
-    monkeypatch.setattr(journal_module, "_offload", lambda call, *args: call(*args))
-    monkeypatch.setattr(slots_module, "offload", lambda call, *args: call(*args))
-    monkeypatch.setattr(journal_module, "MAX_SLOTS", 4)
-    points = 0
-    for crash_at in range(1, 10_000):
-        for power_loss in (False, True) if sync == "batch" else (False,):
-            root = tmp_path / f"{crash_at}-{power_loss}"
-            run = Run(root, sync, 7)
-            run.orphan()
-            disk = crash.Disk(crash_at, random.Random(crash_at), faults=True)
-            monkeypatch.setattr(journal_module, "os", disk)
-            monkeypatch.setattr(slots_module, "os", disk)
-            try:
-                run.work(150)
-                finished = True
-            except crash.Crash:
-                finished = False
-            disk.kill(root, power_loss)
-            monkeypatch.setattr(journal_module, "os", os)
-            monkeypatch.setattr(slots_module, "os", os)
-            crash._check(run, disk, power_loss, f"crash at {crash_at}, {power_loss}")
-            shutil.rmtree(root)
-            points += 1
-        if finished:
-            break
+    points = crash.crash_everywhere(tmp_path, monkeypatch, sync, range(7, 8), 150, Run)
     assert points > 100, points
