@@ -32,6 +32,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+import gevent.lock
 import zmq.green as zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -123,6 +124,10 @@ class Pusher(_Socket):
         self.socket.setsockopt(zmq.IMMEDIATE, 1)
         self._peers = 0
         self._changed = gevent.event.Event()
+        # zmq.green lets one greenlet wait for a full socket to drain; the
+        # others queue here instead of failing ("Only one greenlet can be
+        # waiting on this event").
+        self._sending = gevent.lock.Semaphore()
         monitor = self.socket.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED,
             f"inproc://greenpipe-pusher-{next(_ids)}",
@@ -160,14 +165,19 @@ class Pusher(_Socket):
         )
 
     def send(self, data: bytes | Sequence[bytes]) -> None:
-        """Send one message (bytes, or a list of frames); waits while HWM is full."""
-        if isinstance(data, bytes | bytearray | memoryview):
-            self.socket.send(data)
-        else:
-            self.socket.send_multipart(data)
+        """Send one message (bytes, or a list of frames); waits while HWM is full.
+
+        Any number of greenlets may send at once: past the high-water mark
+        they wait in turn, in the order they came.
+        """
+        with self._sending:
+            if isinstance(data, bytes | bytearray | memoryview):
+                self.socket.send(data)
+            else:
+                self.socket.send_multipart(data)
 
     def send_json(self, obj: Any) -> None:
-        self.socket.send(json.dumps(obj).encode())
+        self.send(json.dumps(obj).encode())
 
     def close(self, linger: int | None = None) -> None:
         if not self.socket.closed:

@@ -30,6 +30,8 @@ from pathlib import Path
 from greenpipe.testing import PYTHON, ROOT, Proc, free_port
 
 DOCUMENTED_PORTS = (4567, 4444, 4445, 4446, 5000, 5557, 5558, 8089)
+# Where a number in a documented command is a port: after host:, port=/PORT=, --port.
+_PORT_PLACE = r"(?:(?<=:)|(?<=port=)|(?<=PORT=)|(?<=--port ))"
 _MARKER = re.compile(r"^<!-- docs: (run|skip|output)\b\s*(.*?)\s*-->$")
 DOCS = [
     ROOT / "README.md",
@@ -143,9 +145,13 @@ class Shell:
         return self.ports[documented]
 
     def sub(self, text: str) -> str:
-        """The documented ports replaced by this shell's free ones."""
+        """The documented ports replaced by this shell's free ones.
+
+        Only where a number stands as a port (after `host:`, `port=`, `PORT=`
+        or `--port `): `--jobs 5000` is a count and stays 5000.
+        """
         for documented, free in self.ports.items():
-            text = re.sub(rf"(?<!\d){documented}(?!\d)", str(free), text)
+            text = re.sub(rf"{_PORT_PLACE}{documented}(?!\d)", str(free), text)
         return text
 
     def run(self, line: str, timeout: float = 60.0, code: int = 0) -> str:

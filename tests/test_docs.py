@@ -8,6 +8,7 @@ import pytest
 
 from greenpipe.config import WebSettings, WorkerSettings, env_names
 from greenpipe.scheduler import ScheduleSettings
+from tests.docs_harness import Shell
 from tests.support import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -51,3 +52,14 @@ def test_the_readme_library_example_runs_as_written(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok tcp://127.0.0.1:4445", done.stdout
+
+
+def test_the_harness_moves_ports_and_leaves_other_numbers(tmp_path):
+    """A documented port moves wherever it stands as a port; a count never does."""
+    shell = Shell(tmp_path)
+    web, worker = shell.port(4567), shell.port(4444)
+    line = "port=4444 x --port 5000 --jobs 5000 http://127.0.0.1:4567/ -n 4444"
+    assert shell.sub(line) == (
+        f"port={worker} x --port {shell.port(5000)} --jobs 5000 "
+        f"http://127.0.0.1:{web}/ -n 4444"
+    )

@@ -100,3 +100,28 @@ def test_context_managers_close_their_sockets():
 def test_bad_endpoint_is_a_link_error_naming_it():
     with pytest.raises(LinkError, match="cannot connect to nowhere"):
         Puller("nowhere")
+
+
+def test_many_greenlets_sending_into_a_full_pusher_all_get_through():
+    """Senders beyond the high-water mark wait their turn (zmq.green lets one wait).
+
+    examples.cluster's workers send results from every job's greenlet; with
+    the master slow to read, a second waiting sender raised "Only one greenlet
+    can be waiting on this event" and the job's result was lost.
+    """
+    with Puller("tcp://127.0.0.1:*", bind=True, hwm=1) as puller:
+        with Pusher(puller.endpoint, hwm=1) as pusher:
+            pusher.wait_for_peers(1, timeout=5)
+            puller.pause()
+            senders = [gevent.spawn(pusher.send_json, n) for n in range(200)]
+            gevent.sleep(0.05)  # idle: let the senders fill the pipe and wait
+            puller.resume()
+            got = []
+            with gevent.Timeout(10, False):
+                while len(got) < 200:
+                    got.append(puller.recv_json())
+            gevent.joinall(senders, timeout=10)
+            failed = [g.exception for g in senders if not g.successful()]
+            assert not failed, f"{len(failed)} senders failed, e.g. {failed[0]!r}"
+            assert sorted(got) == list(range(200)), f"{len(got)} of 200 arrived"
+            

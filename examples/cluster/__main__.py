@@ -73,6 +73,20 @@ def worker(name: str, jobs: str, back: str, limit: int) -> int:
     return 0
 
 
+def stop(procs: list[subprocess.Popen]) -> list[int]:
+    """SIGTERM every worker, then wait; one that overruns 10 s is killed (-9)."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(10))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes.append(proc.wait())
+    return codes
+
+
 def master(workers: int, jobs: int, limit: int) -> int:
     with tempfile.TemporaryDirectory(prefix="greenpipe-cluster-") as tmp:
         job_address, back_address = f"ipc://{tmp}/jobs", f"ipc://{tmp}/results"
@@ -118,9 +132,7 @@ def master(workers: int, jobs: int, limit: int) -> int:
                 sender.get()
                 elapsed = time.monotonic() - started
             finally:
-                for proc in procs:
-                    proc.send_signal(signal.SIGTERM)
-                codes = [proc.wait(10) for proc in procs]
+                codes = stop(procs)
     spread = ", ".join(f"{w} {n}" for w, n in sorted(per_worker.items()))
     print(f"master: {len(ready)} workers ready before the first job", flush=True)
     print(
