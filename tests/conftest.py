@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from greenpipe import testing
+from tests import leftovers
 from tests.support import PYTHON, Proc, Web, flags, path_without
 
 
@@ -25,6 +26,17 @@ def pytest_configure(config: pytest.Config) -> None:
     if hidden:
         folder = tempfile.mkdtemp(prefix="greenpipe-path-")
         os.environ["PATH"] = path_without(hidden, Path(folder) / "bin")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """The suite fails if a test left a process running (tests/leftovers.py)."""
+    leftovers.adopt_orphans()
+    yield
+    names = leftovers.end_leftovers()
+    assert not names, "processes the tests left running (now ended):\n" + "\n".join(
+        names
+    )
 
 
 @dataclass

@@ -225,6 +225,7 @@ class Target:
                     "header_timeout": 2, "body_timeout": 2, "idle_timeout": 2}  # fmt: skip
         if self.kind == "web.py":
             self.web = start_web([address], "web", **settings)
+            self.procs.append(self.web.proc)  # stopped with the rest
         elif self.kind == "serve(app)":
             argv = [PYTHON, "-m", "tests.security.user_app", "--port", "0",
                     "--workers", address, *flags(settings)]  # fmt: skip
