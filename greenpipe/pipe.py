@@ -28,6 +28,7 @@ from greenpipe.errors import BadJob, ConfigError, TooLarge
 from greenpipe.handling import NO_POLICY, run_handler
 from greenpipe.history import History
 from greenpipe.jobs import Envelope, Job, Outcome, Status
+from greenpipe.patching import require_patched
 from greenpipe.records import JobRecords
 from greenpipe.siblings import Siblings
 
@@ -185,7 +186,9 @@ class Pipe:
 
     # -- lifecycle
     def start(self) -> None:
+        """Start the dispatcher; ConfigError if gevent's patches are missing."""
         if not self.started:
+            require_patched("a Pipe")
             self.started = True
             self.dispatcher.start()
             workers = len(self.dispatcher.links)

@@ -29,6 +29,7 @@ from greenpipe.config import (
 from greenpipe.errors import ConfigError
 from greenpipe.ext import Greenpipe, extension_of
 from greenpipe.httpserver import make_server
+from greenpipe.patching import require_patched
 from greenpipe.pipe import Pipe
 from greenpipe.routes import json_errors
 from greenpipe.supervisor import READY_ENV, Supervisor, reserve
@@ -65,6 +66,7 @@ def serve(app: Flask, argv: Sequence[str] | None = None) -> int:
 
 def run(settings: WebSettings, app: Flask | None = None) -> int:
     """Serve HTTP and feed the workers until SIGTERM/SIGINT, then drain and exit 0."""
+    require_patched("serve(app)" if app is not None else "the web")
     if settings.web_processes > 1:
         return supervise(settings)
     if app is None:

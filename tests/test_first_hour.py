@@ -174,3 +174,32 @@ def test_the_greenpipe_command_lists_its_subcommands_and_version():
     assert version.returncode == 0
     assert version.stdout.strip().startswith("greenpipe "), version.stdout
     assert sys.version_info >= (3, 11)
+
+
+# -- issue 31, finding 8: forgetting monkey.patch_all() is refused, naming the fix -----
+
+
+def test_serve_without_gevent_patches_exits_2_naming_the_fix(tmp_path):
+    (tmp_path / "myapp.py").write_text(
+        "from flask import Flask\nfrom greenpipe import Greenpipe, serve\n"
+        "app = Flask(__name__)\nGreenpipe(app)\n"
+        "raise SystemExit(serve(app, ['--port', '0']))\n"
+    )
+    done = subprocess.run([PYTHON, "myapp.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=30,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "serve(app) needs gevent's monkey patches" in done.stderr, done.stderr
+    assert "monkey.patch_all()" in done.stderr and "serving" not in done.stderr
+
+
+def test_a_pipe_without_gevent_patches_refuses_to_start(tmp_path):
+    code = (
+        "from greenpipe import ConfigError, Pipe\n"
+        "pipe = Pipe(workers=['127.0.0.1:9'], journal_dir='off')\n"
+        "try:\n    pipe.start()\nexcept ConfigError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run([PYTHON, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=30, env={"PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("a Pipe needs gevent's monkey patches"), done.stdout
