@@ -488,3 +488,11 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level), format="%(levelname)s %(name)s: %(message)s"
     )
+
+
+def extension_environ(
+    name: str, default: Any = None, environ: Mapping[str, str] | None = None
+) -> Any:
+    """The Flask extension's own key (GREENPIPE_INLINE, GREENPIPE_HANDLERS) from
+    the environment, which ranks below app.config; `default` when unset."""
+    return (os.environ if environ is None else environ).get(name, default)

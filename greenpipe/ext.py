@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextvars
 import copy
 import logging
 import os
@@ -19,10 +20,10 @@ from flask import Blueprint, Flask, current_app, has_app_context, request
 
 from greenpipe import routes
 from greenpipe.commit import took_turn
-from greenpipe.config import WebSettings, load_web
+from greenpipe.config import WebSettings, extension_environ, load_web
 from greenpipe.dashboard import dashboard_blueprint
 from greenpipe.errors import BadJob, ConfigError, Unavailable
-from greenpipe.jobs import Handler, Outcome
+from greenpipe.jobs import Handler, Job, Outcome
 from greenpipe.pipe import _MISSING, InlinePipe, Pipe, Receipt, load_handlers
 from greenpipe.values import _flag
 
@@ -86,8 +87,13 @@ class _State:
 
     @property
     def inline(self) -> bool:
-        """GREENPIPE_INLINE, else app.testing: read when the pipe is first made."""
-        value = self.app.config.get("GREENPIPE_INLINE", self.app.testing)
+        """GREENPIPE_INLINE (app.config, then the environment), else app.testing.
+
+        Read when the pipe is first made.
+        """
+        value = self.app.config.get(
+            "GREENPIPE_INLINE", extension_environ("GREENPIPE_INLINE", self.app.testing)
+        )
         try:
             return _flag(str(value))
         except ValueError as exc:
@@ -186,6 +192,29 @@ def _take_turn(_exc: BaseException | None = None) -> None:
         gevent.sleep(0)
 
 
+def _as_on_a_worker(handler: Handler, app: Flask) -> Handler:
+    """`handler` run as a worker with ``--app`` runs it: in a fresh app context.
+
+    Nothing of the caller's contexts comes along: pushed from a view, the
+    handler sees no `request` and a `g` of its own; pushed outside any
+    context (a test, a CLI command), it still has `current_app`. An empty
+    `contextvars.Context` is what leaves the pushing request's behind.
+    """
+
+    def run(job: Job) -> Any:
+        return contextvars.Context().run(_in_app_context, app, handler, job)
+
+    policy = getattr(handler, "policy", None)
+    if policy is not None:  # a Handlers registry's policies stay visible
+        run.policy = policy  # type: ignore[attr-defined]
+    return run
+
+
+def _in_app_context(app: Flask, handler: Handler, job: Job) -> Any:
+    with app.app_context():
+        return handler(job)
+
+
 def extension_of(app: Any) -> Greenpipe | None:
     """The `Greenpipe` set up on `app` (a Flask app), or None if there is none."""
     state = getattr(app, "extensions", {}).get("greenpipe")
@@ -265,8 +294,13 @@ class Greenpipe:
         if pipe is None or not pipe.started:  # none yet, or forked since
             state.remember(START, list(AT_START))
             if state.inline:
-                spec = state.app.config.get("GREENPIPE_HANDLERS")
-                pipe = InlinePipe(load_handlers(spec, self.handlers), state.settings)
+                spec = state.app.config.get(
+                    "GREENPIPE_HANDLERS", extension_environ("GREENPIPE_HANDLERS")
+                )
+                handler = load_handlers(spec, self.handlers)
+                if handler is not None:
+                    handler = _as_on_a_worker(handler, state.app)
+                pipe = InlinePipe(handler, state.settings)
             else:
                 pipe = Pipe(_away_from_cwd(state.settings, state.app.config))
                 pipe.start()

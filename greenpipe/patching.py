@@ -33,7 +33,8 @@ def require_patched(what: str) -> None:
     if missing:
         raise ConfigError(
             f"{what} needs gevent's monkey patches, and {', '.join(missing)} "
-            "is not patched: without them requests hang and SIGTERM is ignored. "
+            f"{'is' if len(missing) == 1 else 'are'} not patched: without them "
+            "requests hang and SIGTERM is ignored. "
             "Make `from gevent import monkey; monkey.patch_all()` the first "
             "statement of your program, before importing Flask, greenpipe or "
             "your app (as web.py does); under gunicorn use -k gevent"

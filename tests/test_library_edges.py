@@ -232,3 +232,43 @@ def test_status_under_gunicorn_is_answered_by_either_worker(
         assert code == 421 and "gunicorn" in body["detail"], (code, body)
     gunicorn.signal(signal.SIGTERM)
     assert gunicorn.wait_exit(30) == 0
+
+
+# -- issue 31: inline mode as the README says it, and as a worker runs handlers ------
+
+
+@pytest.mark.parametrize("value", ["1", "true"])
+def test_greenpipe_inline_in_the_environment_turns_inline_mode_on(monkeypatch, value):
+    monkeypatch.setenv("GREENPIPE_INLINE", value)
+    app = Flask("user_app")  # TESTING off: without the variable, workers
+    pipe = Greenpipe(app, handlers=_handlers())
+    with app.app_context():
+        receipt = pipe.push("echo", json={"n": 1})
+    assert receipt.id.startswith("inline"), receipt.id
+    with app.app_context():
+        assert pipe.status(receipt.id)["status"] == "done"
+
+
+def test_inline_handlers_run_in_a_fresh_app_context_as_on_a_worker():
+    """Outside a request they still have current_app; from a view, no request or g."""
+    from flask import current_app, g, has_request_context
+
+    handlers = Handlers()
+    seen = []
+
+    @handlers.job("look")
+    def look(job):
+        seen.append((current_app.name, has_request_context(), hasattr(g, "user")))
+
+    app = Flask("user_app")
+    app.config["TESTING"] = True
+    pipe = Greenpipe(app, handlers=handlers)
+
+    @app.post("/look")
+    def view():
+        g.user = "ada"
+        return {"id": pipe.push("look").id}, 202
+
+    pipe.push("look")  # a test or a CLI command: no context at all
+    assert app.test_client().post("/look").status_code == 202
+    assert seen == [("user_app", False, False), ("user_app", False, False)], seen

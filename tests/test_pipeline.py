@@ -124,4 +124,3 @@ def test_many_greenlets_sending_into_a_full_pusher_all_get_through():
             failed = [g.exception for g in senders if not g.successful()]
             assert not failed, f"{len(failed)} senders failed, e.g. {failed[0]!r}"
             assert sorted(got) == list(range(200)), f"{len(got)} of 200 arrived"
-            
