@@ -28,7 +28,7 @@ from greenpipe.errors import BadJob, ConfigError, TooLarge
 from greenpipe.handling import NO_POLICY, run_handler
 from greenpipe.history import History
 from greenpipe.jobs import Envelope, Job, Outcome, Status
-from greenpipe.patching import require_patched
+from greenpipe.patching import check_pipe_start
 from greenpipe.records import JobRecords
 from greenpipe.siblings import Siblings
 
@@ -188,7 +188,7 @@ class Pipe:
     def start(self) -> None:
         """Start the dispatcher; ConfigError if gevent's patches are missing."""
         if not self.started:
-            require_patched("a Pipe")
+            check_pipe_start()
             self.started = True
             self.dispatcher.start()
             workers = len(self.dispatcher.links)

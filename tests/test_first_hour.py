@@ -193,13 +193,21 @@ def test_serve_without_gevent_patches_exits_2_naming_the_fix(tmp_path):
     assert "monkey.patch_all()" in done.stderr and "serving" not in done.stderr
 
 
-def test_a_pipe_without_gevent_patches_refuses_to_start(tmp_path):
+def test_a_pipe_without_gevent_patches_refuses_to_start_from_a_thread(tmp_path):
+    """A threaded server (flask run) would hang every push; the main thread warns."""
     code = (
+        "import threading\n"
         "from greenpipe import ConfigError, Pipe\n"
-        "pipe = Pipe(workers=['127.0.0.1:9'], journal_dir='off')\n"
-        "try:\n    pipe.start()\nexcept ConfigError as exc:\n    print(exc)\n"
+        "def start():\n"
+        "    try:\n        Pipe(workers=['127.0.0.1:9'], journal_dir='off').start()\n"
+        "    except ConfigError as exc:\n        print(exc)\n"
+        "thread = threading.Thread(target=start)\nthread.start()\nthread.join()\n"
+        "Pipe(workers=['127.0.0.1:9'], journal_dir='off').start()\n"
     )
     done = subprocess.run([PYTHON, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=30, env={"PYTHONPATH": str(ROOT)})  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("a Pipe needs gevent's monkey patches"), done.stdout
+    assert done.stdout.startswith(
+        "a Pipe started from a thread needs gevent's monkey patches"
+    ), done.stdout
+    assert "a Pipe serving requests needs gevent's monkey patches" in done.stderr
