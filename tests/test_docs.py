@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
 from greenpipe.config import WebSettings, WorkerSettings, env_names
 from greenpipe.scheduler import ScheduleSettings
 from tests.docs_harness import Shell
-from tests.support import ROOT
+from tests.support import PYTHON, ROOT, Proc, Web, free_port
 
 README = (ROOT / "README.md").read_text()
 
@@ -25,11 +26,43 @@ def test_every_setting_is_in_the_readme(cls):
 
 
 def test_procfile_runs_web_and_three_workers_on_the_original_ports():
+    """The original setup's ports by default; each one movable from the environment."""
     lines = (ROOT / "Procfile").read_text().splitlines()
-    assert lines[0] == "web: python web.py --port 4567"
+    ports = "${WORKER1_PORT:-4444},127.0.0.1:${WORKER2_PORT:-4445},127.0.0.1:${WORKER3_PORT:-4446}"
+    assert (
+        lines[0]
+        == f"web: exec python web.py --port ${{WEB_PORT:-4567}} --workers 127.0.0.1:{ports}"
+    )
     assert lines[1:] == [
-        f"worker{i}: python server.py --port {4443 + i}" for i in (1, 2, 3)
+        f"worker{i}: exec python server.py --port ${{WORKER{i}_PORT:-{4443 + i}}}"
+        for i in (1, 2, 3)
     ]
+
+
+def test_make_runs_procfile_under_honcho_on_moved_ports_and_stops_cleanly(tmp_path):
+    """What `make run WEB_PORT=... WORKER1_PORT=...` starts: honcho with the Procfile.
+
+    A job goes through; SIGTERM to honcho stops web and workers, each exit 0.
+    """
+    ports = {name: free_port() for name in ("WEB_PORT", "WORKER1_PORT",
+                                            "WORKER2_PORT", "WORKER3_PORT")}  # fmt: skip
+    env = {**{k: str(v) for k, v in ports.items()},
+           "PATH": f"{Path(PYTHON).parent}:/usr/bin:/bin",
+           "JOURNAL_DIR": str(tmp_path / "journal"),
+           "DEAD_LETTER": str(tmp_path / "dead.jsonl")}  # fmt: skip
+    honcho = Proc("honcho", [str(Path(PYTHON).parent / "honcho"), "start"], env=env)
+    try:
+        honcho.expect("barrier met", timeout=30)
+        web = Web(honcho, ports["WEB_PORT"])
+        status, _, body = web.get("/")
+        assert status == 202, body
+        honcho.expect(r"worker\d.*handled|worker\d.*job", timeout=10)
+    finally:
+        honcho.expected_exit = 128 + 15  # honcho's own code after SIGTERM
+        code = honcho.stop(timeout=10)
+    assert code == 143, f"honcho exited {code}:\n{honcho.tail(30)}"
+    for name in ("web.1", "worker1.1", "worker2.1", "worker3.1"):
+        honcho.expect(rf"{name} stopped \(rc=0\)", timeout=1)
 
 
 def test_the_readme_library_example_runs_as_written(tmp_path):
