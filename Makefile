@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-without-tools bench loadtest scenario screenshot lint clean
+.PHONY: run test test-fast test-without-tools bench loadtest scenario screenshot lint clean
 
 $(STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,15 @@ $(STAMP): requirements.txt
 run: $(STAMP)  ## web on :4567 + workers on :4444-4446, via honcho (Procfile)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start
 
-test: $(STAMP)  ## the whole suite: unit tests and real processes
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# Tests run in TEST_WORKERS processes at once (pytest-xdist): most of their
+# time is spent waiting on real processes, each on ports the OS picks.
+TEST_WORKERS ?= 4
+
+test: $(STAMP)  ## the whole suite: unit tests and real processes, in parallel
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## the in-process tier, a contributor's first command (seconds)
+	$(BIN)/python -m pytest -m inprocess $(PYTEST_ARGS)
 
 # The tests that use optional system tools, run as on a machine without them:
 # each must skip with a reason naming the tool, or fall back (CI runs this too).

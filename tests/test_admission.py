@@ -20,6 +20,8 @@ from greenpipe.jobs import Envelope
 from greenpipe.journal import JournalError
 from tests.test_core import Clock, ack, make, ready
 
+pytestmark = pytest.mark.inprocess  # make test-fast
+
 
 def _job() -> Envelope:
     return Envelope.new(b"POST", b"/jobs", b"", b"", b"{}")

@@ -13,6 +13,8 @@ from greenpipe.errors import Unavailable
 from greenpipe.jobs import Outcome, Status
 from greenpipe.routes import create_app, parse_wait
 
+pytestmark = pytest.mark.inprocess  # make test-fast
+
 
 @dataclass
 class FakeJob:

@@ -25,6 +25,8 @@ from greenpipe.link import CONNECTING, FULL, LEAVING, LOST, READY, Link
 from greenpipe.pushlink import PushLink
 from greenpipe.worker import Worker
 
+pytestmark = pytest.mark.inprocess  # make test-fast
+
 
 class Clock:
     def __init__(self) -> None:

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from greenpipe import protocol
 from greenpipe.config import WorkerSettings
 from greenpipe.credit import PROBE_TICKS
 from greenpipe.worker import Worker
+
+pytestmark = pytest.mark.inprocess  # make test-fast
 
 
 class Web:

@@ -9,6 +9,8 @@ import pytest
 from greenpipe.errors import LinkError
 from greenpipe.pushpull import Puller, Pusher
 
+pytestmark = pytest.mark.inprocess  # make test-fast
+
 
 @pytest.fixture
 def pair():

@@ -11,6 +11,8 @@ import pytest
 from greenpipe import protocol
 from greenpipe.errors import ProtocolError
 
+pytestmark = pytest.mark.inprocess  # make test-fast
+
 
 def test_job_round_trip_keeps_every_field():
     frame = protocol.encode_job(
