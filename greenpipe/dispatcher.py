@@ -83,13 +83,15 @@ class Dispatcher:
         self.later = self.queues.later  # waiting for a time: a delay, a backoff
         self.settlement = Settlement(
             settings, self.queues, self.records, self.books, self.journal,
-            self.dead_letters, self._malformed,
+            self.dead_letters,
         )  # fmt: skip
-        self.admission = Admission(
-            settings, self.fleet, self.books, keys, self.journal, self._taken,
-            self.pending, lambda: len(self.later), clock,
-        )  # fmt: skip
+        # Set by whoever has work for the dispatcher greenlet: jobs taken, a
+        # group to write, credit or a worker back, a loss.
         self._wake = gevent.event.Event()
+        self.admission = Admission(
+            settings, self.fleet, self.books, keys, self.journal, self.queues,
+            self._wake, clock,
+        )  # fmt: skip
         self._settled = gevent.event.Event()
         self._draining = False
         self._closed = False
@@ -220,21 +222,6 @@ class Dispatcher:
         """
         return self.admission.take(job, key, self._draining)
 
-    def _taken(self, jobs: Sequence[Envelope]) -> None:
-        """Jobs admitted and kept (journaled, if there is a journal): queue them.
-
-        A job pushed with a delay waits in the timer for its time instead.
-        """
-        fresh = self._fresh
-        for job in jobs:
-            if job.not_before:
-                self.later.add(job)
-            else:
-                fresh.append(job)
-        self._wake.set()  # send these, and write the next group
-        if self._draining:
-            self._check_settled()
-
     @staticmethod
     def outcome(job: Envelope, timeout: float) -> Outcome | None:
         """Wait up to `timeout` s for what became of a job submitted with reply."""
@@ -257,6 +244,8 @@ class Dispatcher:
             self._wake.clear()
             try:
                 self.flush()
+                if self._draining:  # a group commit may have settled meanwhile
+                    self._check_settled()
                 if clock() >= next_tick:
                     next_tick = clock() + interval
                     self.tick()
@@ -372,7 +361,7 @@ class Dispatcher:
                 protocol.VERSION,
             )
         elif what is Happened.MALFORMED:
-            self._malformed(link, detail)
+            self.settlement.malformed(link, detail)
 
     def _check_frame(self, link: Link) -> None:
         if link.max_frame < self.settings.max_body + protocol.JOB_OVERHEAD:
@@ -411,16 +400,6 @@ class Dispatcher:
         self.fleet.retire_if_done(link)  # its jobs went elsewhere: gone for good
         if self._draining:
             self._check_settled()
-
-    def _malformed(self, link: Link, what: str) -> None:
-        self.books.malformed += 1
-        self._throttle.warning(
-            f"malformed:{link.name}",
-            "dropped a malformed message from worker %s: %s (%d so far)",
-            link.name,
-            what,
-            self.books.malformed,
-        )
 
     def _check_settled(self) -> None:
         if not self._moving():

@@ -4,13 +4,14 @@ The dispatcher hands in what a link settled or lost; `Settlement` records it
 (the records behind GET /jobs/<id>, the books, the journal), wakes whoever
 waits for a job, puts a failed run on the timer when its handler asked for a
 retry, dead-letters what is given up on, and re-queues what a lost worker
-held. It calls nothing above it: the dispatcher wakes itself afterwards.
+held. A malformed message is counted in the books and logged (rate-limited)
+here too. It calls nothing above it: the dispatcher wakes itself afterwards.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from greenpipe import protocol
 from greenpipe.books import Books
@@ -22,6 +23,7 @@ from greenpipe.journal import Journal
 from greenpipe.link import Link
 from greenpipe.queues import Queues
 from greenpipe.records import JobRecords
+from greenpipe.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,6 @@ class Settlement:
         books: Books,
         journal: Journal | None,
         dead_letters: DeadLetters,
-        malformed: Callable[[Link, str], None],
     ) -> None:
         self.settings = settings
         self.queues = queues
@@ -45,7 +46,7 @@ class Settlement:
         self.books = books
         self.journal = journal
         self.dead_letters = dead_letters
-        self._malformed = malformed
+        self._throttle = Throttle(log)
 
     def acked(
         self,
@@ -89,7 +90,7 @@ class Settlement:
                 try:
                     delay, error = protocol.decode_retry(payload)
                 except ProtocolError as exc:
-                    self._malformed(link, str(exc))
+                    self.malformed(link, str(exc))
                     delay, error = 0.0, payload
                 self.queues.later.hold(job, delay, error.decode("utf-8", "replace"))
                 held.append(job)
@@ -185,6 +186,17 @@ class Settlement:
                 requeued,
                 len(jobs) - requeued,
             )
+
+    def malformed(self, link: Link, what: str) -> None:
+        """A message from `link` was dropped: count it, and say so (rate-limited)."""
+        self.books.malformed += 1
+        self._throttle.warning(
+            f"malformed:{link.name}",
+            "dropped a malformed message from worker %s: %s (%d so far)",
+            link.name,
+            what,
+            self.books.malformed,
+        )
 
     def finish(
         self, job: Envelope, status: Status, worker: str, payload: bytes = b""
