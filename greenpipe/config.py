@@ -14,31 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
-from greenpipe import spelling
+from greenpipe import spelling, values
 from greenpipe.errors import ConfigError
 from greenpipe.spelling import PREFIX
-from greenpipe.values import (  # noqa: F401 (config's names, as before the move)
-    _HOST_PORT,
-    KiB,
-    MiB,
-    _choice,
-    _count,
-    _flag,
-    _handler,
-    _horizon,
-    _host,
-    _journal_dir,
-    _log_level,
-    _optional_path,
-    _optional_port,
-    _optional_spec,
-    _path,
-    _port,
-    _positive_int,
-    _seconds,
-    _size,
-    loopback,
-)
+from greenpipe.values import KiB, MiB, loopback  # noqa: F401 (loopback: fleet imports it here)
 
 log = logging.getLogger(__name__)
 _S = TypeVar("_S", bound="PipeSettings | WorkerSettings")  # load_settings makes
@@ -75,7 +54,7 @@ def parse_endpoint(item: str) -> Endpoint:
     if text.startswith("ipc://") and len(text) > len("ipc://"):
         return Endpoint(text, reliable)
     bare = text[len("tcp://") :] if text.startswith("tcp://") else text
-    match = _HOST_PORT.match(bare)
+    match = values.HOST_PORT.match(bare)
     if not match or not 1 <= int(match["port"]) <= 65535:
         raise ValueError(
             "a comma-separated list of workers as host:port (1-65535), "
@@ -85,7 +64,7 @@ def parse_endpoint(item: str) -> Endpoint:
     return Endpoint(f"tcp://{match['host']}:{int(match['port'])}", reliable)
 
 
-def _workers(raw: str) -> tuple[Endpoint, ...]:
+def parse_workers(raw: str) -> tuple[Endpoint, ...]:
     items = [item for item in raw.split(",") if item.strip()]
     if not items:
         raise ValueError("at least one worker, e.g. 127.0.0.1:4444,127.0.0.1:4445")
@@ -98,7 +77,7 @@ def _workers(raw: str) -> tuple[Endpoint, ...]:
     return endpoints
 
 
-def _setting(
+def setting(
     default: Any, parse: Callable[[str], Any], help: str, shown: str = ""
 ) -> Any:
     """A dataclass field that knows how to read itself from text."""
@@ -116,120 +95,132 @@ DEFAULT_WORKERS = tuple(
 class PipeSettings:
     """What a `Pipe` (the dispatcher) needs: workers, bounds, timing; no HTTP."""
 
-    workers: tuple[Endpoint, ...] = _setting(
+    workers: tuple[Endpoint, ...] = setting(
         DEFAULT_WORKERS,
-        _workers,
+        parse_workers,
         "workers in round-robin order (host:port, tcp://, ipc://, push+tcp://)",
         "127.0.0.1:4444,127.0.0.1:4445,127.0.0.1:4446",
     )
-    workers_file: str = _setting(
+    workers_file: str = setting(
         "",
-        _optional_path,
+        values.optional_path,
         "a file of workers, one per line (# comments): read at start and on SIGHUP, "
         "so workers are added and removed live; overrides WORKERS",
     )
-    ready_timeout: float = _setting(
-        10.0, _seconds, "seconds a request waits for the barrier"
+    ready_timeout: float = setting(
+        10.0, values.seconds, "seconds a request waits for the barrier"
     )
-    max_body: int = _setting(MiB, _size, "largest request body accepted", "1MiB")
-    max_pending: int = _setting(
-        1000, _positive_int, "jobs waiting for a worker, at most"
+    max_body: int = setting(MiB, values.size, "largest request body accepted", "1MiB")
+    max_pending: int = setting(
+        1000, values.positive_int, "jobs waiting for a worker, at most"
     )
-    max_scheduled: int = _setting(
-        100_000, _positive_int, "delayed jobs waiting for their time, at most"
+    max_scheduled: int = setting(
+        100_000, values.positive_int, "delayed jobs waiting for their time, at most"
     )
-    max_delay: float = _setting(
-        7 * 86400.0, _horizon, "how far ahead a job may be delayed, seconds"
+    max_delay: float = setting(
+        7 * 86400.0, values.horizon, "how far ahead a job may be delayed, seconds"
     )
-    drain_timeout: float = _setting(
-        3.0, _seconds, "seconds to wait for acks when stopping"
+    drain_timeout: float = setting(
+        3.0, values.seconds, "seconds to wait for acks when stopping"
     )
-    heartbeat: float = _setting(0.5, _seconds, "seconds between heartbeats, both ways")
-    heartbeat_timeout: float = _setting(
-        3.0, _seconds, "silence after which a worker is lost"
+    heartbeat: float = setting(
+        0.5, values.seconds, "seconds between heartbeats, both ways"
     )
-    job_timeout: float = _setting(
-        30.0, _seconds, "time limit a worker gives each handler"
+    heartbeat_timeout: float = setting(
+        3.0, values.seconds, "silence after which a worker is lost"
     )
-    max_attempts: int = _setting(
-        3, _positive_int, "deliveries of a job before dead-letter"
+    job_timeout: float = setting(
+        30.0, values.seconds, "time limit a worker gives each handler"
     )
-    dead_letter: str = _setting("dead-letter.jsonl", _path, "file for jobs given up on")
-    status_keep: int = _setting(
-        10_000, _positive_int, "finished jobs whose status GET /jobs/<id> keeps"
+    max_attempts: int = setting(
+        3, values.positive_int, "deliveries of a job before dead-letter"
     )
-    status_ttl: float = _setting(
-        300.0, _seconds, "seconds a finished job's status is kept"
+    dead_letter: str = setting(
+        "dead-letter.jsonl", values.path, "file for jobs given up on"
     )
-    journal_dir: str = _setting(
+    status_keep: int = setting(
+        10_000, values.positive_int, "finished jobs whose status GET /jobs/<id> keeps"
+    )
+    status_ttl: float = setting(
+        300.0, values.seconds, "seconds a finished job's status is kept"
+    )
+    journal_dir: str = setting(
         ".greenpipe-journal",
-        _journal_dir,
+        values.journal_dir,
         "directory of the journal that 202s survive a crash by (off: none)",
     )
-    journal_sync: str = _setting(
+    journal_sync: str = setting(
         "none",
-        _choice("none", "batch"),
+        values.choice("none", "batch"),
         "none: survives a process crash; batch: fdatasync per group, a power loss",
     )
-    journal_corrupt: str = _setting(
+    journal_corrupt: str = setting(
         "salvage",
-        _choice("salvage", "refuse"),
+        values.choice("salvage", "refuse"),
         "a damaged journal segment: replay what can be read, or refuse to start",
     )
-    idempotency_ttl: float = _setting(
-        3600.0, _seconds, "seconds an Idempotency-Key maps to its first job"
+    idempotency_ttl: float = setting(
+        3600.0, values.seconds, "seconds an Idempotency-Key maps to its first job"
     )
-    metrics: bool = _setting(True, _flag, "serve GET /metrics (Prometheus)")
-    curve_secret: str = _setting(
+    metrics: bool = setting(True, values.flag, "serve GET /metrics (Prometheus)")
+    curve_secret: str = setting(
         "",
-        _optional_path,
+        values.optional_path,
         "this web's secret key file (greenpipe keys): turns CURVE on for every "
         "worker link",
     )
-    curve_server: str = _setting(
-        "", _optional_path, "the workers' public key file (with CURVE_SECRET)"
+    curve_server: str = setting(
+        "", values.optional_path, "the workers' public key file (with CURVE_SECRET)"
     )
-    dashboard: bool = _setting(
-        True, _flag, "serve GET /dashboard, a live page of the pipe and its workers"
+    dashboard: bool = setting(
+        True,
+        values.flag,
+        "serve GET /dashboard, a live page of the pipe and its workers",
     )
-    reuse_port: bool = _setting(
-        False, _flag, "bind HTTP with SO_REUSEPORT (shared port)"
+    reuse_port: bool = setting(
+        False, values.flag, "bind HTTP with SO_REUSEPORT (shared port)"
     )
-    unknown_settings: str = _setting(
+    unknown_settings: str = setting(
         "warn",
-        _choice("warn", "refuse"),
+        values.choice("warn", "refuse"),
         "a GREENPIPE_* name (environment, app.config) or a near-miss of a "
         "setting's name that is no setting: warn at start, or refuse to start",
     )
-    log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
+    log_level: str = setting("INFO", values.log_level, "DEBUG, INFO, WARNING or ERROR")
 
 
 @dataclass(frozen=True, slots=True)
 class WebSettings(PipeSettings):
     """Everything web.py needs: the pipe's settings and the HTTP server's."""
 
-    port: int = _setting(4567, _port, "HTTP port")
-    host: str = _setting("127.0.0.1", _host, "HTTP interface to bind")
-    max_connections: int = _setting(
-        1000, _positive_int, "HTTP connections served at once"
+    port: int = setting(4567, values.port, "HTTP port")
+    host: str = setting("127.0.0.1", values.host, "HTTP interface to bind")
+    max_connections: int = setting(
+        1000, values.positive_int, "HTTP connections served at once"
     )
-    header_timeout: float = _setting(
+    header_timeout: float = setting(
         10.0,
-        _seconds,
+        values.seconds,
         "seconds a new connection has to send a request's line and headers",
     )
-    idle_timeout: float = _setting(
-        30.0, _seconds, "seconds a keep-alive connection may wait for its next request"
+    idle_timeout: float = setting(
+        30.0,
+        values.seconds,
+        "seconds a keep-alive connection may wait for its next request",
     )
-    body_timeout: float = _setting(
-        30.0, _seconds, "seconds a request's body has to arrive, after its headers"
+    body_timeout: float = setting(
+        30.0,
+        values.seconds,
+        "seconds a request's body has to arrive, after its headers",
     )
-    max_wait: float = _setting(30.0, _seconds, "cap on Prefer: wait=N, seconds")
-    access_log: bool = _setting(False, _flag, "log one line per HTTP request")
-    web_processes: int = _setting(1, _positive_int, "web.py processes sharing the port")
-    ops_port: int = _setting(
+    max_wait: float = setting(30.0, values.seconds, "cap on Prefer: wait=N, seconds")
+    access_log: bool = setting(False, values.flag, "log one line per HTTP request")
+    web_processes: int = setting(
+        1, values.positive_int, "web.py processes sharing the port"
+    )
+    ops_port: int = setting(
         -1,
-        _optional_port,
+        values.optional_port,
         "a port of each web process's own for /metrics, /stats, /healthz and "
         "/dashboard (0: the OS picks; with WEB_PROCESSES=K, K ports from it); off",
     )
@@ -239,54 +230,56 @@ class WebSettings(PipeSettings):
 class WorkerSettings:
     """Everything server.py needs: its port, and optional tuning."""
 
-    port: int = _setting(
-        4444, _port, "port to bind (0: the OS picks, and it is logged)"
+    port: int = setting(
+        4444, values.port, "port to bind (0: the OS picks, and it is logged)"
     )
-    host: str = _setting("127.0.0.1", _host, "interface to bind")
-    concurrency: int = _setting(100, _positive_int, "jobs handled at once (greenlets)")
-    handler: str = _setting(
+    host: str = setting("127.0.0.1", values.host, "interface to bind")
+    concurrency: int = setting(
+        100, values.positive_int, "jobs handled at once (greenlets)"
+    )
+    handler: str = setting(
         "greenpipe.handlers:log_job",
-        _handler,
+        values.handler,
         "package.module:NAME, a callable or a Handlers registry run per job",
     )
-    app: str = _setting(
+    app: str = setting(
         "",
-        _optional_spec,
+        values.optional_spec,
         "package.module:app, a Flask app whose context handlers run in",
     )
-    drain_timeout: float = _setting(
-        3.0, _seconds, "seconds to finish jobs when stopping"
+    drain_timeout: float = setting(
+        3.0, values.seconds, "seconds to finish jobs when stopping"
     )
-    retries: int = _setting(
-        0, _count, "retries of a failed job whose handler declares no policy"
+    retries: int = setting(
+        0, values.count, "retries of a failed job whose handler declares no policy"
     )
-    retry_backoff: float = _setting(
-        1.0, _seconds, "seconds before the first of those, doubling, jittered"
+    retry_backoff: float = setting(
+        1.0, values.seconds, "seconds before the first of those, doubling, jittered"
     )
-    curve_secret: str = _setting(
+    curve_secret: str = setting(
         "",
-        _optional_path,
+        values.optional_path,
         "this worker's secret key file (greenpipe keys): turns CURVE on",
     )
-    curve_allow: str = _setting(
+    curve_allow: str = setting(
         "",
-        _optional_path,
+        values.optional_path,
         "directory of the web public key files (NAME.key) allowed in (with "
         "CURVE_SECRET)",
     )
-    max_frame: int = _setting(
+    max_frame: int = setting(
         16 * MiB + 64 * KiB,
-        _size,
+        values.size,
         "largest job frame accepted from a peer",
         "16MiB+64KiB",
     )
-    unknown_settings: str = _setting(
+    unknown_settings: str = setting(
         "warn",
-        _choice("warn", "refuse"),
+        values.choice("warn", "refuse"),
         "a GREENPIPE_* name (environment, app.config) or a near-miss of a "
         "setting's name that is no setting: warn at start, or refuse to start",
     )
-    log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
+    log_level: str = setting("INFO", values.log_level, "DEBUG, INFO, WARNING or ERROR")
 
 
 def env_names(name: str) -> tuple[str, ...]:
@@ -437,7 +430,7 @@ def read_workers_file(path: str) -> tuple[Endpoint, ...]:
             "with one worker per line, e.g. 127.0.0.1:4444"
         ) from None
     try:
-        return _workers(",".join(line for line in lines if line))
+        return parse_workers(",".join(line for line in lines if line))
     except ValueError as exc:
         raise ConfigError(
             f"WORKERS_FILE={path!r}: expected {exc}; one worker per line"

@@ -31,8 +31,8 @@ from werkzeug.exceptions import NotFound
 from greenpipe.errors import Unavailable
 from greenpipe.routes import (
     ACTION_HEADER,
-    _error,
     action_refused,
+    json_error,
     json_response,
     shared_port,
     unavailable,
@@ -105,7 +105,7 @@ def dashboard_blueprint(source: Callable[[], Any]) -> Blueprint:
         if not getattr(p.settings, "dashboard", False):
             raise NotFound()
         if p.history is None:  # inline mode: nothing flows, nothing is sampled
-            abort(_error(404, "no dashboard in inline mode", INLINE))
+            abort(json_error(404, "no dashboard in inline mode", INLINE))
         return p
 
     @bp.get("/dashboard")
@@ -141,7 +141,7 @@ def dashboard_blueprint(source: Callable[[], Any]) -> Blueprint:
         try:
             job = p.redrive(job_id)
         except KeyError:
-            return _error(
+            return json_error(
                 404,
                 "unknown dead letter",
                 f"no job {job_id!r} in the dead-letter file "

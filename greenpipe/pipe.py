@@ -31,7 +31,7 @@ from greenpipe.jobs import Envelope, Job, Outcome, Status
 from greenpipe.records import JobRecords
 from greenpipe.siblings import Siblings
 
-_MISSING: Any = object()
+MISSING: Any = object()
 # Every Pipe, so that a forked child knows none of them runs in it (the links
 # and greenlets stayed in the parent: pyzmq#1330). Checked by fork hook, not by
 # calling getpid() on every request.
@@ -67,9 +67,9 @@ def _payload(
         raise ValueError(
             f"push: the job name is {len(raw_name)} bytes of UTF-8; at most 255"
         )
-    if json is not _MISSING and body is not None:
+    if json is not MISSING and body is not None:
         raise ValueError("push: give json=... or body=..., not both")
-    if json is not _MISSING:
+    if json is not MISSING:
         try:
             raw = jsonlib.dumps(json).encode()
         except (TypeError, ValueError) as exc:
@@ -218,7 +218,7 @@ class Pipe:
         leave once what they hold is acknowledged (or re-sent elsewhere).
         Raises ValueError for a bad worker address.
         """
-        endpoints = config._workers(",".join(workers))
+        endpoints = config.parse_workers(",".join(workers))
         return self.dispatcher.reconfigure(endpoints)
 
     def close(self) -> None:
@@ -233,7 +233,7 @@ class Pipe:
         self,
         name: str,
         *,
-        json: Any = _MISSING,
+        json: Any = MISSING,
         body: bytes | str | None = None,
         content_type: str | None = None,
         wait: float = 0,

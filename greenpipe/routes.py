@@ -131,7 +131,9 @@ def accepted(job_id: str) -> Response:
     )
 
 
-def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None):
+def json_error(
+    status: int, error: str, detail: str, headers: dict[str, str] | None = None
+):
     return json_response(status, {"error": error, "detail": detail}, headers)
 
 
@@ -258,7 +260,7 @@ def shared_port(pipe: Any) -> Response | None:
         )
     else:
         return None
-    return _error(
+    return json_error(
         421,
         "misdirected request",
         f"several web processes share this port; this one (pid {pid}) cannot "
@@ -338,7 +340,7 @@ def action_refused(action: str, doing: str) -> Response | None:
     """
     if request.headers.get(ACTION_HEADER) == action:
         return None
-    return _error(
+    return json_error(
         403,
         "forbidden",
         f"{doing} needs the header {ACTION_HEADER}: {action} (a cross-site form "
@@ -358,7 +360,7 @@ def _unknown(pipe: Any, job_id: str) -> Response:
     if not pipe.owns(job_id) and shared and not asked:
         # Several processes share this port (REUSE_PORT) and this one could
         # not ask the others: a new connection may reach the one that knows.
-        return _error(
+        return json_error(
             421,
             "misdirected request",
             f"job {job_id!r} was not accepted by this web process (pid {pid}) "
@@ -366,7 +368,7 @@ def _unknown(pipe: Any, job_id: str) -> Response:
             "connection (the kernel spreads connections over the processes)",
             {"Retry-After": "0", "Connection": "close"},
         )
-    return _error(
+    return json_error(
         404,
         "unknown job",
         f"no job {job_id!r} here (pid {pid}): never accepted, or its record "
@@ -377,14 +379,16 @@ def _unknown(pipe: Any, job_id: str) -> Response:
 
 def unavailable(exc: Unavailable) -> Response:
     """503 with Retry-After and a JSON body: no worker can take the job now."""
-    return _error(503, "unavailable", str(exc), {"Retry-After": str(exc.retry_after)})
+    return json_error(
+        503, "unavailable", str(exc), {"Retry-After": str(exc.retry_after)}
+    )
 
 
 def bad_job(exc: BadJob) -> Response:
     """413 or 400 for a job refused for its input (`TooLarge`, `BadJob`), as
     web.py answers the same input: the client's error, not a 500."""
     error = "payload too large" if exc.status == 413 else "bad request"
-    return _error(exc.status, error, str(exc))
+    return json_error(exc.status, error, str(exc))
 
 
 def json_errors(app: Flask, routes: str = ROUTES) -> None:
@@ -402,7 +406,7 @@ def json_errors(app: Flask, routes: str = ROUTES) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
-        return _error(exc.code or 500, exc.name, _detail(exc, app, routes), headers)
+        return json_error(exc.code or 500, exc.name, _detail(exc, app, routes), headers)
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> Response:
@@ -416,7 +420,7 @@ def json_errors(app: Flask, routes: str = ROUTES) -> None:
                 f"an uncaught {type(exc).__name__} in the app's view {view!r}; "
                 "the web's log has the traceback"
             )
-        return _error(500, "internal error", detail)
+        return json_error(500, "internal error", detail)
 
 
 def create_app(dispatcher: DispatcherLike, settings: WebSettings) -> Flask:
