@@ -4,10 +4,11 @@ Request greenlets call `Dispatcher.submit`, which asks `Admission` whether
 the job is taken, then queues it (with a journal, after its group commit:
 `greenpipe.commit`) and wakes the dispatcher greenlet; that greenlet sends
 queued jobs in one batch per worker (`flush`), and every heartbeat lets the
-`Fleet` ping and name the links to lose (`tick`). The links decode their own
-messages and return `Event`s; this module only reacts to them, and counts in
-the `Books`. Nothing here waits on a socket, so nothing on the request path
-does either.
+`Fleet` ping and name the links to lose (`tick`). The links' readers name
+their link in the shared `Inbox` and wake that greenlet, which has each link
+decode what it read (`Link.receive`) and reacts to the `Event`s returned;
+rooms below call nothing here. Nothing here waits on a socket, so nothing
+on the request path does either.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from greenpipe.errors import LinkError
 from greenpipe.fleet import Fleet, LinkFactory
 from greenpipe.jobs import Envelope, Outcome, Status
 from greenpipe.journal import Journal
-from greenpipe.link import Event, Happened, Link
+from greenpipe.link import Event, Happened, Inbox, Link
 from greenpipe.queues import Queues
 from greenpipe.records import JobRecords
 from greenpipe.settlement import Settlement
@@ -65,8 +66,12 @@ class Dispatcher:
         self.name = name or f"web pid {os.getpid()}"
         self._clock = clock
         self.books = Books()
-        self.fleet = Fleet(settings, context or zmq.Context.instance(),
-                           self._on_message, self._on_event, link_factory)  # fmt: skip
+        # Set by whoever has work for the dispatcher greenlet: jobs taken, a
+        # group to write, what a link read.
+        self._wake = gevent.event.Event()
+        self.inbox = Inbox(self._wake)
+        self.fleet = Fleet(settings, context or zmq.Context.instance(), self.inbox,
+                           link_factory)  # fmt: skip
         self.records = JobRecords(settings.status_keep, settings.status_ttl, clock)
         self.dead_letters = DeadLetters(settings.dead_letter)
         keys = IdempotencyKeys(settings.idempotency_ttl)
@@ -85,9 +90,6 @@ class Dispatcher:
             settings, self.queues, self.records, self.books, self.journal,
             self.dead_letters,
         )  # fmt: skip
-        # Set by whoever has work for the dispatcher greenlet: jobs taken, a
-        # group to write, credit or a worker back, a loss.
-        self._wake = gevent.event.Event()
         self.admission = Admission(
             settings, self.fleet, self.books, keys, self.journal, self.queues,
             self._wake, clock,
@@ -177,6 +179,7 @@ class Dispatcher:
         """
         self._closed = True
         self._draining = True
+        self.hear()  # acknowledgements read before the close still count
         self.admission.close()
         self.fleet.close()
         if self._greenlet is not None:
@@ -243,6 +246,7 @@ class Dispatcher:
             self._wake.wait(max(0.0, until - clock()))
             self._wake.clear()
             try:
+                self.hear()
                 self.flush()
                 if self._draining:  # a group commit may have settled meanwhile
                     self._check_settled()
@@ -303,25 +307,24 @@ class Dispatcher:
         """Every HEARTBEAT: greet, ping, and lose the silent and the overdue."""
         if self.journal is not None:
             self.journal.flush_acks()
-        for link, reason in self.fleet.tick(self._clock(), self.name,
-                                            self._ack_deadline):  # fmt: skip
-            self._lose(link, reason)
+        self.hear()  # what was read first: the sockets are read after it, in order
+        for link, event in self.fleet.tick(self._clock(), self.name,
+                                           self._ack_deadline):  # fmt: skip
+            self._react(link, event)
 
     # -- what the links hand in ------------------------------------------------------
 
-    def _on_message(self, link: Link, frames: list[bytes]) -> None:
-        try:
-            for event in link.handle(frames, self._clock()):
-                self._react(link, event)
-        except Exception:  # a bug must not kill the link's reader
-            self._throttle.exception(f"bug:{link.name}", "dispatcher: unexpected error")
-
-    def _on_event(self, link: Link, event: int) -> None:
-        try:
-            for happened in link.on_monitor(event):
-                self._react(link, happened)
-        except Exception:  # a bug must not kill the link's monitor reader
-            self._throttle.exception(f"bug:{link.name}", "dispatcher: unexpected error")
+    def hear(self) -> None:
+        """Have each link the readers named apply what it read; react to it."""
+        now = self._clock()
+        for link in self.inbox.take():
+            for event in link.receive(now):
+                try:
+                    self._react(link, event)
+                except Exception:  # a bug must not lose the rest of the batch
+                    self._throttle.exception(
+                        f"bug:{link.name}", "dispatcher: unexpected error"
+                    )
 
     def _react(self, link: Link, event: Event) -> None:
         what, detail = event
