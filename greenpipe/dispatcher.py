@@ -29,12 +29,12 @@ from greenpipe.books import LATENCY_BUCKETS, Books, Snapshot
 from greenpipe.config import Endpoint, PipeSettings
 from greenpipe.deadletter import DeadLetters
 from greenpipe.errors import LinkError
+from greenpipe.finished import FinishedJobs
 from greenpipe.fleet import Fleet, LinkFactory
 from greenpipe.jobs import Envelope, Outcome, Status
 from greenpipe.journal import Journal
 from greenpipe.link import Event, Happened, Inbox, Link
 from greenpipe.queues import Queues
-from greenpipe.records import JobRecords
 from greenpipe.settlement import Settlement
 from greenpipe.throttle import Throttle
 
@@ -72,7 +72,7 @@ class Dispatcher:
         self.inbox = Inbox(self._wake)
         self.fleet = Fleet(settings, context or zmq.Context.instance(), self.inbox,
                            link_factory)  # fmt: skip
-        self.records = JobRecords(settings.status_keep, settings.status_ttl, clock)
+        self.finished = FinishedJobs(settings.status_keep, settings.status_ttl, clock)
         self.dead_letters = DeadLetters(settings.dead_letter)
         keys = IdempotencyKeys(settings.idempotency_ttl)
         self.journal: Journal | None = None
@@ -87,7 +87,7 @@ class Dispatcher:
         self._fresh, self._retry = self.queues.fresh, self.queues.retry
         self.later = self.queues.later  # waiting for a time: a delay, a backoff
         self.settlement = Settlement(
-            settings, self.queues, self.records, self.books, self.journal,
+            settings, self.queues, self.finished, self.books, self.journal,
             self.dead_letters,
         )  # fmt: skip
         self.admission = Admission(
@@ -422,7 +422,7 @@ class Dispatcher:
             if job is not None:
                 return {"id": job_id, "status": Status.IN_FLIGHT.value,
                         "worker": link.name, "attempt": job.attempt}  # fmt: skip
-        return self.queues.status(job_id) or self.records.get(job_id)
+        return self.queues.status(job_id) or self.finished.get(job_id)
 
     def owns(self, job_id: str) -> bool:
         """True if `job_id` was made by this process (whatever became of it)."""

@@ -218,7 +218,7 @@ class Fleet:
         return sum(link.sent for link in self.links if not link.reliable)
 
     def states(self) -> str:
-        return ", ".join(f"{link.name} {link.status}" for link in self.links)
+        return ", ".join(f"{link.name} {link.reported_state}" for link in self.links)
 
     def barrier_message(self) -> str:
         waiting = [link.name for link in self.links if not link.ever_ready]
@@ -254,7 +254,7 @@ class Fleet:
     def health(self) -> tuple[list[str], dict[str, str]]:
         """(names of the ready workers, {name: why not} for the others)."""
         ready = [link.name for link in self.links if link.state == READY]
-        not_ready = {link.name: link.handshake_error or link.status.value
+        not_ready = {link.name: link.handshake_error or link.reported_state.value
                      for link in self.links if link.state != READY}  # fmt: skip
         return ready, not_ready
 

@@ -349,7 +349,7 @@ class Link:
     # -- state ------------------------------------------------------------------
 
     @property
-    def status(self) -> LinkState:
+    def reported_state(self) -> LinkState:
         """`state` as /stats, /healthz and /metrics show it: READY with all its
         credit in use is FULL. `state` alone drives the transitions."""
         if self.state == READY and len(self.jobs) >= self.credit:
@@ -475,7 +475,7 @@ class Link:
         """This link's line in /stats."""
         return {
             "endpoint": self.name,
-            "state": self.status.value,
+            "state": self.reported_state.value,
             "delivery": "at-least-once" if self.reliable else "at-most-once",
             "sent": self.sent,
             "acked": self.acked,
@@ -632,5 +632,5 @@ class Link:
             self._inbox.post(self)
 
     def __repr__(self) -> str:
-        shown, held = self.status, len(self.jobs)
+        shown, held = self.reported_state, len(self.jobs)
         return f"<Link {self.index} {self.name} {shown} {held} in flight>"

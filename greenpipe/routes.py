@@ -3,8 +3,8 @@
 `forwarding_blueprint` turns every GET / and POST /jobs into one job;
 `ops_blueprint` serves /healthz, /stats and /jobs/<id>; `json_errors` makes
 every error ``{"error": ..., "detail": ...}`` naming what was wrong and what
-to do, never a traceback. `create_app(dispatcher, settings)` assembles them
-around a given dispatcher, so tests can pass a fake.
+to do, never a traceback. `create_app(pipe, settings)` assembles them
+around a given pipe (a `PipeLike`), so tests can pass a fake.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ ROUTES = (
 ACTION_HEADER = "X-Greenpipe-Action"  # a custom header: no cross-site form sends it
 
 
-class DispatcherLike(Protocol):
+class PipeLike(Protocol):
+    """What the routes ask of a `Pipe` (tests pass a fake with these methods)."""
+
     def submit(self, job: Envelope, key: str = "") -> Envelope: ...
     def outcome(self, job: Any, timeout: float) -> Any: ...
     def health(self) -> tuple[bool, dict]: ...
@@ -178,7 +180,7 @@ def _is_json(content_type: str) -> bool:
 
 
 def forwarding_blueprint(
-    source: Callable[[], DispatcherLike], settings: WebSettings | None = None
+    source: Callable[[], PipeLike], settings: WebSettings | None = None
 ) -> Blueprint:
     """GET / and POST /jobs: each request becomes one job, named by its path.
 
@@ -268,7 +270,7 @@ def shared_port(pipe: Any) -> Response | None:
     )
 
 
-def ops_blueprint(source: Callable[[], DispatcherLike]) -> Blueprint:
+def ops_blueprint(source: Callable[[], PipeLike]) -> Blueprint:
     """GET /healthz, /stats and /jobs/<id>: what the pipe is doing, as JSON."""
     bp = Blueprint("greenpipe_ops", __name__)
 
@@ -423,19 +425,19 @@ def json_errors(app: Flask, routes: str = ROUTES) -> None:
         return json_error(500, "internal error", detail)
 
 
-def create_app(dispatcher: DispatcherLike, settings: WebSettings) -> Flask:
-    """web.py's app around a given dispatcher (tests pass a fake)."""
+def create_app(pipe: PipeLike, settings: WebSettings) -> Flask:
+    """web.py's app around a given pipe (tests pass a fake)."""
     app = Flask("greenpipe")
     app.config["GREENPIPE_MAX_BODY"] = settings.max_body
-    app.register_blueprint(forwarding_blueprint(lambda: dispatcher, settings))
-    app.register_blueprint(ops_blueprint(lambda: dispatcher))
+    app.register_blueprint(forwarding_blueprint(lambda: pipe, settings))
+    app.register_blueprint(ops_blueprint(lambda: pipe))
     json_errors(app)
     return app
 
 
-def _waited(dispatcher: DispatcherLike, job: Any, wait: float) -> Response:
+def _waited(pipe: PipeLike, job: Any, wait: float) -> Response:
     applied = {"Preference-Applied": f"wait={wait:g}"}
-    outcome = dispatcher.outcome(job, wait)
+    outcome = pipe.outcome(job, wait)
     if outcome is None or outcome.status is Status.TIMEOUT:
         return json_response(
             504,

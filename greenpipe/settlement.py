@@ -1,7 +1,7 @@
 """What became of jobs: acknowledgements, retries held, losses re-sent, cancels.
 
-The dispatcher hands in what a link settled or lost; `Settlement` records it
-(the records behind GET /jobs/<id>, the books, the journal), wakes whoever
+The dispatcher hands in what a link settled or lost; `Settlement` notes it
+(the finished jobs behind GET /jobs/<id>, the books, the journal), wakes whoever
 waits for a job, puts a failed run on the timer when its handler asked for a
 retry, dead-letters what is given up on, and re-queues what a lost worker
 held. A malformed message is counted in the books and logged (rate-limited)
@@ -18,11 +18,11 @@ from greenpipe.books import Books
 from greenpipe.config import PipeSettings
 from greenpipe.deadletter import DeadLetters
 from greenpipe.errors import ProtocolError
+from greenpipe.finished import FinishedJobs
 from greenpipe.jobs import Envelope, Status
 from greenpipe.journal import Journal
 from greenpipe.link import Link
 from greenpipe.queues import Queues
-from greenpipe.records import JobRecords
 from greenpipe.throttle import Throttle
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,14 @@ class Settlement:
         self,
         settings: PipeSettings,
         queues: Queues,
-        records: JobRecords,
+        finished: FinishedJobs,
         books: Books,
         journal: Journal | None,
         dead_letters: DeadLetters,
     ) -> None:
         self.settings = settings
         self.queues = queues
-        self.records = records
+        self.finished = finished
         self.books = books
         self.journal = journal
         self.dead_letters = dead_letters
@@ -58,7 +58,7 @@ class Settlement:
     ) -> None:
         """Jobs `link` settled: record, count, journal, wake whoever waits."""
         # Per job on the hot path: bound methods and one clock read per message.
-        store, worker = self.records.store, link.name
+        store, worker = self.finished.store, link.name
         for job in done:
             store[job.id] = (Status.DONE, worker, job.attempt, b"", now, job.retries)
             if job.reply is not None:
@@ -69,7 +69,7 @@ class Settlement:
                 store[job.id] = (status, worker, job.attempt, payload, now, job.retries)
                 if job.reply is not None:
                     job.resolve(worker, status, payload)
-        self.records.trim()
+        self.finished.trim()
         self.books.settled(done, results, stray, worker, now)
         if self.journal is not None:
             if done:
@@ -117,7 +117,7 @@ class Settlement:
         Queued or waiting for a retry: removed, journaled as settled (a
         restart does not run it): ``cancelled``. Running: the worker throws
         `Cancelled` into its handler and it is not retried: ``in_flight``
-        with ``cancelling``. Finished: its record, unchanged. Idempotent.
+        with ``cancelling``. Finished: its outcome, unchanged. Idempotent.
         """
         job = self.queues.remove(job_id)
         if job is not None:
@@ -126,7 +126,7 @@ class Settlement:
             runs = job.retries or (1 if job.attempt else 0)
             reason = "cancelled before it ran" + (" again" if runs else "")
             self.cancelled([job], reason, "", retries=runs - 1)
-            return self.records.get(job_id)
+            return self.finished.get(job_id)
         key = job_id.encode("ascii", "replace")
         for link in links:
             job = link.jobs.get(key)
@@ -137,7 +137,7 @@ class Settlement:
                 return {"id": job_id, "status": Status.IN_FLIGHT.value,
                         "worker": link.name, "attempt": job.attempt,
                         "cancelling": True}  # fmt: skip
-        return self.records.get(job_id)
+        return self.finished.get(job_id)
 
     def cancelled(
         self, jobs: list[Envelope], reason: str, worker: str, retries: int = -2
@@ -145,7 +145,7 @@ class Settlement:
         """Settle `jobs` as cancelled; `retries`: runs - 1 if not the job's own."""
         for job in jobs:
             before = job.retries if retries < -1 else retries
-            self.records.add(job.id, Status.CANCELLED, worker, job.attempt,
+            self.finished.add(job.id, Status.CANCELLED, worker, job.attempt,
                              reason.encode(), retries=before)  # fmt: skip
             job.resolve(worker, Status.CANCELLED, reason.encode())
         self.books.cancelled += len(jobs)
@@ -201,8 +201,8 @@ class Settlement:
     def finish(
         self, job: Envelope, status: Status, worker: str, payload: bytes = b""
     ) -> None:
-        """`job` is done with: keep its record for status lookups, wake a waiter."""
-        self.records.add(job.id, status, worker, job.attempt, payload,
+        """`job` is done with: keep its outcome for status lookups, wake a waiter."""
+        self.finished.add(job.id, status, worker, job.attempt, payload,
                          retries=job.retries)  # fmt: skip
         if self.journal is not None:  # no longer owed
             self.journal.acked((job,))

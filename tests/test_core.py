@@ -156,7 +156,7 @@ def test_credit_routes_around_a_full_worker(clock):
     submit(d, 7)
     d.flush()
     assert [len(link.jobs) for link in d.links] == [1, 3, 3]
-    assert d.links[0].status == FULL
+    assert d.links[0].reported_state == FULL
 
 
 def test_acks_settle_jobs_and_stray_acks_are_counted(clock):
@@ -431,19 +431,19 @@ def test_in_process_worker_stop_is_exact_no_resend(context):
         d.close()
 
 
-def test_job_records_are_bounded_by_count_and_age():
-    from greenpipe.records import JobRecords
+def test_finished_jobs_are_bounded_by_count_and_age():
+    from greenpipe.finished import FinishedJobs
 
     clock = Clock()
-    records = JobRecords(keep=100, ttl=10, clock=clock)
+    finished = FinishedJobs(keep=100, ttl=10, clock=clock)
     for i in range(1000):
-        records.add(f"j-{i}", Status.OK, "w", 1, b"")
-    assert len(records) == 100 and records.get("j-899") is None
-    assert records.get("j-999")["status"] == "done"
+        finished.add(f"j-{i}", Status.OK, "w", 1, b"")
+    assert len(finished) == 100 and finished.get("j-899") is None
+    assert finished.get("j-999")["status"] == "done"
     clock.now += 11
-    records.add("late", Status.FAILED, "w", 2, b"RuntimeError: x")
-    assert records.get("j-999") is None, "older than STATUS_TTL: forgotten"
-    assert records.get("late")["error"] == "RuntimeError: x"
+    finished.add("late", Status.FAILED, "w", 2, b"RuntimeError: x")
+    assert finished.get("j-999") is None, "older than STATUS_TTL: forgotten"
+    assert finished.get("late")["error"] == "RuntimeError: x"
 
 
 def _dead_lines(path) -> list[str]:
