@@ -20,6 +20,11 @@ from greenpipe.spelling import PREFIX
 from greenpipe.values import KiB, MiB, loopback  # noqa: F401 (loopback: fleet imports it here)
 
 log = logging.getLogger(__name__)
+
+# Old names still read, each for the setting it became (flag, app.config and
+# environment alike); the new name wins at the same level. One warning each.
+ALIASES = {"max_attempts": "max_deliveries"}
+_warned_aliases: set[str] = set()
 _S = TypeVar("_S", bound="PipeSettings | WorkerSettings")  # load_settings makes
 _P = TypeVar("_P", bound="PipeSettings")
 
@@ -132,8 +137,11 @@ class PipeSettings:
     job_timeout: float = setting(
         30.0, values.seconds, "time limit a worker gives each handler"
     )
-    max_attempts: int = setting(
-        3, values.positive_int, "deliveries of a job before dead-letter"
+    max_deliveries: int = setting(
+        3,
+        values.positive_int,
+        "deliveries of one run of a job before dead-letter (a lost worker's jobs "
+        "are delivered again); MAX_ATTEMPTS is its old name",
     )
     dead_letter: str = setting(
         "dead-letter.jsonl", values.path, "file for jobs given up on"
@@ -187,6 +195,11 @@ class PipeSettings:
         "setting's name that is no setting: warn at start, or refuse to start",
     )
     log_level: str = setting("INFO", values.log_level, "DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def max_attempts(self) -> int:
+        """MAX_DELIVERIES by its old name (deprecated)."""
+        return self.max_deliveries
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,21 +313,42 @@ def _lookup(
     environ: Mapping[str, str],
     app_config: Mapping[str, Any],
 ) -> tuple[str | None, str, str]:
-    """Return (raw text, where it came from, the name to show in errors)."""
+    """Return (raw text, where it came from, the name to show in errors).
+
+    A setting's old name (`ALIASES`) is read at each level after its own.
+    """
     label = "port" if name == "port" else name.upper()
-    if name in flags:
-        return flags[name], f"flag --{name.replace('_', '-')}", label
-    key = PREFIX + name.upper()
-    if key in app_config:
-        return _text(app_config[key]), f"app.config[{key!r}]", key
-    for env in env_names(name):
-        if env in environ:
-            return environ[env], f"environment variable {env}", env
+    names = [name, *(old for old, new in ALIASES.items() if new == name)]
+    for each in names:
+        if each in flags:
+            return flags[each], f"flag --{each.replace('_', '-')}", each.upper()
+    for each in names:
+        key = PREFIX + each.upper()
+        if key in app_config:
+            return _text(app_config[key]), f"app.config[{key!r}]", key
+    for each in names:
+        for env in env_names(each):
+            if env in environ:
+                return environ[env], f"environment variable {env}", env
     return None, "default", label
 
 
+def _warn_alias(old: str, source: str) -> None:
+    """Once per old name and process: say what it is called now."""
+    if old not in _warned_aliases:
+        _warned_aliases.add(old)
+        log.warning(
+            "%s is deprecated: it is %s now (%s); rename it, it means the same",
+            old.upper(),
+            ALIASES[old].upper(),
+            source,
+        )
+
+
 def _setting_names(cls: type) -> list[str]:
-    return [f.name.upper() for f in fields(cls)]
+    """The settings of `cls`, upper case, and the old names still read."""
+    names = [f.name for f in fields(cls)]
+    return [n.upper() for n in names + [o for o, n in ALIASES.items() if n in names]]
 
 
 def _shown_default(f: Any) -> str:
@@ -357,20 +391,26 @@ def load_settings(
             help=f"{f.metadata['help']} [env {'/'.join(env_names(f.name))}; "
             f"default {_shown_default(f)}]",
         )
+        for old in (old for old, new in ALIASES.items() if new == f.name):
+            parser.add_argument("--" + old.replace("_", "-"), dest=old,
+                                help=argparse.SUPPRESS)  # fmt: skip
     flags = vars(parser.parse_args(argv))
-    values: dict[str, Any] = {}
+    given: dict[str, Any] = {}
     for f in fields(cls):
         raw, source, label = _lookup(f.name, flags, environ, app_config or {})
         if raw is None:
             continue
+        used = label.removeprefix(PREFIX).lower()
+        if used in ALIASES:
+            _warn_alias(used, source)
         try:
-            values[f.name] = f.metadata["parse"](raw)
+            given[f.name] = f.metadata["parse"](raw)
         except ValueError as exc:
             raise ConfigError(
                 f"{label}: expected {exc}, got {raw!r} ({source}); fix it, or unset it "
                 f"to use the default {_shown_default(f)}"
             ) from None
-    settings = cls(**values)
+    settings = cls(**given)
     known = set(_setting_names(WebSettings)) | set(_setting_names(WorkerSettings))
     problems = spelling.unknown(_setting_names(cls), known, environ, app_config or {})
     spelling.report(problems, settings.unknown_settings == "refuse")
@@ -408,9 +448,10 @@ def check_pipe(settings: _P) -> _P:
             f"({settings.heartbeat} s), got {settings.heartbeat_timeout}; "
             "raise HEARTBEAT_TIMEOUT or lower HEARTBEAT"
         )
-    if settings.max_attempts > 255:
+    if settings.max_deliveries > 255:
         raise ConfigError(
-            f"MAX_ATTEMPTS: expected at most 255, got {settings.max_attempts}; lower it"
+            f"MAX_DELIVERIES: expected at most 255, got {settings.max_deliveries}; "
+            "lower it"
         )
     _pair(settings.curve_secret, "CURVE_SECRET", settings.curve_server, "CURVE_SERVER",
           "the workers' public key file (their NAME.key)")  # fmt: skip

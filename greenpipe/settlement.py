@@ -159,10 +159,9 @@ class Settlement:
         for job in jobs:
             if job.cancelling:  # it was to be interrupted: it is not re-sent
                 self.cancelled([job], "cancelled; its worker was lost", link.name)
-            elif job.deliveries >= self.settings.max_attempts:
-                note = f"worker lost ({reason}) on attempt {job.attempt} of " + str(
-                    self.settings.max_attempts
-                )
+            elif job.deliveries >= self.settings.max_deliveries:
+                most = self.settings.max_deliveries
+                note = f"worker lost ({reason}) on delivery {job.deliveries} of {most}"
                 self.dead_letters.write(job, note, link.name)
                 self.finish(job, Status.DEAD, link.name, note.encode())
             elif graceful and not job.suspect:

@@ -218,8 +218,8 @@ def test_a_second_suspect_waits_for_a_worker_without_one(clock):
     assert b.suspects == 1 and not d._retry
 
 
-def test_a_job_lost_max_attempts_times_is_dead_lettered(clock):
-    d = make(clock, workers="127.0.0.1:1", max_attempts=2)
+def test_a_job_lost_max_deliveries_times_is_dead_lettered(clock):
+    d = make(clock, workers="127.0.0.1:1", max_deliveries=2)
     link = d.links[0]
     ready(d, link)
     (job,) = submit(d, reply=True)

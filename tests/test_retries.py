@@ -176,8 +176,8 @@ def test_a_failure_after_retries_is_dead_lettered_with_its_errors(clock, tmp_pat
     assert dead["errors"] == ["E: first", "E: second"] and dead["runs"] == 2
 
 
-def test_max_attempts_bounds_the_deliveries_of_one_run_not_all_runs(clock):
-    d = make(clock, workers="127.0.0.1:1,127.0.0.1:2", max_attempts=2)
+def test_max_deliveries_bounds_the_deliveries_of_one_run_not_all_runs(clock):
+    d = make(clock, workers="127.0.0.1:1,127.0.0.1:2", max_deliveries=2)
     a, b = d.links
     ready(d, a)
     ready(d, b)
