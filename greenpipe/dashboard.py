@@ -30,7 +30,6 @@ from werkzeug.exceptions import NotFound
 
 from greenpipe.errors import Unavailable
 from greenpipe.routes import (
-    ACTION_HEADER,
     action_refused,
     json_error,
     json_response,
@@ -48,7 +47,6 @@ INLINE = (
     "GREENPIPE_WORKERS) to see the dashboard"
 )
 RECENT = 20  # failures and dead letters shown
-RESEND_HEADER = ACTION_HEADER
 STATIC = Path(__file__).with_name("static")
 
 
