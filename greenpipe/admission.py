@@ -13,18 +13,21 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from greenpipe.errors import Unavailable
 
 if TYPE_CHECKING:  # the HTTP side imports check_key alone: no sockets, no gevent
+    from gevent.event import Event
+
     from greenpipe.books import Books
     from greenpipe.commit import Group, GroupCommit
     from greenpipe.config import PipeSettings
     from greenpipe.fleet import Fleet
     from greenpipe.jobs import Envelope
     from greenpipe.journal import Journal
+    from greenpipe.queues import Queues
 
 MAX_KEYS = 100_000  # idempotency keys remembered at once
 KEY_RULE = "1-255 printable ASCII characters"
@@ -89,8 +92,9 @@ class IdempotencyKeys:
 class Admission:
     """Whether a job is taken now; its id; its key; its group commit.
 
-    `taken` receives the jobs admitted and kept, in order (the dispatcher
-    queues them); `queued` says how many wait for a worker now.
+    Jobs admitted and kept go into the shared `queues`, in order, and `wake`
+    (the dispatcher greenlet's event) is set: it sends them, and writes the
+    next group. Nothing here calls the dispatcher.
     """
 
     def __init__(
@@ -100,9 +104,8 @@ class Admission:
         books: Books,
         keys: IdempotencyKeys,
         journal: Journal | None,
-        taken: Callable[[Sequence[Envelope]], None],
-        queued: Callable[[], int],
-        scheduled: Callable[[], int],
+        queues: Queues,
+        wake: Event,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from greenpipe.commit import GroupCommit  # gevent: only where jobs are taken
@@ -111,9 +114,8 @@ class Admission:
         self.fleet = fleet
         self.books = books
         self.keys = keys
-        self._taken = taken
-        self._queued = queued
-        self._scheduled = scheduled
+        self.queues = queues
+        self._wake = wake
         self._clock = clock
         self._commit: GroupCommit | None = None
         if journal is not None:
@@ -135,24 +137,25 @@ class Admission:
         if key:
             check_key(key)
             if not self.fleet.barrier.is_set():  # waits: a twin may come meanwhile
-                self.check(self._queued(), draining, bool(job.not_before))
+                self.check(self.queues.pending(), draining, bool(job.not_before))
             first = self._first_for(key)
             if first is not None:
                 job.reply = None  # the first job's outcome is not this one's
                 return job.named(first)
-        self.check(self._queued(), draining, bool(job.not_before))
+        self.check(self.queues.pending(), draining, bool(job.not_before))
         job.named(self.new_id())
         job.accepted_at = self._clock()
         if self._commit is None:
             if key:
                 self.keys.remember(key, job.id)
             self.books.accepted += 1
-            self._taken((job,))
+            self.queues.add((job,))
+            self._wake.set()  # send it
             return job
         group = self._commit.add(job, key)
         if key:
             self._pending[key] = (job, group)
-        self._taken(())  # wakes the dispatcher greenlet, which writes the group
+        self._wake.set()  # the dispatcher greenlet writes the group
         # No timer per request (arming one costs more than the write): the
         # dispatcher greenlet always settles the group, and a stalled sync is
         # bounded by the group's own deadline (greenpipe.commit).
@@ -181,13 +184,15 @@ class Admission:
     def _journaled(
         self, jobs: list[Envelope], keys: list[tuple[str, float]], error: str
     ) -> None:
-        """A group commit ended: hand its jobs on and remember their keys, or not."""
+        """A group commit ended: queue its jobs and remember their keys, or not."""
         for job, (key, at) in zip(jobs, keys, strict=True):
             if key and self._pending.get(key, (None, None))[0] is job:
                 del self._pending[key]
                 if not error:
                     self.keys.remember(key, job.id, at)  # the time journaled
-        self._taken(() if error else jobs)
+        if not error:
+            self.queues.add(jobs)
+        self._wake.set()  # send these, write the next group, see if drained
 
     def commit(self) -> None:
         """Write what was taken since the last write (the dispatcher greenlet)."""
@@ -234,7 +239,7 @@ class Admission:
                 f"no worker can take jobs now ({fleet.states()}); retry soon"
             )
         if delayed:
-            scheduled = self._scheduled()
+            scheduled = len(self.queues.later)
             if scheduled >= settings.max_scheduled:
                 self.books.reject("max_scheduled")
                 raise Unavailable(

@@ -14,33 +14,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
-from greenpipe import spelling
+from greenpipe import spelling, values
 from greenpipe.errors import ConfigError
 from greenpipe.spelling import PREFIX
-from greenpipe.values import (  # noqa: F401 (config's names, as before the move)
-    _HOST_PORT,
-    KiB,
-    MiB,
-    _choice,
-    _count,
-    _flag,
-    _handler,
-    _horizon,
-    _host,
-    _journal_dir,
-    _log_level,
-    _optional_path,
-    _optional_port,
-    _optional_spec,
-    _path,
-    _port,
-    _positive_int,
-    _seconds,
-    _size,
-    loopback,
-)
+from greenpipe.values import KiB, MiB, loopback  # noqa: F401 (loopback: fleet imports it here)
 
 log = logging.getLogger(__name__)
+
+# Old names still read, each for the setting it became (flag, app.config and
+# environment alike); the new name wins at the same level. One warning each.
+ALIASES = {"max_attempts": "max_deliveries"}
+_warned_aliases: set[str] = set()
 _S = TypeVar("_S", bound="PipeSettings | WorkerSettings")  # load_settings makes
 _P = TypeVar("_P", bound="PipeSettings")
 
@@ -75,7 +59,7 @@ def parse_endpoint(item: str) -> Endpoint:
     if text.startswith("ipc://") and len(text) > len("ipc://"):
         return Endpoint(text, reliable)
     bare = text[len("tcp://") :] if text.startswith("tcp://") else text
-    match = _HOST_PORT.match(bare)
+    match = values.HOST_PORT.match(bare)
     if not match or not 1 <= int(match["port"]) <= 65535:
         raise ValueError(
             "a comma-separated list of workers as host:port (1-65535), "
@@ -85,7 +69,7 @@ def parse_endpoint(item: str) -> Endpoint:
     return Endpoint(f"tcp://{match['host']}:{int(match['port'])}", reliable)
 
 
-def _workers(raw: str) -> tuple[Endpoint, ...]:
+def parse_workers(raw: str) -> tuple[Endpoint, ...]:
     items = [item for item in raw.split(",") if item.strip()]
     if not items:
         raise ValueError("at least one worker, e.g. 127.0.0.1:4444,127.0.0.1:4445")
@@ -98,7 +82,7 @@ def _workers(raw: str) -> tuple[Endpoint, ...]:
     return endpoints
 
 
-def _setting(
+def setting(
     default: Any, parse: Callable[[str], Any], help: str, shown: str = ""
 ) -> Any:
     """A dataclass field that knows how to read itself from text."""
@@ -116,120 +100,140 @@ DEFAULT_WORKERS = tuple(
 class PipeSettings:
     """What a `Pipe` (the dispatcher) needs: workers, bounds, timing; no HTTP."""
 
-    workers: tuple[Endpoint, ...] = _setting(
+    workers: tuple[Endpoint, ...] = setting(
         DEFAULT_WORKERS,
-        _workers,
+        parse_workers,
         "workers in round-robin order (host:port, tcp://, ipc://, push+tcp://)",
         "127.0.0.1:4444,127.0.0.1:4445,127.0.0.1:4446",
     )
-    workers_file: str = _setting(
+    workers_file: str = setting(
         "",
-        _optional_path,
+        values.optional_path,
         "a file of workers, one per line (# comments): read at start and on SIGHUP, "
         "so workers are added and removed live; overrides WORKERS",
     )
-    ready_timeout: float = _setting(
-        10.0, _seconds, "seconds a request waits for the barrier"
+    ready_timeout: float = setting(
+        10.0, values.seconds, "seconds a request waits for the barrier"
     )
-    max_body: int = _setting(MiB, _size, "largest request body accepted", "1MiB")
-    max_pending: int = _setting(
-        1000, _positive_int, "jobs waiting for a worker, at most"
+    max_body: int = setting(MiB, values.size, "largest request body accepted", "1MiB")
+    max_pending: int = setting(
+        1000, values.positive_int, "jobs waiting for a worker, at most"
     )
-    max_scheduled: int = _setting(
-        100_000, _positive_int, "delayed jobs waiting for their time, at most"
+    max_scheduled: int = setting(
+        100_000, values.positive_int, "delayed jobs waiting for their time, at most"
     )
-    max_delay: float = _setting(
-        7 * 86400.0, _horizon, "how far ahead a job may be delayed, seconds"
+    max_delay: float = setting(
+        7 * 86400.0, values.horizon, "how far ahead a job may be delayed, seconds"
     )
-    drain_timeout: float = _setting(
-        3.0, _seconds, "seconds to wait for acks when stopping"
+    drain_timeout: float = setting(
+        3.0, values.seconds, "seconds to wait for acks when stopping"
     )
-    heartbeat: float = _setting(0.5, _seconds, "seconds between heartbeats, both ways")
-    heartbeat_timeout: float = _setting(
-        3.0, _seconds, "silence after which a worker is lost"
+    heartbeat: float = setting(
+        0.5, values.seconds, "seconds between heartbeats, both ways"
     )
-    job_timeout: float = _setting(
-        30.0, _seconds, "time limit a worker gives each handler"
+    heartbeat_timeout: float = setting(
+        3.0, values.seconds, "silence after which a worker is lost"
     )
-    max_attempts: int = _setting(
-        3, _positive_int, "deliveries of a job before dead-letter"
+    job_timeout: float = setting(
+        30.0, values.seconds, "time limit a worker gives each handler"
     )
-    dead_letter: str = _setting("dead-letter.jsonl", _path, "file for jobs given up on")
-    status_keep: int = _setting(
-        10_000, _positive_int, "finished jobs whose status GET /jobs/<id> keeps"
+    max_deliveries: int = setting(
+        3,
+        values.positive_int,
+        "deliveries of one run of a job before dead-letter (a lost worker's jobs "
+        "are delivered again); MAX_ATTEMPTS is its old name",
     )
-    status_ttl: float = _setting(
-        300.0, _seconds, "seconds a finished job's status is kept"
+    dead_letter: str = setting(
+        "dead-letter.jsonl", values.path, "file for jobs given up on"
     )
-    journal_dir: str = _setting(
+    status_keep: int = setting(
+        10_000, values.positive_int, "finished jobs whose status GET /jobs/<id> keeps"
+    )
+    status_ttl: float = setting(
+        300.0, values.seconds, "seconds a finished job's status is kept"
+    )
+    journal_dir: str = setting(
         ".greenpipe-journal",
-        _journal_dir,
+        values.journal_dir,
         "directory of the journal that 202s survive a crash by (off: none)",
     )
-    journal_sync: str = _setting(
+    journal_sync: str = setting(
         "none",
-        _choice("none", "batch"),
+        values.choice("none", "batch"),
         "none: survives a process crash; batch: fdatasync per group, a power loss",
     )
-    journal_corrupt: str = _setting(
+    journal_corrupt: str = setting(
         "salvage",
-        _choice("salvage", "refuse"),
+        values.choice("salvage", "refuse"),
         "a damaged journal segment: replay what can be read, or refuse to start",
     )
-    idempotency_ttl: float = _setting(
-        3600.0, _seconds, "seconds an Idempotency-Key maps to its first job"
+    idempotency_ttl: float = setting(
+        3600.0, values.seconds, "seconds an Idempotency-Key maps to its first job"
     )
-    metrics: bool = _setting(True, _flag, "serve GET /metrics (Prometheus)")
-    curve_secret: str = _setting(
+    metrics: bool = setting(True, values.flag, "serve GET /metrics (Prometheus)")
+    curve_secret: str = setting(
         "",
-        _optional_path,
+        values.optional_path,
         "this web's secret key file (greenpipe keys): turns CURVE on for every "
         "worker link",
     )
-    curve_server: str = _setting(
-        "", _optional_path, "the workers' public key file (with CURVE_SECRET)"
+    curve_server: str = setting(
+        "", values.optional_path, "the workers' public key file (with CURVE_SECRET)"
     )
-    dashboard: bool = _setting(
-        True, _flag, "serve GET /dashboard, a live page of the pipe and its workers"
+    dashboard: bool = setting(
+        True,
+        values.flag,
+        "serve GET /dashboard, a live page of the pipe and its workers",
     )
-    reuse_port: bool = _setting(
-        False, _flag, "bind HTTP with SO_REUSEPORT (shared port)"
+    reuse_port: bool = setting(
+        False, values.flag, "bind HTTP with SO_REUSEPORT (shared port)"
     )
-    unknown_settings: str = _setting(
+    unknown_settings: str = setting(
         "warn",
-        _choice("warn", "refuse"),
+        values.choice("warn", "refuse"),
         "a GREENPIPE_* name (environment, app.config) or a near-miss of a "
         "setting's name that is no setting: warn at start, or refuse to start",
     )
-    log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
+    log_level: str = setting("INFO", values.log_level, "DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def max_attempts(self) -> int:
+        """MAX_DELIVERIES by its old name (deprecated)."""
+        return self.max_deliveries
 
 
 @dataclass(frozen=True, slots=True)
 class WebSettings(PipeSettings):
     """Everything web.py needs: the pipe's settings and the HTTP server's."""
 
-    port: int = _setting(4567, _port, "HTTP port")
-    host: str = _setting("127.0.0.1", _host, "HTTP interface to bind")
-    max_connections: int = _setting(
-        1000, _positive_int, "HTTP connections served at once"
+    port: int = setting(4567, values.port, "HTTP port")
+    host: str = setting("127.0.0.1", values.host, "HTTP interface to bind")
+    max_connections: int = setting(
+        1000, values.positive_int, "HTTP connections served at once"
     )
-    header_timeout: float = _setting(
+    header_timeout: float = setting(
         10.0,
-        _seconds,
+        values.seconds,
         "seconds a new connection has to send a request's line and headers",
     )
-    idle_timeout: float = _setting(
-        30.0, _seconds, "seconds a keep-alive connection may wait for its next request"
+    idle_timeout: float = setting(
+        30.0,
+        values.seconds,
+        "seconds a keep-alive connection may wait for its next request",
     )
-    body_timeout: float = _setting(
-        30.0, _seconds, "seconds a request's body has to arrive, after its headers"
+    body_timeout: float = setting(
+        30.0,
+        values.seconds,
+        "seconds a request's body has to arrive, after its headers",
     )
-    max_wait: float = _setting(30.0, _seconds, "cap on Prefer: wait=N, seconds")
-    access_log: bool = _setting(False, _flag, "log one line per HTTP request")
-    web_processes: int = _setting(1, _positive_int, "web.py processes sharing the port")
-    ops_port: int = _setting(
+    max_wait: float = setting(30.0, values.seconds, "cap on Prefer: wait=N, seconds")
+    access_log: bool = setting(False, values.flag, "log one line per HTTP request")
+    web_processes: int = setting(
+        1, values.positive_int, "web.py processes sharing the port"
+    )
+    ops_port: int = setting(
         -1,
-        _optional_port,
+        values.optional_port,
         "a port of each web process's own for /metrics, /stats, /healthz and "
         "/dashboard (0: the OS picks; with WEB_PROCESSES=K, K ports from it); off",
     )
@@ -239,54 +243,56 @@ class WebSettings(PipeSettings):
 class WorkerSettings:
     """Everything server.py needs: its port, and optional tuning."""
 
-    port: int = _setting(
-        4444, _port, "port to bind (0: the OS picks, and it is logged)"
+    port: int = setting(
+        4444, values.port, "port to bind (0: the OS picks, and it is logged)"
     )
-    host: str = _setting("127.0.0.1", _host, "interface to bind")
-    concurrency: int = _setting(100, _positive_int, "jobs handled at once (greenlets)")
-    handler: str = _setting(
+    host: str = setting("127.0.0.1", values.host, "interface to bind")
+    concurrency: int = setting(
+        100, values.positive_int, "jobs handled at once (greenlets)"
+    )
+    handler: str = setting(
         "greenpipe.handlers:log_job",
-        _handler,
+        values.handler,
         "package.module:NAME, a callable or a Handlers registry run per job",
     )
-    app: str = _setting(
+    app: str = setting(
         "",
-        _optional_spec,
+        values.optional_spec,
         "package.module:app, a Flask app whose context handlers run in",
     )
-    drain_timeout: float = _setting(
-        3.0, _seconds, "seconds to finish jobs when stopping"
+    drain_timeout: float = setting(
+        3.0, values.seconds, "seconds to finish jobs when stopping"
     )
-    retries: int = _setting(
-        0, _count, "retries of a failed job whose handler declares no policy"
+    retries: int = setting(
+        0, values.count, "retries of a failed job whose handler declares no policy"
     )
-    retry_backoff: float = _setting(
-        1.0, _seconds, "seconds before the first of those, doubling, jittered"
+    retry_backoff: float = setting(
+        1.0, values.seconds, "seconds before the first of those, doubling, jittered"
     )
-    curve_secret: str = _setting(
+    curve_secret: str = setting(
         "",
-        _optional_path,
+        values.optional_path,
         "this worker's secret key file (greenpipe keys): turns CURVE on",
     )
-    curve_allow: str = _setting(
+    curve_allow: str = setting(
         "",
-        _optional_path,
+        values.optional_path,
         "directory of the web public key files (NAME.key) allowed in (with "
         "CURVE_SECRET)",
     )
-    max_frame: int = _setting(
+    max_frame: int = setting(
         16 * MiB + 64 * KiB,
-        _size,
+        values.size,
         "largest job frame accepted from a peer",
         "16MiB+64KiB",
     )
-    unknown_settings: str = _setting(
+    unknown_settings: str = setting(
         "warn",
-        _choice("warn", "refuse"),
+        values.choice("warn", "refuse"),
         "a GREENPIPE_* name (environment, app.config) or a near-miss of a "
         "setting's name that is no setting: warn at start, or refuse to start",
     )
-    log_level: str = _setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR")
+    log_level: str = setting("INFO", values.log_level, "DEBUG, INFO, WARNING or ERROR")
 
 
 def env_names(name: str) -> tuple[str, ...]:
@@ -307,21 +313,42 @@ def _lookup(
     environ: Mapping[str, str],
     app_config: Mapping[str, Any],
 ) -> tuple[str | None, str, str]:
-    """Return (raw text, where it came from, the name to show in errors)."""
+    """Return (raw text, where it came from, the name to show in errors).
+
+    A setting's old name (`ALIASES`) is read at each level after its own.
+    """
     label = "port" if name == "port" else name.upper()
-    if name in flags:
-        return flags[name], f"flag --{name.replace('_', '-')}", label
-    key = PREFIX + name.upper()
-    if key in app_config:
-        return _text(app_config[key]), f"app.config[{key!r}]", key
-    for env in env_names(name):
-        if env in environ:
-            return environ[env], f"environment variable {env}", env
+    names = [name, *(old for old, new in ALIASES.items() if new == name)]
+    for each in names:
+        if each in flags:
+            return flags[each], f"flag --{each.replace('_', '-')}", each.upper()
+    for each in names:
+        key = PREFIX + each.upper()
+        if key in app_config:
+            return _text(app_config[key]), f"app.config[{key!r}]", key
+    for each in names:
+        for env in env_names(each):
+            if env in environ:
+                return environ[env], f"environment variable {env}", env
     return None, "default", label
 
 
+def _warn_alias(old: str, source: str) -> None:
+    """Once per old name and process: say what it is called now."""
+    if old not in _warned_aliases:
+        _warned_aliases.add(old)
+        log.warning(
+            "%s is deprecated: it is %s now (%s); rename it, it means the same",
+            old.upper(),
+            ALIASES[old].upper(),
+            source,
+        )
+
+
 def _setting_names(cls: type) -> list[str]:
-    return [f.name.upper() for f in fields(cls)]
+    """The settings of `cls`, upper case, and the old names still read."""
+    names = [f.name for f in fields(cls)]
+    return [n.upper() for n in names + [o for o, n in ALIASES.items() if n in names]]
 
 
 def _shown_default(f: Any) -> str:
@@ -364,20 +391,26 @@ def load_settings(
             help=f"{f.metadata['help']} [env {'/'.join(env_names(f.name))}; "
             f"default {_shown_default(f)}]",
         )
+        for old in (old for old, new in ALIASES.items() if new == f.name):
+            parser.add_argument("--" + old.replace("_", "-"), dest=old,
+                                help=argparse.SUPPRESS)  # fmt: skip
     flags = vars(parser.parse_args(argv))
-    values: dict[str, Any] = {}
+    given: dict[str, Any] = {}
     for f in fields(cls):
         raw, source, label = _lookup(f.name, flags, environ, app_config or {})
         if raw is None:
             continue
+        used = label.removeprefix(PREFIX).lower()
+        if used in ALIASES:
+            _warn_alias(used, source)
         try:
-            values[f.name] = f.metadata["parse"](raw)
+            given[f.name] = f.metadata["parse"](raw)
         except ValueError as exc:
             raise ConfigError(
                 f"{label}: expected {exc}, got {raw!r} ({source}); fix it, or unset it "
                 f"to use the default {_shown_default(f)}"
             ) from None
-    settings = cls(**values)
+    settings = cls(**given)
     known = set(_setting_names(WebSettings)) | set(_setting_names(WorkerSettings))
     problems = spelling.unknown(_setting_names(cls), known, environ, app_config or {})
     spelling.report(problems, settings.unknown_settings == "refuse")
@@ -415,9 +448,10 @@ def check_pipe(settings: _P) -> _P:
             f"({settings.heartbeat} s), got {settings.heartbeat_timeout}; "
             "raise HEARTBEAT_TIMEOUT or lower HEARTBEAT"
         )
-    if settings.max_attempts > 255:
+    if settings.max_deliveries > 255:
         raise ConfigError(
-            f"MAX_ATTEMPTS: expected at most 255, got {settings.max_attempts}; lower it"
+            f"MAX_DELIVERIES: expected at most 255, got {settings.max_deliveries}; "
+            "lower it"
         )
     _pair(settings.curve_secret, "CURVE_SECRET", settings.curve_server, "CURVE_SERVER",
           "the workers' public key file (their NAME.key)")  # fmt: skip
@@ -437,7 +471,7 @@ def read_workers_file(path: str) -> tuple[Endpoint, ...]:
             "with one worker per line, e.g. 127.0.0.1:4444"
         ) from None
     try:
-        return _workers(",".join(line for line in lines if line))
+        return parse_workers(",".join(line for line in lines if line))
     except ValueError as exc:
         raise ConfigError(
             f"WORKERS_FILE={path!r}: expected {exc}; one worker per line"

@@ -30,9 +30,8 @@ from werkzeug.exceptions import NotFound
 
 from greenpipe.errors import Unavailable
 from greenpipe.routes import (
-    ACTION_HEADER,
-    _error,
     action_refused,
+    json_error,
     json_response,
     shared_port,
     unavailable,
@@ -48,7 +47,6 @@ INLINE = (
     "GREENPIPE_WORKERS) to see the dashboard"
 )
 RECENT = 20  # failures and dead letters shown
-RESEND_HEADER = ACTION_HEADER
 STATIC = Path(__file__).with_name("static")
 
 
@@ -105,7 +103,7 @@ def dashboard_blueprint(source: Callable[[], Any]) -> Blueprint:
         if not getattr(p.settings, "dashboard", False):
             raise NotFound()
         if p.history is None:  # inline mode: nothing flows, nothing is sampled
-            abort(_error(404, "no dashboard in inline mode", INLINE))
+            abort(json_error(404, "no dashboard in inline mode", INLINE))
         return p
 
     @bp.get("/dashboard")
@@ -141,7 +139,7 @@ def dashboard_blueprint(source: Callable[[], Any]) -> Blueprint:
         try:
             job = p.redrive(job_id)
         except KeyError:
-            return _error(
+            return json_error(
                 404,
                 "unknown dead letter",
                 f"no job {job_id!r} in the dead-letter file "

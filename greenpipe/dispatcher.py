@@ -4,10 +4,11 @@ Request greenlets call `Dispatcher.submit`, which asks `Admission` whether
 the job is taken, then queues it (with a journal, after its group commit:
 `greenpipe.commit`) and wakes the dispatcher greenlet; that greenlet sends
 queued jobs in one batch per worker (`flush`), and every heartbeat lets the
-`Fleet` ping and name the links to lose (`tick`). The links decode their own
-messages and return `Event`s; this module only reacts to them, and counts in
-the `Books`. Nothing here waits on a socket, so nothing on the request path
-does either.
+`Fleet` ping and name the links to lose (`tick`). The links' readers name
+their link in the shared `Inbox` and wake that greenlet, which has each link
+decode what it read (`Link.receive`) and reacts to the `Event`s returned;
+rooms below call nothing here. Nothing here waits on a socket, so nothing
+on the request path does either.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from greenpipe.books import LATENCY_BUCKETS, Books, Snapshot
 from greenpipe.config import Endpoint, PipeSettings
 from greenpipe.deadletter import DeadLetters
 from greenpipe.errors import LinkError
+from greenpipe.finished import FinishedJobs
 from greenpipe.fleet import Fleet, LinkFactory
 from greenpipe.jobs import Envelope, Outcome, Status
 from greenpipe.journal import Journal
-from greenpipe.link import Event, Happened, Link
+from greenpipe.link import Event, Happened, Inbox, Link
 from greenpipe.queues import Queues
-from greenpipe.records import JobRecords
 from greenpipe.settlement import Settlement
 from greenpipe.throttle import Throttle
 
@@ -65,9 +66,13 @@ class Dispatcher:
         self.name = name or f"web pid {os.getpid()}"
         self._clock = clock
         self.books = Books()
-        self.fleet = Fleet(settings, context or zmq.Context.instance(),
-                           self._on_message, self._on_event, link_factory)  # fmt: skip
-        self.records = JobRecords(settings.status_keep, settings.status_ttl, clock)
+        # Set by whoever has work for the dispatcher greenlet: jobs taken, a
+        # group to write, what a link read.
+        self._wake = gevent.event.Event()
+        self.inbox = Inbox(self._wake)
+        self.fleet = Fleet(settings, context or zmq.Context.instance(), self.inbox,
+                           link_factory)  # fmt: skip
+        self.finished = FinishedJobs(settings.status_keep, settings.status_ttl, clock)
         self.dead_letters = DeadLetters(settings.dead_letter)
         keys = IdempotencyKeys(settings.idempotency_ttl)
         self.journal: Journal | None = None
@@ -82,14 +87,13 @@ class Dispatcher:
         self._fresh, self._retry = self.queues.fresh, self.queues.retry
         self.later = self.queues.later  # waiting for a time: a delay, a backoff
         self.settlement = Settlement(
-            settings, self.queues, self.records, self.books, self.journal,
-            self.dead_letters, self._malformed,
+            settings, self.queues, self.finished, self.books, self.journal,
+            self.dead_letters,
         )  # fmt: skip
         self.admission = Admission(
-            settings, self.fleet, self.books, keys, self.journal, self._taken,
-            self.pending, lambda: len(self.later), clock,
+            settings, self.fleet, self.books, keys, self.journal, self.queues,
+            self._wake, clock,
         )  # fmt: skip
-        self._wake = gevent.event.Event()
         self._settled = gevent.event.Event()
         self._draining = False
         self._closed = False
@@ -175,6 +179,7 @@ class Dispatcher:
         """
         self._closed = True
         self._draining = True
+        self.hear()  # acknowledgements read before the close still count
         self.admission.close()
         self.fleet.close()
         if self._greenlet is not None:
@@ -220,21 +225,6 @@ class Dispatcher:
         """
         return self.admission.take(job, key, self._draining)
 
-    def _taken(self, jobs: Sequence[Envelope]) -> None:
-        """Jobs admitted and kept (journaled, if there is a journal): queue them.
-
-        A job pushed with a delay waits in the timer for its time instead.
-        """
-        fresh = self._fresh
-        for job in jobs:
-            if job.not_before:
-                self.later.add(job)
-            else:
-                fresh.append(job)
-        self._wake.set()  # send these, and write the next group
-        if self._draining:
-            self._check_settled()
-
     @staticmethod
     def outcome(job: Envelope, timeout: float) -> Outcome | None:
         """Wait up to `timeout` s for what became of a job submitted with reply."""
@@ -256,7 +246,10 @@ class Dispatcher:
             self._wake.wait(max(0.0, until - clock()))
             self._wake.clear()
             try:
+                self.hear()
                 self.flush()
+                if self._draining:  # a group commit may have settled meanwhile
+                    self._check_settled()
                 if clock() >= next_tick:
                     next_tick = clock() + interval
                     self.tick()
@@ -314,25 +307,24 @@ class Dispatcher:
         """Every HEARTBEAT: greet, ping, and lose the silent and the overdue."""
         if self.journal is not None:
             self.journal.flush_acks()
-        for link, reason in self.fleet.tick(self._clock(), self.name,
-                                            self._ack_deadline):  # fmt: skip
-            self._lose(link, reason)
+        self.hear()  # what was read first: the sockets are read after it, in order
+        for link, event in self.fleet.tick(self._clock(), self.name,
+                                           self._ack_deadline):  # fmt: skip
+            self._react(link, event)
 
     # -- what the links hand in ------------------------------------------------------
 
-    def _on_message(self, link: Link, frames: list[bytes]) -> None:
-        try:
-            for event in link.handle(frames, self._clock()):
-                self._react(link, event)
-        except Exception:  # a bug must not kill the link's reader
-            self._throttle.exception(f"bug:{link.name}", "dispatcher: unexpected error")
-
-    def _on_event(self, link: Link, event: int) -> None:
-        try:
-            for happened in link.on_monitor(event):
-                self._react(link, happened)
-        except Exception:  # a bug must not kill the link's monitor reader
-            self._throttle.exception(f"bug:{link.name}", "dispatcher: unexpected error")
+    def hear(self) -> None:
+        """Have each link the readers named apply what it read; react to it."""
+        now = self._clock()
+        for link in self.inbox.take():
+            for event in link.receive(now):
+                try:
+                    self._react(link, event)
+                except Exception:  # a bug must not lose the rest of the batch
+                    self._throttle.exception(
+                        f"bug:{link.name}", "dispatcher: unexpected error"
+                    )
 
     def _react(self, link: Link, event: Event) -> None:
         what, detail = event
@@ -372,7 +364,7 @@ class Dispatcher:
                 protocol.VERSION,
             )
         elif what is Happened.MALFORMED:
-            self._malformed(link, detail)
+            self.settlement.malformed(link, detail)
 
     def _check_frame(self, link: Link) -> None:
         if link.max_frame < self.settings.max_body + protocol.JOB_OVERHEAD:
@@ -412,16 +404,6 @@ class Dispatcher:
         if self._draining:
             self._check_settled()
 
-    def _malformed(self, link: Link, what: str) -> None:
-        self.books.malformed += 1
-        self._throttle.warning(
-            f"malformed:{link.name}",
-            "dropped a malformed message from worker %s: %s (%d so far)",
-            link.name,
-            what,
-            self.books.malformed,
-        )
-
     def _check_settled(self) -> None:
         if not self._moving():
             self._settled.set()
@@ -440,7 +422,7 @@ class Dispatcher:
             if job is not None:
                 return {"id": job_id, "status": Status.IN_FLIGHT.value,
                         "worker": link.name, "attempt": job.attempt}  # fmt: skip
-        return self.queues.status(job_id) or self.records.get(job_id)
+        return self.queues.status(job_id) or self.finished.get(job_id)
 
     def owns(self, job_id: str) -> bool:
         """True if `job_id` was made by this process (whatever became of it)."""

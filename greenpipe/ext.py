@@ -24,8 +24,8 @@ from greenpipe.config import WebSettings, extension_environ, load_web
 from greenpipe.dashboard import dashboard_blueprint
 from greenpipe.errors import BadJob, ConfigError, Unavailable
 from greenpipe.jobs import Handler, Job, Outcome
-from greenpipe.pipe import _MISSING, InlinePipe, Pipe, Receipt, load_handlers
-from greenpipe.values import _flag
+from greenpipe.pipe import MISSING, InlinePipe, Pipe, Receipt, load_handlers
+from greenpipe.values import flag
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class _State:
             "GREENPIPE_INLINE", extension_environ("GREENPIPE_INLINE", self.app.testing)
         )
         try:
-            return _flag(str(value))
+            return flag(str(value))
         except ValueError as exc:
             raise ConfigError(
                 f"GREENPIPE_INLINE: expected {exc}, got {value!r}"
@@ -329,7 +329,7 @@ class Greenpipe:
         self,
         name: str,
         *,
-        json: Any = _MISSING,
+        json: Any = MISSING,
         body: bytes | str | None = None,
         content_type: str | None = None,
         wait: float = 0,

@@ -3,8 +3,8 @@
 A `Fleet` makes one link per configured worker (with CURVE keys when set),
 knows when every one of them said READY once (the barrier), adds and retires
 workers live, and every heartbeat greets, pings and names the links to lose.
-It returns what it finds; what to do about a lost link (re-send its jobs) is
-the dispatcher's business.
+It returns what it finds (`tick`: events, losses among them); what to do
+about them (re-send a lost link's jobs) is the dispatcher's business.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import zmq.green as zmq
 from greenpipe import protocol
 from greenpipe.config import Endpoint, PipeSettings, loopback
 from greenpipe.curve import Keypair, fingerprint, load_public, load_secret
-from greenpipe.link import LEAVING, READY, Link, OnEvent, OnMessage
+from greenpipe.link import LEAVING, READY, Event, Happened, Inbox, Link
 from greenpipe.pushlink import PushLink
 from greenpipe.rotation import Rotation
 
@@ -28,7 +28,7 @@ WAITING_LOG_AFTER = 2.0  # seconds; workers started at the same time are not mis
 WAITING_LOG_EVERY = 5.0  # seconds between two lines naming the missing workers
 
 # Makes the link for one configured worker (tests pass one without sockets).
-LinkFactory = Callable[[int, Endpoint, OnMessage, OnEvent], Link]
+LinkFactory = Callable[[int, Endpoint, Inbox], Link]
 
 
 class Fleet:
@@ -38,16 +38,15 @@ class Fleet:
         self,
         settings: PipeSettings,
         context: zmq.Context,
-        on_message: OnMessage,
-        on_event: OnEvent,
+        inbox: Inbox,
         link_factory: LinkFactory | None = None,
     ) -> None:
         self.settings = settings
         self._context = context
-        self._on_message, self._on_event = on_message, on_event
+        self._inbox = inbox  # where the links' readers say they read something
         self._make = link_factory or self._make_link
         self.links: list[Link] = [
-            self._make(index, endpoint, on_message, on_event)
+            self._make(index, endpoint, inbox)
             for index, endpoint in enumerate(settings.workers)
         ]
         self.acknowledged = [link for link in self.links if link.reliable]
@@ -59,11 +58,9 @@ class Fleet:
         self._waiting_since: float | None = None  # first tick without the barrier
         self._waiting_logged = 0.0  # when the missing workers were last logged
 
-    def _make_link(
-        self, index: int, endpoint: Endpoint, on_message: OnMessage, on_event: OnEvent
-    ) -> Link:
+    def _make_link(self, index: int, endpoint: Endpoint, inbox: Inbox) -> Link:
         kind = Link if endpoint.reliable else PushLink
-        return kind(index, endpoint, self._context, on_message, on_event)
+        return kind(index, endpoint, self._context, inbox)
 
     def _curve(self, settings: PipeSettings) -> tuple[Keypair, bytes] | None:
         """CURVE on every link when CURVE_SECRET is set; else warn beyond loopback."""
@@ -129,8 +126,7 @@ class Fleet:
         for address, endpoint in wanted.items():
             if address in current:
                 continue
-            link = self._make(len(self.links), endpoint, self._on_message,
-                              self._on_event)  # fmt: skip
+            link = self._make(len(self.links), endpoint, self._inbox)
             link.curve = self.curve_keys
             link.ever_ready = self.barrier.is_set()  # the barrier is not re-run
             self.links.append(link)
@@ -167,12 +163,16 @@ class Fleet:
 
     def tick(
         self, now: float, name: str, ack_deadline: float
-    ) -> list[tuple[Link, str]]:
-        """Every HEARTBEAT: greet, ping; the links to lose, with the reason."""
+    ) -> list[tuple[Link, Event]]:
+        """Every HEARTBEAT: greet, ping; what happened, and the links to lose.
+
+        A silent link's socket is read first (a busy web may not have read
+        it): what that says comes back, in order, before the link's LOST.
+        """
         if not self.barrier.is_set():
             self._log_waiting(now)
         timeout = self.settings.heartbeat_timeout
-        lose = []
+        happened: list[tuple[Link, Event]] = []
         for link in list(self.acknowledged):
             if link.needs_hello():
                 if link.connected:  # in case a HELLO went to a worker that died since
@@ -183,18 +183,19 @@ class Fleet:
             if silent > timeout:
                 # A busy web may not have read what arrived: silence must be the
                 # worker's, not this loop's.
-                link.receive_queued()
+                happened += [(link, event) for event in link.receive_queued(now)]
                 silent = now - link.last_seen
             if link.state not in (READY, LEAVING):
-                continue  # receive_queued() handed in a BYE or the link was lost
+                continue  # receive_queued() applied a BYE
             if silent > timeout:
-                lose.append((link, f"no heartbeat for {silent:.1f} s"))
+                happened.append((link, _lost(f"no heartbeat for {silent:.1f} s")))
             elif link.jobs:
                 oldest = next(iter(link.jobs.values()))
                 if now - oldest.sent_at > ack_deadline:
-                    lose.append((link, f"job {oldest.id} not acknowledged within "
-                                       f"{ack_deadline:.0f} s"))  # fmt: skip
-        return lose
+                    happened.append((link, _lost(
+                        f"job {oldest.id} not acknowledged within "
+                        f"{ack_deadline:.0f} s")))  # fmt: skip
+        return happened
 
     # -- what it holds ---------------------------------------------------------------
 
@@ -217,7 +218,7 @@ class Fleet:
         return sum(link.sent for link in self.links if not link.reliable)
 
     def states(self) -> str:
-        return ", ".join(f"{link.name} {link.status}" for link in self.links)
+        return ", ".join(f"{link.name} {link.reported_state}" for link in self.links)
 
     def barrier_message(self) -> str:
         waiting = [link.name for link in self.links if not link.ever_ready]
@@ -253,9 +254,13 @@ class Fleet:
     def health(self) -> tuple[list[str], dict[str, str]]:
         """(names of the ready workers, {name: why not} for the others)."""
         ready = [link.name for link in self.links if link.state == READY]
-        not_ready = {link.name: link.handshake_error or link.status.value
+        not_ready = {link.name: link.handshake_error or link.reported_state.value
                      for link in self.links if link.state != READY}  # fmt: skip
         return ready, not_ready
+
+
+def _lost(reason: str) -> Event:
+    return Event(Happened.LOST, (reason, False))
 
 
 def _why_not_ready(link: Link) -> str:

@@ -28,7 +28,7 @@ class Status(StrEnum):
     RETRYING = "retrying"  # its handler failed; waiting out its backoff
     DONE = "done"  # the handler returned
     FAILED = "failed"  # the handler raised, or ran past its time limit
-    DEAD = "dead"  # given up on: MAX_ATTEMPTS deliveries, or its last retry failed
+    DEAD = "dead"  # given up on: MAX_DELIVERIES deliveries, or its last retry failed
     CANCELLED = "cancelled"  # cancelled (pipe.cancel, DELETE /jobs/<id>)
     UNACKNOWLEDGED = "unacknowledged"  # handed to a plain PULL worker: at most once
     TIMEOUT = "timeout"  # nothing came back within the wait (still delivered)
@@ -83,7 +83,7 @@ class Envelope:
         self.accepted_at = 0.0  # the dispatcher's clock when it was accepted
         self.key = job_id.encode("ascii")
         self.attempt = 0  # deliveries so far, all runs together
-        self.deliveries = 0  # deliveries of this run (MAX_ATTEMPTS bounds them)
+        self.deliveries = 0  # deliveries of this run (MAX_DELIVERIES bounds them)
         self.retries = 0  # handler retries so far (runs after the first)
         self.not_before = 0.0  # wall time it waits for (a retry's backoff); 0: none
         self.errors: Sequence[str] = ()  # why its runs failed, the last few

@@ -33,7 +33,7 @@ class Later:
     def hold(self, job: Envelope, delay: float, error: str) -> None:
         """`job`'s run failed and is to be retried after `delay` s: hold it.
 
-        It will go out as a new run: its deliveries count afresh (MAX_ATTEMPTS
+        It will go out as a new run: its deliveries count afresh (MAX_DELIVERIES
         bounds the deliveries of one run), its retries one more, and `error`
         joins its last errors (for the dead-letter file, if it ends there).
         """

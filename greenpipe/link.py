@@ -2,9 +2,12 @@
 
 A `Link` owns a DEALER connected to a worker's ROUTER and a monitor socket on
 it; one reader greenlet waits on each (zmq.green allows one waiter per socket,
-pyzmq#1154) and hands what it reads to the dispatcher. It also owns its state
-machine and the jobs it holds: the dispatcher says what happened (READY, BYE,
-a handshake, a disconnect, a loss) and the link makes the transition:
+pyzmq#1154), keeps what it reads in the link, and names the link in the shared
+`Inbox` (which wakes the dispatcher greenlet). That greenlet has the link apply
+it (`receive`), and reacts to the events returned: nothing here calls up. A
+link owns its state machine and the jobs it holds: a message or monitor event
+(READY, BYE, a handshake, a disconnect) or the dispatcher (a loss) makes the
+transition:
 
     CONNECTING --READY--> READY --BYE--> LEAVING --closed--> CONNECTING
                             |                                  (a graceful leave)
@@ -19,12 +22,14 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Sequence
 from enum import StrEnum
 from itertools import islice
 from typing import Any, NamedTuple
 
 import gevent
+import gevent.event
 import zmq.green as zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -33,8 +38,10 @@ from greenpipe.config import Endpoint
 from greenpipe.curve import Keypair
 from greenpipe.errors import LinkError, ProtocolError
 from greenpipe.jobs import Envelope, Status
+from greenpipe.throttle import Throttle
 
 log = logging.getLogger(__name__)
+_throttle = Throttle(log)
 
 
 class LinkState(StrEnum):
@@ -138,8 +145,32 @@ def handshake_failure(event: int, value: int, curve: bool) -> str:
     return _WRONG_KEY if curve else _NOT_ZEROMQ
 
 
-OnMessage = Callable[["Link", list[bytes]], None]
-OnEvent = Callable[["Link", int], None]
+class Inbox:
+    """The links holding what their readers read and nobody applied yet.
+
+    Shared by the links and the dispatcher: a reader greenlet `post`s its
+    link, which sets `wake` (the dispatcher greenlet's event); that greenlet
+    `take`s the links, each once, in the order they were posted.
+    """
+
+    __slots__ = ("_links", "wake")
+
+    def __init__(self, wake: gevent.event.Event) -> None:
+        self._links: dict[Link, None] = {}  # an ordered set
+        self.wake = wake
+
+    def post(self, link: Link) -> None:
+        self._links[link] = None
+        self.wake.set()
+
+    def take(self) -> list[Link]:
+        links = list(self._links)
+        self._links.clear()
+        return links
+
+
+# What a reader read: a message's frames, or a monitor event and its value.
+Unread = list[bytes] | tuple[int, int]
 
 
 class Link:
@@ -152,8 +183,7 @@ class Link:
         index: int,
         endpoint: Endpoint,
         context: zmq.Context,
-        on_message: OnMessage,
-        on_event: OnEvent,
+        inbox: Inbox,
     ) -> None:
         self.index = index
         self.endpoint = endpoint
@@ -173,17 +203,38 @@ class Link:
         self.figures: protocol.Figures | None = None
         self.connected = False  # the ZMTP handshake completed (monitor events)
         self.handshake_error = ""  # why the last handshake failed, if it did
-        self.monitor_value = 0  # the value of the monitor event being applied
         # (this web's keypair, the worker's public key): CURVE on this link.
         self.curve: tuple[Keypair, bytes] | None = None
         self._context = context
-        self._on_message = on_message
-        self._on_event = on_event
+        self._inbox = inbox
+        self._unread: deque[Unread] = deque()  # read, not yet applied, in order
         self._sock: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
         self._readers: list[gevent.Greenlet] = []
 
     # -- what the worker says -----------------------------------------------------
+
+    def receive(self, now: float) -> list[Event]:
+        """Apply what the readers read, in order; what happened.
+
+        After a loss the rest belongs to the closed connection: it is dropped,
+        as the socket's unread messages are when the link reconnects.
+        """
+        events: list[Event] = []
+        unread = self._unread
+        while unread:
+            item = unread.popleft()
+            try:
+                if isinstance(item, tuple):
+                    events += self.on_monitor(item[0], now, item[1])
+                else:
+                    events += self.handle(item, now)
+            except Exception:  # a bug must not lose what the rest of the batch says
+                _throttle.exception(f"bug:{self.name}", "link %s: unexpected error",
+                                    self.name)  # fmt: skip
+            if events and events[-1].what is Happened.LOST:
+                unread.clear()
+        return events
 
     def handle(self, frames: list[bytes], now: float) -> list[Event]:
         """Decode and apply one message from the worker; what happened.
@@ -270,8 +321,8 @@ class Link:
             return []  # an answer to a repeated HELLO
         return [Event(Happened.JOINED, joined)]
 
-    def on_monitor(self, event: int) -> list[Event]:
-        """Apply one monitor event of the link's socket; what happened."""
+    def on_monitor(self, event: int, now: float, value: int = 0) -> list[Event]:
+        """Apply one monitor event of the link's socket (`value`: the event's)."""
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.handshake_error = ""
             if self.handshake():
@@ -279,13 +330,11 @@ class Link:
             if self.needs_hello():
                 return [Event(Happened.HELLO_DUE)]
         elif event & HANDSHAKE_FAILED:
-            why = handshake_failure(event, self.monitor_value, self.curve is not None)
+            why = handshake_failure(event, value, self.curve is not None)
             self.handshake_error = why
             return [Event(Happened.HANDSHAKE_FAILED, why)]
         elif event == zmq.EVENT_DISCONNECTED:
-            if self.disconnected():
-                graceful = self.state == LEAVING
-                return [Event(Happened.LOST, ("connection closed", graceful))]
+            return self.disconnected(now)
         return []
 
     def goodbye(self) -> None:
@@ -300,7 +349,9 @@ class Link:
     # -- state ------------------------------------------------------------------
 
     @property
-    def status(self) -> str:
+    def reported_state(self) -> LinkState:
+        """`state` as /stats, /healthz and /metrics show it: READY with all its
+        credit in use is FULL. `state` alone drives the transitions."""
         if self.state == READY and len(self.jobs) >= self.credit:
             return FULL
         return self.state
@@ -348,17 +399,20 @@ class Link:
         self.connected = True
         return False  # a greenpipe worker joins with READY, after HELLO
 
-    def disconnected(self) -> bool:
-        """The connection closed. True if the jobs it holds must be taken back.
+    def disconnected(self, now: float) -> list[Event]:
+        """The connection closed: LOST if the jobs it holds must be taken back.
 
-        Reads what the socket already holds first: acknowledgements that beat
-        the close still count.
+        Applies what was read and what the socket already holds first:
+        acknowledgements that beat the close still count.
         """
         self.connected = False
         if self.state not in (READY, LEAVING):
-            return False
-        self.receive_queued()
-        return self.state in (READY, LEAVING)
+            return []
+        events = self.receive_queued(now)
+        if self.state in (READY, LEAVING):
+            graceful = self.state == LEAVING
+            events.append(Event(Happened.LOST, ("connection closed", graceful)))
+        return events
 
     def take_back(self, graceful: bool) -> list[Envelope]:
         """Out of the rotation: return every job held, oldest first, and reconnect.
@@ -421,7 +475,7 @@ class Link:
         """This link's line in /stats."""
         return {
             "endpoint": self.name,
-            "state": self.status.value,
+            "state": self.reported_state.value,
             "delivery": "at-least-once" if self.reliable else "at-most-once",
             "sent": self.sent,
             "acked": self.acked,
@@ -493,6 +547,7 @@ class Link:
         sock, monitor = self._sock, self._monitor
         self._sock = self._monitor = None
         readers, self._readers = self._readers, []
+        self._unread.clear()  # the closed connection's: as the socket's unread
         current = gevent.getcurrent()
         for reader in readers:
             if reader is not current:
@@ -527,15 +582,28 @@ class Link:
             raise LinkError(f"sending to worker {self.name} failed: {exc}") from exc
         return True
 
-    def receive_queued(self) -> None:
-        """Hand over whatever the socket already holds, without waiting."""
+    def receive_queued(self, now: float) -> list[Event]:
+        """Apply every message read or waiting in the socket, without waiting.
+
+        Monitor events read meanwhile stay for `receive`.
+        """
+        events: list[Event] = []
+        unread = self._unread
+        if unread:
+            messages = [item for item in unread if not isinstance(item, tuple)]
+            monitor = [item for item in unread if isinstance(item, tuple)]
+            unread.clear()
+            unread.extend(monitor)
+            for frames in messages:
+                events += self.handle(frames, now)
         sock = self._sock
         while sock is not None and sock is self._sock:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.ZMQError:
-                return
-            self._on_message(self, frames)
+                break
+            events += self.handle(frames, now)
+        return events
 
     def _read(self, sock: zmq.Socket) -> None:
         count = 0
@@ -546,7 +614,8 @@ class Link:
                 return  # closed under us: reset() or close()
             if sock is not self._sock:
                 return
-            self._on_message(self, frames)
+            self._unread.append(frames)
+            self._inbox.post(self)
             count += 1
             if count % 64 == 0:
                 gevent.sleep(0)  # a busy link must not starve the HTTP greenlets
@@ -559,10 +628,9 @@ class Link:
                 return
             if sock is not self._sock:
                 return
-            self.monitor_value = event["value"]
-            self._on_event(self, event["event"])
+            self._unread.append((event["event"], event["value"]))
+            self._inbox.post(self)
 
     def __repr__(self) -> str:
-        return (
-            f"<Link {self.index} {self.name} {self.status} {len(self.jobs)} in flight>"
-        )
+        shown, held = self.reported_state, len(self.jobs)
+        return f"<Link {self.index} {self.name} {shown} {held} in flight>"

@@ -25,14 +25,14 @@ from greenpipe.books import Books, Snapshot
 from greenpipe.config import PipeSettings
 from greenpipe.dispatcher import Dispatcher
 from greenpipe.errors import BadJob, ConfigError, TooLarge
+from greenpipe.finished import FinishedJobs
 from greenpipe.handling import NO_POLICY, run_handler
 from greenpipe.history import History
 from greenpipe.jobs import Envelope, Job, Outcome, Status
 from greenpipe.patching import check_pipe_start
-from greenpipe.records import JobRecords
 from greenpipe.siblings import Siblings
 
-_MISSING: Any = object()
+MISSING: Any = object()
 # Every Pipe, so that a forked child knows none of them runs in it (the links
 # and greenlets stayed in the parent: pyzmq#1330). Checked by fork hook, not by
 # calling getpid() on every request.
@@ -68,9 +68,9 @@ def _payload(
         raise ValueError(
             f"push: the job name is {len(raw_name)} bytes of UTF-8; at most 255"
         )
-    if json is not _MISSING and body is not None:
+    if json is not MISSING and body is not None:
         raise ValueError("push: give json=... or body=..., not both")
-    if json is not _MISSING:
+    if json is not MISSING:
         try:
             raw = jsonlib.dumps(json).encode()
         except (TypeError, ValueError) as exc:
@@ -147,8 +147,8 @@ def _check_wait(wait: Any) -> float:
     return float(wait)
 
 
-def _record_payload(found: dict[str, Any]) -> bytes:
-    """A status record's result or error, as an `Outcome`'s payload."""
+def _outcome_payload(found: dict[str, Any]) -> bytes:
+    """A finished job's result or error (its status), as an `Outcome`'s payload."""
     if "result" in found:
         return jsonlib.dumps(found["result"]).encode()
     return str(found.get("error") or found.get("reason") or "").encode()
@@ -221,7 +221,7 @@ class Pipe:
         leave once what they hold is acknowledged (or re-sent elsewhere).
         Raises ValueError for a bad worker address.
         """
-        endpoints = config._workers(",".join(workers))
+        endpoints = config.parse_workers(",".join(workers))
         return self.dispatcher.reconfigure(endpoints)
 
     def close(self) -> None:
@@ -236,7 +236,7 @@ class Pipe:
         self,
         name: str,
         *,
-        json: Any = _MISSING,
+        json: Any = MISSING,
         body: bytes | str | None = None,
         content_type: str | None = None,
         wait: float = 0,
@@ -311,12 +311,12 @@ class Pipe:
 
     def outcome(self, job: Envelope, timeout: float) -> Outcome | None:
         """What became of `job` (made with ``wait=True``) within `timeout` s."""
-        if job.reply is None:  # a repeated idempotency key: the first job's record
+        if job.reply is None:  # a repeated idempotency key: the first job's outcome
             found = self.status(job.id)
             if found is None or found["status"] in _UNFINISHED:
                 return None
             return Outcome(found.get("worker", ""), Status(found["status"]),
-                           _record_payload(found), job.id)  # fmt: skip
+                           _outcome_payload(found), job.id)  # fmt: skip
         return self.dispatcher.outcome(job, timeout)
 
     def cancel(self, job_id: str) -> dict[str, Any] | None:
@@ -416,7 +416,9 @@ class InlinePipe(Pipe):
         self.history = None  # no dashboard: nothing flows
         self.siblings = None
         self.started = True
-        self.records = JobRecords(self.settings.status_keep, self.settings.status_ttl)
+        self.finished = FinishedJobs(
+            self.settings.status_keep, self.settings.status_ttl
+        )
         self.books = Books()
         self._exposition = None
         self._prefix = f"inline{os.getpid():x}-"
@@ -479,19 +481,19 @@ class InlinePipe(Pipe):
         if status is not Status.DONE:
             self.books.failure(job.id, "inline", payload)
         self.books.acked += 1
-        self.records.add(job.id, status, "inline", job.attempt, payload,
+        self.finished.add(job.id, status, "inline", job.attempt, payload,
                          retries=job.retries)  # fmt: skip
         job.resolve("inline", status, payload)
         return job
 
     def cancel(self, job_id: str) -> dict[str, Any] | None:
-        return self.records.get(job_id)  # inline, every job has finished
+        return self.finished.get(job_id)  # inline, every job has finished
 
     def outcome(self, job: Envelope, timeout: float) -> Outcome | None:
         return job.reply.get(block=False) if job.reply is not None else None
 
     def status(self, job_id: str) -> dict[str, Any] | None:
-        return self.records.get(job_id)
+        return self.finished.get(job_id)
 
     def owns(self, job_id: str) -> bool:
         return job_id.startswith(self._prefix)

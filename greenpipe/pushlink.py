@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import zmq.green as zmq
 
 from greenpipe.jobs import Envelope
-from greenpipe.link import LOST, PUSH_HWM, READY, Link
+from greenpipe.link import LOST, PUSH_HWM, READY, Event, Link
 
 log = logging.getLogger("greenpipe.link")
 
@@ -49,12 +49,12 @@ class PushLink(Link):
         log.info("plain PULL worker %s connected (at most once)", self.name)
         return True
 
-    def disconnected(self) -> bool:
+    def disconnected(self, now: float) -> list[Event]:
         self.connected = False
         if self.state == READY:
             self.state = LOST
             log.warning("plain PULL worker %s disconnected", self.name)
-        return False  # what it was sent is gone or handled: at most once
+        return []  # what it was sent is gone or handled: at most once
 
     def take_back(self, graceful: bool) -> list[Envelope]:
         self.state = LOST  # libzmq reconnects it; the handshake brings it back

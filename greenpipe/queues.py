@@ -10,7 +10,7 @@ lookup or a cancel is rare, a map kept per job is not free.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from greenpipe.jobs import Envelope, Status
@@ -24,6 +24,15 @@ class Queues:
         self.fresh: deque[Envelope] = deque()  # accepted, never sent
         self.retry: deque[Envelope] = deque()  # taken back from a lost worker
         self.later = Later(clock)  # waiting for a time
+
+    def add(self, jobs: Iterable[Envelope]) -> None:
+        """Jobs admitted and kept: fresh, or on the timer if pushed with a delay."""
+        fresh, later = self.fresh, self.later
+        for job in jobs:
+            if job.not_before:
+                later.add(job)
+            else:
+                fresh.append(job)
 
     def pending(self) -> int:
         """Jobs waiting for a worker now (not those waiting for a time)."""

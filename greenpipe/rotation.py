@@ -13,7 +13,7 @@ class Rotation:
     With every link able to take jobs, job *i* goes to link *i mod N*, exactly.
     A re-sent job (a suspect: it may be what killed its last worker) only goes
     to a link holding no other suspect, so one poison job cannot drag the jobs
-    it was sent with through MAX_ATTEMPTS losses to the dead-letter file.
+    it was sent with through MAX_DELIVERIES losses to the dead-letter file.
     """
 
     def __init__(self, links: Sequence[Link]) -> None:

@@ -3,8 +3,8 @@
 `forwarding_blueprint` turns every GET / and POST /jobs into one job;
 `ops_blueprint` serves /healthz, /stats and /jobs/<id>; `json_errors` makes
 every error ``{"error": ..., "detail": ...}`` naming what was wrong and what
-to do, never a traceback. `create_app(dispatcher, settings)` assembles them
-around a given dispatcher, so tests can pass a fake.
+to do, never a traceback. `create_app(pipe, settings)` assembles them
+around a given pipe (a `PipeLike`), so tests can pass a fake.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ ROUTES = (
 ACTION_HEADER = "X-Greenpipe-Action"  # a custom header: no cross-site form sends it
 
 
-class DispatcherLike(Protocol):
+class PipeLike(Protocol):
+    """What the routes ask of a `Pipe` (tests pass a fake with these methods)."""
+
     def submit(self, job: Envelope, key: str = "") -> Envelope: ...
     def outcome(self, job: Any, timeout: float) -> Any: ...
     def health(self) -> tuple[bool, dict]: ...
@@ -131,7 +133,9 @@ def accepted(job_id: str) -> Response:
     )
 
 
-def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None):
+def json_error(
+    status: int, error: str, detail: str, headers: dict[str, str] | None = None
+):
     return json_response(status, {"error": error, "detail": detail}, headers)
 
 
@@ -176,7 +180,7 @@ def _is_json(content_type: str) -> bool:
 
 
 def forwarding_blueprint(
-    source: Callable[[], DispatcherLike], settings: WebSettings | None = None
+    source: Callable[[], PipeLike], settings: WebSettings | None = None
 ) -> Blueprint:
     """GET / and POST /jobs: each request becomes one job, named by its path.
 
@@ -258,7 +262,7 @@ def shared_port(pipe: Any) -> Response | None:
         )
     else:
         return None
-    return _error(
+    return json_error(
         421,
         "misdirected request",
         f"several web processes share this port; this one (pid {pid}) cannot "
@@ -266,7 +270,7 @@ def shared_port(pipe: Any) -> Response | None:
     )
 
 
-def ops_blueprint(source: Callable[[], DispatcherLike]) -> Blueprint:
+def ops_blueprint(source: Callable[[], PipeLike]) -> Blueprint:
     """GET /healthz, /stats and /jobs/<id>: what the pipe is doing, as JSON."""
     bp = Blueprint("greenpipe_ops", __name__)
 
@@ -338,7 +342,7 @@ def action_refused(action: str, doing: str) -> Response | None:
     """
     if request.headers.get(ACTION_HEADER) == action:
         return None
-    return _error(
+    return json_error(
         403,
         "forbidden",
         f"{doing} needs the header {ACTION_HEADER}: {action} (a cross-site form "
@@ -358,7 +362,7 @@ def _unknown(pipe: Any, job_id: str) -> Response:
     if not pipe.owns(job_id) and shared and not asked:
         # Several processes share this port (REUSE_PORT) and this one could
         # not ask the others: a new connection may reach the one that knows.
-        return _error(
+        return json_error(
             421,
             "misdirected request",
             f"job {job_id!r} was not accepted by this web process (pid {pid}) "
@@ -366,7 +370,7 @@ def _unknown(pipe: Any, job_id: str) -> Response:
             "connection (the kernel spreads connections over the processes)",
             {"Retry-After": "0", "Connection": "close"},
         )
-    return _error(
+    return json_error(
         404,
         "unknown job",
         f"no job {job_id!r} here (pid {pid}): never accepted, or its record "
@@ -377,14 +381,16 @@ def _unknown(pipe: Any, job_id: str) -> Response:
 
 def unavailable(exc: Unavailable) -> Response:
     """503 with Retry-After and a JSON body: no worker can take the job now."""
-    return _error(503, "unavailable", str(exc), {"Retry-After": str(exc.retry_after)})
+    return json_error(
+        503, "unavailable", str(exc), {"Retry-After": str(exc.retry_after)}
+    )
 
 
 def bad_job(exc: BadJob) -> Response:
     """413 or 400 for a job refused for its input (`TooLarge`, `BadJob`), as
     web.py answers the same input: the client's error, not a 500."""
     error = "payload too large" if exc.status == 413 else "bad request"
-    return _error(exc.status, error, str(exc))
+    return json_error(exc.status, error, str(exc))
 
 
 def json_errors(app: Flask, routes: str = ROUTES) -> None:
@@ -402,7 +408,7 @@ def json_errors(app: Flask, routes: str = ROUTES) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
-        return _error(exc.code or 500, exc.name, _detail(exc, app, routes), headers)
+        return json_error(exc.code or 500, exc.name, _detail(exc, app, routes), headers)
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> Response:
@@ -416,22 +422,22 @@ def json_errors(app: Flask, routes: str = ROUTES) -> None:
                 f"an uncaught {type(exc).__name__} in the app's view {view!r}; "
                 "the web's log has the traceback"
             )
-        return _error(500, "internal error", detail)
+        return json_error(500, "internal error", detail)
 
 
-def create_app(dispatcher: DispatcherLike, settings: WebSettings) -> Flask:
-    """web.py's app around a given dispatcher (tests pass a fake)."""
+def create_app(pipe: PipeLike, settings: WebSettings) -> Flask:
+    """web.py's app around a given pipe (tests pass a fake)."""
     app = Flask("greenpipe")
     app.config["GREENPIPE_MAX_BODY"] = settings.max_body
-    app.register_blueprint(forwarding_blueprint(lambda: dispatcher, settings))
-    app.register_blueprint(ops_blueprint(lambda: dispatcher))
+    app.register_blueprint(forwarding_blueprint(lambda: pipe, settings))
+    app.register_blueprint(ops_blueprint(lambda: pipe))
     json_errors(app)
     return app
 
 
-def _waited(dispatcher: DispatcherLike, job: Any, wait: float) -> Response:
+def _waited(pipe: PipeLike, job: Any, wait: float) -> Response:
     applied = {"Preference-Applied": f"wait={wait:g}"}
-    outcome = dispatcher.outcome(job, wait)
+    outcome = pipe.outcome(job, wait)
     if outcome is None or outcome.status is Status.TIMEOUT:
         return json_response(
             504,

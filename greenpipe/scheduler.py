@@ -21,19 +21,18 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from greenpipe import entry
+from greenpipe import entry, values
 from greenpipe.config import (
     PipeSettings,
-    _setting,
     check_pipe,
     load_settings,
+    setting,
 )
 from greenpipe.errors import ConfigError, GreenpipeError, Unavailable
 from greenpipe.periodic import Periodic, plan, tick_text
 from greenpipe.registry import Handlers
 from greenpipe.slots import lock_file, replace_file
 from greenpipe.throttle import Throttle
-from greenpipe.values import _flag, _journal_dir, _optional_spec
 
 if TYPE_CHECKING:
     from greenpipe.pipe import Pipe
@@ -50,22 +49,26 @@ STOP_PUSH_S = 1.0  # a push in progress at SIGTERM gets this long to finish
 class ScheduleSettings(PipeSettings):
     """The scheduler's settings: a pipe's, its handlers, a journal of its own."""
 
-    handler: str = _setting(
+    handler: str = setting(
         "",
-        _optional_spec,
+        values.optional_spec,
         "package.module:NAME, the Handlers registry whose periodic jobs to push "
         "(required)",
         "none",
     )
-    journal_dir: str = _setting(
+    journal_dir: str = setting(
         ".greenpipe-schedule",
-        _journal_dir,
+        values.journal_dir,
         "directory of the scheduler's lock, last ticks and journal; not the web's",
     )
     # A pipe's settings about HTTP: the scheduler serves none.
-    metrics: bool = _setting(False, _flag, "unused: the scheduler serves no HTTP")
-    dashboard: bool = _setting(False, _flag, "unused: the scheduler serves no HTTP")
-    reuse_port: bool = _setting(False, _flag, "unused: the scheduler binds no port")
+    metrics: bool = setting(False, values.flag, "unused: the scheduler serves no HTTP")
+    dashboard: bool = setting(
+        False, values.flag, "unused: the scheduler serves no HTTP"
+    )
+    reuse_port: bool = setting(
+        False, values.flag, "unused: the scheduler binds no port"
+    )
 
 
 def load_schedule(

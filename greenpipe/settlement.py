@@ -1,27 +1,29 @@
 """What became of jobs: acknowledgements, retries held, losses re-sent, cancels.
 
-The dispatcher hands in what a link settled or lost; `Settlement` records it
-(the records behind GET /jobs/<id>, the books, the journal), wakes whoever
+The dispatcher hands in what a link settled or lost; `Settlement` notes it
+(the finished jobs behind GET /jobs/<id>, the books, the journal), wakes whoever
 waits for a job, puts a failed run on the timer when its handler asked for a
 retry, dead-letters what is given up on, and re-queues what a lost worker
-held. It calls nothing above it: the dispatcher wakes itself afterwards.
+held. A malformed message is counted in the books and logged (rate-limited)
+here too. It calls nothing above it: the dispatcher wakes itself afterwards.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from greenpipe import protocol
 from greenpipe.books import Books
 from greenpipe.config import PipeSettings
 from greenpipe.deadletter import DeadLetters
 from greenpipe.errors import ProtocolError
+from greenpipe.finished import FinishedJobs
 from greenpipe.jobs import Envelope, Status
 from greenpipe.journal import Journal
 from greenpipe.link import Link
 from greenpipe.queues import Queues
-from greenpipe.records import JobRecords
+from greenpipe.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +35,18 @@ class Settlement:
         self,
         settings: PipeSettings,
         queues: Queues,
-        records: JobRecords,
+        finished: FinishedJobs,
         books: Books,
         journal: Journal | None,
         dead_letters: DeadLetters,
-        malformed: Callable[[Link, str], None],
     ) -> None:
         self.settings = settings
         self.queues = queues
-        self.records = records
+        self.finished = finished
         self.books = books
         self.journal = journal
         self.dead_letters = dead_letters
-        self._malformed = malformed
+        self._throttle = Throttle(log)
 
     def acked(
         self,
@@ -57,7 +58,7 @@ class Settlement:
     ) -> None:
         """Jobs `link` settled: record, count, journal, wake whoever waits."""
         # Per job on the hot path: bound methods and one clock read per message.
-        store, worker = self.records.store, link.name
+        store, worker = self.finished.store, link.name
         for job in done:
             store[job.id] = (Status.DONE, worker, job.attempt, b"", now, job.retries)
             if job.reply is not None:
@@ -68,7 +69,7 @@ class Settlement:
                 store[job.id] = (status, worker, job.attempt, payload, now, job.retries)
                 if job.reply is not None:
                     job.resolve(worker, status, payload)
-        self.records.trim()
+        self.finished.trim()
         self.books.settled(done, results, stray, worker, now)
         if self.journal is not None:
             if done:
@@ -89,7 +90,7 @@ class Settlement:
                 try:
                     delay, error = protocol.decode_retry(payload)
                 except ProtocolError as exc:
-                    self._malformed(link, str(exc))
+                    self.malformed(link, str(exc))
                     delay, error = 0.0, payload
                 self.queues.later.hold(job, delay, error.decode("utf-8", "replace"))
                 held.append(job)
@@ -116,7 +117,7 @@ class Settlement:
         Queued or waiting for a retry: removed, journaled as settled (a
         restart does not run it): ``cancelled``. Running: the worker throws
         `Cancelled` into its handler and it is not retried: ``in_flight``
-        with ``cancelling``. Finished: its record, unchanged. Idempotent.
+        with ``cancelling``. Finished: its outcome, unchanged. Idempotent.
         """
         job = self.queues.remove(job_id)
         if job is not None:
@@ -125,7 +126,7 @@ class Settlement:
             runs = job.retries or (1 if job.attempt else 0)
             reason = "cancelled before it ran" + (" again" if runs else "")
             self.cancelled([job], reason, "", retries=runs - 1)
-            return self.records.get(job_id)
+            return self.finished.get(job_id)
         key = job_id.encode("ascii", "replace")
         for link in links:
             job = link.jobs.get(key)
@@ -136,7 +137,7 @@ class Settlement:
                 return {"id": job_id, "status": Status.IN_FLIGHT.value,
                         "worker": link.name, "attempt": job.attempt,
                         "cancelling": True}  # fmt: skip
-        return self.records.get(job_id)
+        return self.finished.get(job_id)
 
     def cancelled(
         self, jobs: list[Envelope], reason: str, worker: str, retries: int = -2
@@ -144,7 +145,7 @@ class Settlement:
         """Settle `jobs` as cancelled; `retries`: runs - 1 if not the job's own."""
         for job in jobs:
             before = job.retries if retries < -1 else retries
-            self.records.add(job.id, Status.CANCELLED, worker, job.attempt,
+            self.finished.add(job.id, Status.CANCELLED, worker, job.attempt,
                              reason.encode(), retries=before)  # fmt: skip
             job.resolve(worker, Status.CANCELLED, reason.encode())
         self.books.cancelled += len(jobs)
@@ -158,10 +159,9 @@ class Settlement:
         for job in jobs:
             if job.cancelling:  # it was to be interrupted: it is not re-sent
                 self.cancelled([job], "cancelled; its worker was lost", link.name)
-            elif job.deliveries >= self.settings.max_attempts:
-                note = f"worker lost ({reason}) on attempt {job.attempt} of " + str(
-                    self.settings.max_attempts
-                )
+            elif job.deliveries >= self.settings.max_deliveries:
+                most = self.settings.max_deliveries
+                note = f"worker lost ({reason}) on delivery {job.deliveries} of {most}"
                 self.dead_letters.write(job, note, link.name)
                 self.finish(job, Status.DEAD, link.name, note.encode())
             elif graceful and not job.suspect:
@@ -186,11 +186,22 @@ class Settlement:
                 len(jobs) - requeued,
             )
 
+    def malformed(self, link: Link, what: str) -> None:
+        """A message from `link` was dropped: count it, and say so (rate-limited)."""
+        self.books.malformed += 1
+        self._throttle.warning(
+            f"malformed:{link.name}",
+            "dropped a malformed message from worker %s: %s (%d so far)",
+            link.name,
+            what,
+            self.books.malformed,
+        )
+
     def finish(
         self, job: Envelope, status: Status, worker: str, payload: bytes = b""
     ) -> None:
-        """`job` is done with: keep its record for status lookups, wake a waiter."""
-        self.records.add(job.id, status, worker, job.attempt, payload,
+        """`job` is done with: keep its outcome for status lookups, wake a waiter."""
+        self.finished.add(job.id, status, worker, job.attempt, payload,
                          retries=job.retries)  # fmt: skip
         if self.journal is not None:  # no longer owed
             self.journal.acked((job,))

@@ -16,46 +16,46 @@ MiB = 1 << 20
 _SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB}
 _UNITS |= {"mib": MiB, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
-_HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d+)$")
+HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d+)$")
 _HANDLER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
-def _port(raw: str) -> int:
+def port(raw: str) -> int:
     if not raw.strip().isdigit() or not 0 <= int(raw) <= 65535:
         raise ValueError("an integer port 0-65535 (0: the OS picks one)")
     return int(raw)
 
 
-def _optional_port(raw: str) -> int:
+def optional_port(raw: str) -> int:
     text = raw.strip().lower()
     if text in ("", "off", "no", "-1"):
         return -1
     try:
-        return _port(text)
+        return port(text)
     except ValueError:
         raise ValueError("a port 0-65535 (0: the OS picks one), or off") from None
 
 
-def _host(raw: str) -> str:
+def host(raw: str) -> str:
     host = raw.strip()
     if not host or any(c.isspace() or c in "/@[]" for c in host):
         raise ValueError("a host name or IP address such as 127.0.0.1 or 0.0.0.0")
     return host
 
 
-def _positive_int(raw: str) -> int:
+def positive_int(raw: str) -> int:
     if not raw.strip().isdigit() or int(raw) < 1:
         raise ValueError("a whole number of at least 1")
     return int(raw)
 
 
-def _count(raw: str) -> int:
+def count(raw: str) -> int:
     if not raw.strip().isdigit():
         raise ValueError("a whole number, 0 or more")
     return int(raw)
 
 
-def _horizon(raw: str) -> float:
+def horizon(raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
@@ -65,7 +65,7 @@ def _horizon(raw: str) -> float:
     return value
 
 
-def _seconds(raw: str) -> float:
+def seconds(raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
@@ -75,14 +75,14 @@ def _seconds(raw: str) -> float:
     return value
 
 
-def _size(raw: str) -> int:
+def size(raw: str) -> int:
     match = _SIZE.match(raw)
     if not match or int(match[1]) < 1:
         raise ValueError("a size in bytes such as 1048576, 512KiB or 1MiB")
     return int(match[1]) * _UNITS[(match[2] or "").lower()]
 
 
-def _flag(raw: str) -> bool:
+def flag(raw: str) -> bool:
     text = raw.strip().lower()
     if text in ("1", "true", "yes", "on"):
         return True
@@ -91,14 +91,14 @@ def _flag(raw: str) -> bool:
     raise ValueError("a yes/no value: 1, true, yes, on, 0, false, no or off")
 
 
-def _log_level(raw: str) -> str:
+def log_level(raw: str) -> str:
     name = raw.strip().upper()
     if name not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ValueError("one of DEBUG, INFO, WARNING, ERROR")
     return name
 
 
-def _handler(raw: str) -> str:
+def handler(raw: str) -> str:
     if not _HANDLER.match(raw.strip()):
         raise ValueError(
             "a handler as package.module:callable, e.g. greenpipe.handlers:log_job"
@@ -106,7 +106,7 @@ def _handler(raw: str) -> str:
     return raw.strip()
 
 
-def _choice(*options: str) -> Callable[[str], str]:
+def choice(*options: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
         if value not in options:
@@ -116,15 +116,15 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
-def _journal_dir(raw: str) -> str:
+def journal_dir(raw: str) -> str:
     value = raw.strip()
     if not value:
         raise ValueError("a directory path, or off")
     return "off" if value.lower() in ("off", "no", "0", "false") else value
 
 
-def _optional_spec(raw: str) -> str:
-    return _handler(raw) if raw.strip() else ""
+def optional_spec(raw: str) -> str:
+    return handler(raw) if raw.strip() else ""
 
 
 def loopback(host: str) -> bool:
@@ -135,11 +135,11 @@ def loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _optional_path(raw: str) -> str:
+def optional_path(raw: str) -> str:
     return raw.strip()
 
 
-def _path(raw: str) -> str:
+def path(raw: str) -> str:
     if not raw.strip():
         raise ValueError("a file path")
     return raw.strip()

@@ -87,7 +87,9 @@ def test_worker_endpoints(text, expected):
         ({"ACCESS_LOG": "maybe"}, ["ACCESS_LOG: expected a yes/no value"]),
         ({"LOG_LEVEL": "loud"}, ["LOG_LEVEL: expected one of DEBUG"]),
         ({"HEARTBEAT": "2", "HEARTBEAT_TIMEOUT": "3"}, ["at least twice HEARTBEAT"]),
-        ({"MAX_ATTEMPTS": "300"}, ["MAX_ATTEMPTS: expected at most 255"]),
+        ({"MAX_DELIVERIES": "300"}, ["MAX_DELIVERIES: expected at most 255"]),
+        ({"MAX_ATTEMPTS": "300"}, ["MAX_DELIVERIES: expected at most 255"]),
+        ({"MAX_ATTEMPTS": "x"}, ["MAX_ATTEMPTS: expected a whole number"]),
     ],
 )
 def test_bad_web_settings_name_setting_value_and_source(env, needles):
@@ -95,6 +97,25 @@ def test_bad_web_settings_name_setting_value_and_source(env, needles):
         load_web([], env)
     for needle in needles:
         assert needle in str(caught.value)
+
+
+def test_max_attempts_is_the_old_name_of_max_deliveries_and_warns_once(caplog):
+    from greenpipe import config
+
+    config._warned_aliases.clear()
+    with caplog.at_level("WARNING", logger="greenpipe.config"):
+        assert load_web([], {"MAX_ATTEMPTS": "2"}).max_deliveries == 2
+        assert load_web(["--max-attempts", "4"], {}).max_deliveries == 4
+        app_config = {"GREENPIPE_MAX_ATTEMPTS": 5}
+        assert load_web([], {}, app_config).max_attempts == 5  # the old attribute
+    warned = [r.getMessage() for r in caplog.records if "deprecated" in r.message]
+    assert len(warned) == 1, warned
+    assert "MAX_ATTEMPTS is deprecated: it is MAX_DELIVERIES now" in warned[0]
+    assert not [r for r in caplog.records if "not a setting" in r.getMessage()]
+    both = {"MAX_ATTEMPTS": "2", "MAX_DELIVERIES": "6"}
+    assert load_web([], both).max_deliveries == 6, "the new name wins at a level"
+    assert load_web(["--max-attempts", "7"], both).max_deliveries == 7, "flags win"
+    assert load_web(["--max-deliveries", "8"], {}).max_deliveries == 8
 
 
 def test_bad_flag_names_the_flag():

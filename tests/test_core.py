@@ -61,10 +61,10 @@ class ScriptedLink(Link):
         self.sent_messages.append([bytes(f) for f in frames])
         return True
 
-    def receive_queued(self) -> None:
-        inbox, self.inbox = self.inbox, []
-        for frames in inbox:
-            self._on_message(self, frames)
+    def receive_queued(self, now: float) -> list:
+        self._unread.extend(self.inbox)  # as if still in the socket: read last
+        self.inbox = []
+        return super().receive_queued(now)
 
     def kinds(self) -> list[bytes]:
         return [m[0] for m in self.sent_messages]
@@ -92,20 +92,32 @@ def make(clock: Clock, workers: str = "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", **f
         argv += [f"--{name.replace('_', '-')}", str(value)]
     settings = load_web(argv, {})
 
-    def factory(index, endpoint, on_message, on_event):
+    def factory(index, endpoint, inbox):
         kind = ScriptedLink if endpoint.reliable else ScriptedPushLink
-        return kind(index, endpoint, None, on_message, on_event)
+        return kind(index, endpoint, None, inbox)
 
     return Dispatcher(settings, name="test web", clock=clock, link_factory=factory)
 
 
+def hear(d: Dispatcher, link: Link, frames: list[bytes]) -> None:
+    """What a link's reader read: the link applies it, the dispatcher reacts."""
+    for event in link.handle(frames, d.now()):
+        d._react(link, event)
+
+
+def notice(d: Dispatcher, link: Link, event: int) -> None:
+    """A monitor event of the link's socket, applied as the dispatcher would."""
+    for happened in link.on_monitor(event, d.now()):
+        d._react(link, happened)
+
+
 def ready(d: Dispatcher, link: Link, credit: int = 10) -> None:
-    d._on_event(link, zmq.EVENT_HANDSHAKE_SUCCEEDED)
-    d._on_message(link, protocol.encode_ready(credit, 1 << 24, f"worker {link.index}"))
+    notice(d, link, zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    hear(d, link, protocol.encode_ready(credit, 1 << 24, f"worker {link.index}"))
 
 
 def ack(d: Dispatcher, link: Link, *ids: str) -> None:
-    d._on_message(link, protocol.encode_acks([i.encode() for i in ids]))
+    hear(d, link, protocol.encode_acks([i.encode() for i in ids]))
 
 
 def submit(d: Dispatcher, count: int = 1, reply: bool = False) -> list:
@@ -117,9 +129,9 @@ def test_handshake_says_hello_and_ready_joins_the_rotation(clock):
     d = make(clock)
     link = d.links[0]
     assert link.state == CONNECTING and not d.barrier_met
-    d._on_event(link, zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    notice(d, link, zmq.EVENT_HANDSHAKE_SUCCEEDED)
     assert link.kinds() == [protocol.HELLO] and link.connected
-    d._on_message(link, protocol.encode_ready(7, 1 << 24, "w0"))
+    hear(d, link, protocol.encode_ready(7, 1 << 24, "w0"))
     assert link.state == READY and link.credit == 7 and link.ever_ready
     assert not d.barrier_met, "two of three workers have not said READY"
     ready(d, d.links[1])
@@ -146,7 +158,7 @@ def test_credit_routes_around_a_full_worker(clock):
     submit(d, 7)
     d.flush()
     assert [len(link.jobs) for link in d.links] == [1, 3, 3]
-    assert d.links[0].status == FULL
+    assert d.links[0].reported_state == FULL
 
 
 def test_acks_settle_jobs_and_stray_acks_are_counted(clock):
@@ -167,7 +179,7 @@ def test_a_failure_result_reaches_whoever_waits(clock):
     (job,) = submit(d, reply=True)
     d.flush()
     result = protocol.encode_result(job.key, protocol.FAILED, b"RuntimeError: x")
-    d._on_message(link, protocol.encode_acks([], [result]))
+    hear(d, link, protocol.encode_acks([], [result]))
     outcome = d.outcome(job, 0)
     assert outcome.status is Status.FAILED and outcome.payload == b"RuntimeError: x"
     assert d.books.failed == 1 and link.failed == 1
@@ -181,7 +193,7 @@ def test_silence_loses_a_worker_and_its_jobs_go_to_the_others(clock):
     d.flush()
     clock.now += d.settings.heartbeat_timeout + 0.1
     for link in d.links[1:]:
-        d._on_message(link, [protocol.HEARTBEAT])
+        hear(d, link, [protocol.HEARTBEAT])
     d.tick()
     lost = d.links[0]
     assert lost.state == LOST and not lost.jobs and lost.resets == 1
@@ -208,8 +220,8 @@ def test_a_second_suspect_waits_for_a_worker_without_one(clock):
     assert b.suspects == 1 and not d._retry
 
 
-def test_a_job_lost_max_attempts_times_is_dead_lettered(clock):
-    d = make(clock, workers="127.0.0.1:1", max_attempts=2)
+def test_a_job_lost_max_deliveries_times_is_dead_lettered(clock):
+    d = make(clock, workers="127.0.0.1:1", max_deliveries=2)
     link = d.links[0]
     ready(d, link)
     (job,) = submit(d, reply=True)
@@ -228,20 +240,45 @@ def test_bye_stops_new_jobs_and_close_after_it_is_a_graceful_leave(clock):
     ready(d, b)
     submit(d, 2)
     d.flush()
-    d._on_message(a, protocol.encode_bye("stopping"))
+    hear(d, a, protocol.encode_bye("stopping"))
     assert a.state == LEAVING and a.kinds()[-1] == protocol.DONE
     submit(d, 2)
     d.flush()
     assert len(a.jobs) == 1 and len(b.jobs) == 3, "a leaving worker takes nothing new"
     a.inbox.append(protocol.encode_acks([next(iter(a.jobs))]))
-    d._on_event(a, zmq.EVENT_DISCONNECTED)  # reads the ack, then closes
+    notice(d, a, zmq.EVENT_DISCONNECTED)  # reads the ack, then closes
     assert a.state == CONNECTING and d.books.resent == 0 and d.books.acked == 1
+
+
+def test_what_the_readers_read_is_applied_in_order_by_the_dispatcher(clock):
+    """A reader keeps what it read in its link and names the link in the inbox;
+    `Dispatcher.hear` applies it in order. After a loss the rest belongs to the
+    closed connection: an ack read after the close still counts, a handshake of
+    the old socket is dropped."""
+    d = make(clock, workers="127.0.0.1:1,127.0.0.1:2")
+    a, b = d.links
+    ready(d, a)
+    ready(d, b)
+    submit(d, 4)
+    d.flush()
+    first, second = list(a.jobs)
+    a._unread.extend([protocol.encode_acks([first]),
+                      (zmq.EVENT_DISCONNECTED, 0),
+                      protocol.encode_acks([second]),
+                      (zmq.EVENT_HANDSHAKE_SUCCEEDED, 0)])  # fmt: skip
+    d.inbox.post(a)
+    assert d._wake.is_set(), "posting a link wakes the dispatcher greenlet"
+    assert len(a.jobs) == 2, "nothing is applied before the dispatcher hears it"
+    d.hear()
+    assert d.books.acked == 2 and d.books.resent == 0 and a.state == LOST
+    assert not a._unread and a.kinds().count(protocol.HELLO) == 1, "old socket's"
+    assert d.inbox.take() == []
 
 
 def test_bye_before_ready_is_a_refusal(clock):
     d = make(clock, workers="127.0.0.1:1")
     link = d.links[0]
-    d._on_message(link, protocol.encode_bye("protocol 9, not 1"))
+    hear(d, link, protocol.encode_bye("protocol 9, not 1"))
     assert link.state == CONNECTING
 
 
@@ -266,7 +303,7 @@ def test_overdue_ack_loses_the_worker(clock, caplog):
     submit(d)
     d.flush()
     clock.now += 2 * 1 + 3 + 0.5  # past 2 x JOB_TIMEOUT + HEARTBEAT_TIMEOUT
-    d._on_message(link, [protocol.HEARTBEAT])
+    hear(d, link, [protocol.HEARTBEAT])
     d.tick()
     assert link.state == LOST and d.books.resent == 1
     assert "not acknowledged within 5 s" in caplog.text
@@ -291,22 +328,22 @@ def test_max_pending_counts_only_jobs_beyond_credit(clock):
 def test_plain_pull_link_joins_on_handshake_and_resolves_unacknowledged(clock):
     d = make(clock, workers="push+tcp://127.0.0.1:9")
     link = d.links[0]
-    d._on_event(link, zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    notice(d, link, zmq.EVENT_HANDSHAKE_SUCCEEDED)
     assert link.state == READY and d.barrier_met and link.kinds() == []
     (job,) = submit(d, reply=True)
     d.flush()
     assert link.sent_messages == [[job.key, b"{}"]] and not link.jobs
     assert d.outcome(job, 0).status is Status.UNACKNOWLEDGED
     assert d.stats()["pushed"] == 1
-    d._on_event(link, zmq.EVENT_DISCONNECTED)
+    notice(d, link, zmq.EVENT_DISCONNECTED)
     assert link.state == LOST
 
 
 def test_a_large_batch_is_split_to_fit_the_workers_frame_limit(clock):
     d = make(clock, workers="127.0.0.1:1")
     link = d.links[0]
-    d._on_event(link, zmq.EVENT_HANDSHAKE_SUCCEEDED)
-    d._on_message(link, protocol.encode_ready(100, 400, "small frames"))
+    notice(d, link, zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    hear(d, link, protocol.encode_ready(100, 400, "small frames"))
     jobs = [d.submit(Envelope.new(b"POST", b"/", b"", b"", b"x" * 100))
             for _ in range(10)]  # fmt: skip
     d.flush()
@@ -396,19 +433,19 @@ def test_in_process_worker_stop_is_exact_no_resend(context):
         d.close()
 
 
-def test_job_records_are_bounded_by_count_and_age():
-    from greenpipe.records import JobRecords
+def test_finished_jobs_are_bounded_by_count_and_age():
+    from greenpipe.finished import FinishedJobs
 
     clock = Clock()
-    records = JobRecords(keep=100, ttl=10, clock=clock)
+    finished = FinishedJobs(keep=100, ttl=10, clock=clock)
     for i in range(1000):
-        records.add(f"j-{i}", Status.OK, "w", 1, b"")
-    assert len(records) == 100 and records.get("j-899") is None
-    assert records.get("j-999")["status"] == "done"
+        finished.add(f"j-{i}", Status.OK, "w", 1, b"")
+    assert len(finished) == 100 and finished.get("j-899") is None
+    assert finished.get("j-999")["status"] == "done"
     clock.now += 11
-    records.add("late", Status.FAILED, "w", 2, b"RuntimeError: x")
-    assert records.get("j-999") is None, "older than STATUS_TTL: forgotten"
-    assert records.get("late")["error"] == "RuntimeError: x"
+    finished.add("late", Status.FAILED, "w", 2, b"RuntimeError: x")
+    assert finished.get("j-999") is None, "older than STATUS_TTL: forgotten"
+    assert finished.get("late")["error"] == "RuntimeError: x"
 
 
 def _dead_lines(path) -> list[str]:
@@ -508,8 +545,8 @@ def test_jobs_given_back_by_a_worker_that_said_bye_are_not_suspects(clock):
     submit(d, 6)
     d.flush()
     leaving = d.links[0]
-    d._on_message(leaving, protocol.encode_bye("stopping"))
-    d._on_event(leaving, zmq.EVENT_DISCONNECTED)  # closed before acking its 2
+    hear(d, leaving, protocol.encode_bye("stopping"))
+    notice(d, leaving, zmq.EVENT_DISCONNECTED)  # closed before acking its 2
     assert not leaving.jobs and not d._retry, "given back, not queued as suspects"
     d.flush()
     held = [job for link in d.links[1:] for job in link.jobs.values()]

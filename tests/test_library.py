@@ -159,14 +159,14 @@ def test_metrics_in_inline_mode_answer_the_inline_figures():
 
 
 def test_a_result_that_is_not_json_is_shown_as_text():
-    from greenpipe.records import JobRecords
+    from greenpipe.finished import FinishedJobs
 
-    records = JobRecords(10, 60)
-    records.add("a", Status.DONE, "w", 1, b'{"n": 1}')
-    records.add("b", Status.DONE, "w", 1, b"\xffnot json")
-    assert records.get("a")["result"] == {"n": 1}
-    assert records.get("b")["result_text"] == "\ufffdnot json"
-    assert "result" not in records.get("b")
+    finished = FinishedJobs(10, 60)
+    finished.add("a", Status.DONE, "w", 1, b'{"n": 1}')
+    finished.add("b", Status.DONE, "w", 1, b"\xffnot json")
+    assert finished.get("a")["result"] == {"n": 1}
+    assert finished.get("b")["result_text"] == "\ufffdnot json"
+    assert "result" not in finished.get("b")
 
 
 def test_prefix_and_routes_off():

@@ -21,7 +21,7 @@ from greenpipe.handling import Policy, run_handler
 from greenpipe.jobs import Envelope, Job
 from greenpipe.testing import poll_until
 from tests.support import read_records, read_runs
-from tests.test_core import Clock, ack, make, ready
+from tests.test_core import Clock, ack, hear, make, ready
 
 # -- the handler's side ---------------------------------------------------------
 
@@ -125,7 +125,7 @@ def _result(link, job_id: str, status: int, payload: bytes = b"") -> list[bytes]
 
 def _retry(d, link, job_id: str, delay: float, error: bytes = b"E: boom") -> None:
     payload = protocol.retry_payload(delay, error)
-    d._on_message(link, _result(link, job_id, protocol.RETRY, payload))
+    hear(d, link, _result(link, job_id, protocol.RETRY, payload))
 
 
 def _sent(link) -> list[Job]:
@@ -168,7 +168,7 @@ def test_a_failure_after_retries_is_dead_lettered_with_its_errors(clock, tmp_pat
     d.flush()
     _retry(d, link, job.id, 0.0, b"E: first")
     d.flush()
-    d._on_message(link, _result(link, job.id, protocol.FAILED, b"E: second"))
+    hear(d, link, _result(link, job.id, protocol.FAILED, b"E: second"))
     record = d.status(job.id)
     assert record["status"] == "dead" and record["runs"] == 2, record
     (line,) = (tmp_path / "dead.jsonl").read_text().splitlines()
@@ -176,8 +176,8 @@ def test_a_failure_after_retries_is_dead_lettered_with_its_errors(clock, tmp_pat
     assert dead["errors"] == ["E: first", "E: second"] and dead["runs"] == 2
 
 
-def test_max_attempts_bounds_the_deliveries_of_one_run_not_all_runs(clock):
-    d = make(clock, workers="127.0.0.1:1,127.0.0.1:2", max_attempts=2)
+def test_max_deliveries_bounds_the_deliveries_of_one_run_not_all_runs(clock):
+    d = make(clock, workers="127.0.0.1:1,127.0.0.1:2", max_deliveries=2)
     a, b = d.links
     ready(d, a)
     ready(d, b)
@@ -204,7 +204,7 @@ def test_cancel_queued_waiting_running_finished_unknown(clock):
     assert link.sent_messages[-1] == protocol.encode_cancel([running.key])
     d.cancel(running.id)
     assert link.kinds().count(protocol.CANCEL) == 1, "one CANCEL is enough"
-    d._on_message(link, _result(link, running.id, protocol.CANCELLED, b"cancelled"))
+    hear(d, link, _result(link, running.id, protocol.CANCELLED, b"cancelled"))
     assert d.status(running.id)["status"] == "cancelled"
     waiting = _submit(d)
     d.flush()
@@ -294,8 +294,8 @@ def test_a_waiting_retry_and_a_cancel_survive_a_restart(clock, tmp_path):
         d.flush()
         _retry(d, d.links[0], waits.id, 30.0)
         d.cancel(cancelled.id)  # in flight: the worker is told
-        d._on_message(d.links[0], _result(d.links[0], cancelled.id,
-                                          protocol.CANCELLED, b"cancelled"))  # fmt: skip
+        hear(d, d.links[0], _result(d.links[0], cancelled.id,
+                                    protocol.CANCELLED, b"cancelled"))  # fmt: skip
     finally:
         d.close()  # nothing written after this: as kill -9 would leave it
     again = make(clock, workers="127.0.0.1:1", journal_dir=journal)

@@ -176,7 +176,7 @@ def freeze(scale: Scale, curve: bool = False) -> Outcome:
 
 def stuck_handler(scale: Scale) -> Outcome:
     """One job holds its worker's event loop each time it runs: dead-lettered."""
-    with Cluster(web={"max_attempts": 2}) as cluster:
+    with Cluster(web={"max_deliveries": 2}) as cluster:
         load = Load(cluster.web.port, None, scale.concurrency, payload=JOB)
         monitor = Monitor(cluster.web)
         warm_up(cluster, load, scale.warmup)

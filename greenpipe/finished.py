@@ -13,7 +13,7 @@ from greenpipe.jobs import Status
 MAX_KEPT_RESULT = 64 * 1024  # bytes of a result kept for status lookups
 
 
-class JobRecords:
+class FinishedJobs:
     """Finished jobs' outcomes, oldest first, at most `keep` of them for `ttl` s.
 
     Memory stays bounded under any load: adding past `keep` forgets the oldest,
@@ -27,7 +27,7 @@ class JobRecords:
         self.keep = keep
         self.ttl = ttl
         self._clock = clock
-        self._records: OrderedDict[str, tuple] = OrderedDict()
+        self._outcomes: OrderedDict[str, tuple] = OrderedDict()
 
     def add(
         self,
@@ -39,36 +39,36 @@ class JobRecords:
         now: float | None = None,
         retries: int = 0,
     ) -> None:
-        """Keep one record; `now` (the clock's) saves a clock call per job.
+        """Keep one job's outcome; `now` (the clock's) saves a clock call per job.
 
         `retries`: handler retries before the last run (the job ran one more).
         """
-        records = self._records
-        records[job_id] = (status, worker, attempt, payload, now or self._clock(),
-                           retries)  # fmt: skip
-        if len(records) > self.keep:
-            records.popitem(last=False)
+        outcomes = self._outcomes
+        outcomes[job_id] = (status, worker, attempt, payload, now or self._clock(),
+                            retries)  # fmt: skip
+        if len(outcomes) > self.keep:
+            outcomes.popitem(last=False)
 
     @property
     def store(self) -> dict[str, tuple]:
-        """The records themselves, for a caller that adds a batch inline and
+        """The outcomes themselves, for a caller that adds a batch inline and
         then calls `trim` once (the dispatcher, per ACKS message): a method
-        call per job is most of what a record would cost."""
-        return self._records
+        call per job is most of what keeping one would cost."""
+        return self._outcomes
 
     def trim(self) -> None:
-        """Forget the oldest records beyond `keep`."""
-        records, keep = self._records, self.keep
-        while len(records) > keep:
-            records.popitem(last=False)
+        """Forget the oldest outcomes beyond `keep`."""
+        outcomes, keep = self._outcomes, self.keep
+        while len(outcomes) > keep:
+            outcomes.popitem(last=False)
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._outcomes)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        """The job's record as /jobs/<id> shows it, or None (unknown or expired)."""
+        """The job's outcome as /jobs/<id> shows it, or None (unknown or expired)."""
         self._expire()
-        found = self._records.get(job_id)
+        found = self._outcomes.get(job_id)
         if found is None:
             return None
         status, worker, attempt, payload, finished, retries = found
@@ -96,9 +96,9 @@ class JobRecords:
 
     def _expire(self) -> None:
         horizon = self._clock() - self.ttl
-        records = self._records
-        while records:
-            oldest = next(iter(records.values()))
+        outcomes = self._outcomes
+        while outcomes:
+            oldest = next(iter(outcomes.values()))
             if oldest[4] >= horizon:
                 return
-            records.popitem(last=False)
+            outcomes.popitem(last=False)
