@@ -48,7 +48,8 @@ class Retry(Exception):  # noqa: N818 (raised, like StopIteration)
 
     ``raise Retry(after=30)`` honours an upstream's Retry-After; with no
     `after`, the handler's backoff decides. It counts against the handler's
-    `retries` (RETRY_WITHOUT_POLICY when the handler declared none).
+    `retries` (RETRY_WITHOUT_POLICY when the handler declared none; a
+    declared ``retries=0`` means none).
     """
 
     def __init__(self, after: float | None = None, reason: str = "") -> None:
@@ -68,7 +69,9 @@ class Policy:
     together do not retry together.
     """
 
-    retries: int = 0  # runs after the first, at most; 0: a failure is final
+    # runs after the first, at most; 0: a failure is final, `Retry` too;
+    # None (not declared): a failure is final, `Retry` gets RETRY_WITHOUT_POLICY
+    retries: int | None = None
     backoff: float = 1.0  # seconds before the first retry
     max_backoff: float = 300.0  # seconds, the cap
     jitter: bool = True
@@ -76,7 +79,9 @@ class Policy:
     timeout: float | None = None  # seconds; None: JOB_TIMEOUT from the web
 
     def __post_init__(self) -> None:
-        if not isinstance(self.retries, int) or self.retries < 0:
+        if self.retries is not None and (
+            not isinstance(self.retries, int) or self.retries < 0
+        ):
             raise ValueError(f"retries={self.retries!r}: a whole number >= 0")
         if not 0 <= self.backoff <= self.max_backoff:
             raise ValueError(
@@ -145,10 +150,10 @@ def _failed(
 ) -> tuple[int, bytes]:
     """FAILED, or RETRY if the policy retries `exc` and has retries left."""
     if isinstance(exc, Retry):
-        budget = policy.retries or RETRY_WITHOUT_POLICY
+        budget = RETRY_WITHOUT_POLICY if policy.retries is None else policy.retries
         retry = job.retries < budget
     else:
-        budget = policy.retries
+        budget = policy.retries or 0
         retryable = isinstance(exc, policy.retry_on) or isinstance(exc, JobTimeout)
         retry = retryable and job.retries < budget
     if not retry:

@@ -17,10 +17,12 @@ import gevent
 import pytest
 
 from greenpipe import Cancelled, Handlers, JobTimeout, Retry, protocol
+from greenpipe.config import WorkerSettings
 from greenpipe.handling import Policy, run_handler
 from greenpipe.jobs import Envelope, Job
 from greenpipe.testing import poll_until
-from tests.support import read_records, read_runs
+from greenpipe.worker import Worker
+from tests.support import ScriptedWeb, job_record, read_records, read_runs
 from tests.test_core import Clock, ack, make, ready
 
 # -- the handler's side ---------------------------------------------------------
@@ -414,3 +416,28 @@ def test_retries_setting_gives_the_stock_handler_a_policy(start_worker, start_we
     ok = web.post("/jobs", {})[2]["id"]
     assert poll_until(lambda: web.get(f"/jobs/{ok}")[2], lambda s: s.get("status")
                       == "done", 10, "a job that does not fail: done")["runs"] == 1  # fmt: skip
+
+
+# -- the worker's side: a real Worker fed by a scripted web ------------------------
+
+
+def test_a_declared_retries_0_is_the_handlers_policy_not_the_workers():
+    """Issue 30: ``retries=0`` equalled "no policy", so RETRIES=3 ran it 4 times."""
+    handlers = Handlers()
+
+    @handlers.job("charge", retries=0)
+    def charge(job):
+        raise ConnectionError("card declined")
+
+    @handlers.job("undeclared")
+    def undeclared(job):
+        raise ConnectionError("upstream down")
+
+    worker = Worker(WorkerSettings(port=0, retries=3), handlers)
+    web = ScriptedWeb(worker)
+    web.jobs(job_record(b"c-1", "charge"))
+    [(_, status, payload)] = web.results(1)
+    assert (status, payload) == (protocol.FAILED, b"ConnectionError: card declined")
+    web.jobs(job_record(b"u-1", "undeclared"))
+    [(_, status, _)] = web.results(1)
+    assert status == protocol.RETRY, "a handler declaring nothing gets RETRIES"
