@@ -38,6 +38,7 @@ from greenpipe.values import (  # noqa: F401 (config's names, as before the move
     _seconds,
     _size,
     loopback,
+    retries_count,
 )
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,7 @@ class WorkerSettings:
         3.0, _seconds, "seconds to finish jobs when stopping"
     )
     retries: int = _setting(
-        0, _count, "retries of a failed job whose handler declares no policy"
+        0, retries_count, "retries of a failed job whose handler declares no policy"
     )
     retry_backoff: float = _setting(
         1.0, _seconds, "seconds before the first of those, doubling, jittered"

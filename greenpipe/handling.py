@@ -24,6 +24,7 @@ import gevent
 
 from greenpipe import protocol
 from greenpipe.jobs import Job
+from greenpipe.values import LONGEST_DELAY, MAX_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +81,22 @@ class Policy:
 
     def __post_init__(self) -> None:
         if self.retries is not None and (
-            not isinstance(self.retries, int) or self.retries < 0
+            not isinstance(self.retries, int) or not 0 <= self.retries <= MAX_RETRIES
         ):
-            raise ValueError(f"retries={self.retries!r}: a whole number >= 0")
+            raise ValueError(
+                f"retries={self.retries!r}: a whole number >= 0, at most "
+                f"{MAX_RETRIES} (a job's runs and deliveries travel in 16 bits)"
+            )
         if not 0 <= self.backoff <= self.max_backoff:
             raise ValueError(
                 f"backoff={self.backoff!r}, max_backoff={self.max_backoff!r}: "
                 "need 0 <= backoff <= max_backoff (seconds)"
+            )
+        if self.max_backoff > LONGEST_DELAY:
+            raise ValueError(
+                f"max_backoff={self.max_backoff!r}: at most {LONGEST_DELAY:.0f} s "
+                "(a year, the most MAX_DELAY may be; a retry beyond the web's "
+                "MAX_DELAY is refused, not run early)"
             )
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(f"timeout={self.timeout!r}: seconds > 0, or None")

@@ -1,4 +1,4 @@
-"""The greenpipe wire protocol (version 4) between web.py and server.py.
+"""The greenpipe wire protocol (version 5) between web.py and server.py.
 
 Every message starts with a one-byte kind. The web's DEALER sends web kinds;
 the worker's ROUTER sees them behind the connection's routing id and answers on
@@ -37,9 +37,10 @@ from typing import NamedTuple
 from greenpipe.errors import ProtocolError
 from greenpipe.jobs import WANTS_REPLY, Job
 
+# 5: a RETRY's delay in 64-bit ms (32 bits stopped at 49.7 days, below MAX_DELAY);
 # 4: retries (RETRY results, a job's retries), CANCEL, overrunning handlers;
 # 3: shared credit (CREDIT, PING seq); 2: a job carries its name.
-VERSION = 4
+VERSION = 5
 
 # web -> worker
 HELLO = b"\x01"  # a web asks to send jobs; answered by READY (or BYE with a reason)
@@ -58,7 +59,7 @@ CREDIT = b"\x15"  # this web's credit changes by a signed amount (numbered)
 # Result status bytes (results travel only for failures and awaited jobs).
 OK = 0  # handler returned; payload is its JSON result
 FAILED = 1  # handler raised or timed out; payload is the error text (UTF-8)
-RETRY = 2  # run it again after a delay: payload is u32 ms, then the error text
+RETRY = 2  # run it again after a delay: payload is u64 ms, then the error text
 CANCELLED = 3  # interrupted by CANCEL; payload says so
 
 # Job flags: WANTS_REPLY (greenpipe.jobs), an HTTP client waits for the result.
@@ -69,7 +70,7 @@ _READY = struct.Struct("!BIII")  # version, credit, largest frame, credit seq
 # of id, name, method, path, query, content type and body, which follow in that
 # order. An empty name means "the path": a forwarded request is named by its path.
 _JOB = struct.Struct("!BHHIBBBHHHI")
-_DELAY = struct.Struct("!I")  # a RETRY result's delay, ms
+_DELAY = struct.Struct("!Q")  # a RETRY result's delay, ms
 _RESULT = struct.Struct("!BB")  # status, id length; then id, then payload
 _CREDIT = struct.Struct("!iI")  # change (signed), sequence number
 _PING = struct.Struct("!I")  # the last CREDIT sequence number the web applied
@@ -327,7 +328,8 @@ def decode_result(frame: bytes) -> tuple[bytes, int, bytes]:
 
 def retry_payload(delay_s: float, error: bytes) -> bytes:
     """A RETRY result's payload: the delay asked for, then why the run failed."""
-    return _DELAY.pack(min(max(0, round(delay_s * 1000)), 0xFFFFFFFF)) + error
+    # Capped far beyond any MAX_DELAY (a year): a capped delay is refused, not cut.
+    return _DELAY.pack(min(max(0, round(delay_s * 1000)), 2**64 - 1)) + error
 
 
 def decode_retry(payload: bytes) -> tuple[float, bytes]:

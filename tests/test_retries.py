@@ -441,3 +441,49 @@ def test_a_declared_retries_0_is_the_handlers_policy_not_the_workers():
     web.jobs(job_record(b"u-1", "undeclared"))
     [(_, status, _)] = web.results(1)
     assert status == protocol.RETRY, "a handler declaring nothing gets RETRIES"
+
+
+DAY = 86400.0
+
+
+def test_a_retry_beyond_49_days_waits_its_whole_time_within_max_delay(clock):
+    """Issue 30: a delay travelled as u32 ms, so 60 days came due 10.3 days early."""
+    d = make(clock, workers="127.0.0.1:1", max_delay=100 * DAY)
+    link = d.links[0]
+    ready(d, link)
+    job = _submit(d)
+    d.flush()
+    _retry(d, link, job.id, 60 * DAY)
+    status = d.status(job.id)
+    assert status["status"] == "retrying", status
+    assert status["next_at"] == pytest.approx(time.time() + 60 * DAY, abs=5), (
+        f"due in {(status['next_at'] - time.time()) / DAY:.1f} days, not 60"
+    )
+
+
+def test_a_retry_beyond_max_delay_is_refused_visibly_never_early(
+    clock, tmp_path, caplog
+):
+    d = make(clock, workers="127.0.0.1:1")  # MAX_DELAY: 7 days
+    d.dead_letters.path = str(tmp_path / "dead.jsonl")
+    link = d.links[0]
+    ready(d, link)
+    job = _submit(d)
+    d.flush()
+    _retry(d, link, job.id, 60 * DAY, b"E: come back in two months")
+    record = d.status(job.id)
+    assert record["status"] == "dead", record
+    assert "beyond MAX_DELAY" in record["reason"], record
+    assert "E: come back in two months" in record["reason"], record
+    assert d.snapshot().waiting == 0
+    assert "beyond MAX_DELAY" in caplog.text
+    assert "beyond MAX_DELAY" in (tmp_path / "dead.jsonl").read_text()
+
+
+def test_retries_and_backoff_are_bounded_where_they_are_declared():
+    """retries and attempt travel as 16 bits: 65,536 retries never reached the wire."""
+    with pytest.raises(ValueError, match=r"retries=65536: .*at most 255"):
+        Policy(retries=65536)
+    with pytest.raises(ValueError, match=r"max_backoff=.*at most 31622400"):
+        Policy(backoff=1, max_backoff=400 * DAY)
+    Policy(retries=255, max_backoff=366 * DAY)  # the limits themselves are fine
