@@ -177,8 +177,9 @@ class Settlement:
             if job.cancelling:  # it was to be interrupted: it is not re-sent
                 self.cancelled([job], "cancelled; its worker was lost", link.name)
             elif job.deliveries >= self.settings.max_attempts:
-                note = f"worker lost ({reason}) on attempt {job.attempt} of " + str(
-                    self.settings.max_attempts
+                note = (  # attempts count every run's deliveries: say them apart
+                    f"worker lost ({reason}) on run {job.retries + 1}, delivery "
+                    f"{job.deliveries} of {self.settings.max_attempts} (MAX_ATTEMPTS)"
                 )
                 self.dead_letters.write(job, note, link.name)
                 self.finish(job, Status.DEAD, link.name, note.encode())

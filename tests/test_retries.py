@@ -487,3 +487,20 @@ def test_retries_and_backoff_are_bounded_where_they_are_declared():
     with pytest.raises(ValueError, match=r"max_backoff=.*at most 31622400"):
         Policy(backoff=1, max_backoff=400 * DAY)
     Policy(retries=255, max_backoff=366 * DAY)  # the limits themselves are fine
+
+
+def test_a_job_lost_after_a_retry_says_its_run_and_delivery_apart(clock):
+    """Issue 30: it said "attempt 5 of 3", attempts counting every run's deliveries."""
+    d = make(clock, workers="127.0.0.1:1")  # MAX_ATTEMPTS: 3
+    link = d.links[0]
+    ready(d, link)
+    job = _submit(d)
+    d.flush()
+    _retry(d, link, job.id, 0.0)  # run 1 failed; run 2 follows
+    for _ in range(3):
+        d.flush()
+        d._lose(link, "killed")
+        ready(d, link)
+    record = d.status(job.id)
+    assert record["status"] == "dead", record
+    assert "run 2, delivery 3 of 3 (MAX_ATTEMPTS)" in record["reason"], record
