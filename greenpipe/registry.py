@@ -163,6 +163,16 @@ class Handlers:
         """The `Policy` of the handler that runs jobs named `name`."""
         return self._policies.get(name, NO_POLICY)
 
+    @property
+    def time_limits(self) -> dict[str, float]:
+        """The handlers' own time limits (``timeout=``), by job name, in seconds.
+
+        A worker announces them in READY: the web's backstop for a job follows
+        its handler's limit, not JOB_TIMEOUT.
+        """
+        return {name: policy.timeout for name, policy in self._policies.items()
+                if policy.timeout is not None}  # fmt: skip
+
     def add(self, name: str, function: Handler) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a job name must be a non-empty str, got {name!r}")

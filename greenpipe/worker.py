@@ -137,6 +137,8 @@ class Worker:
         self._policy: Callable[[str], Policy] = getattr(
             handler, "policy", lambda name: NO_POLICY
         )
+        # The handlers' own time limits, announced in READY (the web's backstop).
+        self._limits: dict[str, float] = getattr(handler, "time_limits", {})
         self._default_policy = NO_POLICY
         if settings.retries:
             self._default_policy = Policy(
@@ -370,8 +372,9 @@ class Worker:
 
     def _ready(self, account: Account) -> list[bytes]:
         return protocol.encode_ready(
-            account.credit, self.settings.max_frame, self.name, account.seq
-        )
+            account.credit, self.settings.max_frame, self.name, account.seq,
+            self._limits,
+        )  # fmt: skip
 
     def _share(self, tick: bool) -> None:
         """Move credit between the webs (see greenpipe.credit); send the changes."""
@@ -575,6 +578,7 @@ def in_app_context(handler: Handler, spec: str) -> Handler:
     policy = getattr(handler, "policy", None)
     if policy is not None:  # a Handlers registry's policies stay visible
         run_in_context.policy = policy  # type: ignore[attr-defined]
+        run_in_context.time_limits = getattr(handler, "time_limits", {})  # type: ignore[attr-defined]
     return run_in_context
 
 

@@ -19,7 +19,7 @@ import pytest
 from greenpipe import Cancelled, Handlers, JobTimeout, Retry, protocol
 from greenpipe.config import WorkerSettings
 from greenpipe.handling import Policy, run_handler
-from greenpipe.jobs import Envelope, Job
+from greenpipe.jobs import Envelope, Job, Status
 from greenpipe.testing import poll_until
 from greenpipe.worker import Worker
 from tests.support import ScriptedWeb, job_record, read_records, read_runs
@@ -416,6 +416,22 @@ def test_retries_setting_gives_the_stock_handler_a_policy(start_worker, start_we
     ok = web.post("/jobs", {})[2]["id"]
     assert poll_until(lambda: web.get(f"/jobs/{ok}")[2], lambda s: s.get("status")
                       == "done", 10, "a job that does not fail: done")["runs"] == 1  # fmt: skip
+
+
+def test_a_handlers_limit_longer_than_job_timeout_does_not_lose_its_worker(
+    start_worker, start_app, record_dir
+):
+    """Issue 30: the web's backstop used 2 x JOB_TIMEOUT + HEARTBEAT_TIMEOUT (3 s)
+    for a handler declaring timeout=8, lost the worker twice, and re-sent the job."""
+    worker = start_worker(handler=HANDLERS)
+    web = start_app([worker], job_timeout=1, heartbeat=0.25, heartbeat_timeout=1)
+    job_id = web.post("/jobs/patient", {"work": 5})[2]["id"]
+    done = poll_until(lambda: web.get(f"/jobs/{job_id}")[2],
+                      lambda s: Status(s.get("status", "queued")).finished, 15,
+                      "the 5 s job finished")  # fmt: skip
+    assert (done["status"], done["attempt"]) == ("done", 1), done
+    assert not web.proc.matches("not acknowledged within"), web.proc.tail()
+    assert [r["event"] for r in read_runs(record_dir)[job_id]] == ["started", "ran"]
 
 
 # -- the worker's side: a real Worker fed by a scripted web ------------------------
