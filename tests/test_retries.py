@@ -75,6 +75,12 @@ def test_retry_on_filters_and_retry_after_is_honoured():
     assert status == protocol.RETRY and protocol.decode_retry(payload)[0] == 42.5
     spent = _job(retries=3)  # Retry without a policy: 3 retries by default
     assert run_handler(asks, spent, "w", Policy())[0] == protocol.FAILED
+    assert run_handler(asks, _job(), "w", Policy(timeout=5))[0] == protocol.RETRY, (
+        "retries not declared: Retry still gets its 3"
+    )
+    assert run_handler(asks, _job(), "w", Policy(retries=0))[0] == protocol.FAILED, (
+        "retries=0 declared: Retry is final too"
+    )
     with pytest.raises(ValueError, match="seconds >= 0"):
         Retry(after=-1)
 
