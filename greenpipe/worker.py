@@ -472,7 +472,7 @@ class Worker:
                         "%s: job %s (%s) still runs %.1f s past its %g s limit",
                         self.name, job.id, job.name, now - deadline, job.timeout,
                     )  # fmt: skip
-                gevent.kill(runner, JobTimeout)
+                self._interrupt(runner, JobTimeout)
         self.overrunning, self._thrown = overrunning, thrown
 
     def _cancel(self, ids: bytes) -> None:
@@ -485,9 +485,23 @@ class Worker:
         for raw_id in ids.split():
             for runner in self._running.get(raw_id, ()):
                 if runner in self._active:
-                    gevent.kill(runner, Cancelled)
+                    self._interrupt(runner, Cancelled)
                 else:
                     self._cancelled.add(runner)
+
+    def _interrupt(self, runner: Any, exc: type[BaseException]) -> None:
+        """Throw `exc` into a handler's greenlet at the hub's next turn, if it runs.
+
+        As `gevent.kill`, which is asynchronous too, but a handler that returned
+        meanwhile is left alone: a throw into its dead greenlet would raise in
+        the hub instead (a traceback on stderr for each).
+        """
+
+        def throw() -> None:
+            if runner in self._active:
+                runner.throw(exc)
+
+        gevent.get_hub().loop.run_callback(throw)
 
     # -- sending -------------------------------------------------------------
 

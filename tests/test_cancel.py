@@ -7,8 +7,11 @@ job it holds, whenever the CANCEL arrives.
 
 from __future__ import annotations
 
+import random
+
 import gevent
 import gevent.event
+from greenlet import getcurrent
 
 from greenpipe import Cancelled, protocol
 from greenpipe.config import WorkerSettings
@@ -59,3 +62,98 @@ def test_a_cancel_interrupts_every_run_of_a_job_held_twice():
     answers = web.results(2)
     assert [status for _, status, _ in answers] == [protocol.CANCELLED] * 2, answers
     assert sorted(runs) == [-2, -1, 1, 2], "both runs were interrupted"
+
+
+class CancelModel:
+    """A seeded schedule of JOBS, CANCELs and turns of the loop against a Worker.
+
+    The checker is the README's promise: a cancel read for a job the worker
+    holds stops every run of it not finished by then: a run not started never
+    starts; a running one is interrupted at its next switch (a run already
+    resuming as the CANCEL is read may take that one turn, and finish if it
+    was its last: it answers OK, truthfully). Every run answers exactly once:
+    OK if its handler returned, CANCELLED if not.
+    """
+
+    IDS = (b"a", b"b", b"c", b"d")
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.worker = Worker(WorkerSettings(port=0, concurrency=4), self.handler)
+        self.web = ScriptedWeb(self.worker)
+        self.log: list[tuple[str, bytes, int]] = []  # (event, id, run), in order
+        self.schedule: list[str] = []
+        self.sent: list[bytes] = []
+        self.cancelled: set[bytes] = set()  # never sent again, as a web does
+
+    def handler(self, job: Job) -> None:
+        run = id(getcurrent())
+        self.log.append(("start", job.raw_id, run))
+        try:
+            for _ in range(int(job.json()["turns"])):
+                gevent.sleep(0)  # sleep-ok: the handler's work, in loop turns
+                self.log.append(("turn", job.raw_id, run))
+        except Cancelled:
+            self.log.append(("interrupted", job.raw_id, run))
+            raise
+        self.log.append(("end", job.raw_id, run))
+
+    def step(self) -> None:
+        live = [i for i in self.IDS if i not in self.cancelled]
+        roll = self.rng.random()
+        if roll < 0.45 and live:
+            batch = [self.rng.choice(live) for _ in range(self.rng.randint(1, 3))]
+            records = [protocol.encode_job(i, 1, b"POST", b"/jobs", b"", b"",
+                                           b'{"turns": %d}' % self.rng.randint(0, 3))
+                       for i in batch]  # fmt: skip
+            self.schedule.append(f"jobs {b' '.join(batch).decode()}")
+            self.sent += batch
+            self.web.jobs(*records)
+        elif roll < 0.7 and live:
+            victim = self.rng.choice(live)
+            self.schedule.append(f"cancel {victim.decode()}")
+            self.log.append(("cancel", victim, 0))
+            self.cancelled.add(victim)
+            self.web.cancel(victim)
+        else:
+            turns = self.rng.randint(1, 3)
+            self.schedule.append(f"turns {turns}")
+            for _ in range(turns):
+                gevent.sleep(0)  # sleep-ok: the loop turns the schedule gives
+
+    def check(self, seed: int) -> None:
+        answers = self.web.results(len(self.sent))
+        where = f"seed {seed}, schedule {self.schedule}"
+        assert sorted(i for i, _, _ in answers) == sorted(self.sent), where
+        for raw_id in set(self.sent):
+            events = [(n, e, run) for n, (e, i, run) in enumerate(self.log)
+                      if i == raw_id]  # fmt: skip
+            ended = sum(1 for _, e, _ in events if e == "end")
+            got = [status for i, status, _ in answers if i == raw_id]
+            sent = self.sent.count(raw_id)
+            assert (got.count(protocol.OK), got.count(protocol.CANCELLED)) == (
+                ended, sent - ended), f"{raw_id!r}: {got}; {where}"  # fmt: skip
+            cancels = [n for n, e, _ in events if e == "cancel"]
+            if not cancels:
+                continue
+            after = [(e, run) for n, e, run in events if n > cancels[0]]
+            assert ("start" not in (e for e, _ in after)), (
+                f"{raw_id!r} started after its cancel was read; {where}")  # fmt: skip
+            for run in {run for e, run in after if e == "end"}:
+                turns = sum(1 for e, r in after if r == run and e == "turn")
+                assert turns <= 1, (
+                    f"a run of {raw_id!r} went on {turns} turns after its cancel "
+                    f"was read; {where}"
+                )
+        assert not self.worker._running and not self.worker._cancelled, where
+        assert self.worker._busy == 0, where
+
+
+def test_a_cancel_racing_starts_and_re_sends_keeps_the_promise_seeded():
+    """Schedules of JOBS (ids repeat: re-sends), CANCELs and loop turns; the seed
+    and the schedule are printed on failure."""
+    for seed in range(300):
+        model = CancelModel(seed)
+        for _ in range(25):
+            model.step()
+        model.check(seed)
