@@ -264,7 +264,9 @@ class WorkerSettings:
         3.0, values.seconds, "seconds to finish jobs when stopping"
     )
     retries: int = setting(
-        0, values.count, "retries of a failed job whose handler declares no policy"
+        0,
+        values.retries_count,
+        "retries of a failed job whose handler declares no policy",
     )
     retry_backoff: float = setting(
         1.0, values.seconds, "seconds before the first of those, doubling, jittered"

@@ -190,12 +190,29 @@ class Fleet:
             if silent > timeout:
                 happened.append((link, _lost(f"no heartbeat for {silent:.1f} s")))
             elif link.jobs:
-                oldest = next(iter(link.jobs.values()))
-                if now - oldest.sent_at > ack_deadline:
-                    happened.append((link, _lost(
-                        f"job {oldest.id} not acknowledged within "
-                        f"{ack_deadline:.0f} s")))  # fmt: skip
+                overdue = self._overdue(link, now, ack_deadline)
+                if overdue:
+                    happened.append((link, _lost(overdue)))
         return happened
+
+    def _overdue(self, link: Link, now: float, ack_deadline: float) -> str:
+        """Why `link` is lost though it heartbeats: a job past its backstop, or "".
+
+        The backstop is 2 x the job's time limit + HEARTBEAT_TIMEOUT: JOB_TIMEOUT's
+        (`ack_deadline`), or the limit the worker announced for the job's name.
+        """
+        slack, limits = self.settings.heartbeat_timeout, link.limits
+        shortest = ack_deadline
+        if limits:
+            shortest = min(shortest, 2 * min(limits.values()) + slack)
+        for job in link.jobs.values():  # oldest first
+            if now - job.sent_at <= shortest:
+                return ""  # this one and all sent after it are within any deadline
+            limit = limits.get(job.name or job.path)
+            deadline = ack_deadline if limit is None else 2 * limit + slack
+            if now - job.sent_at > deadline:
+                return f"job {job.id} not acknowledged within {deadline:.0f} s"
+        return ""
 
     # -- what it holds ---------------------------------------------------------------
 

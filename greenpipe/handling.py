@@ -24,6 +24,7 @@ import gevent
 
 from greenpipe import protocol
 from greenpipe.jobs import Job
+from greenpipe.values import LONGEST_DELAY, MAX_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ class Retry(Exception):  # noqa: N818 (raised, like StopIteration)
 
     ``raise Retry(after=30)`` honours an upstream's Retry-After; with no
     `after`, the handler's backoff decides. It counts against the handler's
-    `retries` (RETRY_WITHOUT_POLICY when the handler declared none).
+    `retries` (RETRY_WITHOUT_POLICY when the handler declared none; a
+    declared ``retries=0`` means none).
     """
 
     def __init__(self, after: float | None = None, reason: str = "") -> None:
@@ -68,7 +70,9 @@ class Policy:
     together do not retry together.
     """
 
-    retries: int = 0  # runs after the first, at most; 0: a failure is final
+    # runs after the first, at most; 0: a failure is final, `Retry` too;
+    # None (not declared): a failure is final, `Retry` gets RETRY_WITHOUT_POLICY
+    retries: int | None = None
     backoff: float = 1.0  # seconds before the first retry
     max_backoff: float = 300.0  # seconds, the cap
     jitter: bool = True
@@ -76,12 +80,23 @@ class Policy:
     timeout: float | None = None  # seconds; None: JOB_TIMEOUT from the web
 
     def __post_init__(self) -> None:
-        if not isinstance(self.retries, int) or self.retries < 0:
-            raise ValueError(f"retries={self.retries!r}: a whole number >= 0")
+        if self.retries is not None and (
+            not isinstance(self.retries, int) or not 0 <= self.retries <= MAX_RETRIES
+        ):
+            raise ValueError(
+                f"retries={self.retries!r}: a whole number >= 0, at most "
+                f"{MAX_RETRIES} (a job's runs and deliveries travel in 16 bits)"
+            )
         if not 0 <= self.backoff <= self.max_backoff:
             raise ValueError(
                 f"backoff={self.backoff!r}, max_backoff={self.max_backoff!r}: "
                 "need 0 <= backoff <= max_backoff (seconds)"
+            )
+        if self.max_backoff > LONGEST_DELAY:
+            raise ValueError(
+                f"max_backoff={self.max_backoff!r}: at most {LONGEST_DELAY:.0f} s "
+                "(a year, the most MAX_DELAY may be; a retry beyond the web's "
+                "MAX_DELAY is refused, not run early)"
             )
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(f"timeout={self.timeout!r}: seconds > 0, or None")
@@ -145,10 +160,10 @@ def _failed(
 ) -> tuple[int, bytes]:
     """FAILED, or RETRY if the policy retries `exc` and has retries left."""
     if isinstance(exc, Retry):
-        budget = policy.retries or RETRY_WITHOUT_POLICY
+        budget = RETRY_WITHOUT_POLICY if policy.retries is None else policy.retries
         retry = job.retries < budget
     else:
-        budget = policy.retries
+        budget = policy.retries or 0
         retryable = isinstance(exc, policy.retry_on) or isinstance(exc, JobTimeout)
         retry = retryable and job.retries < budget
     if not retry:

@@ -34,6 +34,23 @@ class Status(StrEnum):
     TIMEOUT = "timeout"  # nothing came back within the wait (still delivered)
     OK = "done"  # an alias of DONE (the name greenpipe 0.1 used)
 
+    @property
+    def finished(self) -> bool:
+        """Nothing more will happen to a job in this state: its record is final."""
+        return self in FINISHED
+
+    @property
+    def waiting(self) -> bool:
+        """Held by the web until a time: a delay (scheduled) or a retry's backoff."""
+        return self in WAITING
+
+
+# Queued and in flight are neither: the job moves on by itself. TIMEOUT is an
+# outcome of waiting for a job (it is still delivered), not a state of one.
+FINISHED = frozenset({Status.DONE, Status.FAILED, Status.DEAD, Status.CANCELLED,
+                      Status.UNACKNOWLEDGED})  # fmt: skip
+WAITING = frozenset({Status.SCHEDULED, Status.RETRYING})
+
 
 class Outcome(NamedTuple):
     """What became of a job someone waits for (``push(..., wait=N)``, Prefer: wait)."""

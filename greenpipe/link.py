@@ -192,6 +192,9 @@ class Link:
         self.credit = 0  # jobs the worker allows in flight (READY, then CREDIT)
         self.credit_seq = 0  # the last CREDIT applied (echoed in PING)
         self.max_frame = 0  # largest job frame the worker accepts (from READY)
+        # job name -> seconds: its handler's own time limit (from READY); the
+        # web's ack backstop for such a job follows it, not JOB_TIMEOUT
+        self.limits: dict[bytes, float] = {}
         self.worker_name = ""
         self.jobs: dict[bytes, Envelope] = {}  # in flight, oldest first
         self.suspects = 0  # jobs in `jobs` taken back from a lost worker
@@ -311,6 +314,8 @@ class Link:
     def _ready(self, frames: list[bytes]) -> list[Event]:
         try:
             version, credit, max_frame, worker_name, seq = protocol.decode_ready(frames)
+            if version == protocol.VERSION:
+                self.limits = protocol.decode_limits(frames)
         except ProtocolError as exc:
             return [Event(Happened.MALFORMED, str(exc))]
         if version != protocol.VERSION:

@@ -87,7 +87,6 @@ def _payload(
     return raw_name, raw, kind.encode("latin-1")
 
 
-_UNFINISHED = (Status.QUEUED, Status.IN_FLIGHT, Status.RETRYING)
 _INLINE = {
     protocol.OK: Status.DONE,
     protocol.FAILED: Status.FAILED,
@@ -313,10 +312,13 @@ class Pipe:
         """What became of `job` (made with ``wait=True``) within `timeout` s."""
         if job.reply is None:  # a repeated idempotency key: the first job's outcome
             found = self.status(job.id)
-            if found is None or found["status"] in _UNFINISHED:
+            if found is None:
                 return None
-            return Outcome(found.get("worker", ""), Status(found["status"]),
-                           _outcome_payload(found), job.id)  # fmt: skip
+            status = Status(found["status"])
+            if not (status.finished or status.waiting):
+                return None  # queued or in flight: nothing to say yet
+            return Outcome(found.get("worker", ""), status, _outcome_payload(found),
+                           job.id)  # fmt: skip
         return self.dispatcher.outcome(job, timeout)
 
     def cancel(self, job_id: str) -> dict[str, Any] | None:

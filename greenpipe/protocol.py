@@ -1,4 +1,4 @@
-"""The greenpipe wire protocol (version 4) between web.py and server.py.
+"""The greenpipe wire protocol (version 5) between web.py and server.py.
 
 Every message starts with a one-byte kind. The web's DEALER sends web kinds;
 the worker's ROUTER sees them behind the connection's routing id and answers on
@@ -7,7 +7,8 @@ libzmq turns raw bytes sent to a worker's port into ZMTP/1.0 messages, so any
 frame may be garbage. They raise `ProtocolError`; nothing here opens a socket.
 
     web -> worker                       worker -> web
-    HELLO  version, heartbeat, name     READY      version, credit, max frame, name
+    HELLO  version, heartbeat, name     READY      version, credit, max frame, name,
+                                                   [the handlers' time limits]
     JOBS   jobs (one frame)             ACKS       ids done, [result, result, ...]
     PING   credit seq applied           HEARTBEAT  [figures]
     DONE   (nothing more will follow)   BYE        [reason]
@@ -29,17 +30,20 @@ frames, not two per job (per-frame calls dominate pyzmq's cost under gevent).
 
 from __future__ import annotations
 
+import math
 import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 from greenpipe.errors import ProtocolError
 from greenpipe.jobs import WANTS_REPLY, Job
 
+# 5: a RETRY's delay in 64-bit ms (32 bits stopped at 49.7 days, below MAX_DELAY),
+#    READY's 4th frame: the time limits the worker's handlers declare;
 # 4: retries (RETRY results, a job's retries), CANCEL, overrunning handlers;
 # 3: shared credit (CREDIT, PING seq); 2: a job carries its name.
-VERSION = 4
+VERSION = 5
 
 # web -> worker
 HELLO = b"\x01"  # a web asks to send jobs; answered by READY (or BYE with a reason)
@@ -58,18 +62,19 @@ CREDIT = b"\x15"  # this web's credit changes by a signed amount (numbered)
 # Result status bytes (results travel only for failures and awaited jobs).
 OK = 0  # handler returned; payload is its JSON result
 FAILED = 1  # handler raised or timed out; payload is the error text (UTF-8)
-RETRY = 2  # run it again after a delay: payload is u32 ms, then the error text
+RETRY = 2  # run it again after a delay: payload is u64 ms, then the error text
 CANCELLED = 3  # interrupted by CANCEL; payload says so
 
 # Job flags: WANTS_REPLY (greenpipe.jobs), an HTTP client waits for the result.
 
 _HELLO = struct.Struct("!BI")  # version, heartbeat interval in ms
 _READY = struct.Struct("!BIII")  # version, credit, largest frame, credit seq
+_LIMIT = struct.Struct("!Bd")  # a READY limit: job name length, seconds; the name
 # flags, attempt, retries so far, time limit in ms (0: none), then the lengths
 # of id, name, method, path, query, content type and body, which follow in that
 # order. An empty name means "the path": a forwarded request is named by its path.
 _JOB = struct.Struct("!BHHIBBBHHHI")
-_DELAY = struct.Struct("!I")  # a RETRY result's delay, ms
+_DELAY = struct.Struct("!Q")  # a RETRY result's delay, ms
 _RESULT = struct.Struct("!BB")  # status, id length; then id, then payload
 _CREDIT = struct.Struct("!iI")  # change (signed), sequence number
 _PING = struct.Struct("!I")  # the last CREDIT sequence number the web applied
@@ -100,23 +105,51 @@ def decode_hello(frames: Sequence[bytes]) -> tuple[int, float, str]:
     return version, heartbeat_ms / 1000, _text(frames[2][:MAX_NAME])
 
 
-def encode_ready(credit: int, max_frame: int, name: str, seq: int = 0) -> list[bytes]:
-    """READY: this web's credit (its share of the worker's capacity) and the
-    CREDIT sequence number that share stands at."""
+def encode_ready(
+    credit: int,
+    max_frame: int,
+    name: str,
+    seq: int = 0,
+    limits: Mapping[str, float] | None = None,
+) -> list[bytes]:
+    """READY: this web's credit (its share of the worker's capacity), the
+    CREDIT sequence number that share stands at, and the time limits the
+    worker's handlers declare (job name -> seconds; the others: JOB_TIMEOUT)."""
     header = _READY.pack(VERSION, credit, max_frame, seq)
-    return [READY, header, name.encode()[:MAX_NAME]]
+    records = []
+    for job_name, seconds in (limits or {}).items():
+        raw = job_name.encode()
+        if len(raw) <= MAX_JOB_NAME:  # a longer name never reaches a handler
+            records.append(_LIMIT.pack(len(raw), seconds) + raw)
+    return [READY, header, name.encode()[:MAX_NAME], b"".join(records)]
 
 
 def decode_ready(frames: Sequence[bytes]) -> tuple[int, int, int, str, int]:
     """Return (version, credit, max frame, worker name, seq) from a READY message."""
-    if len(frames) != 3 or len(frames[1]) < 1:
-        raise ProtocolError(f"READY needs 3 frames with a {_READY.size}-byte header")
+    if len(frames) not in (3, 4) or len(frames[1]) < 1:
+        raise ProtocolError(f"READY needs 4 frames with a {_READY.size}-byte header")
     if frames[1][0] != VERSION:  # an older worker: its header is shorter
         return frames[1][0], 0, 0, _text(frames[2][:MAX_NAME]), 0
     if len(frames[1]) != _READY.size:
-        raise ProtocolError(f"READY needs 3 frames with a {_READY.size}-byte header")
+        raise ProtocolError(f"READY needs 4 frames with a {_READY.size}-byte header")
     version, credit, max_frame, seq = _READY.unpack(frames[1])
     return version, credit, max_frame, _text(frames[2][:MAX_NAME]), seq
+
+
+def decode_limits(frames: Sequence[bytes]) -> dict[bytes, float]:
+    """The handlers' own time limits a READY announces: job name -> seconds."""
+    frame = frames[3] if len(frames) > 3 else b""
+    limits, offset = {}, 0
+    while offset < len(frame):
+        if offset + _LIMIT.size > len(frame):
+            raise ProtocolError(f"READY limits cut short at byte {offset}")
+        length, seconds = _LIMIT.unpack_from(frame, offset)
+        offset += _LIMIT.size
+        if offset + length > len(frame) or not (0 < seconds < math.inf):
+            raise ProtocolError(f"READY limit of {seconds!r} s at byte {offset}")
+        limits[frame[offset : offset + length]] = seconds
+        offset += length
+    return limits
 
 
 def encode_credit(change: int, seq: int) -> list[bytes]:
@@ -173,7 +206,7 @@ def encode_job(
     """
     head = _JOB.pack(
         flags,
-        attempt,  # at most MAX_ATTEMPTS per run, runs bounded by a Policy
+        attempt,  # at most MAX_DELIVERIES per run, runs bounded by a Policy
         retries,
         timeout_ms,
         len(job_id),
@@ -327,7 +360,8 @@ def decode_result(frame: bytes) -> tuple[bytes, int, bytes]:
 
 def retry_payload(delay_s: float, error: bytes) -> bytes:
     """A RETRY result's payload: the delay asked for, then why the run failed."""
-    return _DELAY.pack(min(max(0, round(delay_s * 1000)), 0xFFFFFFFF)) + error
+    # Capped far beyond any MAX_DELAY (a year): a capped delay is refused, not cut.
+    return _DELAY.pack(min(max(0, round(delay_s * 1000)), 2**64 - 1)) + error
 
 
 def decode_retry(payload: bytes) -> tuple[float, bytes]:

@@ -47,11 +47,11 @@ class Handlers:
         self,
         name: str,
         *,
-        retries: int = 0,
-        backoff: float = 1.0,
-        max_backoff: float = 300.0,
-        jitter: bool = True,
-        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        retries: int | None = None,
+        backoff: float | None = None,
+        max_backoff: float | None = None,
+        jitter: bool | None = None,
+        retry_on: tuple[type[BaseException], ...] | None = None,
         timeout: float | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated function for jobs named `name`; returns it as is.
@@ -61,15 +61,25 @@ class Handlers:
         twice as long each time up to `max_backoff`, at random below that
         with `jitter`; the web holds the job meanwhile (journaled). The last
         failure goes to the dead-letter file. `timeout` (seconds) replaces
-        JOB_TIMEOUT for this handler. Raises ValueError/TypeError for values
-        that make no sense.
+        JOB_TIMEOUT for this handler. A keyword left out takes `Policy`'s
+        default; one given, whatever its value (``retries=0`` too), makes
+        the policy the handler's own: the worker's RETRIES no longer apply.
+        Raises ValueError/TypeError for values that make no sense.
         """
-        policy = Policy(retries, backoff, max_backoff, jitter, tuple(retry_on),
-                        timeout)  # fmt: skip
+        given = (retries, backoff, max_backoff, jitter, retry_on, timeout)
+        declared = any(value is not None for value in given)
+        policy = Policy(
+            retries,
+            NO_POLICY.backoff if backoff is None else backoff,
+            NO_POLICY.max_backoff if max_backoff is None else max_backoff,
+            NO_POLICY.jitter if jitter is None else jitter,
+            NO_POLICY.retry_on if retry_on is None else tuple(retry_on),
+            timeout,
+        )
 
         def register(function: F) -> F:
             self.add(name, function)
-            if policy != NO_POLICY:
+            if declared:  # not `policy != NO_POLICY`: retries=0 equals it
                 self._policies[name] = policy
             return function
 
@@ -152,6 +162,16 @@ class Handlers:
     def policy(self, name: str) -> Policy:
         """The `Policy` of the handler that runs jobs named `name`."""
         return self._policies.get(name, NO_POLICY)
+
+    @property
+    def time_limits(self) -> dict[str, float]:
+        """The handlers' own time limits (``timeout=``), by job name, in seconds.
+
+        A worker announces them in READY: the web's backstop for a job follows
+        its handler's limit, not JOB_TIMEOUT.
+        """
+        return {name: policy.timeout for name, policy in self._policies.items()
+                if policy.timeout is not None}  # fmt: skip
 
     def add(self, name: str, function: Handler) -> None:
         if not isinstance(name, str) or not name:

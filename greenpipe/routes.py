@@ -454,6 +454,8 @@ def _waited(pipe: PipeLike, job: Any, wait: float) -> Response:
         return json_response(
             200, {"id": job.id, "worker": outcome.worker, "result": result}, applied
         )
+    if outcome.status.waiting:  # a repeated key's job, scheduled or retrying
+        return accepted(job.id)  # nothing to wait for, as for a first delayed job
     if outcome.status is Status.UNACKNOWLEDGED:
         detail = "sent at most once to a plain PULL worker, which sends nothing back"
         return json_response(

@@ -92,6 +92,10 @@ class Settlement:
                 except ProtocolError as exc:
                     self.malformed(link, str(exc))
                     delay, error = 0.0, payload
+                if delay > self.settings.max_delay:  # never cut short: refused
+                    status, payload = self._refused(job, link, delay, error)
+                    finished.append((job, status, payload))
+                    continue
                 self.queues.later.hold(job, delay, error.decode("utf-8", "replace"))
                 held.append(job)
                 continue
@@ -110,6 +114,20 @@ class Settlement:
             if self.journal is not None:
                 self.journal.later(held)
         return finished
+
+    def _refused(
+        self, job: Envelope, link: Link, delay: float, error: bytes
+    ) -> tuple[Status, bytes]:
+        """A retry asked `delay` s ahead, past MAX_DELAY: the job is dead, not cut."""
+        note = (
+            f"retry refused: its handler asked for one in {delay:.0f} s, beyond "
+            f"MAX_DELAY ({self.settings.max_delay:.0f} s); "
+            + error.decode("utf-8", "replace")
+        )
+        log.warning("job %s from %s: %s", job.id, link.name, note)
+        job.errors = [*job.errors, note]
+        self.dead_letters.write(job, note, link.name)
+        return Status.DEAD, note.encode()
 
     def cancel(self, job_id: str, links: Sequence[Link]) -> dict | None:
         """Cancel a job this process accepted; what became of it, None if unknown.
@@ -161,7 +179,10 @@ class Settlement:
                 self.cancelled([job], "cancelled; its worker was lost", link.name)
             elif job.deliveries >= self.settings.max_deliveries:
                 most = self.settings.max_deliveries
-                note = f"worker lost ({reason}) on delivery {job.deliveries} of {most}"
+                note = (  # attempts count every run's deliveries: say them apart
+                    f"worker lost ({reason}) on run {job.retries + 1}, delivery "
+                    f"{job.deliveries} of {most} (MAX_DELIVERIES)"
+                )
                 self.dead_letters.write(job, note, link.name)
                 self.finish(job, Status.DEAD, link.name, note.encode())
             elif graceful and not job.suspect:

@@ -20,12 +20,13 @@ log = logging.getLogger("greenpipe.config")
 PREFIX = "GREENPIPE_"
 
 # GREENPIPE_ names that are not settings: the Flask extension's own app.config
-# keys, and what the tests and the book-keeping handler read.
+# keys, what the tests and the book-keeping handler read, and the pipe a
+# WEB_PROCESSES supervisor gives its children (supervisor.READY_ENV).
 EXTENSION_KEYS = frozenset(
     PREFIX + name for name in ("INLINE", "HANDLERS", "PREFIX", "ROUTES")
 )
 OTHER_VARIABLES = frozenset(
-    PREFIX + name for name in ("HIDE_TOOLS", "RECORD_DIR", "SLEEP")
+    PREFIX + name for name in ("HIDE_TOOLS", "READY_FD", "RECORD_DIR", "SLEEP")
 )
 _CLOSE = 0.75  # difflib ratio from which an unknown name "probably meant" a setting
 _warned: set[str] = set()  # names warned about in this process (warned once each)

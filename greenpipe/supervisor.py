@@ -3,7 +3,8 @@
 A child that dies is replaced (at once, then after a growing delay if it
 keeps dying); SIGUSR2 replaces the children one at a time, each new one
 serving before the old one stops (a rolling restart); SIGHUP is passed on
-(each child re-reads WORKERS_FILE); only SIGTERM/SIGINT stop them all.
+(each child re-reads WORKERS_FILE); only SIGTERM/SIGINT stop them all, and
+a child's configuration error (exit 2): every child would refuse it the same.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ READY_ENV = "GREENPIPE_READY_FD"  # a child writes one byte there once it serves
 BACKOFF_S = (0.5, 30.0)  # delay before the 2nd restart in a row, and the largest
 SETTLED_S = 10.0  # a child that served this long and then died is not "failing"
 START_S = 10.0  # time for a child to start, on top of READY_TIMEOUT
+CONFIG_EXIT = 2  # a child refused its configuration (entry points' ConfigError)
 
 
 @dataclass(eq=False)
@@ -107,6 +109,9 @@ class Supervisor:
             what, arg = self.events.get()
             if what == "stop":
                 return self._stop_all()
+            if what == "exited" and self._refused(*arg):
+                self._stop_all()
+                return CONFIG_EXIT
             if what == "exited":
                 self._exited(arg)
             elif what == "start" and self.slots[arg] is None:
@@ -143,6 +148,22 @@ class Supervisor:
         code = child.popen.wait()
         self.alive.discard(child)
         self.events.put(("exited", (child, code)))
+
+    def _refused(self, child: Child, code: int) -> bool:
+        """True if `child` exited with a configuration error: final, not restarted."""
+        if (
+            code != CONFIG_EXIT
+            or child.retiring
+            or self.slots[child.index] is not child
+        ):
+            return False
+        log.error(
+            "web: process %d (pid %d) exited 2: a configuration error (its message "
+            "is above); every process would refuse it the same, so none is "
+            "restarted: stopping the others and exiting 2. Fix the setting and "
+            "start again", child.index, child.pid,
+        )  # fmt: skip
+        return True
 
     def _exited(self, found: tuple[Child, int]) -> None:
         child, code = found

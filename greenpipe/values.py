@@ -55,12 +55,28 @@ def count(raw: str) -> int:
     return int(raw)
 
 
+LONGEST_DELAY = 366 * 86400.0  # seconds: the most MAX_DELAY (or a backoff) may be
+
+
+def retries_count(raw: str) -> int:
+    """RETRIES: a whole number, at most MAX_RETRIES (they travel in 16 bits)."""
+    value = count(raw)
+    if value > MAX_RETRIES:
+        raise ValueError(f"a whole number from 0 to {MAX_RETRIES}")
+    return value
+
+
+# Retries of one job, at most: `retries` and `attempt` travel as 16 bits, and
+# a job's attempts are at most (retries + 1) x MAX_DELIVERIES (255): 65,280.
+MAX_RETRIES = 255
+
+
 def horizon(raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not 0 < value <= 366 * 86400:
+    if not 0 < value <= LONGEST_DELAY:
         raise ValueError("a number of seconds above 0, at most a year (31622400)")
     return value
 

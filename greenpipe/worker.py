@@ -126,7 +126,10 @@ class Worker:
         # per job); `_busy` counts them, `_active` gives each its deadline.
         self._busy = 0
         self._active: dict[Any, tuple[float, Job]] = {}
-        self._running: dict[bytes, Any] = {}  # job id -> its greenlet (CANCEL)
+        # job id -> the greenlets that hold it, started or not (CANCEL); two
+        # when a web re-sent a job this worker still runs (after a loss)
+        self._running: dict[bytes, list[Any]] = {}
+        self._cancelled: set[Any] = set()  # greenlets a CANCEL reached before they ran
         self.overrunning = 0  # handlers past their time limit at the last check
         self._thrown: set[Any] = set()  # handlers JobTimeout was thrown into
         # The handler's policy by job name (a `Handlers` registry has one);
@@ -134,6 +137,8 @@ class Worker:
         self._policy: Callable[[str], Policy] = getattr(
             handler, "policy", lambda name: NO_POLICY
         )
+        # The handlers' own time limits, announced in READY (the web's backstop).
+        self._limits: dict[str, float] = getattr(handler, "time_limits", {})
         self._default_policy = NO_POLICY
         if settings.retries:
             self._default_policy = Policy(
@@ -367,8 +372,9 @@ class Worker:
 
     def _ready(self, account: Account) -> list[bytes]:
         return protocol.encode_ready(
-            account.credit, self.settings.max_frame, self.name, account.seq
-        )
+            account.credit, self.settings.max_frame, self.name, account.seq,
+            self._limits,
+        )  # fmt: skip
 
     def _share(self, tick: bool) -> None:
         """Move credit between the webs (see greenpipe.credit); send the changes."""
@@ -403,7 +409,8 @@ class Worker:
             self._slot.wait()
         self._busy += 1
         self._idle.clear()
-        gevent.spawn_raw(self._run, peer, job)
+        runner = gevent.spawn_raw(self._run, peer, job)  # runs at the next switch
+        self._running.setdefault(job.raw_id, []).append(runner)
 
     def _run(self, peer: Peer, job: Job) -> None:
         me = getcurrent()
@@ -415,12 +422,18 @@ class Worker:
             job.timeout = policy.timeout  # the handler's own limit wins
         deadline = started + job.timeout if job.timeout else NO_DEADLINE
         self._active[me] = (deadline, job)
-        self._running[job.raw_id] = me
         try:
-            status, payload = run_handler(self.handler, job, self.name, policy)
+            if me in self._cancelled:  # a CANCEL came before this greenlet ran
+                log.warning("%s: job %s cancelled before it started", self.name, job.id)
+                status, payload = protocol.CANCELLED, b"cancelled before it started"
+            else:
+                status, payload = run_handler(self.handler, job, self.name, policy)
         finally:
             del self._active[me]
-            if self._running.get(job.raw_id) is me:
+            self._cancelled.discard(me)
+            runners = self._running[job.raw_id]
+            runners.remove(me)
+            if not runners:
                 del self._running[job.raw_id]
             self._busy -= 1
             self.shares.finished(peer.account)
@@ -459,15 +472,36 @@ class Worker:
                         "%s: job %s (%s) still runs %.1f s past its %g s limit",
                         self.name, job.id, job.name, now - deadline, job.timeout,
                     )  # fmt: skip
-                gevent.kill(runner, JobTimeout)
+                self._interrupt(runner, JobTimeout)
         self.overrunning, self._thrown = overrunning, thrown
 
     def _cancel(self, ids: bytes) -> None:
-        """CANCEL from a web: interrupt those of its jobs that run here now."""
+        """CANCEL from a web: stop every run of those jobs this worker holds.
+
+        A run whose greenlet has started gets `Cancelled` thrown in; one not
+        started yet (its JOBS read in the same batch) answers CANCELLED
+        without running the handler.
+        """
         for raw_id in ids.split():
-            runner = self._running.get(raw_id)
-            if runner is not None:
-                gevent.kill(runner, Cancelled)
+            for runner in self._running.get(raw_id, ()):
+                if runner in self._active:
+                    self._interrupt(runner, Cancelled)
+                else:
+                    self._cancelled.add(runner)
+
+    def _interrupt(self, runner: Any, exc: type[BaseException]) -> None:
+        """Throw `exc` into a handler's greenlet at the hub's next turn, if it runs.
+
+        As `gevent.kill`, which is asynchronous too, but a handler that returned
+        meanwhile is left alone: a throw into its dead greenlet would raise in
+        the hub instead (a traceback on stderr for each).
+        """
+
+        def throw() -> None:
+            if runner in self._active:
+                runner.throw(exc)
+
+        gevent.get_hub().loop.run_callback(throw)
 
     # -- sending -------------------------------------------------------------
 
@@ -558,6 +592,7 @@ def in_app_context(handler: Handler, spec: str) -> Handler:
     policy = getattr(handler, "policy", None)
     if policy is not None:  # a Handlers registry's policies stay visible
         run_in_context.policy = policy  # type: ignore[attr-defined]
+        run_in_context.time_limits = getattr(handler, "time_limits", {})  # type: ignore[attr-defined]
     return run_in_context
 
 

@@ -64,6 +64,14 @@ def swallow(job: Job) -> None:
     _note(job, "ran on")
 
 
+@handlers.job("patient", timeout=8)
+def patient(job: Job) -> None:
+    """Works `work` seconds, within its own limit (longer than the web's JOB_TIMEOUT)."""
+    _note(job, "started")
+    gevent.sleep(job.json()["work"])  # sleep-ok: the handler's work
+    _note(job, "ran")
+
+
 @handlers.job("quick")
 def quick(job: Job) -> None:
     _note(job, "ran")

@@ -20,6 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import gevent
+
+from greenpipe import protocol
 from greenpipe.testing import (  # noqa: F401 (re-exported)
     PYTHON,
     ROOT,
@@ -32,6 +35,49 @@ from greenpipe.testing import (  # noqa: F401 (re-exported)
     start_web,
     start_worker,
 )
+
+
+class ScriptedWeb:
+    """A web without sockets in front of a real `Worker` (not bound, not serving).
+
+    A test hands the worker what a web would send, in one receive batch when
+    it calls twice without yielding; the worker's answers (READY, ACKS) go
+    nowhere, and `results` reads its acknowledgements before they are sent.
+    """
+
+    def __init__(self, worker: Any, ident: bytes = b"web") -> None:
+        self.worker, self.ident = worker, ident
+        worker._on_message([ident, *protocol.encode_hello(0.5, "scripted web")])
+        self.peer = worker._peers[ident]
+
+    def jobs(self, *records: bytes) -> None:
+        self.worker._on_message([self.ident, protocol.JOBS, b"".join(records)])
+
+    def cancel(self, *ids: bytes) -> None:
+        self.worker._on_message([self.ident, *protocol.encode_cancel(ids)])
+
+    def results(
+        self, count: int, timeout: float = 5.0
+    ) -> list[tuple[bytes, int, bytes]]:
+        """The next `count` answers (id, status, payload), within `timeout` s."""
+        out: list[tuple[bytes, int, bytes]] = []
+        failure = AssertionError(f"{count} answers from the worker within {timeout} s")
+        with gevent.Timeout(timeout, failure):
+            while True:
+                peer = self.peer
+                out += [(raw_id, protocol.OK, b"") for raw_id in peer.ok]
+                out += [protocol.decode_result(frame) for frame in peer.results]
+                peer.ok, peer.results = [], []
+                if len(out) >= count:
+                    return out
+                self.worker._wake.wait()  # set at every answer
+                self.worker._wake.clear()
+
+
+def job_record(raw_id: bytes, name: str = "", attempt: int = 1) -> bytes:
+    """One job record as a web sends it (POST /jobs, body {})."""
+    return protocol.encode_job(raw_id, attempt, b"POST", b"/jobs", b"", b"",
+                               b"{}", name=name.encode())  # fmt: skip
 
 
 class Load:

@@ -309,6 +309,28 @@ def test_overdue_ack_loses_the_worker(clock, caplog):
     assert "not acknowledged within 5 s" in caplog.text
 
 
+def test_the_backstop_follows_the_limit_the_worker_announces_per_job(clock, caplog):
+    """Issue 30: a handler's timeout=8 over JOB_TIMEOUT=1 lost its worker at 5 s."""
+    d = make(clock, workers="127.0.0.1:1", job_timeout=1, heartbeat_timeout=3)
+    link = d.links[0]
+    notice(d, link, zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    hear(d, link, protocol.encode_ready(10, 1 << 24, "w", limits={"slow": 8}))
+    assert link.limits == {b"slow": 8.0}
+    d.submit(Envelope.new(b"POST", b"", b"", b"", b"{}", name=b"slow"))
+    d.flush()
+    clock.now += 2 * 8 + 3 - 0.5  # past JOB_TIMEOUT's backstop, within its own
+    hear(d, link, [protocol.HEARTBEAT])
+    d.tick()
+    assert link.state == READY and d.books.resent == 0, caplog.text
+    plain = submit(d)[0]
+    d.flush()
+    clock.now += 2 * 1 + 3 + 0.5  # the plain job: JOB_TIMEOUT's backstop
+    hear(d, link, [protocol.HEARTBEAT])
+    d.tick()
+    assert link.state == LOST, "the slow job is overdue now, and the plain one"
+    assert "not acknowledged within 19 s" in caplog.text, plain.id
+
+
 def test_barrier_holds_submit_then_503_names_the_missing(clock):
     d = make(clock, ready_timeout=0.01)
     ready(d, d.links[0])

@@ -135,6 +135,27 @@ def test_a_delay_over_http_runs_the_job_after_its_time(start_worker, start_web,
     assert bad[0] == 400 and "Greenpipe-Delay: 'soon'" in bad[2]["detail"], bad
 
 
+def test_a_repeated_key_with_prefer_wait_on_a_scheduled_job_answers_202(
+    start_worker, start_web
+):
+    """Issue 30: the repeat answered 502 "given up" for a job only scheduled."""
+    web = start_web([start_worker()])
+    first = {"Content-Type": "application/json", "Greenpipe-Delay": "60",
+             "Idempotency-Key": "scheduled-once"}  # fmt: skip
+    code, _, body = web.request("POST", "/jobs", "{}", first)
+    assert code == 202, body
+    for delay in ({}, {"Greenpipe-Delay": "60"}):  # the repeat with or without it
+        again = {**first, "Prefer": "wait=2", **delay}
+        if not delay:
+            del again["Greenpipe-Delay"]
+        started = time.monotonic()
+        code, headers, repeat = web.request("POST", "/jobs", "{}", again)
+        assert (code, repeat.get("id")) == (202, body["id"]), (code, repeat)
+        assert "Preference-Applied" not in headers, headers
+        assert time.monotonic() - started < 1.5, "at once: nothing to wait for"
+    assert web.get(f"/jobs/{body['id']}")[2]["status"] == "scheduled"
+
+
 def test_kill_9_while_1000_delayed_jobs_wait_each_runs_at_its_time(
     start_worker, start_app, record_dir, tmp_path
 ):

@@ -319,3 +319,27 @@ def test_gunicorn_sigterm_under_load_answers_only_202_or_json_503(
     assert counts.get("closed", 0) <= 2, counts
     counts.pop("closed", None)
     assert_a_clean_stop(clients, record_dir)
+
+
+def test_the_supervisors_own_variable_is_not_a_misspelt_setting(
+    start_worker, start_web
+):
+    """Issue 30: every child warned about GREENPIPE_READY_FD; with refuse, none started."""
+    worker = start_worker().address
+    web = start_web([worker], web_processes=2)
+    assert not web.proc.matches("READY_FD"), web.proc.tail()
+    strict = start_web([worker], web_processes=2, env={"UNKNOWN_SETTINGS": "refuse"})
+    assert not strict.proc.matches("READY_FD"), strict.proc.tail()
+
+
+def test_a_childs_configuration_error_is_final_and_the_supervisor_exits_2(procs):
+    """Each child would refuse it the same: no restart loop, the others stopped."""
+    web = Proc("web", [PYTHON, "-m", "tests.child_config_error", *flags({"port": 0, "workers": "127.0.0.1:9",
+               "web_processes": 2, "journal_dir": "off",
+               "unknown_settings": "refuse"})])  # fmt: skip
+    procs.append(web)
+    web.expected_exit = 2
+    web.expect(r"GREENPIPE_MAX_PENDNG.* is not a setting")
+    assert web.wait_exit(15) == 2, web.tail()
+    web.expect(r"exited 2: a configuration error .* exiting 2")
+    assert len(web.matches(r"starting another")) == 0, web.tail()

@@ -80,6 +80,12 @@ def test_control_messages_round_trip():
     )
     assert ready == (protocol.VERSION, 100, 1 << 20, "worker :4444", 7)
     assert protocol.decode_credit(protocol.encode_credit(-5, 9)) == (-5, 9)
+    limited = protocol.encode_ready(1, 1 << 20, "w", limits={"slow": 8, "/r": 0.25})
+    assert protocol.decode_limits(limited) == {b"slow": 8.0, b"/r": 0.25}
+    assert protocol.decode_limits(limited[:3]) == {}, "3 frames: no limits"
+    for bad in (b"\x05", b"\x05" + b"\x00" * 8 + b"ab", b"\x00" + b"\x00" * 8):
+        with pytest.raises(ProtocolError, match="READY limit"):
+            protocol.decode_limits([*limited[:3], bad])
     assert protocol.decode_ping(protocol.encode_ping(9)) == 9
     assert protocol.decode_bye(protocol.encode_bye("stopping")) == "stopping"
     assert protocol.decode_bye(protocol.encode_bye()) == ""

@@ -17,10 +17,12 @@ import gevent
 import pytest
 
 from greenpipe import Cancelled, Handlers, JobTimeout, Retry, protocol
+from greenpipe.config import WorkerSettings
 from greenpipe.handling import Policy, run_handler
-from greenpipe.jobs import Envelope, Job
+from greenpipe.jobs import Envelope, Job, Status
 from greenpipe.testing import poll_until
-from tests.support import read_records, read_runs
+from greenpipe.worker import Worker
+from tests.support import ScriptedWeb, job_record, read_records, read_runs
 from tests.test_core import Clock, ack, hear, make, ready
 
 # -- the handler's side ---------------------------------------------------------
@@ -73,6 +75,12 @@ def test_retry_on_filters_and_retry_after_is_honoured():
     assert status == protocol.RETRY and protocol.decode_retry(payload)[0] == 42.5
     spent = _job(retries=3)  # Retry without a policy: 3 retries by default
     assert run_handler(asks, spent, "w", Policy())[0] == protocol.FAILED
+    assert run_handler(asks, _job(), "w", Policy(timeout=5))[0] == protocol.RETRY, (
+        "retries not declared: Retry still gets its 3"
+    )
+    assert run_handler(asks, _job(), "w", Policy(retries=0))[0] == protocol.FAILED, (
+        "retries=0 declared: Retry is final too"
+    )
     with pytest.raises(ValueError, match="seconds >= 0"):
         Retry(after=-1)
 
@@ -414,3 +422,107 @@ def test_retries_setting_gives_the_stock_handler_a_policy(start_worker, start_we
     ok = web.post("/jobs", {})[2]["id"]
     assert poll_until(lambda: web.get(f"/jobs/{ok}")[2], lambda s: s.get("status")
                       == "done", 10, "a job that does not fail: done")["runs"] == 1  # fmt: skip
+
+
+def test_a_handlers_limit_longer_than_job_timeout_does_not_lose_its_worker(
+    start_worker, start_app, record_dir
+):
+    """Issue 30: the web's backstop used 2 x JOB_TIMEOUT + HEARTBEAT_TIMEOUT (3 s)
+    for a handler declaring timeout=8, lost the worker twice, and re-sent the job."""
+    worker = start_worker(handler=HANDLERS)
+    web = start_app([worker], job_timeout=1, heartbeat=0.25, heartbeat_timeout=1)
+    job_id = web.post("/jobs/patient", {"work": 5})[2]["id"]
+    done = poll_until(lambda: web.get(f"/jobs/{job_id}")[2],
+                      lambda s: Status(s.get("status", "queued")).finished, 15,
+                      "the 5 s job finished")  # fmt: skip
+    assert (done["status"], done["attempt"]) == ("done", 1), done
+    assert not web.proc.matches("not acknowledged within"), web.proc.tail()
+    assert [r["event"] for r in read_runs(record_dir)[job_id]] == ["started", "ran"]
+
+
+# -- the worker's side: a real Worker fed by a scripted web ------------------------
+
+
+def test_a_declared_retries_0_is_the_handlers_policy_not_the_workers():
+    """Issue 30: ``retries=0`` equalled "no policy", so RETRIES=3 ran it 4 times."""
+    handlers = Handlers()
+
+    @handlers.job("charge", retries=0)
+    def charge(job):
+        raise ConnectionError("card declined")
+
+    @handlers.job("undeclared")
+    def undeclared(job):
+        raise ConnectionError("upstream down")
+
+    worker = Worker(WorkerSettings(port=0, retries=3), handlers)
+    web = ScriptedWeb(worker)
+    web.jobs(job_record(b"c-1", "charge"))
+    [(_, status, payload)] = web.results(1)
+    assert (status, payload) == (protocol.FAILED, b"ConnectionError: card declined")
+    web.jobs(job_record(b"u-1", "undeclared"))
+    [(_, status, _)] = web.results(1)
+    assert status == protocol.RETRY, "a handler declaring nothing gets RETRIES"
+
+
+DAY = 86400.0
+
+
+def test_a_retry_beyond_49_days_waits_its_whole_time_within_max_delay(clock):
+    """Issue 30: a delay travelled as u32 ms, so 60 days came due 10.3 days early."""
+    d = make(clock, workers="127.0.0.1:1", max_delay=100 * DAY)
+    link = d.links[0]
+    ready(d, link)
+    job = _submit(d)
+    d.flush()
+    _retry(d, link, job.id, 60 * DAY)
+    status = d.status(job.id)
+    assert status["status"] == "retrying", status
+    assert status["next_at"] == pytest.approx(time.time() + 60 * DAY, abs=5), (
+        f"due in {(status['next_at'] - time.time()) / DAY:.1f} days, not 60"
+    )
+
+
+def test_a_retry_beyond_max_delay_is_refused_visibly_never_early(
+    clock, tmp_path, caplog
+):
+    d = make(clock, workers="127.0.0.1:1")  # MAX_DELAY: 7 days
+    d.dead_letters.path = str(tmp_path / "dead.jsonl")
+    link = d.links[0]
+    ready(d, link)
+    job = _submit(d)
+    d.flush()
+    _retry(d, link, job.id, 60 * DAY, b"E: come back in two months")
+    record = d.status(job.id)
+    assert record["status"] == "dead", record
+    assert "beyond MAX_DELAY" in record["reason"], record
+    assert "E: come back in two months" in record["reason"], record
+    assert d.snapshot().waiting == 0
+    assert "beyond MAX_DELAY" in caplog.text
+    assert "beyond MAX_DELAY" in (tmp_path / "dead.jsonl").read_text()
+
+
+def test_retries_and_backoff_are_bounded_where_they_are_declared():
+    """retries and attempt travel as 16 bits: 65,536 retries never reached the wire."""
+    with pytest.raises(ValueError, match=r"retries=65536: .*at most 255"):
+        Policy(retries=65536)
+    with pytest.raises(ValueError, match=r"max_backoff=.*at most 31622400"):
+        Policy(backoff=1, max_backoff=400 * DAY)
+    Policy(retries=255, max_backoff=366 * DAY)  # the limits themselves are fine
+
+
+def test_a_job_lost_after_a_retry_says_its_run_and_delivery_apart(clock):
+    """Issue 30: it said "attempt 5 of 3", attempts counting every run's deliveries."""
+    d = make(clock, workers="127.0.0.1:1")  # MAX_ATTEMPTS: 3
+    link = d.links[0]
+    ready(d, link)
+    job = _submit(d)
+    d.flush()
+    _retry(d, link, job.id, 0.0)  # run 1 failed; run 2 follows
+    for _ in range(3):
+        d.flush()
+        d._lose(link, "killed")
+        ready(d, link)
+    record = d.status(job.id)
+    assert record["status"] == "dead", record
+    assert "run 2, delivery 3 of 3 (MAX_DELIVERIES)" in record["reason"], record
