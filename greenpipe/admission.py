@@ -20,11 +20,11 @@ from greenpipe.errors import Unavailable
 
 if TYPE_CHECKING:  # the HTTP side imports check_key alone: no sockets, no gevent
     from greenpipe.books import Books
-    from greenpipe.commit import Group, GroupCommit
     from greenpipe.config import PipeSettings
     from greenpipe.fleet import Fleet
     from greenpipe.jobs import Envelope
     from greenpipe.journal import Journal
+    from greenpipe.journal.commit import Group, GroupCommit
 
 MAX_KEYS = 100_000  # idempotency keys remembered at once
 KEY_RULE = "1-255 printable ASCII characters"
@@ -105,7 +105,7 @@ class Admission:
         scheduled: Callable[[], int],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        from greenpipe.commit import GroupCommit  # gevent: only where jobs are taken
+        from greenpipe.journal.commit import GroupCommit  # gevent: where jobs are taken
 
         self.settings = settings
         self.fleet = fleet
@@ -155,7 +155,7 @@ class Admission:
         self._taken(())  # wakes the dispatcher greenlet, which writes the group
         # No timer per request (arming one costs more than the write): the
         # dispatcher greenlet always settles the group, and a stalled sync is
-        # bounded by the group's own deadline (greenpipe.commit).
+        # bounded by the group's own deadline (greenpipe.journal.commit).
         self._await(group)
         self.books.accepted += 1
         return job

@@ -18,11 +18,11 @@ import gevent
 from flask import Blueprint, Flask, current_app, has_app_context, request
 
 from greenpipe import routes
-from greenpipe.commit import took_turn
 from greenpipe.config import WebSettings, load_web
 from greenpipe.dashboard import dashboard_blueprint
 from greenpipe.errors import BadJob, ConfigError, Unavailable
 from greenpipe.jobs import Handler, Outcome
+from greenpipe.journal.commit import took_turn
 from greenpipe.pipe import _MISSING, InlinePipe, Pipe, Receipt, load_handlers
 from greenpipe.values import _flag
 

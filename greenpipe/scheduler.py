@@ -29,9 +29,9 @@ from greenpipe.config import (
     load_settings,
 )
 from greenpipe.errors import ConfigError, GreenpipeError, Unavailable
+from greenpipe.journal.slots import lock_file, replace_file
 from greenpipe.periodic import Periodic, plan, tick_text
 from greenpipe.registry import Handlers
-from greenpipe.slots import lock_file, replace_file
 from greenpipe.throttle import Throttle
 from greenpipe.values import _flag, _journal_dir, _optional_spec
 

@@ -114,7 +114,7 @@ def test_keys_expire_after_their_window():
 
 def _slow_disk(monkeypatch) -> None:
     """Every sync of the journal takes 0.3 s longer: a slow disk stands in."""
-    from greenpipe import journal as journal_module
+    from greenpipe.journal import log as journal_module
 
     real = journal_module._offload
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from greenpipe import journal as journal_module
 from greenpipe.errors import ConfigError
 from greenpipe.jobs import Envelope
 from greenpipe.journal import Journal, JournalError
+from greenpipe.journal import log as journal_module
 from tests.support import Load, poll_until, read_records
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import gevent
 import pytest
 
-from greenpipe import journal as journal_module
 from greenpipe.jobs import Envelope
 from greenpipe.journal import Journal, JournalError
+from greenpipe.journal import log as journal_module
 
 NO_KEY = ("", 0.0)
 

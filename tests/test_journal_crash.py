@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from greenpipe import journal as journal_module
-from greenpipe import slots as slots_module
 from greenpipe.jobs import Envelope
 from greenpipe.journal import Journal, JournalError
-from greenpipe.segments import ACK, read_records
+from greenpipe.journal import log as journal_module
+from greenpipe.journal import slots as slots_module
+from greenpipe.journal.segments import ACK, read_records
 
 MUTATING = ("write", "fdatasync", "fsync", "ftruncate", "rename", "unlink", "link")
 

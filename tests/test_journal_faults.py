@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from greenpipe import journal as journal_module
 from greenpipe.journal import Journal, JournalError
+from greenpipe.journal import log as journal_module
 from tests.test_journal_cases import _jobs
 
 

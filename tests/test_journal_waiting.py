@@ -12,10 +12,10 @@ import time
 import gevent
 import pytest
 
-from greenpipe import journal as journal_module
 from greenpipe.jobs import Envelope
 from greenpipe.journal import Journal, JournalError
-from greenpipe.segments import decode_later, encode_later
+from greenpipe.journal import log as journal_module
+from greenpipe.journal.segments import decode_later, encode_later
 from tests.test_journal_cases import _jobs
 
 

@@ -5,7 +5,7 @@ process through an exclusive ``flock`` on ``slot-N.lock``. `Slots` takes a
 free slot, finds orphans (slots no live process holds), renames what it
 adopts to ``adopted-...-by-N`` so no other process can take it as its own,
 and reads slots back: torn tails cut, damage salvaged or refused (see
-`greenpipe.journal`, which writes).
+`greenpipe.journal.log`, which writes).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import gevent
 
 from greenpipe.errors import ConfigError, GreenpipeError
 from greenpipe.jobs import Envelope
-from greenpipe.segments import (
+from greenpipe.journal.segments import (
     ACK,
     CANCEL,
     JOB,

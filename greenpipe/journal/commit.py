@@ -18,7 +18,7 @@ from gevent.hub import Waiter
 from greenlet import getcurrent
 
 from greenpipe.jobs import Envelope
-from greenpipe.journal import Journal, JournalError
+from greenpipe.journal.log import Journal, JournalError
 
 COMMIT_TIMEOUT = 5.0  # seconds a request waits for its group's journal write
 _NO_KEY = ("", 0.0)

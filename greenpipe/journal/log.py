@@ -4,7 +4,7 @@ A journal is a directory of numbered slots, one per web process; each process
 holds an exclusive ``flock`` on its slot's lock file (the kernel drops it on
 ``kill -9``), so no two processes ever write one journal, and a process that
 starts finds an orphaned slot and adopts it. A slot holds numbered segment
-files of records (`greenpipe.segments`) and a keys file:
+files of records (`greenpipe.journal.segments`) and a keys file:
 
 - JOB records carry everything needed to send the job again, with its
   idempotency key and the key's own wall time; ACK records the ids a worker
@@ -67,7 +67,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 
 from greenpipe.errors import ConfigError
 from greenpipe.jobs import Envelope
-from greenpipe.segments import (
+from greenpipe.journal.segments import (
     ACK,
     CANCEL,
     JOB,
@@ -80,7 +80,7 @@ from greenpipe.segments import (
     encode_sent,
     record,
 )
-from greenpipe.slots import (
+from greenpipe.journal.slots import (
     KEYS_FILE,
     MAX_SLOTS,
     Found,
@@ -92,7 +92,7 @@ from greenpipe.slots import (
     Slots,
     replace_file,
 )
-from greenpipe.slots import (
+from greenpipe.journal.slots import (
     offload as _offload,
 )
 
