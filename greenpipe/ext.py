@@ -22,8 +22,8 @@ from greenpipe.config import WebSettings, load_web
 from greenpipe.dashboard import dashboard_blueprint
 from greenpipe.errors import BadJob, ConfigError, Unavailable
 from greenpipe.jobs import Handler, Outcome
-from greenpipe.journal.commit import took_turn
 from greenpipe.pipe import _MISSING, InlinePipe, Pipe, Receipt, load_handlers
+from greenpipe.turns import took_turn
 from greenpipe.values import _flag
 
 log = logging.getLogger(__name__)

@@ -34,8 +34,8 @@ from werkzeug.exceptions import BadRequest
 
 from greenpipe.errors import BodyTimeout, LinkError
 from greenpipe.framing import Refused, check_fields, check_request_line, read_head
-from greenpipe.journal.commit import took_turn
 from greenpipe.throttle import Throttle
+from greenpipe.turns import took_turn
 
 log = logging.getLogger(__name__)
 
