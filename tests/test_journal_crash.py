@@ -27,7 +27,7 @@ from greenpipe.jobs import Envelope
 from greenpipe.journal import Journal, JournalError
 from greenpipe.journal import log as journal_module
 from greenpipe.journal import slots as slots_module
-from greenpipe.journal.segments import ACK, read_records
+from greenpipe.journal.segments import ACK, decode_segment
 
 MUTATING = ("write", "fdatasync", "fsync", "ftruncate", "rename", "unlink", "link")
 
@@ -83,7 +83,7 @@ class Disk:
         path, start = self.fds.get(fd, ""), os.fstat(fd).st_size
         written = os.write(fd, data)
         self.touched.add(path)
-        records, offset = read_records(bytes(data))[0], start
+        records, offset = decode_segment(bytes(data))[0], start
         for kind, payload in records:
             offset += 9 + len(payload)
             if kind == ACK:

@@ -37,8 +37,8 @@ from greenpipe.journal.segments import (
     decode_key,
     decode_keys_v1,
     decode_later,
+    decode_segment,
     decode_sent,
-    read_records,
     record,
 )
 
@@ -215,7 +215,7 @@ class Slots:
                 data = file.read()
         except FileNotFoundError:
             return []
-        records, end, damaged = read_records(data)
+        records, end, damaged = decode_segment(data)
         if damaged:
             self.salvage(path, data, end, records, replay)
         elif end < len(data):
