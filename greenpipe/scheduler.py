@@ -29,7 +29,7 @@ from greenpipe.config import (
     load_settings,
 )
 from greenpipe.errors import ConfigError, GreenpipeError, Unavailable
-from greenpipe.journal.slots import lock_file, replace_file
+from greenpipe.journal.files import lock_file, replace_file
 from greenpipe.periodic import Periodic, plan, tick_text
 from greenpipe.registry import Handlers
 from greenpipe.throttle import Throttle

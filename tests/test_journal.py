@@ -19,8 +19,7 @@ import pytest
 
 from greenpipe.errors import ConfigError
 from greenpipe.jobs import Envelope
-from greenpipe.journal import Journal, JournalError
-from greenpipe.journal import log as journal_module
+from greenpipe.journal import JOB, Journal, JournalError, compaction, encode_job, record
 from tests.support import Load, poll_until, read_records
 
 
@@ -117,7 +116,7 @@ def test_bytes_that_look_like_a_record_inside_a_torn_body_are_not_replayed(tmp_p
     journal = Journal(str(tmp_path))
     journal.open()
     fake = _jobs(1, start=9)[0]
-    inner = journal_module.record(journal_module.JOB, journal_module.encode_job(fake))
+    inner = record(JOB, encode_job(fake))
     carrier = _jobs(1)[0]
     carrier.body = b"x" * 10 + inner + b"y" * 50
     journal.append_jobs([carrier])
@@ -131,7 +130,7 @@ def test_bytes_that_look_like_a_record_inside_a_torn_body_are_not_replayed(tmp_p
 
 
 def test_size_follows_what_is_owed_not_the_history(tmp_path, monkeypatch):
-    monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 4096)
+    monkeypatch.setattr(compaction, "SEGMENT_ROLL", 4096)
     journal = Journal(str(tmp_path))
     journal.open()
     sizes = []
@@ -146,7 +145,7 @@ def test_size_follows_what_is_owed_not_the_history(tmp_path, monkeypatch):
 
 
 def test_keys_outlive_the_segments_their_jobs_were_in(tmp_path, monkeypatch):
-    monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 512)
+    monkeypatch.setattr(compaction, "SEGMENT_ROLL", 512)
     keys = {"order-7": ("t-0000", 1e12)}
     journal = Journal(str(tmp_path), keys=lambda: keys)
     journal.open()
@@ -320,7 +319,7 @@ def test_every_sync_runs_off_the_event_loop(tmp_path, monkeypatch):
     loop_thread, threads = threading.get_ident(), []
     for name in ("fdatasync", "fsync"):
         monkeypatch.setattr(os, name, lambda fd: threads.append(threading.get_ident()))
-    monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 256)
+    monkeypatch.setattr(compaction, "SEGMENT_ROLL", 256)
     journal = Journal(str(tmp_path), sync="batch")
     journal.open()
     for round_ in range(4):  # groups, a roll, a keys file rewritten

@@ -12,8 +12,7 @@ import gevent
 import pytest
 
 from greenpipe.jobs import Envelope
-from greenpipe.journal import Journal, JournalError
-from greenpipe.journal import log as journal_module
+from greenpipe.journal import Journal, JournalError, compaction
 
 NO_KEY = ("", 0.0)
 
@@ -102,7 +101,7 @@ def test_a_group_that_cannot_be_cut_back_is_cancelled(tmp_path, monkeypatch):
 
 
 def test_an_acknowledged_replayed_job_is_not_replayed_again(tmp_path, monkeypatch):
-    monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 1024)
+    monkeypatch.setattr(compaction, "SEGMENT_ROLL", 1024)
     first = Journal(str(tmp_path))
     first.open()
     first.append_jobs(_jobs(2))
@@ -145,7 +144,7 @@ def test_a_crash_during_adoption_replays_each_job_once(tmp_path, monkeypatch):
     with pytest.raises(Crash):  # after the copy, before the orphan's files go
         heir.open()
     monkeypatch.undo()
-    os.close(heir._fd)
+    os.close(heir._tail.fd)
     os.close(heir._lock_fd)
     for fd in range(3, 256):  # the orphan's lock, as kill -9 would drop it
         try:
@@ -184,7 +183,7 @@ KEYS = ["line\nbreak", "é ü", "trailing space ", "x" * 300, "\udcff", "a b 1.0
 
 
 def test_keys_round_trip_with_their_own_time(tmp_path, monkeypatch):
-    monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 256)
+    monkeypatch.setattr(compaction, "SEGMENT_ROLL", 256)
     live: dict[str, tuple[str, float]] = {}
     journal = Journal(str(tmp_path), keys=lambda: live)
     journal.open()
@@ -201,7 +200,7 @@ def test_keys_round_trip_with_their_own_time(tmp_path, monkeypatch):
 
 
 def test_many_live_keys_cost_nothing_per_acknowledgement(tmp_path, monkeypatch):
-    monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 64 << 10)
+    monkeypatch.setattr(compaction, "SEGMENT_ROLL", 64 << 10)
     live = {f"key-{i}": (f"c-{i:05d}", 1000.0) for i in range(5000)}
     journal = Journal(str(tmp_path), keys=lambda: live)
     journal.open()
@@ -222,7 +221,7 @@ def test_many_live_keys_cost_nothing_per_acknowledgement(tmp_path, monkeypatch):
 
 
 def test_one_job_always_in_flight_does_not_keep_the_history(tmp_path, monkeypatch):
-    monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 1024)
+    monkeypatch.setattr(compaction, "SEGMENT_ROLL", 1024)
     journal = Journal(str(tmp_path))
     journal.open()
     in_flight: list[Envelope] = []
@@ -284,14 +283,14 @@ def test_jobs_waiting_for_an_hour_do_not_pin_the_segments_written_meanwhile(
 ):
     import time
 
-    monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 4096)
+    monkeypatch.setattr(compaction, "SEGMENT_ROLL", 4096)
     journal = Journal(str(tmp_path))
     journal.open()
     waiting = _jobs(40, start=90_000)
     for job in waiting:
         job.not_before = time.time() + 3600
     journal.append_jobs(waiting)
-    waiting_bytes = sum(entry.size for segment in journal._segments.values()
+    waiting_bytes = sum(entry.size for segment in journal._tail.segments.values()
                         for entry in segment.owed.values())  # fmt: skip
     sizes = []
     for round_ in range(400):  # a steady load, each job acknowledged: ~1 MiB

@@ -15,7 +15,9 @@ pool is tested in test_journal.py).
 from __future__ import annotations
 
 import errno
+import importlib
 import os
+import pkgutil
 import random
 import shutil
 import time
@@ -23,12 +25,19 @@ from pathlib import Path
 
 import pytest
 
+import greenpipe.journal
 from greenpipe.jobs import Envelope
-from greenpipe.journal import Journal, JournalError
-from greenpipe.journal import log as journal_module
-from greenpipe.journal import slots as slots_module
+from greenpipe.journal import Journal, JournalError, compaction, files, slots, tail
 from greenpipe.journal.segments import ACK, decode_segment
 
+# The journal's modules that call ``os``: each gets the `Disk` in a run.
+DISK_USERS = [
+    module
+    for info in pkgutil.iter_modules(greenpipe.journal.__path__)
+    if hasattr(
+        module := importlib.import_module(f"greenpipe.journal.{info.name}"), "os"
+    )
+]
 MUTATING = ("write", "fdatasync", "fsync", "ftruncate", "rename", "unlink", "link")
 
 
@@ -260,7 +269,7 @@ def _check(run: Run, disk: Disk, power_loss: bool, where: str) -> None:
     # Waiting jobs are carried a quarter of SEGMENT_ROLL per group: while a
     # segment is carried piecemeal it stays beside the current one, each up
     # to CARRY_SHARE times the waiting bytes.
-    assert journal.size() <= 3 * journal_module.SEGMENT_ROLL + 8 * owed + 4096, where
+    assert journal.size() <= 3 * compaction.SEGMENT_ROLL + 8 * owed + 4096, where
     journal.close()
 
 
@@ -268,10 +277,10 @@ def crash_everywhere(tmp_path, monkeypatch, sync: str, seeds: range, steps: int,
                      run_class: type[Run] = Run) -> int:  # fmt: skip
     """Run `run_class`'s workload crashing at each I/O call in turn (with and
     without a power loss in batch mode), check each crash; the points run."""
-    monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 1024)  # many rolls
-    monkeypatch.setattr(journal_module, "_offload", lambda call, *args: call(*args))
-    monkeypatch.setattr(slots_module, "offload", lambda call, *args: call(*args))
-    monkeypatch.setattr(journal_module, "MAX_SLOTS", 4)  # fewer stats per open
+    monkeypatch.setattr(compaction, "SEGMENT_ROLL", 1024)  # many rolls
+    monkeypatch.setattr(tail, "_offload", lambda call, *args: call(*args))
+    monkeypatch.setattr(files, "offload", lambda call, *args: call(*args))
+    monkeypatch.setattr(slots, "MAX_SLOTS", 4)  # fewer stats per open
     points = 0
     for seed in seeds:
         for crash_at in range(1, 10_000):
@@ -280,16 +289,16 @@ def crash_everywhere(tmp_path, monkeypatch, sync: str, seeds: range, steps: int,
                 run = run_class(root, sync, seed)
                 run.orphan()
                 disk = Disk(crash_at, random.Random(crash_at), faults=True)
-                monkeypatch.setattr(journal_module, "os", disk)
-                monkeypatch.setattr(slots_module, "os", disk)  # the slots' files
+                for module in DISK_USERS:  # every file the journal touches
+                    monkeypatch.setattr(module, "os", disk)
                 try:
                     run.work(steps)
                     finished = True
                 except Crash:
                     finished = False
                 disk.kill(root, power_loss)
-                monkeypatch.setattr(journal_module, "os", os)
-                monkeypatch.setattr(slots_module, "os", os)
+                for module in DISK_USERS:
+                    monkeypatch.setattr(module, "os", os)
                 where = (
                     f"seed {seed}, crash at call {crash_at}, power loss {power_loss}"
                 )

@@ -8,8 +8,7 @@ import os
 
 import pytest
 
-from greenpipe.journal import Journal, JournalError
-from greenpipe.journal import log as journal_module
+from greenpipe.journal import Journal, JournalError, compaction, tail
 from tests.test_journal_cases import _jobs
 
 
@@ -26,8 +25,8 @@ def test_a_carry_that_cannot_be_cut_back_cancels_jobs_answered_202(
     """A carry's write fails after reaching the file and cannot be cut back:
     _undo writes a CANCEL record naming the *carried* ids (still owed, answered
     202), and CANCEL settles an id in every segment at replay: the job is lost."""
-    monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 1024)
-    monkeypatch.setattr(journal_module, "_offload", lambda call, *args: call(*args))
+    monkeypatch.setattr(compaction, "SEGMENT_ROLL", 1024)
+    monkeypatch.setattr(tail, "_offload", lambda call, *args: call(*args))
     journal = Journal(str(tmp_path), sync="batch")
     journal.open()
     owed = _jobs(1)  # answered 202, never acknowledged
@@ -36,7 +35,7 @@ def test_a_carry_that_cannot_be_cut_back_cancels_jobs_answered_202(
         jobs = _jobs(4, start=100 + 4 * round_, pad=200)
         journal.append_jobs(jobs)
         journal.acked(jobs)
-    assert journal._size >= journal_module.SEGMENT_ROLL
+    assert journal._tail.size >= compaction.SEGMENT_ROLL
 
     def failing(*args):
         raise OSError(errno.EIO, "Input/output error")
@@ -147,7 +146,7 @@ def test_a_cancelled_groups_key_does_not_come_back_naming_its_job(
     a client's retry with that key gets a 202 for it."""
     import time
 
-    monkeypatch.setattr(journal_module, "_offload", lambda call, *args: call(*args))
+    monkeypatch.setattr(tail, "_offload", lambda call, *args: call(*args))
     journal = Journal(str(tmp_path), sync="batch")
     journal.open()
     real_sync, real_cut = os.fdatasync, os.ftruncate
@@ -177,7 +176,7 @@ def test_a_cancel_record_is_not_cut_away_by_the_next_groups_cut_back(
     """_undo's CANCEL record is written past _size (never counted in it): the
     next group's cut back (ftruncate to its start = _size) removes the CANCEL
     and keeps the 503'd group's JOB records: they run after a restart."""
-    monkeypatch.setattr(journal_module, "_offload", lambda call, *args: call(*args))
+    monkeypatch.setattr(tail, "_offload", lambda call, *args: call(*args))
     journal = Journal(str(tmp_path), sync="batch")
     journal.open()
     real_sync, real_cut = os.fdatasync, os.ftruncate

@@ -13,18 +13,17 @@ import gevent
 import pytest
 
 from greenpipe.jobs import Envelope
-from greenpipe.journal import Journal, JournalError
-from greenpipe.journal import log as journal_module
+from greenpipe.journal import Journal, JournalError, compaction, tail
 from greenpipe.journal.segments import decode_later, encode_later
 from tests.test_journal_cases import _jobs
 
 
 def _kill(journal: Journal) -> None:
     """kill -9: the descriptors go, nothing kept in memory is written."""
-    for fd in (journal._fd, journal._lock_fd):
+    for fd in (journal._tail.fd, journal._lock_fd):
         if fd >= 0:
             os.close(fd)
-    journal._fd = journal._lock_fd = -1
+    journal._tail.fd = journal._lock_fd = -1
 
 
 def _reopen(directory) -> dict[str, Envelope]:
@@ -60,7 +59,7 @@ def test_the_roll_floor_falls_once_the_waiting_jobs_are_gone(tmp_path, monkeypat
     """`_roll_floor` is recomputed only when the current segment reaches it:
     once 100 KiB of waiting jobs have run (or been cancelled), the journal still
     grows to 4x that before it rolls, with nothing owed at all."""
-    monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 4096)
+    monkeypatch.setattr(compaction, "SEGMENT_ROLL", 4096)
     journal = Journal(str(tmp_path))
     journal.open()
     waiting = _jobs(400, start=500_000, pad=100)
@@ -72,7 +71,7 @@ def test_the_roll_floor_falls_once_the_waiting_jobs_are_gone(tmp_path, monkeypat
         jobs = _jobs(4, start=4 * round_, pad=600)
         journal.append_jobs(jobs)
         journal.acked(jobs)
-    floor = journal._roll_floor
+    floor = journal._compaction.roll_floor
     assert floor > 100_000, floor
     journal.acked(waiting)  # they ran (or were cancelled): nothing waits now
     sizes = []
@@ -101,7 +100,7 @@ def test_a_big_carry_is_spread_over_groups_so_none_is_refused_for_good(tmp_path,
     job for good (before issue 20, a carry was at most a quarter of a segment).
     Here: a disk syncing 2 MB/s, a 0.25 s timeout (5 s and 1 GiB scaled down),
     1 MB of jobs due in an hour."""
-    monkeypatch.setattr(journal_module, "SEGMENT_ROLL", 64 << 10)
+    monkeypatch.setattr(compaction, "SEGMENT_ROLL", 64 << 10)
     synced: dict[int, int] = {}
     real = os.fdatasync
 
@@ -166,7 +165,7 @@ def test_a_retry_or_cancel_during_a_group_sync_is_on_disk_when_the_group_is(
     journal.open()
     [job] = _jobs(1)
     journal.append_jobs([job])
-    real = journal_module._offload
+    real = tail._offload
 
     def meanwhile(call, *args):  # what the link's greenlet does during the sync
         if job.not_before == 0 and not job.retries and what == "retry":
@@ -177,9 +176,9 @@ def test_a_retry_or_cancel_during_a_group_sync_is_on_disk_when_the_group_is(
             job.segment = -2  # once
         return real(call, *args)
 
-    monkeypatch.setattr(journal_module, "_offload", meanwhile)
+    monkeypatch.setattr(tail, "_offload", meanwhile)
     journal.append_jobs(_jobs(1, start=1))  # the group; its 202 is sent now
-    monkeypatch.setattr(journal_module, "_offload", real)
+    monkeypatch.setattr(tail, "_offload", real)
     _kill(journal)  # a moment later, before any heartbeat
     replayed = _reopen(tmp_path)
     if what == "retry":
