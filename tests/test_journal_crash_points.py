@@ -9,7 +9,7 @@ made, every descriptor dropped and with it the slot's flock). In power-loss
 mode (batch only) each file then also falls back to what was last synced
 plus a random part of what was written after. The journal is reopened with
 the real ``os`` and checked (`_check`). Syncs run inline here (the thread
-pool is tested in test_journal.py).
+pool is tested in test_journal_disk_faults.py).
 """
 
 from __future__ import annotations
@@ -315,3 +315,48 @@ def test_every_crash_point_keeps_the_journals_promises(tmp_path, monkeypatch, sy
     seeds = range(2 if sync == "batch" else 3)  # each mode about 1,000 runs
     points = crash_everywhere(tmp_path, monkeypatch, sync, seeds, 200)
     assert points > (800 if sync == "batch" else 400), points
+
+
+@pytest.mark.parametrize("sync", ["none", "batch"])
+def test_crash_points_with_waiting_jobs_cancelled_and_coming_due(tmp_path, monkeypatch,
+                                                                 sync):  # fmt: skip
+    """The workload above, but its waiting jobs also come due (some
+    wait 2 ms) and are acknowledged, and some are cancelled while they wait: at
+    every crash point, each comes back once with its time, or not at all if its
+    ACK reached the disk."""
+
+    class WaitingRun(Run):
+        def work(self, steps: int) -> None:
+            rng = self.rng
+            journal = Journal(str(self.root), self.sync, keys=lambda: dict(self.keys))
+            owed = {job.id: job for job in journal.open().jobs}
+            for _ in range(steps):
+                event = rng.random()
+                if event < 0.5:
+                    jobs = [self._next() for _ in range(rng.randrange(1, 4))]
+                    for job in jobs:
+                        if rng.random() < 0.4:
+                            job.not_before = time.time() + rng.choice((0.002, 3600))
+                    if self.push(journal, jobs):
+                        owed.update((job.id, job) for job in jobs)
+                elif event < 0.75 and owed:
+                    due = [j for j in owed.values() if j.not_before <= time.time()]
+                    if due:
+                        done = rng.sample(due, rng.randrange(1, len(due) + 1))
+                        journal.acked(done)
+                        for job in done:
+                            del owed[job.id]
+                            self.acked.add(job.id)
+                elif event < 0.85 and owed:
+                    waits = [j for j in owed.values() if j.not_before > time.time()]
+                    if waits:
+                        job = rng.choice(waits)
+                        del owed[job.id]
+                        self.acked.add(job.id)  # in doubt if the crash comes now
+                        journal.cancelled([job])
+                else:
+                    journal.flush_acks()
+            journal.close()
+
+    points = crash_everywhere(tmp_path, monkeypatch, sync, range(7, 8), 150, WaitingRun)
+    assert points > 100, points
