@@ -21,10 +21,10 @@ run: $(STAMP)  ## web on :4567 + workers on :4444-4446, via honcho (Procfile)
 TEST_WORKERS ?= 4
 
 test: $(STAMP)  ## the whole suite: unit tests and real processes, in parallel
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## the in-process tier, a contributor's first command (seconds)
-	$(BIN)/python -m pytest -m inprocess $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist worksteal -m "inprocess and not thorough" $(PYTEST_ARGS)
 
 # The tests that use optional system tools, run as on a machine without them:
 # each must skip with a reason naming the tool, or fall back (CI runs this too).

@@ -22,11 +22,11 @@ if TYPE_CHECKING:  # the HTTP side imports check_key alone: no sockets, no geven
     from gevent.event import Event
 
     from greenpipe.books import Books
-    from greenpipe.commit import Group, GroupCommit
     from greenpipe.config import PipeSettings
     from greenpipe.fleet import Fleet
     from greenpipe.jobs import Envelope
     from greenpipe.journal import Journal
+    from greenpipe.journal.commit import Group, GroupCommit
     from greenpipe.queues import Queues
 
 MAX_KEYS = 100_000  # idempotency keys remembered at once
@@ -108,7 +108,7 @@ class Admission:
         wake: Event,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        from greenpipe.commit import GroupCommit  # gevent: only where jobs are taken
+        from greenpipe.journal.commit import GroupCommit  # gevent: where jobs are taken
 
         self.settings = settings
         self.fleet = fleet
@@ -158,7 +158,7 @@ class Admission:
         self._wake.set()  # the dispatcher greenlet writes the group
         # No timer per request (arming one costs more than the write): the
         # dispatcher greenlet always settles the group, and a stalled sync is
-        # bounded by the group's own deadline (greenpipe.commit).
+        # bounded by the group's own deadline (greenpipe.journal.commit).
         self._await(group)
         self.books.accepted += 1
         return job

@@ -2,7 +2,7 @@
 
 Request greenlets call `Dispatcher.submit`, which asks `Admission` whether
 the job is taken, then queues it (with a journal, after its group commit:
-`greenpipe.commit`) and wakes the dispatcher greenlet; that greenlet sends
+`greenpipe.journal.commit`) and wakes the dispatcher greenlet; that greenlet sends
 queued jobs in one batch per worker (`flush`), and every heartbeat lets the
 `Fleet` ping and name the links to lose (`tick`). The links' readers name
 their link in the shared `Inbox` and wake that greenlet, which has each link

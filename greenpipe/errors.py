@@ -48,3 +48,7 @@ class TooLarge(BadJob):
     """A job's body is over MAX_BODY: 413 in a view, as web.py answers."""
 
     status = 413
+
+
+class JournalError(GreenpipeError):
+    """The journal cannot be written; jobs are refused (503) until it can."""

@@ -19,12 +19,12 @@ import gevent
 from flask import Blueprint, Flask, current_app, has_app_context, request
 
 from greenpipe import routes
-from greenpipe.commit import took_turn
 from greenpipe.config import WebSettings, extension_environ, load_web
 from greenpipe.dashboard import dashboard_blueprint
 from greenpipe.errors import BadJob, ConfigError, Unavailable
 from greenpipe.jobs import Handler, Job, Outcome
 from greenpipe.pipe import MISSING, InlinePipe, Pipe, Receipt, load_handlers
+from greenpipe.turns import took_turn
 from greenpipe.values import flag
 
 log = logging.getLogger(__name__)

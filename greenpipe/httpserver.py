@@ -32,10 +32,10 @@ from gevent.pywsgi import (
 )
 from werkzeug.exceptions import BadRequest
 
-from greenpipe.commit import took_turn
 from greenpipe.errors import BodyTimeout, LinkError
 from greenpipe.framing import Refused, check_fields, check_request_line, read_head
 from greenpipe.throttle import Throttle
+from greenpipe.turns import took_turn
 
 log = logging.getLogger(__name__)
 

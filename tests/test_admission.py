@@ -116,15 +116,15 @@ def test_keys_expire_after_their_window():
 
 def _slow_disk(monkeypatch) -> None:
     """Every sync of the journal takes 0.3 s longer: a slow disk stands in."""
-    from greenpipe import journal as journal_module
+    from greenpipe.journal import tail
 
-    real = journal_module._offload
+    real = tail._offload
 
     def slow(call, *args):
         gevent.sleep(0.3)  # sleep-ok: the deliberate slow disk, not a wait for an event
         return real(call, *args)
 
-    monkeypatch.setattr(journal_module, "_offload", slow)
+    monkeypatch.setattr(tail, "_offload", slow)
 
 
 def _until(done, what: str, timeout: float = 5.0) -> None:

@@ -11,6 +11,7 @@ import random
 
 import gevent
 import gevent.event
+import pytest
 from greenlet import getcurrent
 
 from greenpipe import Cancelled, protocol
@@ -18,6 +19,8 @@ from greenpipe.config import WorkerSettings
 from greenpipe.jobs import Job
 from greenpipe.worker import Worker
 from tests.support import ScriptedWeb, job_record
+
+pytestmark = pytest.mark.inprocess  # make test-fast
 
 
 def test_a_cancel_read_with_its_job_in_one_batch_is_not_dropped():

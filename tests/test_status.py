@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from greenpipe.jobs import Status
+
+pytestmark = pytest.mark.inprocess  # make test-fast
 
 
 def test_status_says_which_states_are_finished_and_which_wait():

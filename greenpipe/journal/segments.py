@@ -143,7 +143,7 @@ def decode_keys_v1(payload: bytes) -> list[tuple[str, str, float]]:
     return found
 
 
-def read_records(data: bytes) -> tuple[list[tuple[int, bytes]], int, bool]:
+def decode_segment(data: bytes) -> tuple[list[tuple[int, bytes]], int, bool]:
     """Records of a segment: (readable records, start of a torn tail, damaged).
 
     A torn tail is only what follows the last valid record: bad bytes with

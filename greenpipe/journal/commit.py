@@ -4,8 +4,8 @@ Request greenlets add their job to the open `Group` and park; the dispatcher
 greenlet writes the group (one write, and with JOURNAL_SYNC=batch one
 fdatasync off the loop, bounded by COMMIT_TIMEOUT) and settles it: every
 parked request wakes, with an error if the write failed (a 503: never a 202
-for a job not kept). `took_turn` tells the HTTP server that a request has
-already yielded.
+for a job not kept). A request that waited tells `greenpipe.turns`, so the
+HTTP server skips its own yield.
 """
 
 from __future__ import annotations
@@ -15,29 +15,13 @@ from collections.abc import Callable
 
 import gevent
 from gevent.hub import Waiter
-from greenlet import getcurrent
 
+from greenpipe import turns
 from greenpipe.jobs import Envelope
-from greenpipe.journal import Journal, JournalError
+from greenpipe.journal.log import Journal, JournalError
 
 COMMIT_TIMEOUT = 5.0  # seconds a request waits for its group's journal write
 _NO_KEY = ("", 0.0)
-
-_parked: object = None  # the last greenlet that waited for a group commit
-
-
-def took_turn() -> bool:
-    """True if the calling greenlet waited for a group commit since last asked.
-
-    A request that waited has given the dispatcher (and everyone else) a turn:
-    the web server's yield after each keep-alive request is then redundant.
-    """
-    global _parked
-    me = getcurrent()
-    if _parked is me:
-        _parked = None
-        return True
-    return False
 
 
 class Group:
@@ -57,12 +41,11 @@ class Group:
 
     def wait(self) -> None:
         """Park until the group is settled (the dispatcher always settles it)."""
-        global _parked
         if not self.settled:
             waiter = Waiter()
             self.waiters.append(waiter)
             waiter.get()
-            _parked = getcurrent()
+            turns.waited()
 
     def settle(self, error: str = "") -> None:
         self.settled, self.error = True, error

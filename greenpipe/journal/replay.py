@@ -1,30 +1,24 @@
-"""A journal's folders: slots and their locks, adoption, and reading them back.
+"""Reading a journal's folders back: what is owed, and what was wrong on disk.
 
-A slot is a folder of segment files and a keys file, held by one web
-process through an exclusive ``flock`` on ``slot-N.lock``. `Slots` takes a
-free slot, finds orphans (slots no live process holds), renames what it
-adopts to ``adopted-...-by-N`` so no other process can take it as its own,
-and reads slots back: torn tails cut, damage salvaged or refused (see
-`greenpipe.journal`, which writes).
+`Reader` reads a slot's keys file and segments into a `Found` (a torn tail cut
+off with a warning; damage salvaged, or refused with JOURNAL_CORRUPT=refuse);
+`owed` then settles what the records say across this slot and the adopted ones.
+Replay deduplicates by job id, so a crash during a carry or an adoption replays
+each job once.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-import gevent
-
-from greenpipe.errors import ConfigError, GreenpipeError
+from greenpipe.errors import JournalError
 from greenpipe.jobs import Envelope
-from greenpipe.segments import (
+from greenpipe.journal.files import replace_file
+from greenpipe.journal.owed import Owed, Segment
+from greenpipe.journal.segments import (
     ACK,
     CANCEL,
     JOB,
@@ -37,21 +31,15 @@ from greenpipe.segments import (
     decode_key,
     decode_keys_v1,
     decode_later,
+    decode_segment,
     decode_sent,
-    read_records,
     record,
 )
+from greenpipe.journal.slots import KEYS_FILE, segment_name, segment_numbers
 
 log = logging.getLogger("greenpipe.journal")
 
-MAX_SLOTS = 64
-KEYS_FILE = "keys"
-
 Keys = dict[str, tuple[str, float]]  # idempotency key -> (job id, wall time)
-
-
-class JournalError(GreenpipeError):
-    """The journal cannot be written; jobs are refused (503) until it can."""
 
 
 @dataclass
@@ -66,28 +54,8 @@ class Replay:
 
 
 @dataclass
-class Owed:
-    job: Envelope
-    size: int  # bytes of its record
-    key: str
-    at: float
-
-
-@dataclass
-class Segment:
-    size: int = 0
-    owed: dict[str, Owed] = field(default_factory=dict)
-    keyed: bool = False  # holds a JOB record with a key
-
-    def due_bytes(self, now: float) -> int:
-        """Bytes of the owed jobs but those waiting past `now` (see the journal)."""
-        return sum(entry.size for entry in self.owed.values()
-                   if entry.job.not_before <= now)  # fmt: skip
-
-
-@dataclass
 class Found:
-    """What reading the segments of one or more slots found (see `Slots.read_slot`)."""
+    """What reading the segments of one or more slots found (`Reader.read_slot`)."""
 
     jobs: dict[str, tuple[Envelope, int, str, float, int]] = field(default_factory=dict)
     settled: set[str] = field(default_factory=set)  # acknowledged or cancelled
@@ -99,78 +67,12 @@ class Found:
     segments: dict[int, Segment] = field(default_factory=dict)
 
 
-def offload(function: Callable[..., Any], *args: Any) -> Any:
-    """Run a call that may stall (a sync) in gevent's thread pool (see module)."""
-    return gevent.get_hub().threadpool.apply(function, args)
+class Reader:
+    """Reads slot folders back (see the module docstring)."""
 
-
-class Slots:
-    """The slots of one journal directory (see the module docstring)."""
-
-    def __init__(self, directory: str, corrupt: str = "salvage", sync: str = "none"):
-        self.directory = directory
+    def __init__(self, corrupt: str = "salvage", sync: str = "none") -> None:
         self.corrupt = corrupt
         self.sync = sync
-
-    def slot_dir(self, slot: int) -> str:
-        return os.path.join(self.directory, f"slot-{slot}")
-
-    def holds_jobs(self, folder: str) -> bool:
-        return os.path.isdir(folder) and (
-            bool(self.numbers(folder))
-            or os.path.exists(os.path.join(folder, KEYS_FILE))
-        )
-
-    def adoptions(self, slot: int) -> list[str]:
-        """Folders an adoption by `slot` renamed and had not removed yet."""
-        suffix = f"-by-{slot}"
-        return sorted(
-            os.path.join(self.directory, name)
-            for name in os.listdir(self.directory)
-            if name.startswith("adopted-") and name.endswith(suffix)
-        )
-
-    def mark_adopted(self, folder: str, slot: int) -> str:
-        """Rename `folder` to "adopted-<what>-by-<slot>", durably; its new path."""
-        name = os.path.basename(folder)
-        if name.endswith(f"-by-{slot}"):
-            return folder  # ours already (a crash of this slot's last owner)
-        what = name.removeprefix("adopted-").rsplit("-by-", 1)[0]
-        target = os.path.join(
-            self.directory, f"adopted-{what}.{time.time_ns()}-by-{slot}"
-        )
-        os.rename(folder, target)
-        folder_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(folder_fd)  # at start, before serving: on the loop is fine
-        finally:
-            os.close(folder_fd)
-        return target
-
-    def lock(self, slot: int) -> int:
-        """The slot's lock fd if this process could take it, else -1."""
-        return lock_file(os.path.join(self.directory, f"slot-{slot}.lock"))
-
-    def take(self) -> tuple[int, int]:
-        for slot in range(MAX_SLOTS):
-            fd = self.lock(slot)
-            if fd >= 0:
-                return slot, fd
-        raise ConfigError(
-            f"JOURNAL_DIR: all {MAX_SLOTS} slots of {self.directory!r} are held by "
-            "running web processes; stop some, or give this one its own JOURNAL_DIR"
-        )
-
-    @staticmethod
-    def numbers(folder: str) -> list[int]:
-        numbers = []
-        for name in os.listdir(folder):
-            if name.startswith("seg-") and name.endswith(".log"):
-                try:
-                    numbers.append(int(name[4:-4]))
-                except ValueError:
-                    continue
-        return sorted(numbers)
 
     def read_slot(self, folder: str, found: Found, replay: Replay) -> None:
         keys = replay.keys
@@ -178,8 +80,8 @@ class Slots:
             if kind == KEY:
                 key, job_id, at = decode_key(payload)
                 newer(keys, key, job_id, at)
-        for number in self.numbers(folder):
-            path = os.path.join(folder, f"seg-{number:08d}.log")
+        for number in segment_numbers(folder):
+            path = os.path.join(folder, segment_name(number))
             segment = found.segments[number] = Segment(os.path.getsize(path))
             for kind, payload in self.read(path, replay):
                 if kind in (JOB, JOB_V1):
@@ -215,7 +117,7 @@ class Slots:
                 data = file.read()
         except FileNotFoundError:
             return []
-        records, end, damaged = read_records(data)
+        records, end, damaged = decode_segment(data)
         if damaged:
             self.salvage(path, data, end, records, replay)
         elif end < len(data):
@@ -254,46 +156,36 @@ class Slots:
             os.link(path, aside)
         replace_file(path, clean, self.sync == "batch")
 
-    def remove_slot(self, folder: str) -> None:
-        """An adopted slot's files, oldest segment first (see the module docstring)."""
-        names = [f"seg-{number:08d}.log" for number in self.numbers(folder)]
-        for name in [*names, KEYS_FILE, KEYS_FILE + ".tmp"]:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(folder, name))
 
+def owed(own: Found, theirs: Found, replay: Replay) -> list[Owed]:
+    """Settle what was read: this slot's owed jobs go into `own.segments` and
+    `replay.jobs`; the adopted ones (not in this slot) are returned, to carry.
 
-def lock_file(path: str) -> int:
-    """An exclusive ``flock`` on `path` (made if need be): its fd, or -1 if held.
-
-    Held until the fd is closed or the process ends (a kill -9 too).
+    A cancelled job's key is dropped (answered 503: never a job); a job sent
+    before the crash comes back as its next attempt, and one that waited waits on.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return -1
-    return fd
-
-
-def replace_file(path: str, data: bytes, sync: bool) -> None:
-    """Replace `path` by `data` atomically: a temporary file, sync, rename."""
-    temporary = path + ".tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        if os.write(fd, data) != len(data):
-            raise OSError(errno.ENOSPC, f"short write to {temporary}")
-        if sync:
-            offload(os.fdatasync, fd)
-    finally:
-        os.close(fd)
-    os.rename(temporary, path)
-    if sync:
-        folder = os.open(os.path.dirname(path), os.O_RDONLY)
-        try:
-            offload(os.fsync, folder)
-        finally:
-            os.close(folder)
+    settled = own.settled | theirs.settled
+    for cancelled in own.cancelled | theirs.cancelled:
+        for key, (job_id, _) in list(replay.keys.items()):
+            if job_id == cancelled:
+                del replay.keys[key]
+    for found in (own, theirs):
+        for job_id, (job, *_) in found.jobs.items():
+            job.attempt += found.sent.get(job_id, 0)
+            waits = found.later.get(job_id)
+            if waits is not None:
+                job.not_before, job.retries = waits[0], waits[1]
+                job.attempt = max(job.attempt, waits[2])
+    for job_id, (job, number, key, at, size) in own.jobs.items():
+        if job_id not in settled:
+            job.segment = number
+            own.segments[number].owed[job_id] = Owed(job, size, key, at)
+            replay.jobs.append(job)
+    return [
+        Owed(job, size, key, at)
+        for job_id, (job, _, key, at, size) in theirs.jobs.items()
+        if job_id not in settled and job_id not in own.jobs
+    ]
 
 
 def newer(keys: Keys, key: str, job_id: str, at: float) -> None:
