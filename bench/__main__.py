@@ -538,14 +538,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catch-up", type=float, default=15.0,
                         help="seconds to wait for queue workers to finish after the load")  # fmt: skip
     parser.add_argument(
-        "--quick", action="store_true", help="1 round of 2 s, small counts"
+        "--quick", action="store_true", help="1 round of 1 s, small counts"
     )
     parser.add_argument(
         "--no-write", action="store_true", help="do not write bench/results/"
     )
     args = parser.parse_args(argv)
-    if args.quick:
-        args.rounds, args.seconds, args.catch_up = 1, 2.0, 10.0
+    if args.quick:  # the suite's smoke run: every section works, figures aside
+        args.rounds, args.seconds, args.catch_up = 1, 1.0, 10.0
     sections = args.sections.split(",")
     names = [n for n in args.systems.split(",") if n]
     unknown = set(names) - set(systems.SYSTEMS)
@@ -593,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         section(
             "Paired: greenpipe against the ceiling",
             lambda: paired(
-                1 if args.quick else 12, args.connections, 2 if args.quick else 3
+                1 if args.quick else 12, args.connections, 1 if args.quick else 3
             ),
         )
     # The back-to-back sections: their systems side by side, rounds rotating.
@@ -606,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         ("retries", "Retries: no policy, a policy unused, 10% of jobs failing once",
          retries),
     )  # fmt: skip
-    pairs, seconds = (1, 2) if args.quick else (8, 3)
+    pairs, seconds = (1, 1) if args.quick else (8, 3)
     for key, title, run in back_to_back:
         if key in sections:
             section(
@@ -617,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         section("Hot path, piece by piece", lambda: micro(args.quick))
     if "latency" in sections:
         rate = (peak or 3000) / 2
-        section("End-to-end latency", lambda: latency(rate, 3 if args.quick else 10))
+        section("End-to-end latency", lambda: latency(rate, 2 if args.quick else 10))
     if "memory" in sections:
         section("Memory", lambda: memory(peak or 3000, args.quick))
     out.append(f"({time.monotonic() - started:.0f} s in all)")

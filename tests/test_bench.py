@@ -25,7 +25,7 @@ def _bench_quick(tmp_path, sections: str, systems: str = "greenpipe,plain") -> s
     env = {**os.environ, "PATH": path_without(OPTIONAL_TOOLS, tmp_path / "bin")}
     result = subprocess.run(
         [PYTHON, "-m", "bench", "--quick", "--no-write", "--systems", systems,
-         "--sections", sections, "--connections", "20"],
+         "--sections", sections, "--connections", "5"],
         cwd=ROOT, capture_output=True, text=True, timeout=280, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -320,6 +320,7 @@ def crash_everywhere(tmp_path, monkeypatch, sync: str, seeds: range, steps: int,
 THOROUGH = pytest.mark.thorough
 
 
+@pytest.mark.timeout(240)  # 10-35 s a seed of batch, longer on a busy machine
 @pytest.mark.parametrize(
     "sync, seed, steps, least",
     [("none", 0, 200, 140), pytest.param("none", 1, 200, 140, marks=THOROUGH),
@@ -334,6 +335,7 @@ def test_every_crash_point_keeps_the_journals_promises(
     assert points > least, f"only {points} crash points, fewer than {least}"
 
 
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("sync", ["none", "batch"])
 def test_crash_points_with_waiting_jobs_cancelled_and_coming_due(tmp_path, monkeypatch,
                                                                  sync):  # fmt: skip
