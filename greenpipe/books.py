@@ -156,6 +156,20 @@ class Snapshot:
         }
 
 
+def stop_summary(stats: dict[str, Any]) -> str:
+    """The line a stopping web logs: what became of the jobs it accepted.
+
+    Cancelled jobs are counted too (those cancelled while queued were never
+    acknowledged), and runs held for a retry, so the figures add up.
+    """
+    return (
+        f"stopped; accepted {stats['accepted']}, acknowledged {stats['acked']} "
+        f"({stats['failed']} failed), cancelled {stats['cancelled']}, retried "
+        f"{stats['retried']}, re-sent {stats['resent']}, dead-lettered "
+        f"{stats['dead_lettered']}"
+    )
+
+
 def journal_report(journal: Journal | None, replayed: int) -> dict[str, Any]:
     """The journal's line in /stats."""
     if journal is None:

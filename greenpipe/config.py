@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
-from greenpipe import spelling, values
+from greenpipe import logs, spelling, values
 from greenpipe.errors import ConfigError
 from greenpipe.spelling import PREFIX
 from greenpipe.values import KiB, MiB, loopback  # noqa: F401 (loopback: fleet imports it here)
@@ -195,6 +195,11 @@ class PipeSettings:
         "setting's name that is no setting: warn at start, or refuse to start",
     )
     log_level: str = setting("INFO", values.log_level, "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = setting(
+        "text",
+        values.choice("text", "json"),
+        "text: TIME LEVEL logger: message (ISO-8601 UTC, ms); json: one object a line",
+    )
 
     @property
     def max_attempts(self) -> int:
@@ -295,6 +300,11 @@ class WorkerSettings:
         "setting's name that is no setting: warn at start, or refuse to start",
     )
     log_level: str = setting("INFO", values.log_level, "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = setting(
+        "text",
+        values.choice("text", "json"),
+        "text: TIME LEVEL logger: message (ISO-8601 UTC, ms); json: one object a line",
+    )
 
 
 def env_names(name: str) -> tuple[str, ...]:
@@ -519,11 +529,29 @@ def to_flags(settings: Any) -> list[str]:
     return argv
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr in the house format; honcho adds the time and process name."""
-    logging.basicConfig(
-        level=getattr(logging, level), format="%(levelname)s %(name)s: %(message)s"
-    )
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Log to stderr: timestamped text, or JSON lines (`greenpipe.logs`)."""
+    logs.configure(level, log_format)
+
+
+def early_log_format(
+    argv: Sequence[str] | None, environ: Mapping[str, str] = os.environ
+) -> str:
+    """LOG_FORMAT before the settings are read, so a bad setting's line has it too.
+
+    Best effort: a value that is not "json" means text (the settings, read
+    next, say what is wrong with it).
+    """
+    args = list(argv or [])
+    raw = ""
+    for i, arg in enumerate(args):
+        if arg == "--log-format" and i + 1 < len(args):
+            raw = args[i + 1]
+        elif arg.startswith("--log-format="):
+            raw = arg.split("=", 1)[1]
+    if not raw:
+        raw = next((environ[n] for n in env_names("log_format") if n in environ), "")
+    return "json" if raw.strip().lower() == "json" else "text"
 
 
 def extension_environ(
