@@ -115,6 +115,13 @@ class PipeSettings:
     ready_timeout: float = setting(
         10.0, values.seconds, "seconds a request waits for the barrier"
     )
+    min_ready: int = setting(
+        0,
+        values.min_ready,
+        "workers READY that meet the barrier (the others join when they come); "
+        "all: every configured worker",
+        "all",
+    )
     max_body: int = setting(MiB, values.size, "largest request body accepted", "1MiB")
     max_pending: int = setting(
         1000, values.positive_int, "jobs waiting for a worker, at most"
@@ -469,6 +476,12 @@ def check_pipe(settings: _P) -> _P:
           "the workers' public key file (their NAME.key)")  # fmt: skip
     if settings.workers_file:
         settings = replace(settings, workers=read_workers_file(settings.workers_file))
+    if settings.min_ready > len(settings.workers):
+        raise ConfigError(
+            f"MIN_READY: expected at most the number of workers "
+            f"({len(settings.workers)}), got {settings.min_ready}; lower it, or "
+            "unset it to wait for all of them"
+        )
     return settings
 
 
