@@ -243,6 +243,12 @@ class WebSettings(PipeSettings):
     web_processes: int = setting(
         1, values.positive_int, "web.py processes sharing the port"
     )
+    app: str = setting(
+        "",
+        values.optional_spec,
+        "package.module:app, a Flask app with Greenpipe(app) that greenpipe web "
+        "serves as serve(app) does, instead of its own",
+    )
     ops_port: int = setting(
         -1,
         values.optional_port,
@@ -415,10 +421,12 @@ def load_settings(
                                 help=argparse.SUPPRESS)  # fmt: skip
     flags = vars(parser.parse_args(argv))
     given: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for f in fields(cls):
         raw, source, label = _lookup(f.name, flags, environ, app_config or {})
         if raw is None:
             continue
+        sources[f.name] = source
         used = label.removeprefix(PREFIX).lower()
         if used in ALIASES:
             _warn_alias(used, source)
@@ -429,11 +437,34 @@ def load_settings(
                 f"{label}: expected {exc}, got {raw!r} ({source}); fix it, or unset it "
                 f"to use the default {_shown_default(f)}"
             ) from None
+    _workers_outrank_file(given, sources)
     settings = cls(**given)
     known = set(_setting_names(WebSettings)) | set(_setting_names(WorkerSettings))
     problems = spelling.unknown(_setting_names(cls), known, environ, app_config or {})
     spelling.report(problems, settings.unknown_settings == "refuse")
     return settings
+
+
+def _rank(source: str) -> int:
+    """0 for a flag, 1 for app.config, 2 for the environment: the lower wins."""
+    return 0 if source.startswith("flag") else 1 if source.startswith("app") else 2
+
+
+def _workers_outrank_file(given: dict[str, Any], sources: dict[str, str]) -> None:
+    """WORKERS from a stronger level than WORKERS_FILE wins over the file.
+
+    At one level the file wins (it is read "instead of WORKERS"); across
+    levels the usual order holds: ``app.config["GREENPIPE_WORKERS"]`` over an
+    environment ``WORKERS_FILE``, a ``--workers`` flag over either.
+    """
+    if "workers" not in sources or not given.get("workers_file"):
+        return
+    if _rank(sources["workers"]) < _rank(sources["workers_file"]):
+        log.warning(
+            "WORKERS_FILE=%r (%s) is not read: WORKERS (%s) outranks it; unset "
+            "one of them", given.pop("workers_file"), sources["workers_file"],
+            sources["workers"],
+        )  # fmt: skip
 
 
 def load_web(
@@ -457,6 +488,27 @@ def load_web(
     return check_pipe(
         load_settings(WebSettings, prog, description, argv, environ, app_config)
     )
+
+
+def app_spec(
+    argv: Sequence[str] | None, environ: Mapping[str, str] = os.environ
+) -> str:
+    """APP for ``greenpipe web`` (flag, then environment), before its app.config.
+
+    The app is imported before the settings are read, since its app.config
+    is one of their levels. A value that is no ``module:name`` gives "": the
+    settings, read next, say what is wrong with it.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--app", default=None)
+    known, _ = parser.parse_known_args(list(argv or []))
+    raw = known.app
+    if raw is None:
+        raw = next((environ[n] for n in env_names("app") if n in environ), "")
+    try:
+        return values.optional_spec(raw)
+    except ValueError:
+        return ""
 
 
 def check_pipe(settings: _P) -> _P:

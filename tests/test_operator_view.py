@@ -8,6 +8,7 @@ dashboard; the stop summaries count every job; log lines read as English.
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -16,7 +17,7 @@ import pytest
 from greenpipe.config import load_web
 from greenpipe.errors import ConfigError
 from greenpipe.testing import poll_until
-from tests.support import free_port, read_runs
+from tests.support import PYTHON, ROOT, Proc, Web, free_port, read_runs
 
 HANDLERS = "tests.retry_handlers:handlers"
 
@@ -54,6 +55,64 @@ def test_without_min_ready_the_refusal_says_what_to_do(start_worker, start_web):
                     ready_timeout=0.5)  # fmt: skip
     code, _, body = web.post("/jobs", {"n": 1})
     assert code == 503 and "MIN_READY" in body["detail"], body
+
+
+# -- item 13: precedence, greenpipe web --app, docs that point nowhere ------------------
+
+
+def test_app_config_workers_outrank_an_environment_workers_file(tmp_path, caplog):
+    listed = tmp_path / "workers"
+    listed.write_text("127.0.0.1:4999\n")
+    settings = load_web([], {"WORKERS_FILE": str(listed)},
+                        {"GREENPIPE_WORKERS": ["127.0.0.1:4444", "127.0.0.1:4445"]})  # fmt: skip
+    assert [str(e) for e in settings.workers] == [
+        "tcp://127.0.0.1:4444", "tcp://127.0.0.1:4445"]  # fmt: skip
+    assert settings.workers_file == ""
+    assert "WORKERS_FILE" in caplog.text and "outranks it" in caplog.text
+    # At one level the file wins, as documented ("instead of WORKERS").
+    same = load_web([], {"WORKERS_FILE": str(listed), "WORKERS": "127.0.0.1:4444"})
+    assert [str(e) for e in same.workers] == ["tcp://127.0.0.1:4999"]
+
+
+MYAPP = """
+from gevent import monkey
+
+monkey.patch_all()
+
+from flask import Flask
+
+from greenpipe import Greenpipe
+
+app = Flask(__name__)
+app.config["GREENPIPE_WORKERS"] = ["127.0.0.1:{port}"]
+pipe = Greenpipe(app)
+
+
+@app.post("/signup")
+def signup():
+    return {{"id": pipe.push("welcome", json={{}}).id}}, 202
+"""
+
+
+def test_greenpipe_web_serves_the_app_named_by_app(start_worker, procs, tmp_path):
+    worker = start_worker(handler="greenpipe.handlers:log_job")
+    (tmp_path / "myapp.py").write_text(MYAPP.format(port=worker.port))
+    web = Proc("web", [PYTHON, "-m", "greenpipe", "web", "--app", "myapp:app",
+                       "--port", "0", "--journal-dir", str(tmp_path / "journal")],
+               env={"PYTHONPATH": str(ROOT)}, cwd=tmp_path)  # fmt: skip
+    procs.append(web)
+    port = int(web.expect(r"serving http://[^:]+:(\d+)", timeout=15)[1])
+    web.expect(rf"feeding 1 worker: tcp://127\.0\.0\.1:{worker.port}")  # app.config's
+    web.expect("barrier met")
+    code, _, body = Web(web, port).post("/signup", {})
+    assert code == 202, body
+    worker.proc.expect(rf"job {re.escape(body['id'])} attempt 1")
+
+
+def test_the_docs_point_to_nothing_outside_the_checkout():
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text()
+        assert "../shared" not in text and "DESIGN.md" not in text, path.name
 
 
 # -- item 12: what the dashboard and the stop summaries say ------------------------------
