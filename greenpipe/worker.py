@@ -266,7 +266,9 @@ class Worker:
     def _drain(self) -> None:
         deadline = monotonic() + self.settings.drain_timeout
         self._draining = True
-        log.info("%s: stopping; saying BYE to %d webs", self.name, len(self._peers))
+        webs = len(self._peers)
+        log.info("%s: stopping; saying BYE to %d %s", self.name, webs,
+                 "web" if webs == 1 else "webs")  # fmt: skip
         for ident in list(self._peers):
             self._send(ident, protocol.encode_bye("worker is stopping"))
         # DONE from a web means everything it sent is here: only then can the
