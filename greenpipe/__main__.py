@@ -11,16 +11,20 @@ from gevent import monkey
 monkey.patch_all()  # first statement: patching late leaves blocking sockets behind
 
 import functools  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
 
 from greenpipe import __version__, config, entry, serving, worker  # noqa: E402
+from greenpipe.errors import ConfigError  # noqa: E402
 
 USAGE = """usage: greenpipe {web,worker,schedule,keys} [--help] [flags]
        greenpipe --version
 
 commands:
-  web            serve HTTP and feed the workers (as python web.py)
+  web            serve HTTP and feed the workers (as python web.py; with
+                 --app myapp:app, your app, as serve(app) runs it)
   worker         run jobs from the webs that connect (as port=4444 python server.py)
   schedule       push the periodic jobs of --handler once per tick (one per set
                  of workers; its own journal, .greenpipe-schedule)
@@ -34,8 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     command = args.pop(0) if args else ""
     if command == "web":
-        load_web = functools.partial(config.load_web, prog="greenpipe web")
-        return entry.main(load_web, serving.run, args)
+        return web(args)
     if command == "worker":
         load_worker = functools.partial(config.load_worker, prog="greenpipe worker")
         return entry.main(load_worker, worker.run, args)
@@ -59,6 +62,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{command!r}\n"
     )
     return 2
+
+
+def web(argv: Sequence[str]) -> int:
+    """greenpipe web: greenpipe's own app, or ``--app``'s as ``serve(app)`` runs it.
+
+    With ``--app`` (or APP) the app is imported first, then the settings are
+    read again with its ``app.config`` (flags over app.config over the
+    environment, as for ``serve(app)``).
+    """
+    apps: list[Any] = []
+
+    def load(args: Sequence[str] | None) -> config.WebSettings:
+        spec = config.app_spec(args)
+        if not spec:
+            return config.load_web(args, prog="greenpipe web")
+        app: Any = worker.load_handler(spec, "APP")
+        if not hasattr(app, "app_context"):
+            raise ConfigError(
+                f"APP: {spec!r} is a {type(app).__name__}, not a Flask app; name "
+                "the app object, e.g. myapp:app"
+            )
+        apps.append(app)
+        return config.load_web(args, os.environ, app.config, "greenpipe web")
+
+    return entry.main(load, lambda s: serving.run(s, apps[-1] if apps else None), argv)
 
 
 if __name__ == "__main__":

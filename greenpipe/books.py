@@ -26,6 +26,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0, 30.0)  # fmt: skip
 ERROR_CHARS = 200  # of a failure's error text kept for the dashboard
 RECENT_FAILURES = 20
+RETRIED = "(retried) "  # starts a recent failure whose job waits for a retry
 REJECT_REASONS = ("barrier", "no_worker", "max_pending", "max_scheduled", "stopping",
                   "journal")  # fmt: skip
 
@@ -82,6 +83,14 @@ class Books:
         self.failed += 1
         error = payload[:ERROR_CHARS].decode("utf-8", "replace")
         self.recent_failures.append((time.time(), job_id, worker, error))
+
+    def retrying(self, job_id: str, worker: str, error: bytes) -> None:
+        """A run that failed and waits for its retry: a recent failure, so marked.
+
+        Counted in `retried` (by the caller, per batch), not in `failed`.
+        """
+        text = RETRIED + error[:ERROR_CHARS].decode("utf-8", "replace")
+        self.recent_failures.append((time.time(), job_id, worker, text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +163,20 @@ class Snapshot:
             "journal": self.journal,
             "workers": [worker.report for worker in self.workers],
         }
+
+
+def stop_summary(stats: dict[str, Any]) -> str:
+    """The line a stopping web logs: what became of the jobs it accepted.
+
+    Cancelled jobs are counted too (those cancelled while queued were never
+    acknowledged), and runs held for a retry, so the figures add up.
+    """
+    return (
+        f"stopped; accepted {stats['accepted']}, acknowledged {stats['acked']} "
+        f"({stats['failed']} failed), cancelled {stats['cancelled']}, retried "
+        f"{stats['retried']}, re-sent {stats['resent']}, dead-lettered "
+        f"{stats['dead_lettered']}"
+    )
 
 
 def journal_report(journal: Journal | None, replayed: int) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
-from greenpipe import spelling, values
+from greenpipe import logs, spelling, values
 from greenpipe.errors import ConfigError
 from greenpipe.spelling import PREFIX
 from greenpipe.values import KiB, MiB, loopback  # noqa: F401 (loopback: fleet imports it here)
@@ -115,6 +115,13 @@ class PipeSettings:
     ready_timeout: float = setting(
         10.0, values.seconds, "seconds a request waits for the barrier"
     )
+    min_ready: int = setting(
+        0,
+        values.min_ready,
+        "workers READY that meet the barrier (the others join when they come); "
+        "all: every configured worker",
+        "all",
+    )
     max_body: int = setting(MiB, values.size, "largest request body accepted", "1MiB")
     max_pending: int = setting(
         1000, values.positive_int, "jobs waiting for a worker, at most"
@@ -195,6 +202,11 @@ class PipeSettings:
         "setting's name that is no setting: warn at start, or refuse to start",
     )
     log_level: str = setting("INFO", values.log_level, "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = setting(
+        "text",
+        values.choice("text", "json"),
+        "text: TIME LEVEL logger: message (ISO-8601 UTC, ms); json: one object a line",
+    )
 
     @property
     def max_attempts(self) -> int:
@@ -230,6 +242,12 @@ class WebSettings(PipeSettings):
     access_log: bool = setting(False, values.flag, "log one line per HTTP request")
     web_processes: int = setting(
         1, values.positive_int, "web.py processes sharing the port"
+    )
+    app: str = setting(
+        "",
+        values.optional_spec,
+        "package.module:app, a Flask app with Greenpipe(app) that greenpipe web "
+        "serves as serve(app) does, instead of its own",
     )
     ops_port: int = setting(
         -1,
@@ -295,6 +313,11 @@ class WorkerSettings:
         "setting's name that is no setting: warn at start, or refuse to start",
     )
     log_level: str = setting("INFO", values.log_level, "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = setting(
+        "text",
+        values.choice("text", "json"),
+        "text: TIME LEVEL logger: message (ISO-8601 UTC, ms); json: one object a line",
+    )
 
 
 def env_names(name: str) -> tuple[str, ...]:
@@ -398,10 +421,12 @@ def load_settings(
                                 help=argparse.SUPPRESS)  # fmt: skip
     flags = vars(parser.parse_args(argv))
     given: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for f in fields(cls):
         raw, source, label = _lookup(f.name, flags, environ, app_config or {})
         if raw is None:
             continue
+        sources[f.name] = source
         used = label.removeprefix(PREFIX).lower()
         if used in ALIASES:
             _warn_alias(used, source)
@@ -412,11 +437,34 @@ def load_settings(
                 f"{label}: expected {exc}, got {raw!r} ({source}); fix it, or unset it "
                 f"to use the default {_shown_default(f)}"
             ) from None
+    _workers_outrank_file(given, sources)
     settings = cls(**given)
     known = set(_setting_names(WebSettings)) | set(_setting_names(WorkerSettings))
     problems = spelling.unknown(_setting_names(cls), known, environ, app_config or {})
     spelling.report(problems, settings.unknown_settings == "refuse")
     return settings
+
+
+def _rank(source: str) -> int:
+    """0 for a flag, 1 for app.config, 2 for the environment: the lower wins."""
+    return 0 if source.startswith("flag") else 1 if source.startswith("app") else 2
+
+
+def _workers_outrank_file(given: dict[str, Any], sources: dict[str, str]) -> None:
+    """WORKERS from a stronger level than WORKERS_FILE wins over the file.
+
+    At one level the file wins (it is read "instead of WORKERS"); across
+    levels the usual order holds: ``app.config["GREENPIPE_WORKERS"]`` over an
+    environment ``WORKERS_FILE``, a ``--workers`` flag over either.
+    """
+    if "workers" not in sources or not given.get("workers_file"):
+        return
+    if _rank(sources["workers"]) < _rank(sources["workers_file"]):
+        log.warning(
+            "WORKERS_FILE=%r (%s) is not read: WORKERS (%s) outranks it; unset "
+            "one of them", given.pop("workers_file"), sources["workers_file"],
+            sources["workers"],
+        )  # fmt: skip
 
 
 def load_web(
@@ -442,6 +490,27 @@ def load_web(
     )
 
 
+def app_spec(
+    argv: Sequence[str] | None, environ: Mapping[str, str] = os.environ
+) -> str:
+    """APP for ``greenpipe web`` (flag, then environment), before its app.config.
+
+    The app is imported before the settings are read, since its app.config
+    is one of their levels. A value that is no ``module:name`` gives "": the
+    settings, read next, say what is wrong with it.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--app", default=None)
+    known, _ = parser.parse_known_args(list(argv or []))
+    raw = known.app
+    if raw is None:
+        raw = next((environ[n] for n in env_names("app") if n in environ), "")
+    try:
+        return values.optional_spec(raw)
+    except ValueError:
+        return ""
+
+
 def check_pipe(settings: _P) -> _P:
     """What a pipe's settings must agree on together; WORKERS_FILE read."""
     if settings.heartbeat * 2 > settings.heartbeat_timeout:
@@ -459,6 +528,12 @@ def check_pipe(settings: _P) -> _P:
           "the workers' public key file (their NAME.key)")  # fmt: skip
     if settings.workers_file:
         settings = replace(settings, workers=read_workers_file(settings.workers_file))
+    if settings.min_ready > len(settings.workers):
+        raise ConfigError(
+            f"MIN_READY: expected at most the number of workers "
+            f"({len(settings.workers)}), got {settings.min_ready}; lower it, or "
+            "unset it to wait for all of them"
+        )
     return settings
 
 
@@ -519,11 +594,29 @@ def to_flags(settings: Any) -> list[str]:
     return argv
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr in the house format; honcho adds the time and process name."""
-    logging.basicConfig(
-        level=getattr(logging, level), format="%(levelname)s %(name)s: %(message)s"
-    )
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Log to stderr: timestamped text, or JSON lines (`greenpipe.logs`)."""
+    logs.configure(level, log_format)
+
+
+def early_log_format(
+    argv: Sequence[str] | None, environ: Mapping[str, str] = os.environ
+) -> str:
+    """LOG_FORMAT before the settings are read, so a bad setting's line has it too.
+
+    Best effort: a value that is not "json" means text (the settings, read
+    next, say what is wrong with it).
+    """
+    args = list(argv or [])
+    raw = ""
+    for i, arg in enumerate(args):
+        if arg == "--log-format" and i + 1 < len(args):
+            raw = args[i + 1]
+        elif arg.startswith("--log-format="):
+            raw = arg.split("=", 1)[1]
+    if not raw:
+        raw = next((environ[n] for n in env_names("log_format") if n in environ), "")
+    return "json" if raw.strip().lower() == "json" else "text"
 
 
 def extension_environ(

@@ -12,7 +12,7 @@ from typing import TypeVar
 import gevent
 import gevent.event
 
-from greenpipe.config import configure_logging
+from greenpipe.config import configure_logging, early_log_format
 from greenpipe.errors import ConfigError, GreenpipeError
 
 log = logging.getLogger("greenpipe")
@@ -32,13 +32,13 @@ def main(
     myapp:app`` find ``myapp.py`` where the user runs the console script.
     """
     _current_directory_first()
-    configure_logging("INFO")
+    configure_logging("INFO", early_log_format(sys.argv[1:] if argv is None else argv))
     try:
         settings = load(argv)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    logging.getLogger().setLevel(settings.log_level)  # type: ignore[attr-defined]
+    configure_logging(settings.log_level, settings.log_format)  # type: ignore[attr-defined]
     try:
         return run(settings)
     except ConfigError as exc:  # found late, e.g. a HANDLER that does not import

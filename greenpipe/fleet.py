@@ -105,10 +105,25 @@ class Fleet:
         link.ever_ready = True
         return self._check_barrier()
 
+    def needed(self) -> int:
+        """Workers READY that meet the barrier: MIN_READY, or all of them."""
+        least = self.settings.min_ready
+        return len(self.links) if not least else min(least, len(self.links))
+
     def _check_barrier(self) -> bool:
-        if self.barrier.is_set() or not all(link.ever_ready for link in self.links):
+        if self.barrier.is_set():
             return False
-        log.info("barrier met: all %d workers ready", len(self.links))
+        ready = sum(1 for link in self.links if link.ever_ready)
+        if ready < self.needed():
+            return False
+        total = len(self.links)
+        if ready == total:
+            log.info("barrier met: %s ready", _all(total))
+        else:
+            late = [link.name for link in self.links if not link.ever_ready]
+            log.info("barrier met: %d of %d workers ready (MIN_READY=%d); %s join "
+                     "the rotation when READY", ready, total,
+                     self.settings.min_ready, ", ".join(late))  # fmt: skip
         self.barrier.set()
         return True
 
@@ -127,8 +142,7 @@ class Fleet:
             if address in current:
                 continue
             link = self._make(len(self.links), endpoint, self._inbox)
-            link.curve = self.curve_keys
-            link.ever_ready = self.barrier.is_set()  # the barrier is not re-run
+            link.curve = self.curve_keys  # once met, the barrier is not re-run
             self.links.append(link)
             if link.reliable:
                 self.acknowledged.append(link)
@@ -240,11 +254,14 @@ class Fleet:
     def barrier_message(self) -> str:
         waiting = [link.name for link in self.links if not link.ever_ready]
         ready = len(self.links) - len(waiting)
+        least = self.settings.min_ready
+        needed = f", {self.needed()} needed (MIN_READY)" if least else ""
         return (
             f"{ready} of {len(self.links)} workers READY after "
-            f"{self.settings.ready_timeout:g} s (waiting on {', '.join(waiting)}); "
-            "is a worker running there (greenpipe worker, or python server.py in "
-            "a checkout)?"
+            f"{self.settings.ready_timeout:g} s{needed} (waiting on "
+            f"{', '.join(waiting)}); is a worker running there (greenpipe worker, "
+            "or python server.py in a checkout)? Until the barrier is met every "
+            "job is refused; MIN_READY=N starts with N workers READY"
         )
 
     def _log_waiting(self, now: float) -> None:
@@ -262,10 +279,13 @@ class Fleet:
         run = f"greenpipe worker --port {ports[0]}" if ports else "greenpipe worker"
         log.warning(
             "barrier: waited %.0f s for %d of %d %s: %s; jobs wait (up to "
-            "READY_TIMEOUT) until every worker is READY. Start each one (%s, or "
-            "port=N python server.py in a checkout), or fix WORKERS",
+            "READY_TIMEOUT) until %s READY, then are refused. Start each one (%s, "
+            "or port=N python server.py in a checkout), fix WORKERS, or set "
+            "MIN_READY",
             waited, len(missing), len(self.links),
-            "worker" if len(self.links) == 1 else "workers", why, run,
+            "worker" if len(self.links) == 1 else "workers", why,
+            f"{self.needed()} are" if self.settings.min_ready else "every worker is",
+            run,
         )  # fmt: skip
 
     def health(self) -> tuple[list[str], dict[str, str]]:
@@ -274,6 +294,13 @@ class Fleet:
         not_ready = {link.name: link.handshake_error or link.reported_state.value
                      for link in self.links if link.state != READY}  # fmt: skip
         return ready, not_ready
+
+
+def _all(count: int) -> str:
+    """The barrier's words: the 1 worker is, both workers are, all 3 workers are."""
+    if count == 1:
+        return "the 1 worker is"
+    return "both workers are" if count == 2 else f"all {count} workers are"
 
 
 def _lost(reason: str) -> Event:

@@ -34,6 +34,7 @@ from typing import Any
 import gevent.event
 from gunicorn.workers.ggevent import GeventWorker
 
+from greenpipe.books import stop_summary
 from greenpipe.config import WebSettings, configure_logging, load_web
 from greenpipe.errors import ConfigError
 from greenpipe.ext import extension_of
@@ -94,11 +95,13 @@ def post_worker_init(worker: Any) -> None:
     if ext is not None:
         if not logging.getLogger().handlers:
             try:
-                configure_logging(ext.settings(app).log_level)  # greenpipe's lines
+                settings = ext.settings(app)  # greenpipe's lines, as web.py's
+                configure_logging(settings.log_level, settings.log_format)
             except ConfigError:
                 pass  # raised again, with its message, by start() below
         pipe = ext.start(app)
         pipe.name = f"gunicorn worker pid {worker.pid}"
+        worker.greenpipe_pipe = pipe  # for its stop summary (worker_exit)
 
 
 def worker_exit(server: Any, worker: Any) -> None:
@@ -109,3 +112,6 @@ def worker_exit(server: Any, worker: Any) -> None:
         if left:
             log.warning("gunicorn worker %d: %d jobs unacknowledged at exit",
                         worker.pid, left)  # fmt: skip
+        pipe = getattr(worker, "greenpipe_pipe", None)
+        if pipe is not None:  # as web.py's last line
+            log.info("gunicorn worker %d: %s", worker.pid, stop_summary(pipe.stats()))

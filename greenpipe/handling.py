@@ -174,7 +174,10 @@ def _failed(
         return protocol.FAILED, error
     after = exc.after if isinstance(exc, Retry) else None
     delay = policy.delay(job.retries) if after is None else after
+    # A failure's traceback once per run, retried or not; a Retry asked for or
+    # a time-out has none worth reading.
+    trace = None if isinstance(exc, Retry | JobTimeout) else exc
     log.warning("%s: job %s: %s; retry %d of %d in %.3g s", where, job.id,
                 error.decode("utf-8", "replace"), job.retries + 1, budget,
-                delay)  # fmt: skip
+                delay, exc_info=trace)  # fmt: skip
     return protocol.RETRY, protocol.retry_payload(delay, error)

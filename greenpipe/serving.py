@@ -20,6 +20,7 @@ from flask import Flask
 
 import greenpipe
 from greenpipe import entry
+from greenpipe.books import stop_summary
 from greenpipe.config import (
     WebSettings,
     load_web,
@@ -149,16 +150,7 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
     gevent.joinall([gevent.spawn(s.stop, STOP_REQUESTS_S) for s in servers])
     # Drains (the dispatcher says where what is still owed went), says DONE, closes.
     ext.stop(app, settings.drain_timeout)
-    stats = pipe.stats()
-    log.info(
-        "web: stopped; accepted %d, acknowledged %d (%d failed), re-sent %d, "
-        "dead-lettered %d",
-        stats["accepted"],
-        stats["acked"],
-        stats["failed"],
-        stats["resent"],
-        stats["dead_lettered"],
-    )
+    log.info("web: %s", stop_summary(pipe.stats()))
     return 0
 
 

@@ -97,6 +97,7 @@ class Settlement:
                     finished.append((job, status, payload))
                     continue
                 self.queues.later.hold(job, delay, error.decode("utf-8", "replace"))
+                self.books.retrying(job.id, link.name, error)  # the dashboard's
                 held.append(job)
                 continue
             if status is Status.RETRYING:  # cancelled meanwhile: no retry

@@ -177,10 +177,11 @@ class Supervisor:
         delay = 0.0 if failures <= 1 else min(BACKOFF_S[0] * 2 ** (failures - 2),
                                               BACKOFF_S[1])  # fmt: skip
         why = "" if child.serving.get() else " before it served"
+        row = f" ({failures} in a row)" if failures else ""  # settled: no "0 in a row"
         log.error(
-            "web: process %d (pid %d) %s%s, after %.1f s (%d in a row); starting "
-            "another %s", child.index, child.pid, exit_text(code), why, lived,
-            failures, f"in {delay:g} s" if delay else "now",
+            "web: process %d (pid %d) %s%s, after %.1f s%s; starting another %s",
+            child.index, child.pid, exit_text(code), why, lived, row,
+            f"in {delay:g} s" if delay else "now",
         )  # fmt: skip
         gevent.spawn_later(delay, self.events.put, ("start", child.index))
 

@@ -49,6 +49,16 @@ def positive_int(raw: str) -> int:
     return int(raw)
 
 
+def min_ready(raw: str) -> int:
+    """MIN_READY: a number of workers, or all (0)."""
+    text = raw.strip().lower()
+    if text in ("all", "0"):
+        return 0
+    if not text.isdigit():
+        raise ValueError("a number of workers of at least 1, or all")
+    return int(text)
+
+
 def count(raw: str) -> int:
     if not raw.strip().isdigit():
         raise ValueError("a whole number, 0 or more")

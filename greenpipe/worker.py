@@ -156,6 +156,7 @@ class Worker:
         self._draining = False
         self._throttle = Throttle(log)
         self.received = self.handled = self.failed = self.malformed = 0
+        self.ended: dict[int, int] = {}  # runs not OK, by result status: the summary
         self._run_sum = 0.0  # seconds in handlers, all jobs
         self._run_counts = [0] * (len(protocol.RUN_BUCKETS) + 1)
         self._allow: Allowlist | None = None  # CURVE's ZAP handler, when on
@@ -228,9 +229,10 @@ class Worker:
             self.bind()
         greenlets = [gevent.spawn(self._receive), gevent.spawn(self._send_loop)]
         log.info(
-            "%s: listening on %s (concurrency %d, handler %s)",
+            "%s: listening on %s (pid %d, concurrency %d, handler %s)",
             self.name,
             self.endpoint,
+            os.getpid(),
             self.settings.concurrency,
             self.settings.handler,
         )
@@ -239,13 +241,16 @@ class Worker:
         gevent.killall(greenlets, block=False)
         if self._allow is not None:
             self._allow.close()
+        ended = self.ended
         log.info(
-            "%s: stopped; handled %d jobs (%d failed) of %d received, "
-            "dropped %d malformed messages; held at most %d jobs at once "
-            "(CONCURRENCY %d, shared by the webs)",
+            "%s: stopped; handled %d jobs (%d failed, %d to be retried, %d "
+            "cancelled) of %d received, dropped %d malformed messages; held at "
+            "most %d jobs at once (CONCURRENCY %d, shared by the webs)",
             self.name,
             self.handled,
-            self.failed,
+            ended.get(protocol.FAILED, 0),
+            ended.get(protocol.RETRY, 0),
+            ended.get(protocol.CANCELLED, 0),
             self.received,
             self.malformed,
             self.shares.most_held,
@@ -261,7 +266,9 @@ class Worker:
     def _drain(self) -> None:
         deadline = monotonic() + self.settings.drain_timeout
         self._draining = True
-        log.info("%s: stopping; saying BYE to %d webs", self.name, len(self._peers))
+        webs = len(self._peers)
+        log.info("%s: stopping; saying BYE to %d %s", self.name, webs,
+                 "web" if webs == 1 else "webs")  # fmt: skip
         for ident in list(self._peers):
             self._send(ident, protocol.encode_bye("worker is stopping"))
         # DONE from a web means everything it sent is here: only then can the
@@ -445,7 +452,8 @@ class Worker:
         self._run_counts[bisect_left(protocol.RUN_BUCKETS, took)] += 1
         self.handled += 1
         if status != protocol.OK:
-            self.failed += 1
+            self.failed += 1  # (the web's figures count retries and cancels here)
+            self.ended[status] = self.ended.get(status, 0) + 1
         if status == protocol.OK and not payload:
             peer.ok.append(job.raw_id)
         else:

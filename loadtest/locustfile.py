@@ -157,6 +157,16 @@ def _on_init(environment, **_kwargs) -> None:
         _local(environment, options)
 
 
+def _users_gone(runner, timeout: float = 5.0) -> None:
+    """Wait for the users that found no ticket to end (StopUser), up to `timeout`.
+
+    Stopped at once, Locust finds the users that just ended still in its
+    group, their arguments already cleared, and logs an ERROR for each
+    ("a user that didn't have proper args") at the end of a passing run.
+    """
+    runner.user_greenlets.join(timeout=timeout)
+
+
 def _share(total: int, processes: int, index: int) -> int:
     return total // processes + (1 if index < total % processes else 0)
 
@@ -167,6 +177,7 @@ def _local(environment, options) -> None:
 
         def stop_when_done() -> None:
             TICKETS.finished.wait()
+            _users_gone(environment.runner)
             environment.runner.quit()
 
         gevent.spawn(stop_when_done)
@@ -188,6 +199,7 @@ def _worker(environment, options) -> None:
 
     def report_when_done() -> None:
         TICKETS.finished.wait()
+        _users_gone(runner)  # before the master stops us
         runner._send_stats()  # make the master's view complete before "done"
         runner.send_message(
             "ab_done", {"done": TICKETS.done, "failures": TICKETS.failures}

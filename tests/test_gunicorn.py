@@ -44,4 +44,7 @@ def test_gunicorn_gevent_workers_each_run_a_pipe_after_the_fork(
     assert gunicorn.wait_exit(30) == 0
     stopped = gunicorn.matches(r"web: stopped|stopped; accepted|pipe .*drain")
     assert not gunicorn.matches(r"jobs unacknowledged at exit"), gunicorn.tail()
+    summaries = gunicorn.matches(r"gunicorn worker (\d+): stopped; accepted (\d+)")
+    assert {int(m[1]) for m in summaries} == pids, gunicorn.tail(40)  # one each
+    assert sum(int(m[2]) for m in summaries) == 600, [m[0] for m in summaries]
     assert re.search(r"Shutting down: Master", gunicorn.tail(40)), stopped

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from tests.docs_harness import Block, Shell, all_blocks, exec_form
 
 pytestmark = pytest.mark.timeout(120)
 BLOCKS = all_blocks()
+TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"  # a log line's time
 
 
 def call(port: int, method: str, path: str, body: Any = None,
@@ -315,7 +317,10 @@ def run_config_error(block: Block, request: pytest.FixtureRequest) -> None:
     """The documented message, from the documented mistake (MAX_BODY=lots)."""
     shell: Shell = request.getfixturevalue("shell")
     out = shell.run("MAX_BODY=lots .venv/bin/python web.py", code=2, timeout=30)
-    assert block.text.strip() in out, out
+    # The documented line with its time: any time, to the millisecond, in UTC.
+    time, line = block.text.strip().split(" ", 1)
+    assert re.fullmatch(TIMESTAMP, time), block.text
+    assert re.search(TIMESTAMP + " " + re.escape(line), out), out
 
 
 def run_periodic(block: Block, request: pytest.FixtureRequest) -> None:
