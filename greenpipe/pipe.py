@@ -160,7 +160,8 @@ class Pipe:
     process (after a fork, never before: pyzmq#1330). ``push`` never blocks on
     a socket: before the barrier it waits up to READY_TIMEOUT, after it it
     queues or raises `Unavailable` at once. `drain` waits for what is owed;
-    `close` says DONE to the workers and closes the sockets.
+    `close` drains (if `drain` did not), says DONE to the workers and closes
+    the sockets.
     """
 
     def __init__(
@@ -179,6 +180,7 @@ class Pipe:
         self.dispatcher = Dispatcher(settings, context, name)
         self.history: History | None = None  # the dashboard's samples, once started
         self.started = False  # in this process: a forked child starts afresh
+        self._drained = False  # drain() ran: close() need not drain again
         self._exposition: Any = None  # /metrics' registry, made when first scraped
         self.siblings: Siblings | None = None  # processes sharing the port, if any
         _PIPES.add(self)
@@ -208,9 +210,15 @@ class Pipe:
         return self.dispatcher.wait_barrier(timeout)
 
     def drain(self, timeout: float | None = None) -> int:
-        """Wait for acknowledgements (DRAIN_TIMEOUT by default); how many are owed."""
+        """Wait for acknowledgements (DRAIN_TIMEOUT by default); how many are owed.
+
+        Takes no new job from then on (`push` raises `Unavailable`). Without a
+        journal, what is still owed is written to DEAD_LETTER; with one, it
+        stays in the journal for the next start.
+        """
         if timeout is None:
             timeout = self.settings.drain_timeout
+        self._drained = True
         return self.dispatcher.drain(timeout)
 
     def reconfigure(self, workers: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -223,12 +231,22 @@ class Pipe:
         endpoints = config.parse_workers(",".join(workers))
         return self.dispatcher.reconfigure(endpoints)
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> int:
+        """Drain (unless `drain` did), say DONE to the workers, close; jobs owed.
+
+        What was accepted is never dropped: it is acknowledged within
+        `timeout` (DRAIN_TIMEOUT by default), or stays in the journal, or,
+        with JOURNAL_DIR=off, goes to DEAD_LETTER (see `drain`).
+        """
+        owed = 0
+        if self.started and not self._drained:
+            owed = self.drain(timeout)
         if self.history is not None:
             self.history.stop()
         if self.siblings is not None:
             self.siblings.close()
         self.dispatcher.close()
+        return owed
 
     # -- jobs
     def push(
@@ -436,8 +454,8 @@ class InlinePipe(Pipe):
     def drain(self, timeout: float | None = None) -> int:
         return 0
 
-    def close(self) -> None:
-        pass
+    def close(self, timeout: float | None = None) -> int:
+        return 0  # every job ran at once
 
     @property
     def name(self) -> str:
