@@ -125,8 +125,11 @@ class Admission:
         self.prefix = secrets.token_hex(4) + "-"
         self._seq = itertools.count(1)
 
-    def take(self, job: Envelope, key: str, draining: bool) -> Envelope:
-        """Name `job` and hand it on once kept; or raise `Unavailable` (a 503).
+    def take(
+        self, job: Envelope, key: str, draining: bool, job_id: str = ""
+    ) -> Envelope:
+        """Name `job` (`job_id`, else a new id) and hand it on once kept; or
+        raise `Unavailable` (a 503).
 
         Before the barrier is met, waits for it up to READY_TIMEOUT; after
         that, never waits, except, with a journal, for the job's group commit:
@@ -143,7 +146,7 @@ class Admission:
                 job.reply = None  # the first job's outcome is not this one's
                 return job.named(first)
         self.check(self.queues.pending(), draining, bool(job.not_before))
-        job.named(self.new_id())
+        job.named(job_id or self.new_id())
         job.accepted_at = self._clock()
         if self._commit is None:
             if key:

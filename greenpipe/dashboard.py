@@ -15,7 +15,9 @@ minutes at once, since the samples are the web's, not the page's.
 No job body is shown: failures carry the handler's error text (cut to
 200 characters), dead letters their reason. The only write is re-sending a
 dead-lettered job; it asks for a custom header, which a cross-site form or
-image cannot send (a browser would need a CORS preflight this web never grants).
+image cannot send (a browser would need a CORS preflight this web never grants),
+and makes one job per dead letter whichever process is asked (the claim is
+marked in the dead-letter file: `greenpipe.deadletter`).
 """
 
 from __future__ import annotations
@@ -133,7 +135,9 @@ def dashboard_blueprint(source: Callable[[], Any]) -> Blueprint:
     @bp.post("/dashboard/dead/<job_id>/resend")
     def resend(job_id: str) -> Response:
         p = pipe()
-        refused = action_refused("resend", "re-sending (the dashboard's button)")
+        refused = action_refused(
+            "resend", "re-sending (the dashboard's button)"
+        ) or shared_port(p)  # one process's page, as the page itself
         if refused is not None:
             return refused
         try:
