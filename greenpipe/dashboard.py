@@ -35,6 +35,7 @@ from greenpipe.routes import (
     action_refused,
     json_error,
     json_response,
+    operator_only,
     shared_port,
     unavailable,
 )
@@ -96,9 +97,15 @@ def page_data(pipe: Any, history: History, since: float) -> dict[str, Any]:
     }
 
 
-def dashboard_blueprint(source: Callable[[], Any]) -> Blueprint:
-    """GET /dashboard, its data and assets; POST to re-send a dead letter."""
+def dashboard_blueprint(
+    source: Callable[[], Any], public: Callable[[], bool] = lambda: True
+) -> Blueprint:
+    """GET /dashboard, its data and assets; POST to re-send a dead letter.
+
+    The operator's (`operator_only`): on OPS_PORT, or where `public()` says.
+    """
     bp = Blueprint("greenpipe_dashboard", __name__)
+    bp.before_request(operator_only(public))
 
     def pipe() -> Any:
         p = source()

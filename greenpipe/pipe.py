@@ -20,7 +20,7 @@ import zmq.green as zmq
 
 from greenpipe import books as books_module
 from greenpipe import config, protocol
-from greenpipe.admission import check_key
+from greenpipe.admission import ID_BYTES, check_key
 from greenpipe.books import Books, Snapshot
 from greenpipe.config import PipeSettings
 from greenpipe.dispatcher import Dispatcher
@@ -442,7 +442,6 @@ class InlinePipe(Pipe):
         self.books = Books()
         self._exposition = None
         self._prefix = f"inline{os.getpid():x}-"
-        self._seq = 0
         self._name = "inline"
 
     def start(self) -> None:
@@ -475,8 +474,7 @@ class InlinePipe(Pipe):
                 "Greenpipe(app, handlers=...) or app.config['GREENPIPE_HANDLERS'] "
                 "= 'package.module:handlers'"
             )
-        self._seq += 1
-        job.named(self._prefix + format(self._seq, "010x"))
+        job.named(self._prefix + os.urandom(ID_BYTES).hex())  # as a web's: unguessable
         policy = getattr(self.handler, "policy", lambda name: NO_POLICY)(
             job.name.decode() or job.path.decode("latin-1")
         )
