@@ -1,7 +1,8 @@
 """greenpipe web: turns every HTTP request into one job for the workers.
 
-Serves    HTTP      http://HOST:port        GET /, POST /jobs, GET /jobs/<id>,
-                                            GET /healthz, GET /stats
+Serves    HTTP      http://HOST:port        GET /, POST /jobs, GET|DELETE /jobs/<id>,
+                                            GET /healthz; and the operator's
+                                            /stats, /metrics, /dashboard
 Connects  DEALER    each of WORKERS         JOBS / PING out; READY / ACKS / HEARTBEAT in
 Run       python web.py      (or: python web.py --port 0 --workers 127.0.0.1:4444)
 
@@ -18,7 +19,10 @@ from flask import Flask  # noqa: E402
 from greenpipe import Greenpipe, json_errors, serve  # noqa: E402
 
 app = Flask("greenpipe")
-pipe = Greenpipe(app)  # settings: app.config GREENPIPE_*, environment, flags
+# Settings: app.config GREENPIPE_*, environment, flags. This is the operator's
+# own server (loopback by default), so /stats, /metrics and /dashboard answer on
+# its port; your app leaves ops_routes off: they answer on OPS_PORT only.
+pipe = Greenpipe(app, ops_routes=True)
 app.register_blueprint(pipe.forwarding())  # GET / and POST /jobs: one job each
 json_errors(app)  # every error as JSON that says what to do
 

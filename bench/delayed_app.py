@@ -45,7 +45,7 @@ def timed(job: Job) -> None:
 
 
 app = Flask(__name__)
-pipe = Greenpipe(app)
+pipe = Greenpipe(app, ops_routes=True)  # the bench reads /stats on its port
 json_errors(app)
 
 

@@ -3,6 +3,7 @@
     python -m bench.micro            # all
     python -m bench.micro --quick    # small counts (the test suite)
 
+- ids: make one job id (`Admission.new_id`, once per push), µs;
 - frames: encode one job record, decode one from a 100-job frame, build and
   read an ACKS message (µs per job, timeit, one core);
 - dispatcher: a real Dispatcher in this process feeding three no-op workers
@@ -75,6 +76,16 @@ def _worker(*flags: str) -> tuple[subprocess.Popen, str]:
         if match := re.search(r"listening on (tcp://\S+)", line):
             return proc, match[1]
     raise SystemExit("bench.micro: a worker did not start")
+
+
+def ids(count: int) -> dict[str, float]:
+    """µs per job id: each accepted job gets one (issue 31: 128 random bits)."""
+    from greenpipe.admission import Admission
+    from greenpipe.config import load_web
+
+    admission = Admission(load_web([], {}), *([None] * 6))  # type: ignore[arg-type]
+    best = min(timeit.repeat(admission.new_id, number=count, repeat=5))
+    return {"new_id_us": best / count * 1e6, "length": len(admission.new_id())}
 
 
 def dispatcher(count: int) -> dict[str, float]:
@@ -150,6 +161,7 @@ def main() -> int:
     args = parser.parse_args()
     scale = 10 if args.quick else 1
     results = {
+        "ids": ids(200_000 // scale),
         "frames": frames(200_000 // scale),
         "dispatcher": dispatcher(100_000 // scale),
         "worker_jobs_per_s": {

@@ -10,7 +10,7 @@ its job is kept, never before.
 
 from __future__ import annotations
 
-import itertools
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the HTTP side imports check_key alone: no sockets, no geven
     from greenpipe.queues import Queues
 
 MAX_KEYS = 100_000  # idempotency keys remembered at once
+ID_BYTES = 16  # random bytes in a job id, after its process prefix (128 bits)
 KEY_RULE = "1-255 printable ASCII characters"
 
 
@@ -122,11 +123,14 @@ class Admission:
             self._commit = GroupCommit(journal, self._journaled)
         # Keys whose job waits for its group commit: a retry waits for it too.
         self._pending: dict[str, tuple[Envelope, Group]] = {}
+        # Whose: siblings route a lookup by it (greenpipe.siblings). Not a secret.
         self.prefix = secrets.token_hex(4) + "-"
-        self._seq = itertools.count(1)
 
-    def take(self, job: Envelope, key: str, draining: bool) -> Envelope:
-        """Name `job` and hand it on once kept; or raise `Unavailable` (a 503).
+    def take(
+        self, job: Envelope, key: str, draining: bool, job_id: str = ""
+    ) -> Envelope:
+        """Name `job` (`job_id`, else a new id) and hand it on once kept; or
+        raise `Unavailable` (a 503).
 
         Before the barrier is met, waits for it up to READY_TIMEOUT; after
         that, never waits, except, with a journal, for the job's group commit:
@@ -143,7 +147,7 @@ class Admission:
                 job.reply = None  # the first job's outcome is not this one's
                 return job.named(first)
         self.check(self.queues.pending(), draining, bool(job.not_before))
-        job.named(self.new_id())
+        job.named(job_id or self.new_id())
         job.accepted_at = self._clock()
         if self._commit is None:
             if key:
@@ -209,8 +213,13 @@ class Admission:
             self._commit.close()
 
     def new_id(self) -> str:
-        # A fixed length (ab counts a response of another length as failed).
-        return self.prefix + format(next(self._seq), "010x")
+        """The process prefix, then 128 random bits as 32 hex digits.
+
+        Unguessable: a client holding one id learns nothing of another job's
+        (they name a job's result and its cancel). A fixed length: ab counts
+        a response of another length as failed.
+        """
+        return self.prefix + os.urandom(ID_BYTES).hex()
 
     def owns(self, job_id: str) -> bool:
         """True if `job_id` was made by this process (whatever became of it)."""

@@ -15,7 +15,9 @@ minutes at once, since the samples are the web's, not the page's.
 No job body is shown: failures carry the handler's error text (cut to
 200 characters), dead letters their reason. The only write is re-sending a
 dead-lettered job; it asks for a custom header, which a cross-site form or
-image cannot send (a browser would need a CORS preflight this web never grants).
+image cannot send (a browser would need a CORS preflight this web never grants),
+and makes one job per dead letter whichever process is asked (the claim is
+marked in the dead-letter file: `greenpipe.deadletter`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from greenpipe.routes import (
     action_refused,
     json_error,
     json_response,
+    operator_only,
     shared_port,
     unavailable,
 )
@@ -94,9 +97,15 @@ def page_data(pipe: Any, history: History, since: float) -> dict[str, Any]:
     }
 
 
-def dashboard_blueprint(source: Callable[[], Any]) -> Blueprint:
-    """GET /dashboard, its data and assets; POST to re-send a dead letter."""
+def dashboard_blueprint(
+    source: Callable[[], Any], public: Callable[[], bool] = lambda: True
+) -> Blueprint:
+    """GET /dashboard, its data and assets; POST to re-send a dead letter.
+
+    The operator's (`operator_only`): on OPS_PORT, or where `public()` says.
+    """
     bp = Blueprint("greenpipe_dashboard", __name__)
+    bp.before_request(operator_only(public))
 
     def pipe() -> Any:
         p = source()
@@ -133,7 +142,9 @@ def dashboard_blueprint(source: Callable[[], Any]) -> Blueprint:
     @bp.post("/dashboard/dead/<job_id>/resend")
     def resend(job_id: str) -> Response:
         p = pipe()
-        refused = action_refused("resend", "re-sending (the dashboard's button)")
+        refused = action_refused(
+            "resend", "re-sending (the dashboard's button)"
+        ) or shared_port(p)  # one process's page, as the page itself
         if refused is not None:
             return refused
         try:

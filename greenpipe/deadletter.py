@@ -1,4 +1,10 @@
-"""The dead-letter file: jobs the web gave up on, one JSON object per line."""
+"""The dead-letter file: jobs the web gave up on, one JSON object per line.
+
+A re-send (the dashboard's button) is marked in the same file, by a line
+``{"resent": <dead id>, "as": <job id>}`` appended in one write: the first
+such line for a dead letter names its one re-sent job, whichever of the web
+processes sharing the file is asked, then or later.
+"""
 
 from __future__ import annotations
 
@@ -87,26 +93,85 @@ class DeadLetters:
         """The last `count` records (newest first), without their bodies.
 
         Reads at most the file's last `scan` bytes: cheap enough for a page
-        that asks once a second.
+        that asks once a second. A record re-sent (marked within that window)
+        says ``resent_as``: the job it was re-sent as.
         """
         try:
             with open(self.path, "rb") as file:
                 size = file.seek(0, os.SEEK_END)
                 file.seek(max(0, size - scan))
-                lines = file.read().splitlines()[-count:]
+                lines = file.read().splitlines()
         except OSError:
             return []
-        out = []
-        for line in reversed(lines):
+        out: list[dict] = []
+        claims = _Claims()
+        for line in lines:
             try:
                 record = json.loads(line)
             except ValueError:  # the first, cut line of the window, or damage
                 continue
-            if isinstance(record, dict):
+            if isinstance(record, dict) and not claims.read(record):
                 record.pop("body", None)
                 record.pop("body_base64", None)
                 out.append(record)
-        return out
+        out = out[-count:]
+        for record in out:
+            resent = claims.first(record.get("id"))
+            if resent:
+                record["resent_as"] = resent
+        return out[::-1]
+
+    def resent_as(self, dead_id: str) -> str | None:
+        """The job `dead_id` was re-sent as (the first claim standing), or None."""
+        return self._claims(dead_id).first(dead_id)
+
+    def claim(self, dead_id: str, job_id: str) -> str:
+        """Mark `dead_id` re-sent as `job_id`; the job it is re-sent as.
+
+        That is `job_id` if this claim is the first standing one, else the
+        earlier claim's job (another process, or click, was first; this
+        claim is withdrawn). One append, then a read: processes sharing the
+        file agree on the first line. Raises OSError if it cannot be written.
+        """
+        self._append({"resent": dead_id, "as": job_id, "pid": os.getpid()})
+        first = self.resent_as(dead_id)
+        if first != job_id:
+            self.withdraw(dead_id, job_id)
+        return first or job_id
+
+    def withdraw(self, dead_id: str, job_id: str) -> None:
+        """The re-send claimed as `job_id` did not happen (a 503): strike it."""
+        try:
+            self._append({"withdrawn": dead_id, "as": job_id})
+        except OSError as exc:
+            log.error("cannot strike the re-send of %s as %s from %s (%s): the "
+                      "dead letter reads as re-sent; re-send it by hand",
+                      dead_id, job_id, self.path, exc)  # fmt: skip
+
+    def _append(self, record: dict) -> None:
+        line = (json.dumps(record) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)  # one write: appends of processes never interleave
+        finally:
+            os.close(fd)
+
+    def _claims(self, dead_id: str) -> _Claims:
+        claims = _Claims()
+        needle = json.dumps(dead_id).encode()
+        try:
+            with open(self.path, "rb") as file:
+                for line in file:
+                    if needle in line:
+                        try:
+                            record = json.loads(line)
+                        except ValueError:
+                            continue
+                        if isinstance(record, dict):
+                            claims.read(record)
+        except OSError:
+            pass
+        return claims
 
     def find(self, job_id: str) -> Envelope | None:
         """The last record for `job_id` as a new job (no id yet), to submit again.
@@ -142,3 +207,29 @@ class DeadLetters:
             body,
             name=record.get("name", "").encode("utf-8"),
         )
+
+
+class _Claims:
+    """Re-send marks read in file order: per dead letter, the claims standing."""
+
+    def __init__(self) -> None:
+        self._claims: dict[str, list[str]] = {}
+        self._withdrawn: set[tuple[str, str]] = set()
+
+    def read(self, record: dict) -> bool:
+        """Note `record` if it is a mark; False if it is a dead letter."""
+        if "resent" in record:
+            self._claims.setdefault(str(record["resent"]), []).append(
+                str(record.get("as"))
+            )
+            return True
+        if "withdrawn" in record:
+            self._withdrawn.add((str(record["withdrawn"]), str(record.get("as"))))
+            return True
+        return False
+
+    def first(self, dead_id: object) -> str | None:
+        for job_id in self._claims.get(str(dead_id), ()):
+            if (str(dead_id), job_id) not in self._withdrawn:
+                return job_id
+        return None

@@ -28,7 +28,7 @@ from greenpipe.admission import Admission, IdempotencyKeys
 from greenpipe.books import LATENCY_BUCKETS, Books, Snapshot
 from greenpipe.config import Endpoint, PipeSettings
 from greenpipe.deadletter import DeadLetters
-from greenpipe.errors import LinkError
+from greenpipe.errors import LinkError, Unavailable
 from greenpipe.finished import FinishedJobs
 from greenpipe.fleet import Fleet, LinkFactory
 from greenpipe.jobs import Envelope, Outcome, Status
@@ -202,18 +202,36 @@ class Dispatcher:
     def redrive(self, job_id: str) -> Envelope:
         """Submit a dead-lettered job again, from the dead-letter file, as a new job.
 
-        Raises KeyError if the file has no such job, `Unavailable` as `submit`.
-        Within IDEMPOTENCY_TTL a second re-send of the same job returns the
-        first one's job (a double click sends once).
+        Once per dead letter, whichever process sharing the file is asked and
+        whenever: the re-send is claimed in the file first (`DeadLetters.claim`),
+        and a dead letter claimed already answers its job, creating none (a
+        double click, or a click on another process's page, sends once).
+        Raises KeyError if the file has no such job, `Unavailable` as `submit`
+        (the claim struck), or if the file cannot be written (nothing sent).
         """
         found = self.dead_letters.find(job_id)
         if found is None:
             raise KeyError(job_id)
-        before = self.books.accepted
-        job = self.submit(found, key=f"greenpipe-redrive:{job_id}")
-        if self.books.accepted > before:  # a new job, not a repeated click
-            self.books.redriven += 1
-            log.warning("dead letter %s re-sent as job %s", job_id, job.id)
+        first = self.dead_letters.resent_as(job_id)
+        if first is not None:
+            return found.named(first)
+        new_id = self.admission.new_id()
+        try:
+            first = self.dead_letters.claim(job_id, new_id)
+        except OSError as exc:
+            raise Unavailable(
+                f"cannot mark dead letter {job_id} re-sent in "
+                f"{self.dead_letters.path} ({exc}); nothing was sent"
+            ) from None
+        if first != new_id:  # another process (or click) was first
+            return found.named(first)
+        try:
+            job = self.admission.take(found, "", self._draining, job_id=new_id)
+        except Unavailable:
+            self.dead_letters.withdraw(job_id, new_id)
+            raise
+        self.books.redriven += 1
+        log.warning("dead letter %s re-sent as job %s", job_id, job.id)
         return job
 
     # -- the request path -----------------------------------------------------------

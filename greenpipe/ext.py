@@ -44,6 +44,7 @@ class _State:
         self.app = app
         self._settings = settings
         self.error = error  # a bad setting, raised when the pipe is first needed
+        self.ops_routes = False  # the operator's routes on the app's own port too
         self.pipe: Pipe | None = None
         # What greenpipe read from app.config, and when: a later change raises.
         self.read: dict[str, tuple[Any, str]] = {}
@@ -192,6 +193,21 @@ def _take_turn(_exc: BaseException | None = None) -> None:
         gevent.sleep(0)
 
 
+def _ops_routes(config: Mapping[str, Any], default: bool) -> bool:
+    """GREENPIPE_OPS_ROUTES (app.config, then the environment), else `default`."""
+    value = config.get(
+        "GREENPIPE_OPS_ROUTES", extension_environ("GREENPIPE_OPS_ROUTES", default)
+    )
+    try:
+        return flag(str(value))
+    except ValueError as exc:
+        raise ConfigError(
+            f"GREENPIPE_OPS_ROUTES: expected {exc}, got {value!r}; True serves "
+            "/stats, /metrics and /dashboard on the app's own port, not only on "
+            "OPS_PORT"
+        ) from None
+
+
 def _as_on_a_worker(handler: Handler, app: Flask) -> Handler:
     """`handler` run as a worker with ``--app`` runs it: in a fresh app context.
 
@@ -238,14 +254,24 @@ class Greenpipe:
     `init_app`. Nothing is opened at import or in `init_app`: the pipe starts
     in the process that serves the first request (so a pre-forking server such
     as gunicorn starts one per worker process), or when `start` is called.
-    ``GREENPIPE_PREFIX`` puts /healthz, /stats and /jobs/<id> under a prefix;
-    ``GREENPIPE_ROUTES = False`` leaves them out. ``GREENPIPE_INLINE`` (on by
+    ``GREENPIPE_PREFIX`` puts /healthz, /jobs/<id> and the operator's routes
+    under a prefix; ``GREENPIPE_ROUTES = False`` leaves them all out. The
+    operator's routes (/stats, /metrics, /dashboard and its re-send) answer
+    on OPS_PORT only, unless ``GREENPIPE_OPS_ROUTES`` (app.config, then the
+    environment, then `ops_routes`) is true. ``GREENPIPE_INLINE`` (on by
     default when ``app.testing``) runs each job at once with `handlers`, no
     workers needed.
     """
 
-    def __init__(self, app: Flask | None = None, *, handlers: Handler | None = None):
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        handlers: Handler | None = None,
+        ops_routes: bool = False,
+    ):
         self.handlers = handlers
+        self.ops_routes = ops_routes  # GREENPIPE_OPS_ROUTES when neither sets it
         self._app = app
         if app is not None:
             self.init_app(app)
@@ -259,7 +285,9 @@ class Greenpipe:
             # Kept, not raised: serve() may still fix it with a flag; else it is
             # raised by start() or the first push, and serve() exits 2 with it.
             settings, error = None, exc
+        public = _ops_routes(config, self.ops_routes)
         state = _State(self, app, settings, error)
+        state.ops_routes = public
         app.extensions["greenpipe"] = state
         app.register_error_handler(Unavailable, routes.unavailable)
         app.register_error_handler(BadJob, routes.bad_job)  # 413 / 400, as web.py
@@ -268,8 +296,16 @@ class Greenpipe:
             prefix = config.get("GREENPIPE_PREFIX", "") or None
             ops = routes.ops_blueprint(self.pipe_for)
             app.register_blueprint(ops, url_prefix=prefix)
-            board = dashboard_blueprint(self.pipe_for)
+            # The operator's: on OPS_PORT, or here with GREENPIPE_OPS_ROUTES.
+            operator = routes.operator_blueprint(self.pipe_for, lambda: public)
+            app.register_blueprint(operator, url_prefix=prefix)
+            board = dashboard_blueprint(self.pipe_for, lambda: public)
             app.register_blueprint(board, url_prefix=prefix)
+
+    def public_ops_routes(self, app: Flask | None = None) -> bool:
+        """Whether /stats, /metrics and /dashboard answer on the app's own port
+        (GREENPIPE_OPS_ROUTES), not only on OPS_PORT."""
+        return self._state(app).ops_routes
 
     # -- which app, which pipe
     def _state(self, app: Flask | None = None) -> _State:

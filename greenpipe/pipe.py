@@ -20,7 +20,7 @@ import zmq.green as zmq
 
 from greenpipe import books as books_module
 from greenpipe import config, protocol
-from greenpipe.admission import check_key
+from greenpipe.admission import ID_BYTES, check_key
 from greenpipe.books import Books, Snapshot
 from greenpipe.config import PipeSettings
 from greenpipe.dispatcher import Dispatcher
@@ -160,7 +160,8 @@ class Pipe:
     process (after a fork, never before: pyzmq#1330). ``push`` never blocks on
     a socket: before the barrier it waits up to READY_TIMEOUT, after it it
     queues or raises `Unavailable` at once. `drain` waits for what is owed;
-    `close` says DONE to the workers and closes the sockets.
+    `close` drains (if `drain` did not), says DONE to the workers and closes
+    the sockets.
     """
 
     def __init__(
@@ -179,6 +180,7 @@ class Pipe:
         self.dispatcher = Dispatcher(settings, context, name)
         self.history: History | None = None  # the dashboard's samples, once started
         self.started = False  # in this process: a forked child starts afresh
+        self._drained = False  # drain() ran: close() need not drain again
         self._exposition: Any = None  # /metrics' registry, made when first scraped
         self.siblings: Siblings | None = None  # processes sharing the port, if any
         _PIPES.add(self)
@@ -208,9 +210,15 @@ class Pipe:
         return self.dispatcher.wait_barrier(timeout)
 
     def drain(self, timeout: float | None = None) -> int:
-        """Wait for acknowledgements (DRAIN_TIMEOUT by default); how many are owed."""
+        """Wait for acknowledgements (DRAIN_TIMEOUT by default); how many are owed.
+
+        Takes no new job from then on (`push` raises `Unavailable`). Without a
+        journal, what is still owed is written to DEAD_LETTER; with one, it
+        stays in the journal for the next start.
+        """
         if timeout is None:
             timeout = self.settings.drain_timeout
+        self._drained = True
         return self.dispatcher.drain(timeout)
 
     def reconfigure(self, workers: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -223,12 +231,22 @@ class Pipe:
         endpoints = config.parse_workers(",".join(workers))
         return self.dispatcher.reconfigure(endpoints)
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> int:
+        """Drain (unless `drain` did), say DONE to the workers, close; jobs owed.
+
+        What was accepted is never dropped: it is acknowledged within
+        `timeout` (DRAIN_TIMEOUT by default), or stays in the journal, or,
+        with JOURNAL_DIR=off, goes to DEAD_LETTER (see `drain`).
+        """
+        owed = 0
+        if self.started and not self._drained:
+            owed = self.drain(timeout)
         if self.history is not None:
             self.history.stop()
         if self.siblings is not None:
             self.siblings.close()
         self.dispatcher.close()
+        return owed
 
     # -- jobs
     def push(
@@ -424,7 +442,6 @@ class InlinePipe(Pipe):
         self.books = Books()
         self._exposition = None
         self._prefix = f"inline{os.getpid():x}-"
-        self._seq = 0
         self._name = "inline"
 
     def start(self) -> None:
@@ -436,8 +453,8 @@ class InlinePipe(Pipe):
     def drain(self, timeout: float | None = None) -> int:
         return 0
 
-    def close(self) -> None:
-        pass
+    def close(self, timeout: float | None = None) -> int:
+        return 0  # every job ran at once
 
     @property
     def name(self) -> str:
@@ -457,8 +474,7 @@ class InlinePipe(Pipe):
                 "Greenpipe(app, handlers=...) or app.config['GREENPIPE_HANDLERS'] "
                 "= 'package.module:handlers'"
             )
-        self._seq += 1
-        job.named(self._prefix + format(self._seq, "010x"))
+        job.named(self._prefix + os.urandom(ID_BYTES).hex())  # as a web's: unguessable
         policy = getattr(self.handler, "policy", lambda name: NO_POLICY)(
             job.name.decode() or job.path.decode("latin-1")
         )

@@ -1,7 +1,8 @@
 """The HTTP side as Flask pieces: blueprints, JSON errors, and web.py's app.
 
 `forwarding_blueprint` turns every GET / and POST /jobs into one job;
-`ops_blueprint` serves /healthz, /stats and /jobs/<id>; `json_errors` makes
+`ops_blueprint` serves /healthz and /jobs/<id>, `operator_blueprint` /stats
+and /metrics (the operator's, gated by `operator_only`); `json_errors` makes
 every error ``{"error": ..., "detail": ...}`` naming what was wrong and what
 to do, never a traceback. `create_app(pipe, settings)` assembles them
 around a given pipe (a `PipeLike`), so tests can pass a fake.
@@ -270,14 +271,35 @@ def shared_port(pipe: Any) -> Response | None:
     )
 
 
-def ops_blueprint(source: Callable[[], PipeLike]) -> Blueprint:
-    """GET /healthz, /stats and /jobs/<id>: what the pipe is doing, as JSON."""
-    bp = Blueprint("greenpipe_ops", __name__)
+OPS_ROUTES_OFF = (
+    "{path} is the operator's: served on OPS_PORT (each web process's own "
+    "port), or on this port with GREENPIPE_OPS_ROUTES = True; an app's public "
+    "port leaves it out, so that its clients cannot read it"
+)
 
-    @bp.get("/healthz")
-    def healthz() -> Response:
-        ok, report = source().health()
-        return json_response(200 if ok else 503, report)
+
+def operator_only(public: Callable[[], bool]) -> Callable[[], Response | None]:
+    """A `before_request` hook: 404 for an operator's route on a public port.
+
+    The operator's routes (/stats, /metrics, /dashboard and its re-send)
+    answer on OPS_PORT (``environ["greenpipe.own_port"]``), and on any port
+    when `public()` says so (GREENPIPE_OPS_ROUTES; web.py's default).
+    """
+
+    def gate() -> Response | None:
+        if request.environ.get("greenpipe.own_port") or public():
+            return None
+        return json_error(404, "not found", OPS_ROUTES_OFF.format(path=request.path))
+
+    return gate
+
+
+def operator_blueprint(
+    source: Callable[[], PipeLike], public: Callable[[], bool] = lambda: True
+) -> Blueprint:
+    """GET /stats and /metrics: the operator's figures (see `operator_only`)."""
+    bp = Blueprint("greenpipe_operator", __name__)
+    bp.before_request(operator_only(public))
 
     @bp.get("/stats")
     def stats() -> Response:
@@ -299,6 +321,18 @@ def ops_blueprint(source: Callable[[], PipeLike]) -> Blueprint:
             return refused
         return Response(render(), mimetype=None, headers={
             "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})  # fmt: skip
+
+    return bp
+
+
+def ops_blueprint(source: Callable[[], PipeLike]) -> Blueprint:
+    """GET /healthz, GET and DELETE /jobs/<id>: the pipe's health, a job's record."""
+    bp = Blueprint("greenpipe_ops", __name__)
+
+    @bp.get("/healthz")
+    def healthz() -> Response:
+        ok, report = source().health()
+        return json_response(200 if ok else 503, report)
 
     @bp.get("/jobs/<job_id>")
     def job_status(job_id: str) -> Response:
@@ -431,6 +465,7 @@ def create_app(pipe: PipeLike, settings: WebSettings) -> Flask:
     app.config["GREENPIPE_MAX_BODY"] = settings.max_body
     app.register_blueprint(forwarding_blueprint(lambda: pipe, settings))
     app.register_blueprint(ops_blueprint(lambda: pipe))
+    app.register_blueprint(operator_blueprint(lambda: pipe))
     json_errors(app)
     return app
 

@@ -44,7 +44,7 @@ OPS_CONNECTIONS = 64  # connections served at once on OPS_PORT
 def default_app() -> Flask:
     """The app of web.py and ``greenpipe web``: every request one job."""
     app = Flask("greenpipe")
-    pipe = Greenpipe(app)
+    pipe = Greenpipe(app, ops_routes=True)  # the operator's server, as web.py
     app.register_blueprint(pipe.forwarding())
     json_errors(app)
     return app
@@ -134,7 +134,10 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
             "web: pid %d's own /metrics, /stats, /healthz, /dashboard: http://%s:%d",
             os.getpid(), settings.host, ops.server_port,
         )  # fmt: skip
-    if not loopback(settings.host) and (settings.metrics or settings.dashboard):
+    # The operator's routes answer on OPS_PORT, and on the app's port if opted in.
+    exposed = ops is not None or ext.public_ops_routes(app)
+    if exposed and not loopback(settings.host) and (settings.metrics
+                                                    or settings.dashboard):  # fmt: skip
         log.warning(
             "web: /metrics and /dashboard are served to anyone who can reach %s "
             "(they show no job bodies, and the dashboard can re-send dead letters); "

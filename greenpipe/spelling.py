@@ -23,7 +23,7 @@ PREFIX = "GREENPIPE_"
 # keys, what the tests and the book-keeping handler read, and the pipe a
 # WEB_PROCESSES supervisor gives its children (supervisor.READY_ENV).
 EXTENSION_KEYS = frozenset(
-    PREFIX + name for name in ("INLINE", "HANDLERS", "PREFIX", "ROUTES")
+    PREFIX + name for name in ("INLINE", "HANDLERS", "PREFIX", "ROUTES", "OPS_ROUTES")
 )
 OTHER_VARIABLES = frozenset(
     PREFIX + name for name in ("HIDE_TOOLS", "READY_FD", "RECORD_DIR", "SLEEP")

@@ -88,7 +88,7 @@ def long(job: Job) -> None:
 
 
 app = Flask(__name__)
-pipe = Greenpipe(app)
+pipe = Greenpipe(app, ops_routes=True)  # the tests read /stats on its port
 json_errors(app)
 
 

@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -182,9 +182,36 @@ class Load:
         }
 
 
-def job_seq(job_id: str) -> int:
-    """The web's sequence number inside a job id ("3f9a1c2b-1a" -> 26)."""
-    return int(job_id.rsplit("-", 1)[1], 16)
+def assert_round_robin_order(record_dir, ports: Sequence[int | str],
+                             ids: Sequence[str]) -> None:  # fmt: skip
+    """`ids`, the first jobs a web accepted, in the order it accepted them (a
+    client's, one request at a time): job k went to worker k mod N, in
+    configured order. Ids are random (issue 31), so the order is the client's."""
+    where = {job_id: port for port, entries in read_records(record_dir).items()
+             for job_id, _ in entries}  # fmt: skip
+    for k, job_id in enumerate(ids):
+        expected = str(ports[k % len(ports)])
+        assert where.get(job_id) == expected, (
+            f"job {k + 1} ({job_id}) went to the worker on port "
+            f"{where.get(job_id)}, round-robin says {expected}"
+        )
+
+
+def assert_round_robin_counts(record_dir, ports: Sequence[int | str]) -> None:
+    """Each web process (its id prefix) that accepted n jobs gave worker i of
+    N exactly len(range(i, n, N)): round-robin from its first job, by counts
+    (jobs accepted concurrently have no order a client can see)."""
+    per_web: dict[str, Counter[str]] = {}
+    for port, entries in read_records(record_dir).items():
+        for job_id, _ in entries:
+            per_web.setdefault(job_id.split("-", 1)[0], Counter())[port] += 1
+    for prefix, counts in per_web.items():
+        n = sum(counts.values())
+        expected = {str(p): len(range(i, n, len(ports))) for i, p in enumerate(ports)}
+        got = {str(p): counts.get(str(p), 0) for p in ports}
+        assert got == expected, (
+            f"web {prefix}: {n} jobs as {got}, round-robin {expected}"
+        )
 
 
 OPTIONAL_TOOLS = ("wrk", "iptables", "redis-server", "promtool", "chromium", "ab")

@@ -18,10 +18,9 @@ from tests.support import (
     PYTHON,
     ROOT,
     Load,
+    assert_round_robin_order,
     handled_ids,
-    job_seq,
     poll_until,
-    read_records,
 )
 
 FAST = {"heartbeat": 0.25, "heartbeat_timeout": 1.5}
@@ -94,13 +93,9 @@ def test_barrier_round_robin_and_a_kill_9_with_curve_on(
     workers = [start_worker(**curve_worker(keys)) for _ in range(3)]
     web = start_web(workers, **FAST, **curve_web(keys))
     web.proc.expect(r"CURVE on: this web's key [0-9a-f]{16}")
-    for i in range(30):
-        assert web.post("/jobs", {"n": i})[0] == 202
+    ids = [web.post("/jobs", {"n": i})[2]["id"] for i in range(30)]  # in order
     web.wait_settled()
-    ports = {str(w.port): i for i, w in enumerate(workers)}
-    for port, entries in read_records(record_dir).items():
-        for job_id, _ in entries:
-            assert (job_seq(job_id) - 1) % 3 == ports[port], (job_id, port)
+    assert_round_robin_order(record_dir, [w.port for w in workers], ids)
 
     load = Load(web.port, total=900, concurrency=20, payload={"sleep": 0.02})
     poll_until(web.stats, lambda s: s["acked"] >= 200, 30, "200 acknowledged")

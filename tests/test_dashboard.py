@@ -163,6 +163,36 @@ def test_processes_sharing_a_port_each_answer_on_their_own_ops_port(
         assert w.get("/metrics")[0] == 200
 
 
+def test_a_dead_letter_resent_on_two_processes_makes_one_job(
+    start_worker, start_web, record_dir, tmp_path
+):
+    """Issue 31, item 2: a click on each process's page, and one on the shared
+    port, make one job between them (an order charged once), marked in the file."""
+    dead = tmp_path / "dead-letter.jsonl"
+    old = _seed_dead_letter(dead)
+    web = start_web([start_worker()], dead_letter=dead, web_processes=2, ops_port=0)
+    web.proc.expect(r"own /metrics.*http://127\.0\.0\.1:(\d+)", times=2)
+    ports = [int(m[1]) for m in web.proc.matches(r"own /metrics.*:(\d+)$")]
+    from greenpipe.testing import Web
+
+    each = [Web(web.proc, port) for port in ports]
+    path, action = f"/dashboard/dead/{old}/resend", {"X-Greenpipe-Action": "resend"}
+    answers = [w.post(path, headers=action) for w in each + each]
+    assert [code for code, _, _ in answers] == [202] * 4, answers
+    made = {body["id"] for _, _, body in answers}
+    assert len(made) == 1, f"one job, whichever process is asked: {made}"
+    accepted = sum(w.stats()["accepted"] for w in each)
+    assert accepted == 1, f"{accepted} jobs made from one dead letter"
+    code, _, body = web.post(path, headers=action)
+    assert code == 421, f"the shared port cannot speak for both: {code} {body}"
+    job_id = made.pop()
+    poll_until(lambda: handled_ids(record_dir), lambda ids: job_id in ids, 10,
+               f"the re-sent job {job_id} handled")  # fmt: skip
+    listed = each[1].get("/dashboard/data")[2]["dead_letters"]
+    assert [(r["id"], r.get("resent_as")) for r in listed] == [(old, job_id)], listed
+    assert handled_ids(record_dir)[job_id] == 1
+
+
 # -- the page in a real browser -----------------------------------------------------
 
 

@@ -16,7 +16,13 @@ import pytest
 from greenpipe.curve import write_keypair
 from greenpipe.testing import start_worker as spawn_worker
 from tests.faults.harness import Netns, NetnsUnavailable
-from tests.support import Load, handled_ids, job_seq, poll_until, read_records
+from tests.support import (
+    Load,
+    assert_round_robin_order,
+    handled_ids,
+    poll_until,
+    read_records,
+)
 
 
 @pytest.fixture
@@ -56,15 +62,12 @@ def test_workers_on_three_hosts_with_curve(hosts, procs, record_dir, start_web,
     web = start_web([address for _, address in workers], heartbeat=0.2,
                     heartbeat_timeout=1, curve_secret=keys / "web.key_secret",
                     curve_server=keys / "worker.key")  # fmt: skip
-    for i in range(30):
-        assert web.post("/jobs", {"n": i})[0] == 202
+    ids = [web.post("/jobs", {"n": i})[2]["id"] for i in range(30)]  # in order
     web.wait_settled()
-    ports = {address.rsplit(":", 1)[1]: i for i, (_, address) in enumerate(workers)}
+    ports = [address.rsplit(":", 1)[1] for _, address in workers]
     records = read_records(record_dir)
     assert sum(len(v) for v in records.values()) == 30
-    for port, entries in records.items():
-        for job_id, _ in entries:
-            assert (job_seq(job_id) - 1) % 3 == ports[port], "exact round-robin"
+    assert_round_robin_order(record_dir, ports, ids)  # exact round-robin
 
     load = Load(web.port, total=1500, concurrency=20, payload={"sleep": 0.01})
     poll_until(web.stats, lambda s: s["acked"] >= 200, 30, "200 acknowledged")

@@ -147,7 +147,7 @@ def test_one_word_for_each_state_of_a_job():
 
 def test_metrics_in_inline_mode_answer_the_inline_figures():
     """Defect 2 of issue 18: /metrics raised AttributeError in inline mode."""
-    app, _ = _inline_app()
+    app, _ = _inline_app(GREENPIPE_OPS_ROUTES=True)  # the operator's: opted in
     client = app.test_client()
     client.post("/double")
     client.post("/boom")
@@ -280,7 +280,7 @@ def test_job_status_through_its_life_and_404(start_worker, start_web):
     worker = start_worker()
     web = start_web([worker])
     status, _, body = web.post("/jobs", {"sleep": 0.5, "result": {"n": 1}})
-    assert status == 202 and len(body["id"]) == len("0123abcd-") + 10
+    assert status == 202 and len(body["id"]) == len("0123abcd-") + 32
     seen = web.get(f"/jobs/{body['id']}")[2]
     assert seen["status"] in ("queued", "in_flight"), seen
     done = poll_until(lambda: web.get(f"/jobs/{body['id']}")[2],

@@ -164,7 +164,7 @@ def test_a_journal_under_pytest_stays_out_of_the_working_directory(
 
 
 def test_the_dashboard_in_inline_mode_says_why_there_is_none():
-    app, _ = _user_app(json=False)
+    app, _ = _user_app(json=False, GREENPIPE_OPS_ROUTES=True)
     resp = app.test_client().get("/dashboard")
     assert resp.status_code == 404
     body = resp.get_json()

@@ -5,7 +5,8 @@
 POST /signup {"email": ...}                      -> welcome_email job, 202 {"id"}
 POST /images {"name": ..., "width":, "height":}  -> resize_image job, 202 {"id"}
 POST /images?wait=5                              -> waits for the thumbnail
-GET  /jobs/<id>, /healthz, /stats                -> from greenpipe (GREENPIPE_PREFIX)
+GET  /jobs/<id>, /healthz                        -> from greenpipe (GREENPIPE_PREFIX)
+GET  /stats, /metrics, /dashboard                -> on --ops-port only (OPS_PORT)
 """
 
 from gevent import monkey

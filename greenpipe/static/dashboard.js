@@ -142,6 +142,7 @@ function showDead(d) {
     if (old) { row.insertCell().appendChild(old); continue; }
     const button = document.createElement("button");
     button.textContent = "re-send";
+    if (r.resent_as) button.title = `re-sent already, as ${r.resent_as}: a click answers that job`;
     button.dataset.id = r.id;
     button.onclick = () => resend(r.id, button);
     row.insertCell().appendChild(button);

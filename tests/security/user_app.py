@@ -4,7 +4,8 @@ second target (the first is web.py, the third gunicorn serving web.py).
     python -m tests.security.user_app --port 0 --workers 127.0.0.1:4444
 
 GET / and POST /jobs push one job each, made by the app's own views (not
-greenpipe's forwarding blueprint); /stats comes from the extension.
+greenpipe's forwarding blueprint); /stats comes from the extension (opted in:
+GREENPIPE_OPS_ROUTES, as web.py).
 """
 
 from gevent import monkey
@@ -16,7 +17,7 @@ from flask import Flask, request  # noqa: E402
 from greenpipe import Greenpipe, json_errors, serve  # noqa: E402
 
 app = Flask(__name__)
-pipe = Greenpipe(app)
+pipe = Greenpipe(app, ops_routes=True)  # the suite counts jobs by /stats
 json_errors(app)
 
 
