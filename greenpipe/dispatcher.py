@@ -180,7 +180,8 @@ class Dispatcher:
         self._closed = True
         self._draining = True
         self.hear()  # acknowledgements read before the close still count
-        self.admission.close()
+        self.admission.close()  # may wait for a group's sync: the readers go on
+        self.hear()  # and what they read meanwhile counts too (nothing yields now)
         self.fleet.close()
         if self._greenlet is not None:
             self._greenlet.kill(block=False)

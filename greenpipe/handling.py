@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,8 +99,12 @@ class Policy:
                 "(a year, the most MAX_DELAY may be; a retry beyond the web's "
                 "MAX_DELAY is refused, not run early)"
             )
-        if self.timeout is not None and not self.timeout > 0:
-            raise ValueError(f"timeout={self.timeout!r}: seconds > 0, or None")
+        if self.timeout is not None and not 0 < self.timeout < math.inf:
+            # inf would be announced in READY, which the web refuses: a limit the
+            # web's backstop can follow, or None for JOB_TIMEOUT's
+            raise ValueError(
+                f"timeout={self.timeout!r}: finite seconds > 0, or None (JOB_TIMEOUT)"
+            )
         for kind in self.retry_on:
             if not (isinstance(kind, type) and issubclass(kind, BaseException)):
                 raise TypeError(f"retry_on: {kind!r} is not an exception class")

@@ -14,10 +14,12 @@ import gevent
 import gevent.event
 import pytest
 
+from greenpipe import protocol
 from greenpipe.admission import IdempotencyKeys, check_key
 from greenpipe.errors import Unavailable
 from greenpipe.jobs import Envelope
-from greenpipe.journal import JournalError
+from greenpipe.journal import JournalError, tail
+from tests.journal_support import reopened
 from tests.test_core import Clock, ack, make, ready
 
 pytestmark = pytest.mark.inprocess  # make test-fast
@@ -249,3 +251,51 @@ def test_acks_received_before_a_clean_close_during_a_sync_are_kept(
     replayed = [job.id for job in journal.open().jobs]
     journal.close()
     assert done.value.id not in replayed, "acknowledged, replayed after a clean stop"
+
+
+def test_an_ack_read_while_close_waits_for_a_group_still_counts(tmp_path, monkeypatch):
+    """Review of issue 29: acks read while close() waits for a batch sync were
+    left in the link unapplied, then cleared with it: the job ran again after
+    the restart."""
+    clock = Clock()
+    journal = tmp_path / "journal"
+    d = make(clock, workers="127.0.0.1:1", journal_dir=journal, journal_sync="batch")
+    d.start()
+    link = d.links[0]
+    ready(d, link)
+    firsts = [
+        gevent.spawn(d.submit, Envelope.new(b"POST", b"/", b"", b"", b"{}"))
+        for _ in range(2)
+    ]
+    gevent.sleep(0)
+    d.flush()
+    a, b = [g.get(timeout=5) for g in firsts]
+    d.flush()
+    assert a.key in link.jobs and b.key in link.jobs  # A and B sent to the worker
+    # A second job's group is being synced when the web stops: the sync is slow.
+    gate = gevent.event.Event()
+    real = tail._offload
+
+    def slow(call, *args):
+        gate.wait(5)
+        return real(call, *args)
+
+    monkeypatch.setattr(tail, "_offload", slow)
+    second = gevent.spawn(d.submit, Envelope.new(b"POST", b"/", b"", b"", b"{}"))
+    gevent.sleep(0)
+    d.flush()  # the writer greenlet is in fdatasync
+    closing = gevent.spawn(d.close)
+    gevent.sleep(0)  # close() heard nothing, and waits for the group
+    # The worker acknowledges A, then B, in two messages: the reader reads each
+    # and posts the link; the dispatcher greenlet still runs one more turn.
+    link._unread.append(protocol.encode_acks([a.key]))
+    d.inbox.post(link)
+    gevent.sleep(0)
+    link._unread.append(protocol.encode_acks([b.key]))
+    d.inbox.post(link)
+    gevent.sleep(0)
+    gate.set()
+    closing.get(timeout=5)
+    second.join(timeout=5)
+    ids, _ = reopened(journal)
+    assert b.id not in ids, "B's ACK was read before the sockets closed"

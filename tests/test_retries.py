@@ -10,6 +10,7 @@ time limit, a running job cancelled.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 
@@ -526,3 +527,22 @@ def test_a_job_lost_after_a_retry_says_its_run_and_delivery_apart(clock):
     record = d.status(job.id)
     assert record["status"] == "dead", record
     assert "run 2, delivery 3 of 3 (MAX_DELIVERIES)" in record["reason"], record
+
+
+@pytest.mark.parametrize("timeout", [math.inf, math.nan, -1.0, 0.0])
+def test_a_timeout_must_be_finite_seconds_the_web_can_follow(timeout):
+    """Review of issue 30: timeout=inf was accepted, announced in READY, and the
+    web refused that READY as malformed: the worker never joined, every push
+    got a 503. Refused where it is declared, naming the value."""
+    with pytest.raises(ValueError, match=r"timeout=.*: finite seconds > 0, or None"):
+        Policy(timeout=timeout)
+    with pytest.raises(ValueError, match=r"finite seconds > 0"):
+        Handlers().job("forever", timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", [1e-3, 0.5, 8, 86400.0, 1e12])
+def test_every_timeout_a_policy_accepts_travels_in_ready(timeout):
+    """What a worker may announce, the web reads back: no READY is malformed."""
+    Policy(timeout=timeout)
+    frames = protocol.encode_ready(10, 1 << 20, "w", limits={"job": timeout})
+    assert protocol.decode_limits(frames) == {b"job": timeout}
