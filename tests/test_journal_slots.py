@@ -5,6 +5,7 @@ during the adoption too. A real `Journal` on tmp_path, one process.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,31 @@ def test_a_crash_during_adoption_then_two_webs_starting_together_run_jobs_twice(
     second.close()
     twice = set(first_ids) & set(second_ids)
     assert not twice, f"replayed by both webs: {sorted(twice)}"
+
+
+# -- issues 30-31: adoption while running, a journal that knows its web ----------
+
+
+def test_a_running_process_adopts_a_slot_freed_after_its_start(tmp_path):
+    """Issue 30 #8: orphans were adopted only at open; a rolling restart's last
+    old process left its waiting jobs in a free slot no process took."""
+    alive, stopping = Journal(str(tmp_path)), Journal(str(tmp_path))
+    alive.open()
+    stopping.open()
+    waiting = make_named_jobs(3)
+    for job in waiting:
+        job.not_before = time.time() + 60
+    stopping.append_jobs(waiting, [("k-0", time.time()), ("", 0.0), ("", 0.0)])
+    assert not alive.adopt().adopted, "slot 1 is held: nothing to adopt"
+    stopping.close()  # a clean stop with jobs still waiting
+    replay = alive.adopt()
+    assert replay.adopted == [1]
+    assert sorted(job.id for job in replay.jobs) == ["t-0000", "t-0001", "t-0002"]
+    assert all(job.not_before > time.time() + 50 for job in replay.jobs), "waits on"
+    assert replay.keys["k-0"][0] == "t-0000"
+    assert not list((tmp_path / "slot-1").glob("seg-*")), "now owed by slot 0"
+    assert not alive.adopt().adopted, "once"
+    alive.acked(replay.jobs[:1])
+    alive.close()
+    ids, keys = reopened(tmp_path)
+    assert ids == ["t-0001", "t-0002"] and keys["k-0"][0] == "t-0000"

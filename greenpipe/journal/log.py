@@ -166,6 +166,46 @@ class Journal:
         self._opening = False
         return replay
 
+    def adopt(self) -> Replay:
+        """Adopt the slots whose lock freed while this process runs, as `open` does.
+
+        Their owed jobs are carried into this slot (synced in batch mode) and
+        their files removed; the jobs and keys are returned, to be queued.
+        Nothing while a group is being written (call it between groups).
+        Raises OSError if the carry cannot be written: the folders, renamed
+        ``adopted-...-by-<slot>``, are tried again at the next call.
+        """
+        replay = Replay()
+        if self._tail.busy or self._tail.fd < 0:
+            return replay
+        orphans = self._slots.orphans(self.slot)
+        if not orphans and not self._slots.adoptions(self.slot):
+            return replay
+        try:
+            sources = self._slots.adopt(self.slot, [slot for slot, _ in orphans])
+            theirs = Found()
+            for folder in sources:
+                self._reader.read_slot(folder, theirs, replay)
+            mine = {i for segment in self._tail.segments.values() for i in segment.owed}
+            adopted = [e for e in owed(Found(), theirs, replay) if e.job.id not in mine]
+            self._carry(adopted)
+            live = self._live_keys() if self._live_keys is not None else {}
+            compaction.write_keys(self.path, {**self._own_keys, **replay.keys,
+                                  **live}, (), self.sync == "batch")  # fmt: skip
+        finally:
+            for _, fd in orphans:
+                os.close(fd)
+            if self._urgent:  # a LATER or a cancel came during the carry
+                self._urgent = False
+                self.flush_acks()
+        for folder in sources:
+            self._slots.remove_slot(folder)
+        if self._live_keys is None:
+            self._own_keys.update(replay.keys)
+        replay.jobs = [entry.job for entry in adopted]
+        replay.adopted = [slot for slot, _ in orphans]
+        return replay
+
     # -- writing --------------------------------------------------------------
 
     def append_jobs(

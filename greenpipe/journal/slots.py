@@ -97,15 +97,28 @@ class Slots:
         The locks are held until the adoption is done (then closed by the caller).
         """
         orphans = []
-        for other in range(MAX_SLOTS):
-            if other == own:
-                continue
+        for other in self._named(own):
             if not self.holds_jobs(self.slot_dir(other)) and not self.adoptions(other):
                 continue
             fd = self.lock(other)
             if fd >= 0:  # no live process holds it: an orphan
                 orphans.append((other, fd))
         return orphans
+
+    def _named(self, own: int) -> list[int]:
+        """The slots other than `own` that a folder names (one listing: each tick)."""
+        numbers = set()
+        for name in os.listdir(self.directory):
+            if name.startswith("slot-") and not name.endswith(".lock"):
+                number = name[len("slot-") :]
+            elif name.startswith("adopted-") and "-by-" in name:
+                number = name.rsplit("-by-", 1)[1]
+            else:
+                continue
+            if number.isdigit() and int(number) < MAX_SLOTS:
+                numbers.add(int(number))
+        numbers.discard(own)
+        return sorted(numbers)
 
     def adopt(self, own: int, orphans: list[int]) -> list[str]:
         """Rename what slot `own` adopts (synced); the folders to read, then remove.

@@ -1,0 +1,93 @@
+"""Journal slots adopted while running (issue 30). Real processes:
+WEB_PROCESSES, gunicorn.
+
+Jobs wait (``Greenpipe-Delay``) across a rolling restart; the workers'
+records say whether each ran.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import signal
+import time
+from pathlib import Path
+
+from greenpipe.testing import Proc, Web
+from tests.support import PYTHON, handled_ids, poll_until
+
+
+def _post_delayed(web: Web, count: int, delay: float) -> list[str]:
+    """`count` jobs waiting `delay` s, each on a new connection (spread by the kernel)."""
+    ids = []
+    for i in range(count):
+        code, _, body = web.post("/jobs", {"n": i},
+                                 headers={"Greenpipe-Delay": f"{delay:g}"})  # fmt: skip
+        assert code == 202, (code, body)
+        ids.append(body["id"])
+    prefixes = {job_id.rsplit("-", 1)[0] for job_id in ids}
+    assert len(prefixes) == 2, f"both processes took jobs (p 2**-{count - 1}): {ids}"
+    return ids
+
+
+def _all_run(record_dir, ids: list[str], by: float, what: str) -> None:
+    """Wait until the workers' records hold every one of `ids`, until `by`."""
+    poll_until(lambda: set(ids) - handled_ids(record_dir).keys(),
+               lambda missing: not missing, max(by - time.monotonic(), 1.0), what)  # fmt: skip
+
+
+def _unheld_with_segments(journal: Path) -> list[str]:
+    """Slot folders holding segments whose lock no process holds: owed, unheld."""
+    unheld = []
+    for folder in journal.glob("slot-*"):
+        if folder.is_dir() and list(folder.glob("seg-*")):
+            with open(journal / f"{folder.name}.lock", "rb") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # held: a running process owns it
+                unheld.append(folder.name)
+    return unheld
+
+
+def test_a_rolling_restart_leaves_no_waiting_job_behind(
+    start_worker, start_web, record_dir, tmp_path
+):
+    """Issue 30 #8: the last old process's waiting jobs sat in a free slot, unrun."""
+    delay = 12.0
+    web = start_web([start_worker()], web_processes=2, drain_timeout=0.5)
+    ids = _post_delayed(web, 20, delay)
+    due = time.monotonic() + delay
+    web.proc.signal(signal.SIGUSR2)
+    web.proc.expect(r"rolling restart done in ([\d.]+) s", 20)
+    assert time.monotonic() < due - 1, "the restart outlasted the delay: raise it"
+    _all_run(record_dir, ids, due + 10, "every waiting job run after the restart")
+    assert not _unheld_with_segments(tmp_path / "journal")
+
+
+def test_gunicorns_reload_leaves_no_waiting_job_behind(
+    start_worker, procs, record_dir, tmp_path
+):
+    """gunicorn's HUP starts new workers before the old ones stop: same as #8."""
+    delay = 8.0
+    worker = start_worker()
+    # The old workers drain for DRAIN_TIMEOUT (their jobs wait): the new ones
+    # open their journals meanwhile, while the old still hold their slots.
+    env = {"WORKERS": worker.address, "DRAIN_TIMEOUT": "3",
+           "JOURNAL_DIR": str(tmp_path / "journal"),
+           "DEAD_LETTER": str(tmp_path / "dead.jsonl")}  # fmt: skip
+    gunicorn = Proc("gunicorn", [PYTHON, "-m", "gunicorn", "-c", "python:greenpipe.gunicorn",
+                                 "-w", "2", "-b", "127.0.0.1:0", "web:app"], env=env)  # fmt: skip
+    procs.append(gunicorn)
+    port = int(gunicorn.expect(r"Listening at: http://127\.0\.0\.1:(\d+)", 20)[1])
+    gunicorn.expect("barrier met", 20, times=2)
+    web = Web(gunicorn, port)
+    ids = _post_delayed(web, 20, delay)
+    due = time.monotonic() + delay
+    # Jobs in flight hold each old worker in its drain while the new ones open
+    # their journals (else the order is a race the old code sometimes won).
+    busy = [web.post("/jobs", {"sleep": 2.5})[2]["id"] for _ in range(8)]
+    gunicorn.signal(signal.SIGHUP)
+    gunicorn.expect("barrier met", 20, times=4)  # the new two serve
+    gunicorn.expect(r"jobs unacknowledged at exit", 20, times=2)  # the old two
+    assert time.monotonic() < due - 1, "the reload outlasted the delay: raise it"
+    _all_run(record_dir, ids + busy, due + 10, "every job run after the reload")
