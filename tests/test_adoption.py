@@ -1,14 +1,17 @@
-"""Journal slots adopted while running (issue 30). Real processes:
-WEB_PROCESSES, gunicorn.
+"""Journal slots adopted while running, lookups after a crash (issue 30).
+Real processes: WEB_PROCESSES, gunicorn, kill -9.
 
-Jobs wait (``Greenpipe-Delay``) across a rolling restart; the workers'
-records say whether each ran.
+Jobs wait (``Greenpipe-Delay``) across a rolling restart or a crash; the
+workers' records say whether each ran, and a sentinel job due after a
+cancelled one says when the cancelled one's time has passed.
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -91,3 +94,50 @@ def test_gunicorns_reload_leaves_no_waiting_job_behind(
     gunicorn.expect(r"jobs unacknowledged at exit", 20, times=2)  # the old two
     assert time.monotonic() < due - 1, "the reload outlasted the delay: raise it"
     _all_run(record_dir, ids + busy, due + 10, "every job run after the reload")
+
+
+def _ports_in_a_row() -> int:
+    """A port P such that P and P + 1 are free now (each process's OPS_PORT)."""
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            base = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", base + 1))
+            except OSError:
+                continue
+            return base
+    raise AssertionError("no two free ports in a row in 50 tries")
+
+
+def test_after_kill_9_every_process_answers_and_cancels_the_dead_ones_jobs(
+    start_worker, start_web, record_dir
+):
+    """Issue 30 #4: the sibling answered 404 for a replayed job, and refused its
+    cancel; the job then ran at its time."""
+    delay = 10.0
+    ops = _ports_in_a_row()
+    web = start_web([start_worker()], web_processes=2, ops_port=ops)
+    first, second = Web(web.proc, ops), Web(web.proc, ops + 1)
+    code, _, body = first.post("/jobs", {"n": 1},
+                               headers={"Greenpipe-Delay": f"{delay:g}"})  # fmt: skip
+    assert code == 202, body
+    job_id, due = body["id"], time.monotonic() + delay
+    os.kill(first.stats()["pid"], signal.SIGKILL)
+    web.proc.expect(r"process 0 \(pid \d+\) serving", 20, times=2)  # its newcomer
+    assert time.monotonic() < due - 2, "the restart outlasted the delay: raise it"
+    seen = [web.get(f"/jobs/{job_id}") for _ in range(20)]  # either process
+    assert [s[0] for s in seen] == [200] * 20, [(s[0], s[2]) for s in seen]
+    assert {s[2]["status"] for s in seen} == {"scheduled"}, seen[0]
+    code, _, found = second.get(f"/jobs/{job_id}")
+    assert code == 200 and found["status"] == "scheduled", (code, found)
+    code, _, found = second.request("DELETE", f"/jobs/{job_id}",
+                                    headers={"X-Greenpipe-Action": "cancel"})  # fmt: skip
+    assert code == 200 and found["status"] == "cancelled", (code, found)
+    sentinel = first.post("/jobs", {"n": 2},
+                          headers={"Greenpipe-Delay": f"{delay + 1:g}"})[2]["id"]  # fmt: skip
+    _all_run(record_dir, [sentinel], due + 12, "the sentinel due after the cancelled")
+    assert job_id not in handled_ids(record_dir), "a cancelled job ran"
+    for _ in range(6):
+        code, _, found = web.get(f"/jobs/{job_id}")
+        assert code == 200 and found["status"] == "cancelled", (code, found)
