@@ -33,6 +33,7 @@ from greenpipe.finished import FinishedJobs
 from greenpipe.fleet import Fleet, LinkFactory
 from greenpipe.jobs import Envelope, Outcome, Status
 from greenpipe.journal import Journal, Replay
+from greenpipe.journal.slots import Identity
 from greenpipe.link import Event, Happened, Inbox, Link
 from greenpipe.queues import Queues
 from greenpipe.settlement import Settlement
@@ -82,6 +83,8 @@ class Dispatcher:
                 settings.journal_sync,
                 settings.journal_corrupt,
                 keys=keys.live,  # the keys file holds the keys in their window
+                identity=identity(settings),
+                takeover=settings.journal_takeover,
             )
         self.queues = Queues(clock)
         self._fresh, self._retry = self.queues.fresh, self.queues.retry
@@ -515,3 +518,12 @@ class Dispatcher:
 
     def stats(self) -> dict:
         return self.snapshot().stats()
+
+
+def identity(settings: PipeSettings) -> Identity:
+    """The web a journal belongs to, from its configured workers (see `Identity`)."""
+    return Identity(
+        tuple(sorted(str(endpoint) for endpoint in settings.workers)),
+        os.path.abspath(settings.workers_file) if settings.workers_file else "",
+        bool(settings.curve_server),
+    )

@@ -1,5 +1,5 @@
-"""Journal slots adopted while running, lookups after a crash (issue 30).
-Real processes: WEB_PROCESSES, gunicorn, kill -9.
+"""Journal slots adopted while running, lookups after a crash, a journal that
+knows its web (issues 30-31). Real processes: WEB_PROCESSES, gunicorn, kill -9.
 
 Jobs wait (``Greenpipe-Delay``) across a rolling restart or a crash; the
 workers' records say whether each ran, and a sentinel job due after a
@@ -15,7 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-from greenpipe.testing import Proc, Web
+from greenpipe.testing import Proc, Web, entry, flags
 from tests.support import PYTHON, handled_ids, poll_until
 
 
@@ -141,3 +141,28 @@ def test_after_kill_9_every_process_answers_and_cancels_the_dead_ones_jobs(
     for _ in range(6):
         code, _, found = web.get(f"/jobs/{job_id}")
         assert code == 200 and found["status"] == "cancelled", (code, found)
+
+
+def test_another_web_in_the_same_folder_is_refused_the_journal(
+    start_worker, start_web, procs, record_dir, tmp_path
+):
+    """Issue 31 #9: a web with other workers and no CURVE replayed another's jobs."""
+    journal = tmp_path / "journal"
+    first = start_web([start_worker()], journal_dir=journal, drain_timeout=0.2)
+    first.post("/jobs", {"n": 1}, headers={"Greenpipe-Delay": "3600"})
+    first.proc.signal(signal.SIGTERM)
+    assert first.proc.wait_exit(10) == 0, first.proc.tail()
+    first.proc.expect(r"1 jobs unacknowledged at stop stay in")
+    other = start_worker()
+    stranger = Proc("web", [*entry("web"), *flags({
+        "port": 0, "workers": other.address, "journal_dir": journal,
+        "dead_letter": tmp_path / "dead2.jsonl"})])  # fmt: skip
+    procs.append(stranger)
+    stranger.expected_exit = 2
+    assert stranger.wait_exit(15) == 2, stranger.tail()
+    line = stranger.expect(r"JOURNAL_DIR: .* is the journal of another web.*")[0]
+    assert "127.0.0.1" in line and other.address.split(":")[1] in line, line
+    assert "JOURNAL_TAKEOVER=true" in line and "its own JOURNAL_DIR" in line, line
+    taker = start_web([other], journal_dir=journal, journal_takeover=True)
+    taker.proc.expect(r"taken over \(JOURNAL_TAKEOVER\)")
+    assert taker.stats()["waiting"] == 1, "the other web's job, now this one's"

@@ -188,3 +188,53 @@ def test_a_running_process_adopts_a_slot_freed_after_its_start(tmp_path):
     alive.close()
     ids, keys = reopened(tmp_path)
     assert ids == ["t-0001", "t-0002"] and keys["k-0"][0] == "t-0000"
+
+
+def test_nothing_owed_is_adopted_without_a_warning(tmp_path, caplog):
+    """Issue 31: clean restarts logged "adopted slots 1 (0 owed)" as a WARNING."""
+    alive, other = Journal(str(tmp_path)), Journal(str(tmp_path))
+    alive.open()
+    other.open()
+    jobs = make_named_jobs(1)
+    other.append_jobs(jobs, [("k", time.time())])
+    other.acked(jobs)
+    other.close()
+    alive.close()
+    with caplog.at_level("INFO", logger="greenpipe.journal"):
+        heir = Journal(str(tmp_path))
+        assert heir.open().adopted == [1]
+        heir.close()
+    adopted = [r for r in caplog.records if "adopted slots" in r.getMessage()]
+    assert adopted and all(r.levelname == "INFO" for r in adopted), [
+        (r.levelname, r.getMessage()) for r in caplog.records
+    ]
+
+
+def test_a_journal_is_refused_to_another_web_and_kept_across_worker_changes(
+    tmp_path,
+):
+    """Issue 31 #9: another web (other workers, no CURVE) adopted 603 owed jobs."""
+    from greenpipe.journal.slots import Identity
+
+    ours = Identity(("tcp://127.0.0.1:4444", "tcp://127.0.0.1:4445"), "", True)
+    first = Journal(str(tmp_path), identity=ours)
+    first.open()
+    first.append_jobs(make_named_jobs(2))
+    first.close()
+    stranger = Identity(("tcp://127.0.0.1:5555",), "", False)
+    with pytest.raises(ConfigError) as refused:
+        Journal(str(tmp_path), identity=stranger).open()
+    said = str(refused.value)
+    assert "127.0.0.1:4445" in said and "127.0.0.1:5555" in said, said
+    assert "CURVE on" in said and "CURVE off" in said, said
+    assert "JOURNAL_TAKEOVER=true" in said and "its own JOURNAL_DIR" in said, said
+    # One worker added, one removed across a restart: the same web.
+    grown = Identity(("tcp://127.0.0.1:4445", "tcp://127.0.0.1:4446"), "", True)
+    assert reopened(tmp_path, identity=grown)[0] == ["t-0000", "t-0001"]
+    # WORKERS_FILE: its content changes (SIGHUP), its path names the web.
+    filed = Identity(("tcp://10.0.0.9:4444",), "/etc/w", True)
+    with pytest.raises(ConfigError):
+        reopened(tmp_path, identity=filed)
+    assert reopened(tmp_path, identity=filed, takeover=True)[0] == ["t-0000", "t-0001"]
+    moved = Identity(("tcp://10.0.0.7:4444",), "/etc/w", True)
+    assert reopened(tmp_path, identity=moved)[0] == ["t-0000", "t-0001"]

@@ -51,7 +51,7 @@ from greenpipe.journal.segments import (
     encode_sent,
     record,
 )
-from greenpipe.journal.slots import Slots, segment_name
+from greenpipe.journal.slots import Identity, Slots, segment_name
 from greenpipe.journal.tail import Tail
 
 log = logging.getLogger("greenpipe.journal")
@@ -74,6 +74,8 @@ class Journal:
         sync: str = "none",
         corrupt: str = "salvage",
         keys: Callable[[], Keys] | None = None,
+        identity: Identity | None = None,
+        takeover: bool = False,
     ) -> None:
         if sync not in SYNC_MODES:
             raise ConfigError(f"JOURNAL_SYNC: expected none or batch, got {sync!r}")
@@ -81,6 +83,7 @@ class Journal:
         self.sync = sync
         self.corrupt = corrupt
         self._slots = Slots(self.directory)
+        self.identity, self.takeover = identity, takeover  # whose journal (web.json)
         self._reader = Reader(corrupt, sync)
         self._compaction = compaction.Compaction()
         self.slot = -1
@@ -130,6 +133,8 @@ class Journal:
                 f"JOURNAL_DIR: cannot create {self.directory!r} ({exc}); give a "
                 "writable directory, or JOURNAL_DIR=off to run without a journal"
             ) from None
+        if self.identity is not None:  # another web's journal: refused
+            self._slots.claim(self.identity, self.takeover)
         self.slot, self._lock_fd = self._slots.take()
         self.path = self._slots.slot_dir(self.slot)
         os.makedirs(self.path, exist_ok=True)
@@ -160,7 +165,8 @@ class Journal:
             replay.adopted.append(other)
         if orphans:
             slots = ", ".join(str(slot) for slot, _ in orphans)
-            log.warning("journal: adopted slots %s (%d owed)", slots, len(adopted))
+            said = log.warning if adopted else log.info  # nothing owed: no alarm
+            said("journal: adopted slots %s (%d owed)", slots, len(adopted))
         if self._live_keys is not None:
             self._own_keys = {}
         self._opening = False
