@@ -238,3 +238,23 @@ def test_a_journal_is_refused_to_another_web_and_kept_across_worker_changes(
     assert reopened(tmp_path, identity=filed, takeover=True)[0] == ["t-0000", "t-0001"]
     moved = Identity(("tcp://10.0.0.7:4444",), "/etc/w", True)
     assert reopened(tmp_path, identity=moved)[0] == ["t-0000", "t-0001"]
+
+
+def test_a_leftover_adopted_folder_without_jobs_is_not_adopted_each_tick(
+    tmp_path, monkeypatch
+):
+    """A folder that could not be removed (a damaged segment moved aside in it)
+    must not be read, nor the keys file rewritten, at every heartbeat."""
+    from greenpipe.journal import compaction
+
+    alive = Journal(str(tmp_path))
+    alive.open()
+    leftover = tmp_path / f"adopted-slot-1.1-by-{alive.slot}"
+    leftover.mkdir()
+    (leftover / "seg-00000001.log.damaged-1").write_bytes(b"x")
+    rewrites = []
+    monkeypatch.setattr(compaction, "write_keys", lambda *a: rewrites.append(a))
+    for _ in range(3):
+        assert not alive.adopt().adopted
+    assert not rewrites, "nothing to adopt: nothing written"
+    alive.close()

@@ -185,8 +185,9 @@ class Journal:
         if self._tail.busy or self._tail.fd < 0:
             return replay
         orphans = self._slots.orphans(self.slot)
-        if not orphans and not self._slots.adoptions(self.slot):
-            return replay
+        left = self._slots.adoptions(self.slot)  # a carry that failed: again
+        if not orphans and not any(map(self._slots.holds_jobs, left)):
+            return replay  # (a folder kept only for a file moved aside: not)
         try:
             sources = self._slots.adopt(self.slot, [slot for slot, _ in orphans])
             theirs = Found()
