@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from greenpipe.testing import Proc, Web, entry, flags
-from tests.support import PYTHON, handled_ids, poll_until
+from tests.support import handled_ids, poll_until
 
 
 def _post_delayed(web: Web, count: int, delay: float) -> list[str]:
@@ -68,20 +68,14 @@ def test_a_rolling_restart_leaves_no_waiting_job_behind(
 
 
 def test_gunicorns_reload_leaves_no_waiting_job_behind(
-    start_worker, procs, record_dir, tmp_path
+    start_worker, start_gunicorn, record_dir
 ):
     """gunicorn's HUP starts new workers before the old ones stop: same as #8."""
     delay = 8.0
     worker = start_worker()
     # The old workers drain for DRAIN_TIMEOUT (their jobs wait): the new ones
     # open their journals meanwhile, while the old still hold their slots.
-    env = {"WORKERS": worker.address, "DRAIN_TIMEOUT": "3",
-           "JOURNAL_DIR": str(tmp_path / "journal"),
-           "DEAD_LETTER": str(tmp_path / "dead.jsonl")}  # fmt: skip
-    gunicorn = Proc("gunicorn", [PYTHON, "-m", "gunicorn", "-c", "python:greenpipe.gunicorn",
-                                 "-w", "2", "-b", "127.0.0.1:0", "web:app"], env=env)  # fmt: skip
-    procs.append(gunicorn)
-    port = int(gunicorn.expect(r"Listening at: http://127\.0\.0\.1:(\d+)", 20)[1])
+    gunicorn, port = start_gunicorn([worker], DRAIN_TIMEOUT="3")
     gunicorn.expect("barrier met", 20, times=2)
     web = Web(gunicorn, port)
     ids = _post_delayed(web, 20, delay)
