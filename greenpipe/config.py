@@ -174,6 +174,11 @@ class PipeSettings:
         values.choice("salvage", "refuse"),
         "a damaged journal segment: replay what can be read, or refuse to start",
     )
+    journal_takeover: bool = setting(
+        False,
+        values.flag,
+        "replay a JOURNAL_DIR another web left (other workers, or CURVE) here",
+    )
     idempotency_ttl: float = setting(
         3600.0, values.seconds, "seconds an Idempotency-Key maps to its first job"
     )

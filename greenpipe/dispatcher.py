@@ -32,7 +32,8 @@ from greenpipe.errors import LinkError, Unavailable
 from greenpipe.finished import FinishedJobs
 from greenpipe.fleet import Fleet, LinkFactory
 from greenpipe.jobs import Envelope, Outcome, Status
-from greenpipe.journal import Journal
+from greenpipe.journal import Journal, Replay
+from greenpipe.journal.slots import Identity
 from greenpipe.link import Event, Happened, Inbox, Link
 from greenpipe.queues import Queues
 from greenpipe.settlement import Settlement
@@ -82,6 +83,8 @@ class Dispatcher:
                 settings.journal_sync,
                 settings.journal_corrupt,
                 keys=keys.live,  # the keys file holds the keys in their window
+                identity=identity(settings),
+                takeover=settings.journal_takeover,
             )
         self.queues = Queues(clock)
         self._fresh, self._retry = self.queues.fresh, self.queues.retry
@@ -119,15 +122,8 @@ class Dispatcher:
         """
         if self.journal is not None:
             replay = self.journal.open()
-            now, wall = self._clock(), time.time()
-            for job in replay.jobs:
-                job.accepted_at = now  # for the latency histogram
-                if job.not_before > wall:  # a retry waiting out its backoff
-                    self.later.add(job)
-                else:
-                    self._fresh.append(job)
+            self._replay(replay)
             self.admission.keys.load(replay.keys)
-            self.books.replayed = len(replay.jobs)
             log.info(
                 "journal: %s (slot %d, sync %s): replaying %d jobs owed%s",
                 self.journal.path,
@@ -139,6 +135,43 @@ class Dispatcher:
         self._hold_until = self._clock() + self.settings.ready_timeout
         self.fleet.open()
         self._greenlet = gevent.spawn(self._run)
+
+    def _replay(self, replay: Replay) -> None:
+        """Queue what a journal owed: due jobs now, waiting ones at their time."""
+        now, wall = self._clock(), time.time()
+        for job in replay.jobs:
+            job.accepted_at = now  # for the latency histogram
+            if job.not_before > wall:  # a delay or a retry's backoff to wait out
+                self.later.add(job)
+            else:
+                self._fresh.append(job)
+        self.books.replayed += len(replay.jobs)
+
+    def adopt(self) -> None:
+        """Adopt the journal slots whose process stopped or died (each tick).
+
+        A sibling that stops (a rolling restart, gunicorn's reload) or dies
+        leaves its slot's waiting jobs owed and its lock free; a process that
+        runs takes them over here, between group commits, not only at its start.
+        """
+        journal = self.journal
+        if journal is None or self._draining or self.admission.in_commit():
+            return
+        try:
+            replay = journal.adopt()
+        except OSError as exc:
+            self._throttle.warning("adopt", "journal: cannot adopt an orphaned "
+                                   "slot into %s (%s); trying again", journal.path,
+                                   exc)  # fmt: skip
+            return
+        if not replay.adopted:
+            return
+        self._replay(replay)
+        self.admission.keys.load({**replay.keys, **self.admission.keys.live()})
+        said = log.warning if replay.jobs else log.info
+        said("journal: adopted slots %s while running: %d jobs owed, replaying them",
+             replay.adopted, len(replay.jobs))  # fmt: skip
+        self._wake.set()
 
     def drain(self, timeout: float) -> int:
         """Wait up to `timeout` s until every accepted job is acknowledged.
@@ -326,6 +359,7 @@ class Dispatcher:
         """Every HEARTBEAT: greet, ping, and lose the silent and the overdue."""
         if self.journal is not None:
             self.journal.flush_acks()
+            self.adopt()
         self.hear()  # what was read first: the sockets are read after it, in order
         for link, event in self.fleet.tick(self._clock(), self.name,
                                            self._ack_deadline):  # fmt: skip
@@ -503,3 +537,12 @@ class Dispatcher:
 
     def stats(self) -> dict:
         return self.snapshot().stats()
+
+
+def identity(settings: PipeSettings) -> Identity:
+    """The web a journal belongs to, from its configured workers (see `Identity`)."""
+    return Identity(
+        tuple(sorted(str(endpoint) for endpoint in settings.workers)),
+        os.path.abspath(settings.workers_file) if settings.workers_file else "",
+        bool(settings.curve_server),
+    )

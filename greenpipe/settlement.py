@@ -174,10 +174,11 @@ class Settlement:
     def lose(self, link: Link, reason: str, graceful: bool = False) -> None:
         """Take back every job `link` holds, re-queue or dead-letter it, reconnect."""
         jobs = link.take_back(graceful)
-        requeued, given_back = 0, []
+        requeued, cancelled, given_back = 0, 0, []
         for job in jobs:
             if job.cancelling:  # it was to be interrupted: it is not re-sent
                 self.cancelled([job], "cancelled; its worker was lost", link.name)
+                cancelled += 1
             elif job.deliveries >= self.settings.max_deliveries:
                 most = self.settings.max_deliveries
                 note = (  # attempts count every run's deliveries: say them apart
@@ -200,12 +201,13 @@ class Settlement:
             log.info("worker %s left", link.name)
         elif link.reliable:
             log.warning(
-                "worker %s %s (%s): %d jobs re-sent, %d dead-lettered",
+                "worker %s %s (%s): %d jobs re-sent, %d dead-lettered%s",
                 link.name,
                 "left" if graceful else "lost",
                 reason,
                 requeued,
-                len(jobs) - requeued,
+                len(jobs) - requeued - cancelled,
+                f", {cancelled} cancelled (as asked)" if cancelled else "",
             )
 
     def malformed(self, link: Link, what: str) -> None:

@@ -4,7 +4,8 @@ A job id starts with the prefix of the process that accepted it. Processes
 that share a port (WEB_PROCESSES children and other SO_REUSEPORT webs; the
 workers of one gunicorn master) each listen on a unix socket named by that
 prefix, in one directory per port under ``$TMPDIR/greenpipe-<uid>`` (0700):
-a lookup that lands on another process asks the owner there, in one line.
+a lookup that lands on another process asks the owner there, in one line
+(every sibling, once the owner has gone: its jobs went to whoever adopted them).
 """
 
 from __future__ import annotations
@@ -67,9 +68,10 @@ class Siblings:
 
     `answer(job_id)` is this process's own record of a job (never asking
     further), `cancel(job_id)` its own cancel. `status` and `cancel` ask the
-    process whose prefix a job id carries: None if it says unknown or has
-    gone (its socket refuses), `Unavailable` if it does not answer within
-    ASK_TIMEOUT_S.
+    process whose prefix a job id carries, or if it has gone (its socket
+    missing or refusing), every sibling at once (one of them adopted its
+    journal slot): None if none knows the job, `Unavailable` if the one
+    asked, or one of those, does not answer within ASK_TIMEOUT_S.
     """
 
     def __init__(
@@ -169,6 +171,43 @@ class Siblings:
         path = os.path.join(self.directory, prefix + ".sock")
         if path == self.path:
             return None
+        try:
+            return self._ask_at(path, verb, job_id)
+        except _Gone:
+            pass
+        # The process that accepted it has gone (killed, or stopped in a rolling
+        # restart): whoever adopted its journal slot holds its jobs now, under
+        # their old ids. Ask every sibling at once; the one holding it answers.
+        return self._ask_all(verb, job_id, skip={path, self.path})
+
+    def _ask_all(self, verb: str, job_id: str, skip: set[str]) -> dict | None:
+        try:
+            names = sorted(os.listdir(self.directory))
+        except OSError:
+            return None
+        paths = [os.path.join(self.directory, name) for name in names
+                 if name.endswith(".sock")]  # fmt: skip
+        asks = [gevent.spawn(self._answer_at, p, verb, job_id)
+                for p in paths if p not in skip]  # fmt: skip
+        gevent.joinall(asks)
+        answers = [ask.value for ask in asks]
+        for answer in answers:
+            if isinstance(answer, dict):
+                return answer
+        for answer in answers:
+            if isinstance(answer, Unavailable):
+                raise answer  # that one may be holding the job
+        return None
+
+    def _answer_at(self, path: str, verb: str, job_id: str) -> dict | Exception | None:
+        """`_ask_at`, its exception returned (a greenlet's would be printed)."""
+        try:
+            return self._ask_at(path, verb, job_id)
+        except (_Gone, Unavailable) as exc:
+            return exc
+
+    def _ask_at(self, path: str, verb: str, job_id: str) -> dict | None:
+        """One sibling's answer; `_Gone` if no process listens at `path`."""
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with gevent.Timeout(ASK_TIMEOUT_S):
@@ -176,10 +215,10 @@ class Siblings:
                 conn.sendall(f"{verb} {job_id}\n".encode("ascii", "replace"))
                 answer = _read_line(conn, MAX_ANSWER)
         except (FileNotFoundError, ConnectionRefusedError):
-            return None  # no such process, or it has gone
+            raise _Gone(path) from None  # no such process, or it has gone
         except (gevent.Timeout, OSError) as exc:
             raise Unavailable(
-                f"the web process that accepted job {job_id!r} (sharing this port) "
+                f"a web process sharing this port (asked about job {job_id!r}) "
                 f"did not answer within {ASK_TIMEOUT_S:g} s ({exc}); ask again",
                 retry_after=1,
             ) from None
@@ -187,6 +226,10 @@ class Siblings:
             conn.close()
         found = json.loads(answer) if answer else None
         return found if isinstance(found, dict) else None
+
+
+class _Gone(Exception):
+    """No process listens at a sibling's socket (a stale file, or none)."""
 
 
 def _read_line(conn: socket.socket, limit: int) -> bytes:

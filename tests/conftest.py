@@ -124,6 +124,23 @@ def start_web(procs: list[Proc], tmp_path: Path):
 
 
 @pytest.fixture
+def start_gunicorn(procs: list[Proc], tmp_path: Path):
+    """gunicorn -w 2 serving web:app (greenpipe.gunicorn) for the given workers;
+    returns (its Proc, the port it listens on). `env` adds or overrides settings."""
+
+    def start(workers: list[WorkerProc], **env: str) -> tuple[Proc, int]:
+        env = {"WORKERS": ",".join(w.address for w in workers),
+               "JOURNAL_DIR": str(tmp_path / "journal"),
+               "DEAD_LETTER": str(tmp_path / "dead.jsonl"), **env}  # fmt: skip
+        proc = Proc("gunicorn", [PYTHON, "-m", "gunicorn", "-c", "python:greenpipe.gunicorn",
+                                 "-w", "2", "-b", "127.0.0.1:0", "web:app"], env=env)  # fmt: skip
+        procs.append(proc)
+        return proc, int(proc.expect(r"Listening at: http://127\.0\.0\.1:(\d+)", 20)[1])
+
+    return start
+
+
+@pytest.fixture
 def start_app(procs: list[Proc], tmp_path: Path, record_dir: Path):
     """tests/retry_handlers.py's app (serve(app)) for the given workers."""
 

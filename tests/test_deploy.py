@@ -293,16 +293,10 @@ def test_rolling_restart_under_load_refuses_nothing(
 
 
 def test_gunicorn_sigterm_under_load_answers_only_202_or_json_503(
-    start_worker, procs, record_dir, tmp_path
+    start_worker, start_gunicorn, record_dir
 ):
     workers = [start_worker() for _ in range(3)]
-    env = {"WORKERS": ",".join(w.address for w in workers),
-           "JOURNAL_DIR": str(tmp_path / "journal"),
-           "DEAD_LETTER": str(tmp_path / "dead.jsonl")}  # fmt: skip
-    gunicorn = Proc("gunicorn", [PYTHON, "-m", "gunicorn", "-c", "python:greenpipe.gunicorn",
-                                 "-w", "2", "-b", "127.0.0.1:0", "web:app"], env=env)  # fmt: skip
-    procs.append(gunicorn)
-    port = int(gunicorn.expect(r"Listening at: http://127\.0\.0\.1:(\d+)", 20)[1])
+    gunicorn, port = start_gunicorn(workers)
     gunicorn.expect("barrier met", 20, times=2)
     clients = Clients(port)
     clients.wait_answers(1000)

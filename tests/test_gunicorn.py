@@ -10,23 +10,14 @@ from __future__ import annotations
 import re
 import signal
 
-from greenpipe.testing import Proc
-from tests.support import PYTHON, Load, handled_ids, poll_until
+from tests.support import Load, handled_ids, poll_until
 
 
 def test_gunicorn_gevent_workers_each_run_a_pipe_after_the_fork(
-    start_worker, procs, record_dir, tmp_path
+    start_worker, start_gunicorn, record_dir
 ):
     workers = [start_worker() for _ in range(3)]
-    env = {
-        "WORKERS": ",".join(f"127.0.0.1:{w.port}" for w in workers),
-        "JOURNAL_DIR": str(tmp_path / "journal"),
-        "DEAD_LETTER": str(tmp_path / "dead.jsonl"),
-    }
-    gunicorn = Proc("gunicorn", [PYTHON, "-m", "gunicorn", "-c", "python:greenpipe.gunicorn",
-                                 "-w", "2", "-b", "127.0.0.1:0", "web:app"], env=env)  # fmt: skip
-    procs.append(gunicorn)
-    port = int(gunicorn.expect(r"Listening at: http://127\.0\.0\.1:(\d+)", 20)[1])
+    gunicorn, port = start_gunicorn(workers)
     master = int(gunicorn.expect(r"\[(\d+)\] \[INFO\] Starting gunicorn")[1])
     started = gunicorn.expect(r"pipe started in pid (\d+)", 20, times=2)
     pids = {int(m[1]) for m in gunicorn.matches(r"pipe started in pid (\d+)")}

@@ -5,6 +5,7 @@ during the adoption too. A real `Journal` on tmp_path, one process.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,101 @@ def test_a_crash_during_adoption_then_two_webs_starting_together_run_jobs_twice(
     second.close()
     twice = set(first_ids) & set(second_ids)
     assert not twice, f"replayed by both webs: {sorted(twice)}"
+
+
+# -- issues 30-31: adoption while running, a journal that knows its web ----------
+
+
+def test_a_running_process_adopts_a_slot_freed_after_its_start(tmp_path):
+    """Issue 30 #8: orphans were adopted only at open; a rolling restart's last
+    old process left its waiting jobs in a free slot no process took."""
+    alive, stopping = Journal(str(tmp_path)), Journal(str(tmp_path))
+    alive.open()
+    stopping.open()
+    waiting = make_named_jobs(3)
+    for job in waiting:
+        job.not_before = time.time() + 60
+    stopping.append_jobs(waiting, [("k-0", time.time()), ("", 0.0), ("", 0.0)])
+    assert not alive.adopt().adopted, "slot 1 is held: nothing to adopt"
+    stopping.close()  # a clean stop with jobs still waiting
+    replay = alive.adopt()
+    assert replay.adopted == [1]
+    assert sorted(job.id for job in replay.jobs) == ["t-0000", "t-0001", "t-0002"]
+    assert all(job.not_before > time.time() + 50 for job in replay.jobs), "waits on"
+    assert replay.keys["k-0"][0] == "t-0000"
+    assert not list((tmp_path / "slot-1").glob("seg-*")), "now owed by slot 0"
+    assert not alive.adopt().adopted, "once"
+    alive.acked(replay.jobs[:1])
+    alive.close()
+    ids, keys = reopened(tmp_path)
+    assert ids == ["t-0001", "t-0002"] and keys["k-0"][0] == "t-0000"
+
+
+def test_nothing_owed_is_adopted_without_a_warning(tmp_path, caplog):
+    """Issue 31: clean restarts logged "adopted slots 1 (0 owed)" as a WARNING."""
+    alive, other = Journal(str(tmp_path)), Journal(str(tmp_path))
+    alive.open()
+    other.open()
+    jobs = make_named_jobs(1)
+    other.append_jobs(jobs, [("k", time.time())])
+    other.acked(jobs)
+    other.close()
+    alive.close()
+    with caplog.at_level("INFO", logger="greenpipe.journal"):
+        heir = Journal(str(tmp_path))
+        assert heir.open().adopted == [1]
+        heir.close()
+    adopted = [r for r in caplog.records if "adopted slots" in r.getMessage()]
+    assert adopted and all(r.levelname == "INFO" for r in adopted), [
+        (r.levelname, r.getMessage()) for r in caplog.records
+    ]
+
+
+def test_a_journal_is_refused_to_another_web_and_kept_across_worker_changes(
+    tmp_path,
+):
+    """Issue 31 #9: another web (other workers, no CURVE) adopted 603 owed jobs."""
+    from greenpipe.journal.slots import Identity
+
+    ours = Identity(("tcp://127.0.0.1:4444", "tcp://127.0.0.1:4445"), "", True)
+    first = Journal(str(tmp_path), identity=ours)
+    first.open()
+    first.append_jobs(make_named_jobs(2))
+    first.close()
+    stranger = Identity(("tcp://127.0.0.1:5555",), "", False)
+    with pytest.raises(ConfigError) as refused:
+        Journal(str(tmp_path), identity=stranger).open()
+    said = str(refused.value)
+    assert "127.0.0.1:4445" in said and "127.0.0.1:5555" in said, said
+    assert "CURVE on" in said and "CURVE off" in said, said
+    assert "JOURNAL_TAKEOVER=true" in said and "its own JOURNAL_DIR" in said, said
+    # One worker added, one removed across a restart: the same web.
+    grown = Identity(("tcp://127.0.0.1:4445", "tcp://127.0.0.1:4446"), "", True)
+    assert reopened(tmp_path, identity=grown)[0] == ["t-0000", "t-0001"]
+    # WORKERS_FILE: its content changes (SIGHUP), its path names the web.
+    filed = Identity(("tcp://10.0.0.9:4444",), "/etc/w", True)
+    with pytest.raises(ConfigError):
+        reopened(tmp_path, identity=filed)
+    assert reopened(tmp_path, identity=filed, takeover=True)[0] == ["t-0000", "t-0001"]
+    moved = Identity(("tcp://10.0.0.7:4444",), "/etc/w", True)
+    assert reopened(tmp_path, identity=moved)[0] == ["t-0000", "t-0001"]
+
+
+def test_a_leftover_adopted_folder_without_jobs_is_not_adopted_each_tick(
+    tmp_path, monkeypatch
+):
+    """A folder that could not be removed (a damaged segment moved aside in it)
+    must not be read, nor the keys file rewritten, at every heartbeat."""
+    from greenpipe.journal import compaction
+
+    alive = Journal(str(tmp_path))
+    alive.open()
+    leftover = tmp_path / f"adopted-slot-1.1-by-{alive.slot}"
+    leftover.mkdir()
+    (leftover / "seg-00000001.log.damaged-1").write_bytes(b"x")
+    rewrites = []
+    monkeypatch.setattr(compaction, "write_keys", lambda *a: rewrites.append(a))
+    for _ in range(3):
+        assert not alive.adopt().adopted
+    assert not rewrites, "nothing to adopt: nothing written"
+    alive.close()

@@ -21,7 +21,7 @@ from greenpipe import (
     TooLarge,
     json_errors,
 )
-from tests.support import PYTHON, Proc, Web, poll_until
+from tests.support import Web, poll_until
 
 
 def _handlers() -> Handlers:
@@ -213,16 +213,10 @@ def test_status_with_web_processes_is_answered_by_either(start_worker, start_web
 
 
 def test_status_under_gunicorn_is_answered_by_either_worker(
-    start_worker, procs, tmp_path
+    start_worker, start_gunicorn
 ):
     worker = start_worker()
-    env = {"WORKERS": f"127.0.0.1:{worker.port}",
-           "JOURNAL_DIR": str(tmp_path / "journal"),
-           "DEAD_LETTER": str(tmp_path / "dead.jsonl")}  # fmt: skip
-    gunicorn = Proc("gunicorn", [PYTHON, "-m", "gunicorn", "-c", "python:greenpipe.gunicorn",
-                                 "-w", "2", "-b", "127.0.0.1:0", "web:app"], env=env)  # fmt: skip
-    procs.append(gunicorn)
-    port = int(gunicorn.expect(r"Listening at: http://127\.0\.0\.1:(\d+)", 20)[1])
+    gunicorn, port = start_gunicorn([worker])
     gunicorn.expect("answers its siblings' lookups", 20, times=2)
     gunicorn.expect("barrier met", 20, times=2)
     web = Web(gunicorn, port)

@@ -289,6 +289,23 @@ def test_a_cancelled_retry_is_not_retried_and_a_lost_one_not_resent(clock):
     assert d.status(second.id)["status"] == "cancelled" and not d._retry
 
 
+def test_a_job_cancelled_on_a_worker_that_is_lost_is_not_counted_dead(clock, caplog):
+    """Issue 30: the web said "1 dead-lettered" for it; nothing was dead-lettered."""
+    d = make(clock, workers="127.0.0.1:1,127.0.0.1:2")
+    for link in d.links:
+        ready(d, link)
+    frozen, _ = _submit(d), _submit(d)
+    d.flush()
+    holder = next(link for link in d.links if frozen.key in link.jobs)
+    d.cancel(frozen.id)  # in flight: CANCEL sent, then the worker froze
+    with caplog.at_level("WARNING", logger="greenpipe"):
+        d._lose(holder, "no heartbeat for 3.0 s")
+    assert d.status(frozen.id)["status"] == "cancelled"
+    assert d.dead_letters.count == 0
+    lost = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+    assert lost and "0 dead-lettered, 1 cancelled" in lost[-1], lost
+
+
 def test_a_waiting_retry_and_a_cancel_survive_a_restart(clock, tmp_path):
     journal = tmp_path / "journal"
     d = make(clock, workers="127.0.0.1:1", journal_dir=journal)

@@ -51,7 +51,7 @@ from greenpipe.journal.segments import (
     encode_sent,
     record,
 )
-from greenpipe.journal.slots import Slots, segment_name
+from greenpipe.journal.slots import Identity, Slots, segment_name
 from greenpipe.journal.tail import Tail
 
 log = logging.getLogger("greenpipe.journal")
@@ -74,6 +74,8 @@ class Journal:
         sync: str = "none",
         corrupt: str = "salvage",
         keys: Callable[[], Keys] | None = None,
+        identity: Identity | None = None,
+        takeover: bool = False,
     ) -> None:
         if sync not in SYNC_MODES:
             raise ConfigError(f"JOURNAL_SYNC: expected none or batch, got {sync!r}")
@@ -81,6 +83,7 @@ class Journal:
         self.sync = sync
         self.corrupt = corrupt
         self._slots = Slots(self.directory)
+        self.identity, self.takeover = identity, takeover  # whose journal (web.json)
         self._reader = Reader(corrupt, sync)
         self._compaction = compaction.Compaction()
         self.slot = -1
@@ -130,6 +133,8 @@ class Journal:
                 f"JOURNAL_DIR: cannot create {self.directory!r} ({exc}); give a "
                 "writable directory, or JOURNAL_DIR=off to run without a journal"
             ) from None
+        if self.identity is not None:  # another web's journal: refused
+            self._slots.claim(self.identity, self.takeover)
         self.slot, self._lock_fd = self._slots.take()
         self.path = self._slots.slot_dir(self.slot)
         os.makedirs(self.path, exist_ok=True)
@@ -160,10 +165,52 @@ class Journal:
             replay.adopted.append(other)
         if orphans:
             slots = ", ".join(str(slot) for slot, _ in orphans)
-            log.warning("journal: adopted slots %s (%d owed)", slots, len(adopted))
+            said = log.warning if adopted else log.info  # nothing owed: no alarm
+            said("journal: adopted slots %s (%d owed)", slots, len(adopted))
         if self._live_keys is not None:
             self._own_keys = {}
         self._opening = False
+        return replay
+
+    def adopt(self) -> Replay:
+        """Adopt the slots whose lock freed while this process runs, as `open` does.
+
+        Their owed jobs are carried into this slot (synced in batch mode) and
+        their files removed; the jobs and keys are returned, to be queued.
+        Nothing while a group is being written (call it between groups).
+        Raises OSError if the carry cannot be written: the folders, renamed
+        ``adopted-...-by-<slot>``, are tried again at the next call.
+        """
+        replay = Replay()
+        if self._tail.busy or self._tail.fd < 0:
+            return replay
+        orphans = self._slots.orphans(self.slot)
+        left = self._slots.adoptions(self.slot)  # a carry that failed: again
+        if not orphans and not any(map(self._slots.holds_jobs, left)):
+            return replay  # (a folder kept only for a file moved aside: not)
+        try:
+            sources = self._slots.adopt(self.slot, [slot for slot, _ in orphans])
+            theirs = Found()
+            for folder in sources:
+                self._reader.read_slot(folder, theirs, replay)
+            mine = {i for segment in self._tail.segments.values() for i in segment.owed}
+            adopted = [e for e in owed(Found(), theirs, replay) if e.job.id not in mine]
+            self._carry(adopted)
+            live = self._live_keys() if self._live_keys is not None else {}
+            compaction.write_keys(self.path, {**self._own_keys, **replay.keys,
+                                  **live}, (), self.sync == "batch")  # fmt: skip
+        finally:
+            for _, fd in orphans:
+                os.close(fd)
+            if self._urgent:  # a LATER or a cancel came during the carry
+                self._urgent = False
+                self.flush_acks()
+        for folder in sources:
+            self._slots.remove_slot(folder)
+        if self._live_keys is None:
+            self._own_keys.update(replay.keys)
+        replay.jobs = [entry.job for entry in adopted]
+        replay.adopted = [slot for slot, _ in orphans]
         return replay
 
     # -- writing --------------------------------------------------------------

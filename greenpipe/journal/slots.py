@@ -4,20 +4,70 @@ A slot is a folder of segment files and a keys file, held by one web
 process through an exclusive ``flock`` on ``slot-N.lock``. `Slots` takes a
 free slot, finds orphans (slots no live process holds), and renames what it
 adopts to ``adopted-...-by-N`` so no other process can take it as its own.
-Reading a folder back is `greenpipe.journal.replay`'s.
+Reading a folder back is `greenpipe.journal.replay`'s. ``web.json`` says
+which web the journal belongs to (`Identity`): another web is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import time
+from dataclasses import dataclass
 
 from greenpipe.errors import ConfigError
 from greenpipe.journal.files import lock_file
 
+log = logging.getLogger("greenpipe.journal")
+
 MAX_SLOTS = 64
 KEYS_FILE = "keys"
+IDENTITY_FILE = "web.json"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The web a journal belongs to: its workers as configured, and CURVE on/off.
+
+    The configured source, not the live membership: WORKERS (or the file
+    WORKERS_FILE names, read at start; SIGHUP changes its content, never its
+    path) and whether jobs travel encrypted. Two identities are one web when
+    CURVE agrees and they share the workers file or at least one worker: a
+    worker added or removed across a restart keeps the journal, a web with
+    other workers (or jobs that would leave in the clear) is refused.
+    """
+
+    workers: tuple[str, ...]
+    workers_file: str = ""
+    curve: bool = False
+
+    def same_web(self, other: Identity) -> bool:
+        if self.curve != other.curve:
+            return False
+        if self.workers_file and self.workers_file == other.workers_file:
+            return True
+        return bool(set(self.workers) & set(other.workers))
+
+    def describe(self) -> str:
+        source = f"WORKERS_FILE {self.workers_file}, " if self.workers_file else ""
+        return (f"{source}workers {', '.join(self.workers) or 'none'}, "
+                f"CURVE {'on' if self.curve else 'off'}")  # fmt: skip
+
+    def encode(self) -> bytes:
+        return json.dumps({"workers": list(self.workers),
+                           "workers_file": self.workers_file,
+                           "curve": self.curve}).encode() + b"\n"  # fmt: skip
+
+    @classmethod
+    def decode(cls, data: bytes) -> Identity | None:
+        try:
+            raw = json.loads(data)
+            workers = tuple(str(worker) for worker in raw["workers"])
+            return cls(workers, str(raw.get("workers_file", "")), bool(raw["curve"]))
+        except (ValueError, KeyError, TypeError):
+            return None
 
 
 def segment_name(number: int) -> str:
@@ -77,6 +127,47 @@ class Slots:
             os.close(folder_fd)
         return target
 
+    def claim(self, identity: Identity, takeover: bool) -> None:
+        """Check that this journal is `identity`'s web's, and record it there.
+
+        A journal without ``web.json`` (new, or older than it) becomes this
+        web's; one of the same web whose workers changed is recorded anew.
+        Raises ConfigError naming both webs and the way out if it belongs to
+        another web, unless `takeover` (JOURNAL_TAKEOVER) says to take it.
+        """
+        path = os.path.join(self.directory, IDENTITY_FILE)
+        try:
+            with open(path, "rb") as file:
+                found = Identity.decode(file.read())
+        except FileNotFoundError:
+            found = None
+        if found == identity:
+            return
+        if found is not None and not found.same_web(identity):
+            if not takeover:
+                raise ConfigError(
+                    f"JOURNAL_DIR: {self.directory!r} is the journal of another web "
+                    f"({found.describe()}); this web has {identity.describe()}. "
+                    "Give this web its own JOURNAL_DIR, or start it once with "
+                    "JOURNAL_TAKEOVER=true to replay that web's jobs with these "
+                    "workers and make the journal this web's"
+                )
+            log.warning("journal: %s taken over (JOURNAL_TAKEOVER) from the web "
+                        "with %s", self.directory, found.describe())  # fmt: skip
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "wb") as file:
+            file.write(identity.encode())
+        if found is not None:
+            os.replace(temporary, path)
+            return
+        try:  # the first: never over another web's, written meanwhile
+            os.link(temporary, path)
+        except FileExistsError:
+            os.unlink(temporary)
+            self.claim(identity, takeover)  # checked against that one
+            return
+        os.unlink(temporary)
+
     def lock(self, slot: int) -> int:
         """The slot's lock fd if this process could take it, else -1."""
         return lock_file(os.path.join(self.directory, f"slot-{slot}.lock"))
@@ -97,15 +188,28 @@ class Slots:
         The locks are held until the adoption is done (then closed by the caller).
         """
         orphans = []
-        for other in range(MAX_SLOTS):
-            if other == own:
-                continue
+        for other in self._named(own):
             if not self.holds_jobs(self.slot_dir(other)) and not self.adoptions(other):
                 continue
             fd = self.lock(other)
             if fd >= 0:  # no live process holds it: an orphan
                 orphans.append((other, fd))
         return orphans
+
+    def _named(self, own: int) -> list[int]:
+        """The slots other than `own` that a folder names (one listing: each tick)."""
+        numbers = set()
+        for name in os.listdir(self.directory):
+            if name.startswith("slot-") and not name.endswith(".lock"):
+                number = name[len("slot-") :]
+            elif name.startswith("adopted-") and "-by-" in name:
+                number = name.rsplit("-by-", 1)[1]
+            else:
+                continue
+            if number.isdigit() and int(number) < MAX_SLOTS:
+                numbers.add(int(number))
+        numbers.discard(own)
+        return sorted(numbers)
 
     def adopt(self, own: int, orphans: list[int]) -> list[str]:
         """Rename what slot `own` adopts (synced); the folders to read, then remove.
