@@ -70,8 +70,9 @@ class Settlement:
         # Retries whose LATER record is being written: (job, its group).
         self.holding: dict[str, tuple[Envelope, Group]] = {}
         self._unkept: list[Envelope] = []  # their write failed: again next heartbeat
-        # Cancels whose ACK record is being written: (job, status before, group).
-        self._cancels: dict[str, tuple[Envelope, dict[str, Any], Group]] = {}
+        # Cancels whose ACK record is being written: (job, its status before if
+        # it was taken out of a queue, the group).
+        self._cancels: dict[str, tuple[Envelope, dict[str, Any] | None, Group]] = {}
 
     def acked(
         self,
@@ -160,7 +161,10 @@ class Settlement:
             return
         for job in jobs:
             del self.holding[job.id]
-            self.queues.later.add(job)
+            if job.cancelling:  # cancelled while its record was written
+                self.cancelled([job], "cancelled; not retried", "")
+            else:
+                self.queues.later.add(job)
 
     def settling(self) -> int:
         """Jobs whose cancel or retry's record is being written (or failed to be)."""
@@ -173,7 +177,8 @@ class Settlement:
             self._hold(jobs)
 
     def status(self, job_id: str) -> dict[str, Any] | None:
-        """A job whose cancel or retry is being journaled: as it was till then."""
+        """A job whose cancel (taken out of its queue) or retry is being
+        journaled: as it was till then."""
         cancel = self._cancels.get(job_id)
         if cancel is not None:
             return cancel[1]
@@ -233,14 +238,55 @@ class Settlement:
         key = job_id.encode("ascii", "replace")
         for link in links:
             job = link.jobs.get(key)
-            if job is not None:
-                if not job.cancelling:
-                    job.cancelling = True
-                    link.send(protocol.encode_cancel([key]))
-                return {"id": job_id, "status": Status.IN_FLIGHT.value,
-                        "worker": link.name, "attempt": job.attempt,
-                        "cancelling": True}  # fmt: skip
+            if job is None:
+                continue
+            if not job.cancelling:
+                if self._commit is None or self.journal is None:
+                    self._interrupt(job, links, "")
+                else:  # kept first: a restart must not run it again
+                    group = self._commit.note(
+                        self.journal.cancel_record([job]),
+                        partial(self._interrupt, job, links),
+                    )
+                    self._cancels[job_id] = (job, None, group)  # still on its link
+                    if self._wake is not None:
+                        self._wake.set()
+                    self._await(group, "its cancel")
+                    return self._cancel_answer(job, links)
+            return self._running(job, link) | {"cancelling": True}
         return self.finished.get(job_id)
+
+    @staticmethod
+    def _running(job: Envelope, link: Link) -> dict[str, Any]:
+        return {"id": job.id, "status": Status.IN_FLIGHT.value,
+                "worker": link.name, "attempt": job.attempt}  # fmt: skip
+
+    def _interrupt(self, job: Envelope, links: Sequence[Link], error: str) -> None:
+        """The cancel of a job sent to a worker is kept: interrupt it wherever it
+        is now (a worker, a queue, a retry's hold), unless it finished."""
+        self._cancels.pop(job.id, None)
+        if error:
+            return
+        if self.journal is not None:
+            self.journal.forget([job])
+        job.cancelling = True  # not retried, not re-sent after a loss
+        for link in links:
+            if link.jobs.get(job.key) is job:
+                link.send(protocol.encode_cancel([job.key]))
+                return
+        before = self.queues.status(job.id)
+        if before is not None and self.queues.remove(job.id) is job:
+            self._cancel_kept(job, before, "")  # re-queued after a loss meanwhile
+
+    def _cancel_answer(self, job: Envelope, links: Sequence[Link]) -> dict | None:
+        """What a cancel of a running job answers once its record is kept."""
+        for link in links:
+            if link.jobs.get(job.key) is job:
+                return self._running(job, link) | {"cancelling": True}
+        if job.id in self.holding:  # its retry's record is being written
+            return {"id": job.id, "status": Status.IN_FLIGHT.value,
+                    "attempt": job.attempt, "cancelling": True}  # fmt: skip
+        return self.finished.get(job.id)
 
     def _cancel_kept(self, job: Envelope, before: dict[str, Any], error: str) -> None:
         """The cancel's record is kept: the job is cancelled; or it could not be

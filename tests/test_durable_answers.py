@@ -111,7 +111,7 @@ def test_batch_a_cancel_and_a_retry_answered_during_a_groups_sync_survive_a_cras
     tmp_path, monkeypatch
 ):
     """Defect 1: A delayed an hour, B in flight; another client's job starts a
-    group whose sync takes 0.5 s; during it cancel(A) and B's Retry(after=3600).
+    group whose sync takes 0.2 s; during it cancel(A) and B's Retry(after=3600).
     Once the cancel answered ``cancelled`` and B's status says ``retrying``, a
     crash (kill -9, or a power loss: batch mode promises both) must neither
     run A nor run B before its time."""
@@ -119,7 +119,7 @@ def test_batch_a_cancel_and_a_retry_answered_during_a_groups_sync_survive_a_cras
     try:
         a, b = _push(d, delay=3600), _push(d)
         _until(lambda: d.links[0].jobs, "B sent")
-        disk = Disk(monkeypatch, delay=0.5)
+        disk = Disk(monkeypatch, delay=0.2)
         other = gevent.spawn(_push, d)
         _until(lambda: d.admission._commit.committing, "a group in its sync")
         cancel = gevent.spawn(d.cancel, a.id)
@@ -214,5 +214,38 @@ def test_a_retry_on_a_full_disk_is_held_only_once_its_record_is_written(
         replayed = {j.id: j for j in disk.crash(tmp_path / "journal",
                                                 tmp_path / "c2", False)}  # fmt: skip
         assert replayed[b.id].not_before >= said["next_at"] - 0.001
+    finally:
+        d.close()
+
+
+def test_a_cancel_of_a_running_job_is_kept_before_it_answers_cancelling(
+    tmp_path, monkeypatch
+):
+    """Found by the lifecycle model (tests/test_lifecycle_model.py): a cancel of
+    a job a worker runs answered ``cancelling`` with nothing journaled; a kill
+    -9 then replayed the job, which ran again. It is now kept first (503 on a
+    full disk, and no CANCEL sent), then the worker is told."""
+    d = _web(tmp_path, "none")
+    try:
+        b = _push(d)
+        _until(lambda: d.links[0].jobs, "B sent")
+        disk = Disk(monkeypatch)
+        disk.full = True
+        try:
+            answer: object = d.cancel(b.id)
+        except Unavailable as exc:
+            answer = exc
+        cancels = [m for m in d.links[0].sent_messages if m[0] == protocol.CANCEL]
+        if isinstance(answer, Unavailable):
+            assert not cancels, "answered 503, yet the worker was told to cancel"
+            disk.full = False
+            answer = d.cancel(b.id)
+        assert answer["cancelling"], answer
+        replayed = [j.id for j in disk.crash(tmp_path / "journal", tmp_path / "c1",
+                                             False)]  # fmt: skip
+        assert b.id not in replayed, (
+            f"cancel({b.id}) answered cancelling; after kill -9 the job is "
+            "replayed and runs again"
+        )
     finally:
         d.close()
