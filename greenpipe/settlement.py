@@ -211,14 +211,15 @@ class Settlement:
         `Cancelled` into its handler and it is not retried: ``in_flight``
         with ``cancelling``. Finished: its outcome, unchanged. Idempotent.
         """
-        holding = self.holding.get(job_id) or self._cancels.get(job_id)
-        if holding is not None:  # its record is being written: wait for it
-            self._await(holding[-1], "the job's record")
+        writing = self.holding.get(job_id) or self._cancels.get(job_id)
+        if writing is not None:  # its retry's or a cancel's record: wait for it
+            self._await(writing[-1], "the job's record")
             if job_id in self.holding:
                 raise Unavailable(
                     f"cannot cancel job {job_id} now: its retry is not journaled "
                     "yet (the journal cannot write); retry soon", 2
                 )  # fmt: skip
+            return self.cancel(job_id, links)  # where it is now
         before = self.queues.status(job_id)
         job = self.queues.remove(job_id)
         if job is not None:

@@ -249,3 +249,23 @@ def test_a_cancel_of_a_running_job_is_kept_before_it_answers_cancelling(
         )
     finally:
         d.close()
+
+
+def test_two_cancels_of_a_retry_being_journaled_both_answer_cancelled(
+    tmp_path, monkeypatch
+):
+    """Found by the lifecycle model: two cancels that waited for a retry's
+    record; the first took the job out of the timer to write its own record,
+    the second found it nowhere and answered None (a 404)."""
+    d = _web(tmp_path, "batch")
+    try:
+        b = _push(d)
+        _until(lambda: d.links[0].jobs, "B sent")
+        Disk(monkeypatch, delay=0.2)
+        _ask_retry(d, b, 3600)  # its LATER record goes into a group: a slow sync
+        first, second = gevent.spawn(d.cancel, b.id), gevent.spawn(d.cancel, b.id)
+        gevent.joinall([first, second], timeout=5, raise_error=True)
+        answers = [each.value and each.value["status"] for each in (first, second)]
+        assert answers == ["cancelled", "cancelled"], answers
+    finally:
+        d.close()
