@@ -35,7 +35,7 @@ from greenpipe.errors import ProtocolError, Unavailable
 from greenpipe.finished import FinishedJobs
 from greenpipe.jobs import Envelope, Status
 from greenpipe.journal import Journal
-from greenpipe.journal.commit import Group, GroupCommit
+from greenpipe.journal.commit import Group, GroupCommit, Noted
 from greenpipe.later import next_run
 from greenpipe.link import Link
 from greenpipe.queues import Queues
@@ -227,14 +227,7 @@ class Settlement:
             if self._commit is None or self.journal is None:
                 self._cancel_kept(job, before, "")
             else:  # answered once its record is kept, as a 202 is
-                group = self._commit.note(
-                    self.journal.cancel_record([job]),
-                    partial(self._cancel_kept, job, before),
-                )
-                self._cancels[job_id] = (job, before, group)
-                if self._wake is not None:
-                    self._wake.set()
-                self._await(group, "its cancel")
+                self._write_cancel(job, before, partial(self._cancel_kept, job, before))
             return self.finished.get(job_id)
         key = job_id.encode("ascii", "replace")
         for link in links:
@@ -245,17 +238,22 @@ class Settlement:
                 if self._commit is None or self.journal is None:
                     self._interrupt(job, links, "")
                 else:  # kept first: a restart must not run it again
-                    group = self._commit.note(
-                        self.journal.cancel_record([job]),
-                        partial(self._interrupt, job, links),
-                    )
-                    self._cancels[job_id] = (job, None, group)  # still on its link
-                    if self._wake is not None:
-                        self._wake.set()
-                    self._await(group, "its cancel")
+                    self._write_cancel(job, None, partial(self._interrupt, job, links))
                     return self._cancel_answer(job, links)
             return self._running(job, link) | {"cancelling": True}
         return self.finished.get(job_id)
+
+    def _write_cancel(
+        self, job: Envelope, before: dict[str, Any] | None, done: Noted
+    ) -> None:
+        """Write `job`'s cancel with the next group; `done` acts on what it
+        became. Raises `Unavailable` if it could not be written."""
+        assert self._commit is not None and self.journal is not None
+        group = self._commit.note(self.journal.cancel_record([job]), done)
+        self._cancels[job.id] = (job, before, group)  # before: None on a link
+        if self._wake is not None:
+            self._wake.set()
+        self._await(group, "its cancel")
 
     @staticmethod
     def _running(job: Envelope, link: Link) -> dict[str, Any]:

@@ -474,7 +474,10 @@ def test_lifecycle_schedules_keep_the_readme_promises(tmp_path, sync):
 
 
 @THOROUGH
+@pytest.mark.parametrize("chunk", range(8))  # 50 seeds a test: side by side
 @pytest.mark.parametrize("sync", ["none", "batch"])
-def test_lifecycle_schedules_keep_the_readme_promises_more_seeds(tmp_path, sync):
-    for seed in range(SEEDS_FAST, SEEDS_FAST + 400):
+def test_lifecycle_schedules_keep_the_readme_promises_more_seeds(tmp_path, sync,
+                                                                 chunk):  # fmt: skip
+    start = SEEDS_FAST + 50 * chunk
+    for seed in range(start, start + 50):
         run_schedule(tmp_path, seed, sync, 120)
