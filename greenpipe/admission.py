@@ -203,6 +203,12 @@ class Admission:
         if self._commit:
             self._commit.commit()
 
+    @property
+    def group_commit(self) -> GroupCommit | None:
+        """The journal's group commit (None without a journal): settlement notes
+        a cancel's or a retry's record in it."""
+        return self._commit
+
     def in_commit(self) -> int:
         """Jobs admitted whose group commit has not settled yet."""
         return len(self._commit) if self._commit is not None else 0

@@ -89,13 +89,13 @@ class Dispatcher:
         self.queues = Queues(clock)
         self._fresh, self._retry = self.queues.fresh, self.queues.retry
         self.later = self.queues.later  # waiting for a time: a delay, a backoff
-        self.settlement = Settlement(
-            settings, self.queues, self.finished, self.books, self.journal,
-            self.dead_letters,
-        )  # fmt: skip
         self.admission = Admission(
             settings, self.fleet, self.books, keys, self.journal, self.queues,
             self._wake, clock,
+        )  # fmt: skip
+        self.settlement = Settlement(
+            settings, self.queues, self.finished, self.books, self.journal,
+            self.dead_letters, self.admission.group_commit, self._wake,
         )  # fmt: skip
         self._settled = gevent.event.Event()
         self._draining = False
@@ -359,6 +359,7 @@ class Dispatcher:
         """Every HEARTBEAT: greet, ping, and lose the silent and the overdue."""
         if self.journal is not None:
             self.journal.flush_acks()
+            self.settlement.hold_again()  # retries whose record could not be written
             self.adopt()
         self.hear()  # what was read first: the sockets are read after it, in order
         for link, event in self.fleet.tick(self._clock(), self.name,
@@ -475,7 +476,11 @@ class Dispatcher:
             if job is not None:
                 return {"id": job_id, "status": Status.IN_FLIGHT.value,
                         "worker": link.name, "attempt": job.attempt}  # fmt: skip
-        return self.queues.status(job_id) or self.finished.get(job_id)
+        return (
+            self.queues.status(job_id)
+            or self.settlement.status(job_id)
+            or self.finished.get(job_id)
+        )
 
     def owns(self, job_id: str) -> bool:
         """True if `job_id` was made by this process (whatever became of it)."""
@@ -499,8 +504,8 @@ class Dispatcher:
 
     def outstanding(self) -> int:
         """Jobs taken and not yet finished: being journaled, queued, in flight,
-        or waiting for a retry."""
-        return self._moving() + len(self.later)
+        waiting for a retry, or whose cancel or retry is being journaled."""
+        return self._moving() + len(self.later) + self.settlement.settling()
 
     def _moving(self) -> int:
         """Jobs a drain waits for: in group commit, queued or in flight."""

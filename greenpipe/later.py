@@ -31,17 +31,8 @@ class Later:
         self._clock = clock
 
     def hold(self, job: Envelope, delay: float, error: str) -> None:
-        """`job`'s run failed and is to be retried after `delay` s: hold it.
-
-        It will go out as a new run: its deliveries count afresh (MAX_DELIVERIES
-        bounds the deliveries of one run), its retries one more, and `error`
-        joins its last errors (for the dead-letter file, if it ends there).
-        """
-        job.retries += 1
-        job.deliveries = 0
-        job.suspect = False
-        job.not_before = time.time() + delay
-        job.errors = [*job.errors[-(MAX_ERRORS - 1) :], error]
+        """`job`'s run failed and is to be retried after `delay` s: hold it."""
+        next_run(job, delay, error)
         self.add(job)
 
     def add(self, job: Envelope) -> None:
@@ -84,3 +75,17 @@ class Later:
 
     def __iter__(self) -> Iterator[Envelope]:
         return iter(list(self._by_id.values()))
+
+
+def next_run(job: Envelope, delay: float, error: str) -> None:
+    """Make `job` its next run, due in `delay` s (`Later.add` holds it then).
+
+    It will go out as a new run: its deliveries count afresh (MAX_DELIVERIES
+    bounds the deliveries of one run), its retries one more, and `error`
+    joins its last errors (for the dead-letter file, if it ends there).
+    """
+    job.retries += 1
+    job.deliveries = 0
+    job.suspect = False
+    job.not_before = time.time() + delay
+    job.errors = [*job.errors[-(MAX_ERRORS - 1) :], error]

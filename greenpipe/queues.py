@@ -59,6 +59,14 @@ class Queues:
                     return each
         return None
 
+    def put_back(self, job: Envelope, status: Status) -> None:
+        """A job taken out by `remove` goes back (its cancel was not journaled):
+        on the timer if it waited for a time, else at the head of its queue."""
+        if status.waiting:
+            self.later.add(job)
+        else:
+            (self.retry if job.suspect else self.fresh).appendleft(job)
+
     def status(self, job_id: str) -> dict[str, Any] | None:
         """``queued`` or ``retrying`` (when, and why) for a job held here."""
         for queue in (self.retry, self.fresh):

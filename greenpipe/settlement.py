@@ -6,21 +6,37 @@ waits for a job, puts a failed run on the timer when its handler asked for a
 retry, dead-letters what is given up on, and re-queues what a lost worker
 held. A malformed message is counted in the books and logged (rate-limited)
 here too. It calls nothing above it: the dispatcher wakes itself afterwards.
+
+With a journal, a cancel and a retry's hold are answered as a 202 is: their
+record (an ACK, a LATER) goes into the journal's group commit, and the cancel
+answers ``cancelled`` (the retry is held, and said to be ``retrying``) only
+once the group's write (and sync, with JOURNAL_SYNC=batch) succeeded. A
+cancel whose record cannot be written answers 503 (`Unavailable`) and the
+job keeps its place; a retry whose record cannot be written stays settling
+(``in_flight``, sent nowhere) and its record is written again every
+heartbeat: it is neither lost nor run early (a restart meanwhile re-sends it,
+as a job whose worker was lost).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import gevent.event
 
 from greenpipe import protocol
 from greenpipe.books import Books
 from greenpipe.config import PipeSettings
 from greenpipe.deadletter import DeadLetters
-from greenpipe.errors import ProtocolError
+from greenpipe.errors import ProtocolError, Unavailable
 from greenpipe.finished import FinishedJobs
 from greenpipe.jobs import Envelope, Status
 from greenpipe.journal import Journal
+from greenpipe.journal.commit import Group, GroupCommit, Noted
+from greenpipe.later import next_run
 from greenpipe.link import Link
 from greenpipe.queues import Queues
 from greenpipe.throttle import Throttle
@@ -39,6 +55,8 @@ class Settlement:
         books: Books,
         journal: Journal | None,
         dead_letters: DeadLetters,
+        commit: GroupCommit | None = None,
+        wake: gevent.event.Event | None = None,
     ) -> None:
         self.settings = settings
         self.queues = queues
@@ -46,7 +64,15 @@ class Settlement:
         self.books = books
         self.journal = journal
         self.dead_letters = dead_letters
+        self._commit = commit if journal is not None else None
+        self._wake = wake  # the dispatcher greenlet's: it writes the group
         self._throttle = Throttle(log)
+        # Retries whose LATER record is being written: (job, its group).
+        self.holding: dict[str, tuple[Envelope, Group]] = {}
+        self._unkept: list[Envelope] = []  # their write failed: again next heartbeat
+        # Cancels whose ACK record is being written: (job, its status before if
+        # it was taken out of a queue, the group).
+        self._cancels: dict[str, tuple[Envelope, dict[str, Any] | None, Group]] = {}
 
     def acked(
         self,
@@ -96,7 +122,7 @@ class Settlement:
                     status, payload = self._refused(job, link, delay, error)
                     finished.append((job, status, payload))
                     continue
-                self.queues.later.hold(job, delay, error.decode("utf-8", "replace"))
+                next_run(job, delay, error.decode("utf-8", "replace"))
                 self.books.retrying(job.id, link.name, error)  # the dashboard's
                 held.append(job)
                 continue
@@ -112,9 +138,57 @@ class Settlement:
             finished.append((job, status, payload))
         if held:
             self.books.retried += len(held)
-            if self.journal is not None:
-                self.journal.later(held)
+            self._hold(held)
         return finished
+
+    def _hold(self, jobs: list[Envelope]) -> None:
+        """Hold `jobs` for their retry once their LATER record is written."""
+        if self._commit is None or self.journal is None:
+            for job in jobs:
+                self.queues.later.add(job)
+            return
+        group = self._commit.note(
+            self.journal.later_record(jobs), partial(self._held, jobs)
+        )
+        for job in jobs:
+            self.holding[job.id] = (job, group)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _held(self, jobs: list[Envelope], error: str) -> None:
+        """Their LATER record's group settled: hold them, or try again later."""
+        if error:
+            self._unkept.extend(jobs)  # still `holding`: sent nowhere
+            return
+        for job in jobs:
+            del self.holding[job.id]
+            if job.cancelling:  # cancelled while its record was written
+                self.cancelled([job], "cancelled; not retried", "")
+            else:
+                self.queues.later.add(job)
+
+    def settling(self) -> int:
+        """Jobs whose cancel or retry's record is being written (or failed to be)."""
+        return len(self.holding) + len(self._cancels)
+
+    def hold_again(self) -> None:
+        """Every heartbeat: write the LATER records that could not be written."""
+        if self._unkept:
+            jobs, self._unkept = self._unkept, []
+            self._hold(jobs)
+
+    def status(self, job_id: str) -> dict[str, Any] | None:
+        """A job whose cancel (taken out of its queue) or retry is being
+        journaled: as it was till then."""
+        cancel = self._cancels.get(job_id)
+        if cancel is not None:
+            return cancel[1]
+        holding = self.holding.get(job_id)
+        if holding is not None:  # its run is not settled until its retry is kept
+            job = holding[0]
+            return {"id": job_id, "status": Status.IN_FLIGHT.value,
+                    "attempt": job.attempt}  # fmt: skip
+        return None
 
     def _refused(
         self, job: Envelope, link: Link, delay: float, error: bytes
@@ -138,25 +212,102 @@ class Settlement:
         `Cancelled` into its handler and it is not retried: ``in_flight``
         with ``cancelling``. Finished: its outcome, unchanged. Idempotent.
         """
+        writing = self.holding.get(job_id) or self._cancels.get(job_id)
+        if writing is not None:  # its retry's or a cancel's record: wait for it
+            self._await(writing[-1], "the job's record")
+            if job_id in self.holding:
+                raise Unavailable(
+                    f"cannot cancel job {job_id} now: its retry is not journaled "
+                    "yet (the journal cannot write); retry soon", 2
+                )  # fmt: skip
+            return self.cancel(job_id, links)  # where it is now
+        before = self.queues.status(job_id)
         job = self.queues.remove(job_id)
         if job is not None:
-            # Runs so far: its retries if it waits to run again (a retry counts
-            # the run to come), else one if it was ever delivered.
-            runs = job.retries or (1 if job.attempt else 0)
-            reason = "cancelled before it ran" + (" again" if runs else "")
-            self.cancelled([job], reason, "", retries=runs - 1)
+            assert before is not None
+            if self._commit is None or self.journal is None:
+                self._cancel_kept(job, before, "")
+            else:  # answered once its record is kept, as a 202 is
+                self._write_cancel(job, before, partial(self._cancel_kept, job, before))
             return self.finished.get(job_id)
         key = job_id.encode("ascii", "replace")
         for link in links:
             job = link.jobs.get(key)
-            if job is not None:
-                if not job.cancelling:
-                    job.cancelling = True
-                    link.send(protocol.encode_cancel([key]))
-                return {"id": job_id, "status": Status.IN_FLIGHT.value,
-                        "worker": link.name, "attempt": job.attempt,
-                        "cancelling": True}  # fmt: skip
+            if job is None:
+                continue
+            if not job.cancelling:
+                if self._commit is None or self.journal is None:
+                    self._interrupt(job, links, "")
+                else:  # kept first: a restart must not run it again
+                    self._write_cancel(job, None, partial(self._interrupt, job, links))
+                    return self._cancel_answer(job, links)
+            return self._running(job, link) | {"cancelling": True}
         return self.finished.get(job_id)
+
+    def _write_cancel(
+        self, job: Envelope, before: dict[str, Any] | None, done: Noted
+    ) -> None:
+        """Write `job`'s cancel with the next group; `done` acts on what it
+        became. Raises `Unavailable` if it could not be written."""
+        assert self._commit is not None and self.journal is not None
+        group = self._commit.note(self.journal.cancel_record([job]), done)
+        self._cancels[job.id] = (job, before, group)  # before: None on a link
+        if self._wake is not None:
+            self._wake.set()
+        self._await(group, "its cancel")
+
+    @staticmethod
+    def _running(job: Envelope, link: Link) -> dict[str, Any]:
+        return {"id": job.id, "status": Status.IN_FLIGHT.value,
+                "worker": link.name, "attempt": job.attempt}  # fmt: skip
+
+    def _interrupt(self, job: Envelope, links: Sequence[Link], error: str) -> None:
+        """The cancel of a job sent to a worker is kept: interrupt it wherever it
+        is now (a worker, a queue, a retry's hold), unless it finished."""
+        self._cancels.pop(job.id, None)
+        if error:
+            return
+        if self.journal is not None:
+            self.journal.forget([job])
+        job.cancelling = True  # not retried, not re-sent after a loss
+        for link in links:
+            if link.jobs.get(job.key) is job:
+                link.send(protocol.encode_cancel([job.key]))
+                return
+        before = self.queues.status(job.id)
+        if before is not None and self.queues.remove(job.id) is job:
+            self._cancel_kept(job, before, "")  # re-queued after a loss meanwhile
+
+    def _cancel_answer(self, job: Envelope, links: Sequence[Link]) -> dict | None:
+        """What a cancel of a running job answers once its record is kept."""
+        for link in links:
+            if link.jobs.get(job.key) is job:
+                return self._running(job, link) | {"cancelling": True}
+        if job.id in self.holding:  # its retry's record is being written
+            return {"id": job.id, "status": Status.IN_FLIGHT.value,
+                    "attempt": job.attempt, "cancelling": True}  # fmt: skip
+        return self.finished.get(job.id)
+
+    def _cancel_kept(self, job: Envelope, before: dict[str, Any], error: str) -> None:
+        """The cancel's record is kept: the job is cancelled; or it could not be
+        (`error`): the job goes back where it was (the cancel answers 503)."""
+        self._cancels.pop(job.id, None)
+        if error:
+            self.queues.put_back(job, Status(before["status"]))
+            return
+        if self.journal is not None:
+            self.journal.forget([job])
+        # Runs so far: its retries if it waits to run again (a retry counts
+        # the run to come), else one if it was ever delivered.
+        runs = job.retries or (1 if job.attempt else 0)
+        reason = "cancelled before it ran" + (" again" if runs else "")
+        self.cancelled([job], reason, "", retries=runs - 1)
+
+    @staticmethod
+    def _await(group: Group, what: str) -> None:
+        group.wait()
+        if group.error:
+            raise Unavailable(f"{what} is not journaled: {group.error}", 2)
 
     def cancelled(
         self, jobs: list[Envelope], reason: str, worker: str, retries: int = -2
@@ -168,8 +319,8 @@ class Settlement:
                              reason.encode(), retries=before)  # fmt: skip
             job.resolve(worker, Status.CANCELLED, reason.encode())
         self.books.cancelled += len(jobs)
-        if self.journal is not None:
-            self.journal.cancelled(jobs)
+        if self.journal is not None:  # journaled already (a cancel), or an ACK
+            self.journal.acked(jobs)
 
     def lose(self, link: Link, reason: str, graceful: bool = False) -> None:
         """Take back every job `link` holds, re-queue or dead-letter it, reconnect."""

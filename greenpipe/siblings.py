@@ -149,7 +149,10 @@ class Siblings:
                 question = _read_line(conn, MAX_LINE)
                 verb, _, job_id = question.decode("ascii", "replace").partition(" ")
                 act = self._verbs.get(verb)
-                found = act(job_id) if act is not None else None
+                try:
+                    found = act(job_id) if act is not None else None
+                except Unavailable as exc:  # a cancel not journaled: a 503 there
+                    found = {"unavailable": str(exc)}
                 conn.sendall(json.dumps(found).encode() + b"\n")
         except OSError:
             pass  # the asker gave up
@@ -225,6 +228,8 @@ class Siblings:
         finally:
             conn.close()
         found = json.loads(answer) if answer else None
+        if isinstance(found, dict) and "unavailable" in found:
+            raise Unavailable(str(found["unavailable"]), retry_after=2)
         return found if isinstance(found, dict) else None
 
 

@@ -201,10 +201,11 @@ class Run:
         return _job(self.serial)
 
     def push(self, journal: Journal, jobs: list[Envelope],
-             keys: list[tuple[str, float]] | None = None) -> bool:  # fmt: skip
+             keys: list[tuple[str, float]] | None = None,
+             records: list[bytes] | None = None) -> bool:  # fmt: skip
         """Journal `jobs` as a group commit; note its 202s or 503s. True: 202."""
         try:
-            journal.append_jobs(jobs, keys)
+            journal.append_jobs(jobs, keys, records or ())
         except (JournalError, Interrupted) as exc:
             self.refused |= {job.id for job in jobs}
             if isinstance(exc, Interrupted):
@@ -349,6 +350,7 @@ def test_crash_points_with_waiting_jobs_cancelled_and_coming_due(tmp_path, monke
             rng = self.rng
             journal = Journal(str(self.root), self.sync, keys=lambda: dict(self.keys))
             owed = {job.id: job for job in journal.open().jobs}
+            cancels: list[Envelope] = []  # answered once their group is written
             for _ in range(steps):
                 event = rng.random()
                 if event < 0.5:
@@ -356,8 +358,13 @@ def test_crash_points_with_waiting_jobs_cancelled_and_coming_due(tmp_path, monke
                     for job in jobs:
                         if rng.random() < 0.4:
                             job.not_before = time.time() + rng.choice((0.002, 3600))
-                    if self.push(journal, jobs):
+                    record = journal.cancel_record(cancels)
+                    if self.push(journal, jobs, records=[record] if record else []):
                         owed.update((job.id, job) for job in jobs)
+                        journal.forget(cancels)  # answered cancelled now
+                        for job in cancels:
+                            owed.pop(job.id, None)
+                        cancels = []
                 elif event < 0.75 and owed:
                     due = [j for j in owed.values() if j.not_before <= time.time()]
                     if due:
@@ -367,12 +374,15 @@ def test_crash_points_with_waiting_jobs_cancelled_and_coming_due(tmp_path, monke
                             del owed[job.id]
                             self.acked.add(job.id)
                 elif event < 0.85 and owed:
-                    waits = [j for j in owed.values() if j.not_before > time.time()]
+                    waits = [
+                        j
+                        for j in owed.values()
+                        if j.not_before > time.time() and j not in cancels
+                    ]
                     if waits:
                         job = rng.choice(waits)
-                        del owed[job.id]
-                        self.acked.add(job.id)  # in doubt if the crash comes now
-                        journal.cancelled([job])
+                        self.acked.add(job.id)  # in doubt from now on
+                        cancels.append(job)  # written with the next group
                 else:
                     journal.flush_acks()
             journal.close()

@@ -63,43 +63,35 @@ def test_every_sync_runs_off_the_event_loop(tmp_path, monkeypatch):
     journal.close()
 
 
+def _record(journal: Journal, job, what: str) -> bytes:
+    """A retry's LATER record (the job held an hour), or a cancel's ACK record."""
+    if what == "retry":
+        job.retries, job.not_before = 1, time.time() + 3600  # as Later.hold
+        return journal.later_record([job])
+    return journal.cancel_record([job])
+
+
 @pytest.mark.parametrize("what", ["retry", "cancel"])
-def test_a_retry_or_cancel_during_a_group_sync_is_on_disk_when_the_group_is(
-    tmp_path, monkeypatch, what
-):
-    """`Journal.later` and `Journal.cancelled` write at once, "unless a group is
-    being written, which carries it". The group does not: its ACK records were
-    taken before its write. The record waits in memory for the next group or
-    heartbeat; a kill -9 meanwhile runs the retry at once (before its backoff)
-    or runs the cancelled job. In batch mode, settlement runs while the group
-    commit's greenlet waits for the thread pool's fdatasync."""
+def test_a_retry_or_cancel_record_is_synced_with_its_group(tmp_path, monkeypatch,
+                                                           what):  # fmt: skip
+    """Issue 30, defect 1: a cancel and a retry's hold are answered as a 202
+    is, so their records go in a group's write and, in batch mode, its sync
+    (they were written after it, unsynced, or kept in memory during it)."""
     journal = Journal(str(tmp_path), sync="batch")
     journal.open()
     [job] = make_jobs(1)
     journal.append_jobs([job])
-    real = tail._offload
-
-    def meanwhile(call, *args):  # what the link's greenlet does during the sync
-        if job.not_before == 0 and not job.retries and what == "retry":
-            job.retries, job.not_before = 1, time.time() + 3600  # Later.hold
-            journal.later([job])
-        elif what == "cancel" and job.segment >= 0:
-            journal.cancelled([job])
-            job.segment = -2  # once
-        return real(call, *args)
-
-    monkeypatch.setattr(tail, "_offload", meanwhile)
-    journal.append_jobs(make_jobs(1, start=1))  # the group; its 202 is sent now
-    monkeypatch.setattr(tail, "_offload", real)
-    kill(journal)  # a moment later, before any heartbeat
+    synced = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(os.fstat(fd).st_size))
+    journal.append_jobs(make_jobs(1, start=1), records=[_record(journal, job, what)])
+    assert len(synced) == 1 and synced[0] == os.path.getsize(segment_files(journal)[-1])
+    journal.forget([job])
+    kill(journal)
     replayed = reopened_jobs(tmp_path)
     if what == "retry":
-        assert replayed[job.id].not_before >= job.not_before, (
-            f"the retry comes back due at {replayed[job.id].not_before}: runs at "
-            "once, an hour early"
-        )
+        assert replayed[job.id].not_before >= job.not_before, "runs an hour early"
     else:
-        assert job.id not in replayed, "the job cancelled (and told so) comes back"
+        assert job.id not in replayed, "the cancelled job comes back"
 
 
 # -- a group that fails or is interrupted leaves nothing to replay -----------------------
@@ -310,37 +302,26 @@ def test_a_short_ack_write_makes_the_segment_damaged(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("what", ["retry", "cancel"])
-def test_a_retry_or_cancel_whose_write_fails_is_written_again(tmp_path, monkeypatch,
-                                                              what):  # fmt: skip
-    """`flush_acks` drops the records it could not write ("only duplicates at a
-    replay"): true of ACKs of finished jobs, not of a retry's LATER record (the
-    job then comes back due at once: early) nor of a cancel (the cancelled job
-    comes back). A full disk for one write is enough; the disk has room again
-    for the heartbeat's flush and the close."""
+def test_a_retry_or_cancel_whose_write_fails_is_refused_and_leaves_nothing(
+    tmp_path, monkeypatch, what
+):
+    """Issue 30, defect 2: a record that cannot be written raises (the cancel
+    answers 503, the retry is written again later) and leaves nothing of
+    itself; the job stays owed as it was. A full disk for one write."""
     journal = Journal(str(tmp_path))
     journal.open()
     [job] = make_jobs(1)
     journal.append_jobs([job])
-    real_write, failed = os.write, []
+    real_write = os.write
 
-    def full_once(fd, data):
-        if not failed:
-            failed.append(fd)
-            raise OSError(28, "No space left on device")
-        return real_write(fd, data)
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "write", full_once)
-    if what == "retry":
-        job.retries, job.not_before = 1, time.time() + 3600  # Later.hold
-        journal.later([job])
-    else:
-        journal.cancelled([job])
-    assert failed
-    journal.flush_acks()  # the next heartbeat: room again
+    data = _record(journal, job, what)
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(JournalError, match="1 records"):
+        journal.append_jobs([], records=[data])
     monkeypatch.setattr(os, "write", real_write)
     journal.close()
     replayed = reopened_jobs(tmp_path)
-    if what == "retry":
-        assert replayed[job.id].not_before >= job.not_before, "runs an hour early"
-    else:
-        assert job.id not in replayed, "the cancelled job comes back"
+    assert replayed[job.id].not_before == 0, "a record refused was kept"

@@ -59,6 +59,9 @@ class Group:
 
 # Called once a group is settled: (its jobs, their (key, wall time)s, the error or "").
 Settled = Callable[[list[Envelope], list[tuple[str, float]], str], None]
+# Called once a noted record's group is settled: (the error, or "").
+Noted = Callable[[str], None]
+_Notes = tuple[list[bytes], list[Noted]]  # records noted, and their callbacks
 
 
 class GroupCommit:
@@ -70,6 +73,8 @@ class GroupCommit:
         self._jobs: list[Envelope] = []
         # (idempotency key, wall time it was taken); ("", 0.0) for a job without
         self._keys: list[tuple[str, float]] = []
+        self._records: list[bytes] = []  # noted: written with the open group
+        self._noted: list[Noted] = []
         self.group = Group()
         self.committing = False  # a group's write and sync are under way
         self._writing = 0  # jobs of the group being written
@@ -81,9 +86,21 @@ class GroupCommit:
         self._keys.append((key, time.time()) if key else _NO_KEY)
         return self.group
 
+    def note(self, data: bytes, done: Noted | None = None) -> Group:
+        """Put a record in the open group; `done(error)` once it is settled.
+
+        For what is answered only once written as a 202 is: the caller waits
+        on the group returned (a cancel), or acts in `done` (a retry's hold,
+        called before the group's waiters wake).
+        """
+        self._records.append(data)
+        if done is not None:
+            self._noted.append(done)
+        return self.group
+
     def __bool__(self) -> bool:
-        """True while jobs wait for a write."""
-        return bool(self._jobs)
+        """True while jobs or records wait for a write."""
+        return bool(self._jobs or self._records)
 
     def __len__(self) -> int:
         """Jobs submitted and not yet settled: the open group and the one written."""
@@ -92,16 +109,35 @@ class GroupCommit:
     def close(self, timeout: float = COMMIT_TIMEOUT) -> None:
         """Stop: the group being written finishes (its jobs are settled as it
         says); the open group gets 503s (the web is stopping), none is left
-        parked. Then the journal can be closed under nobody."""
+        parked. Then the journal can be closed under nobody.
+
+        An open group holding records (a cancel, a retry's hold) is written
+        instead, its jobs with it (202s: owed, the next start sends them): a
+        clean stop must not run a retry early, nor undo a cancel."""
         writer = self._writer
         if writer is not None:
             writer.join(timeout)
-        jobs, keys, group = self._jobs, self._keys, self.group
-        self._jobs, self._keys, self.group = [], [], Group()
-        if jobs:
+        if self._records and not self.committing:
+            self._write(*self._take())
+            return
+        jobs, keys, group, (records, noted) = self._take()
+        self._writing = 0
+        if jobs or records:
             error = "this web process is stopping; retry on another"
             self._settled(jobs, keys, error)
+            for done in noted:
+                done(error)
             group.settle(error)
+
+    def _take(
+        self,
+    ) -> tuple[list[Envelope], list[tuple[str, float]], Group, _Notes]:
+        """The open group, to write: a new one opens."""
+        taken = self._jobs, self._keys, self.group, (self._records, self._noted)
+        self._jobs, self._keys, self.group = [], [], Group()
+        self._records, self._noted = [], []
+        self._writing = len(taken[0])
+        return taken
 
     def commit(self) -> None:
         """Write the open group (in a greenlet of its own with JOURNAL_SYNC=batch).
@@ -109,19 +145,21 @@ class GroupCommit:
         The dispatcher goes on sending what is already journaled and reading
         acks meanwhile; jobs that arrive during a sync form the next group.
         """
-        if self.committing or not self._jobs:
+        if self.committing or not (self._jobs or self._records):
             return  # the group after the one being synced waits its turn
-        jobs, keys, group = self._jobs, self._keys, self.group
-        self._jobs, self._keys, self.group = [], [], Group()
-        self._writing = len(jobs)
+        taken = self._take()
         if self.journal.sync == "batch":
             self.committing = True
-            self._writer = gevent.spawn(self._write, jobs, keys, group)
+            self._writer = gevent.spawn(self._write, *taken)
         else:
-            self._write(jobs, keys, group)
+            self._write(*taken)
 
     def _write(
-        self, jobs: list[Envelope], keys: list[tuple[str, float]], group: Group
+        self,
+        jobs: list[Envelope],
+        keys: list[tuple[str, float]],
+        group: Group,
+        noted: _Notes,
     ) -> None:
         journal = self.journal
         stalled = JournalError(
@@ -131,7 +169,10 @@ class GroupCommit:
         error = ""
         try:
             with gevent.Timeout(COMMIT_TIMEOUT, stalled):  # one timer per group
-                journal.append_jobs(jobs, keys)
+                if noted[0]:
+                    journal.append_jobs(jobs, keys, noted[0])
+                else:  # the hot path's call, as before
+                    journal.append_jobs(jobs, keys)
         except JournalError as exc:
             error = str(exc)
         except Exception as exc:  # a bug must not leave the group parked for good
@@ -142,5 +183,7 @@ class GroupCommit:
             self._writer = None
             try:
                 self._settled(jobs, keys, error)
+                for done in noted[1]:
+                    done(error)
             finally:
                 group.settle(error)

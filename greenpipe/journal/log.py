@@ -8,9 +8,10 @@ and a keys file (`greenpipe.journal.compaction`):
   acknowledged (appended, never synced: a lost ACK record costs one
   duplicate); CANCEL records the ids of a group whose write failed after it
   reached the file and could not be cut back.
-- LATER records (a retry's wait) and a user's cancel are written at once,
-  or, while a group is being written, as soon as its write ends; a record
-  that could not be written is kept and written again.
+- LATER records (a retry's wait) and a user's cancel (an ACK record) answer
+  something, so they are written as a 202's JOB record is: in a group's
+  write (and sync, in batch mode), `append_jobs(..., records=)`, and
+  answered only once it succeeded (`greenpipe.journal.commit`).
 
 Only the dispatcher writes: one ``write`` per group of jobs, and with
 JOURNAL_SYNC=batch one ``fdatasync`` per group. Every sync runs in gevent's
@@ -93,7 +94,6 @@ class Journal:
         self._lock_fd = -1
         self._tail = Tail(sync)  # the segment being written, and the live ones
         self._acks: list[bytes] = []  # ACK records not yet written (see acked)
-        self._urgent = False  # a LATER or a cancel waits for that write's end
         self._acks_failing = False  # their last write failed (said once)
         self._opening = False
         self.written = 0
@@ -219,16 +219,19 @@ class Journal:
         self,
         jobs: Sequence[Envelope],
         keys: Sequence[tuple[str, float]] | None = None,
+        records: Sequence[bytes] = (),
     ) -> None:
         """Write `jobs` in one go (and fdatasync in batch mode) before their 202s.
 
         `keys` gives each job's idempotency key and the key's wall time
-        (("", 0.0) for none); a key is any str. Compaction due (a roll, a
-        carry, the keys file) runs first. Raises JournalError (the jobs must be
-        refused) if a write or a sync failed. On any exception, a gevent.Timeout
-        too, nothing of the group is left that a later open would replay.
+        (("", 0.0) for none); a key is any str. `records` (`later_record`,
+        `cancel_record`) ride in the same write, answered with the jobs.
+        Compaction due (a roll, a carry, the keys file) runs first. Raises
+        JournalError (the jobs must be refused, the records not answered) if a
+        write or a sync failed. On any exception, a gevent.Timeout too, nothing
+        of the group is left that a later open would replay.
         """
-        if not jobs:
+        if not jobs and not records:
             return
         entries = []
         for i, job in enumerate(jobs):
@@ -236,16 +239,15 @@ class Journal:
             entries.append(Owed(job, 0, key, at))
         try:
             self._compact(jobs)
-            self._append(entries)
+            self._append(entries, records=records)
         except OSError as exc:
+            what = f"{len(jobs)} jobs" if jobs else f"{len(records)} records"
             raise JournalError(
-                f"cannot journal {len(jobs)} jobs to {self.path} "
+                f"cannot journal {what} to {self.path} "
                 f"({exc.strerror or exc}); free space or fix permissions there"
             ) from None
-        finally:
-            if self._urgent:  # a LATER or a cancel came during the write
-                self._urgent = False
-                self.flush_acks()
+        if not jobs:
+            return
         self.written += len(jobs)
         self.groups += 1
         if self._live_keys is None:
@@ -253,13 +255,16 @@ class Journal:
                 if entry.key:
                     self._own_keys[entry.key] = (entry.job.id, entry.at)
 
-    def _append(self, entries: list[Owed], carried: bool = False) -> None:
-        """Write the JOB records of `entries` (ACK records in memory ride along).
+    def _append(
+        self, entries: list[Owed], carried: bool = False, records: Sequence[bytes] = ()
+    ) -> None:
+        """Write the JOB records of `entries` (ACK records in memory ride along),
+        then `records`.
 
         `carried`: copies of jobs still owed elsewhere; if they cannot be
         written (nor cut back) no CANCEL may name them: the originals stand.
         """
-        records = []
+        extra, records = records, []
         for entry in entries:
             data = record(JOB, encode_job(entry.job, entry.key, entry.at))
             if entry.job.not_before or entry.job.retries:  # it waits: and until when
@@ -269,7 +274,7 @@ class Journal:
         acks, self._acks = self._acks, []
         try:
             ids = [] if carried else [e.job.key for e in entries]
-            self._tail.write(b"".join(acks + records), ids)
+            self._tail.write(b"".join([*acks, *records, *extra]), ids)
         except BaseException:
             self._acks[:0] = acks
             raise
@@ -342,31 +347,31 @@ class Journal:
         if jobs:
             self._acks.append(record(SENT, encode_sent(jobs)))
 
-    def later(self, jobs: Sequence[Envelope]) -> None:
-        """Record that `jobs` wait until their ``not_before`` (a retry's backoff).
+    def later_record(self, jobs: Sequence[Envelope]) -> bytes:
+        """The LATER record saying `jobs` wait until their ``not_before`` (a
+        retry's backoff), for `append_jobs`: the retry is held once it is
+        written, so a crash never runs a job early that a status said waits."""
+        return record(LATER, encode_later(jobs))
 
-        Written now (not with the next heartbeat's ACK records), or if a
-        group is being written, as soon as its write ends: a crash must not
-        run a waiting job early. Not synced: after a power loss the job may
-        run early once.
-        """
-        if jobs:
-            self._acks.append(record(LATER, encode_later(jobs)))
-            self._write_soon()
-
-    def cancelled(self, jobs: Iterable[Envelope]) -> None:
-        """Settle jobs a user cancelled, written now (see `later`).
+    def cancel_record(self, jobs: Iterable[Envelope]) -> bytes:
+        """The ACK record settling the owed of `jobs` a user cancelled (b"" if none
+        is owed), for `append_jobs`; once written, `forget` them.
 
         An ACK record, not a CANCEL: those jobs were answered 202, so their
         idempotency keys still name them (a CANCEL says "never a job").
         """
-        if self.acked(jobs):
-            self._write_soon()
+        segments = self._tail.segments
+        ids = [job.key for job in jobs
+               if job.id in getattr(segments.get(job.segment), "owed", ())]  # fmt: skip
+        return record(ACK, b" ".join(ids)) if ids else b""
 
-    def _write_soon(self) -> None:
-        """Write the records kept in memory now, or when the group's write ends."""
-        self._urgent = self._tail.busy
-        self.flush_acks()
+    def forget(self, jobs: Iterable[Envelope]) -> None:
+        """`jobs` are no longer owed: their ACK record is written (no I/O here)."""
+        segments = self._tail.segments
+        for job in jobs:
+            segment = segments.get(job.segment)
+            if segment is not None:
+                segment.owed.pop(job.id, None)
 
     def flush_acks(self) -> None:
         """Write the ACK records kept in memory (each heartbeat, and at close).
@@ -379,7 +384,7 @@ class Journal:
         data, self._acks = b"".join(self._acks), []
         try:
             whole = self._tail.append(data)
-        except OSError as exc:  # kept, and tried again: a LATER record must not go
+        except OSError as exc:  # kept, and tried again (a lost ACK: a duplicate)
             if not self._acks_failing:  # once, not every heartbeat
                 log.error("journal: cannot write ACK records to %s (%s); kept, "
                           "trying again", self.path, exc)  # fmt: skip
