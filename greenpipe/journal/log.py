@@ -37,6 +37,8 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+import gevent.lock
+
 from greenpipe.errors import ConfigError, JournalError
 from greenpipe.jobs import Envelope
 from greenpipe.journal import compaction
@@ -96,6 +98,10 @@ class Journal:
         self._acks: list[bytes] = []  # ACK records not yet written (see acked)
         self._acks_failing = False  # their last write failed (said once)
         self._opening = False
+        # One writer of the tail at a time: a group commit, or an adoption's
+        # carry (both may yield in a batch-mode sync; a cut-back after a failed
+        # sync must not take the other's records with it).
+        self._writing = gevent.lock.Semaphore()
         self.written = 0
         self.groups = 0  # group commits (writes of jobs): written / groups per write
         self.carried = 0  # owed jobs carried out of an old segment
@@ -182,8 +188,12 @@ class Journal:
         ``adopted-...-by-<slot>``, are tried again at the next call.
         """
         replay = Replay()
-        if self._tail.busy or self._tail.fd < 0:
+        if self._tail.busy or self._tail.fd < 0 or self._writing.locked():
             return replay
+        with self._writing:
+            return self._adopt(replay)
+
+    def _adopt(self, replay: Replay) -> Replay:
         orphans = self._slots.orphans(self.slot)
         left = self._slots.adoptions(self.slot)  # a carry that failed: again
         if not orphans and not any(map(self._slots.holds_jobs, left)):
@@ -202,9 +212,6 @@ class Journal:
         finally:
             for _, fd in orphans:
                 os.close(fd)
-            if self._urgent:  # a LATER or a cancel came during the carry
-                self._urgent = False
-                self.flush_acks()
         for folder in sources:
             self._slots.remove_slot(folder)
         if self._live_keys is None:
@@ -238,8 +245,9 @@ class Journal:
             key, at = keys[i] if keys else ("", 0.0)
             entries.append(Owed(job, 0, key, at))
         try:
-            self._compact(jobs)
-            self._append(entries, records=records)
+            with self._writing:
+                self._compact(jobs)
+                self._append(entries, records=records)
         except OSError as exc:
             what = f"{len(jobs)} jobs" if jobs else f"{len(records)} records"
             raise JournalError(
