@@ -108,15 +108,22 @@ def test_barrier_round_robin_and_a_kill_9_with_curve_on(
     assert not missing, f"{len(missing)} accepted jobs never handled"
 
 
-def test_a_web_says_why_a_curve_worker_will_not_take_it(keys, start_worker, start_web):
+def test_a_web_says_why_a_curve_worker_will_not_take_it(
+    keys, start_worker, start_web, tmp_path
+):
     folder, _ = keys
     worker = start_worker(**curve_worker(keys))
+    # Four webs at once, each its own journal: one with CURVE off may not take
+    # over the journal of one with CURVE on (its jobs would leave in the clear).
     wrong = start_web([worker], wait_barrier=False, ready_timeout=1,
                       curve_secret=folder / "web.key_secret",
-                      curve_server=folder / "web.key")  # fmt: skip
+                      curve_server=folder / "web.key",
+                      journal_dir=tmp_path / "wrong")  # fmt: skip
     unlisted = start_web([worker], wait_barrier=False, ready_timeout=1,
+                         journal_dir=tmp_path / "unlisted",
                          **curve_web(keys, "intruder"))  # fmt: skip
-    plain = start_web([worker], wait_barrier=False, ready_timeout=1)
+    plain = start_web([worker], wait_barrier=False, ready_timeout=1,
+                      journal_dir=tmp_path / "plain")  # fmt: skip
 
     def why(web) -> str:
         code, _, body = web.get("/healthz")
