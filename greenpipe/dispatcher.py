@@ -31,7 +31,7 @@ from greenpipe.deadletter import DeadLetters
 from greenpipe.errors import LinkError, Unavailable
 from greenpipe.finished import FinishedJobs
 from greenpipe.fleet import Fleet, LinkFactory
-from greenpipe.jobs import Envelope, Outcome, Status
+from greenpipe.jobs import Envelope, Outcome, Status, unfinished
 from greenpipe.journal import Journal, Replay
 from greenpipe.journal.slots import Identity
 from greenpipe.link import Event, Happened, Inbox, Link
@@ -474,8 +474,7 @@ class Dispatcher:
         for link in self.links:
             job = link.jobs.get(key)
             if job is not None:
-                return {"id": job_id, "status": Status.IN_FLIGHT.value,
-                        "worker": link.name, "attempt": job.attempt}  # fmt: skip
+                return unfinished(job, Status.IN_FLIGHT, link.name)
         return (
             self.queues.status(job_id)
             or self.settlement.status(job_id)

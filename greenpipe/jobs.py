@@ -210,3 +210,24 @@ class Job:
 # A handler: called once per job in a worker's pool; its return value (JSON)
 # travels back in the acknowledgement.
 Handler = Callable[[Job], Any]
+
+
+def unfinished(job: Envelope, status: Status, worker: str = "") -> dict[str, Any]:
+    """A job's status answer while it is not finished: the one place it is built.
+
+    Queued, in flight (with its worker), scheduled (``due_at``) or retrying
+    (``runs``, ``next_at``, the last ``error``); a finished job's answer is
+    its outcome, kept by ``FinishedJobs``. Times are Unix seconds.
+    """
+    answer: dict[str, Any] = {"id": job.id, "status": status.value}
+    if status is Status.SCHEDULED:
+        answer["due_at"] = round(job.not_before, 3)
+        return answer
+    if worker:
+        answer["worker"] = worker
+    answer["attempt"] = job.attempt
+    if status is Status.RETRYING:
+        answer["runs"] = job.retries
+        answer["next_at"] = round(job.not_before, 3)
+        answer["error"] = job.errors[-1] if job.errors else ""
+    return answer

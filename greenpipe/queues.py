@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from greenpipe.jobs import Envelope, Status
+from greenpipe.jobs import Envelope, Status, unfinished
 from greenpipe.later import Later
 
 
@@ -72,17 +72,13 @@ class Queues:
         for queue in (self.retry, self.fresh):
             for job in queue:
                 if job.id == job_id:
-                    return {"id": job_id, "status": Status.QUEUED.value,
-                            "attempt": job.attempt}  # fmt: skip
+                    return unfinished(job, Status.QUEUED)
         job = self.later.get(job_id)
         if job is None:
             return None
         if not job.retries:  # pushed with a delay, never ran
-            return {"id": job_id, "status": Status.SCHEDULED.value,
-                    "due_at": round(job.not_before, 3)}  # fmt: skip
-        return {"id": job_id, "status": Status.RETRYING.value, "attempt": job.attempt,
-                "runs": job.retries, "next_at": round(job.not_before, 3),
-                "error": job.errors[-1] if job.errors else ""}  # fmt: skip
+            return unfinished(job, Status.SCHEDULED)
+        return unfinished(job, Status.RETRYING)
 
     def take_all(self) -> list[Envelope]:
         """Empty every queue (a web stopping without a journal); what they held."""

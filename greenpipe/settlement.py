@@ -33,7 +33,7 @@ from greenpipe.config import PipeSettings
 from greenpipe.deadletter import DeadLetters
 from greenpipe.errors import ProtocolError, Unavailable
 from greenpipe.finished import FinishedJobs
-from greenpipe.jobs import Envelope, Status
+from greenpipe.jobs import Envelope, Status, unfinished
 from greenpipe.journal import Journal
 from greenpipe.journal.commit import Group, GroupCommit, Noted
 from greenpipe.later import next_run
@@ -185,9 +185,7 @@ class Settlement:
             return cancel[1]
         holding = self.holding.get(job_id)
         if holding is not None:  # its run is not settled until its retry is kept
-            job = holding[0]
-            return {"id": job_id, "status": Status.IN_FLIGHT.value,
-                    "attempt": job.attempt}  # fmt: skip
+            return unfinished(holding[0], Status.IN_FLIGHT)
         return None
 
     def _refused(
@@ -258,8 +256,7 @@ class Settlement:
 
     @staticmethod
     def _running(job: Envelope, link: Link) -> dict[str, Any]:
-        return {"id": job.id, "status": Status.IN_FLIGHT.value,
-                "worker": link.name, "attempt": job.attempt}  # fmt: skip
+        return unfinished(job, Status.IN_FLIGHT, link.name)
 
     def _interrupt(self, job: Envelope, links: Sequence[Link], error: str) -> None:
         """The cancel of a job sent to a worker is kept: interrupt it wherever it
@@ -284,8 +281,7 @@ class Settlement:
             if link.jobs.get(job.key) is job:
                 return self._running(job, link) | {"cancelling": True}
         if job.id in self.holding:  # its retry's record is being written
-            return {"id": job.id, "status": Status.IN_FLIGHT.value,
-                    "attempt": job.attempt, "cancelling": True}  # fmt: skip
+            return unfinished(job, Status.IN_FLIGHT) | {"cancelling": True}
         return self.finished.get(job.id)
 
     def _cancel_kept(self, job: Envelope, before: dict[str, Any], error: str) -> None:
