@@ -214,7 +214,8 @@ class Dispatcher:
         self._draining = True
         self.hear()  # acknowledgements read before the close still count
         self.admission.close()  # may wait for a group's sync: the readers go on
-        self.hear()  # and what they read meanwhile counts too (nothing yields now)
+        self.hear()  # and what they read meanwhile counts too
+        self.admission.close()  # the records that noted (a retry's, a cancel's)
         self.fleet.close()
         if self._greenlet is not None:
             self._greenlet.kill(block=False)

@@ -269,3 +269,43 @@ def test_two_cancels_of_a_retry_being_journaled_both_answer_cancelled(
         assert answers == ["cancelled", "cancelled"], answers
     finally:
         d.close()
+
+
+def _retry_frames(job, after: float) -> list[bytes]:
+    from greenpipe import protocol
+
+    payload = protocol.retry_payload(after, b"E: later")
+    result = protocol.encode_result(job.id.encode(), protocol.RETRY, payload)
+    return protocol.encode_acks([], [result])
+
+
+def test_a_retry_read_during_the_stops_last_group_write_is_kept(tmp_path, monkeypatch):
+    """Review of issue 30 (part 2). B1 and B2 run (JOURNAL_SYNC=batch, syncs of 0.2 s). The stop begins as
+    B1's worker answers Retry(after=3600) (read before Dispatcher.close's first
+    hear: its LATER rides in close's last group); B2's worker answers
+    Retry(after=3600) while that group syncs. A clean stop must run neither
+    early (GroupCommit.close: "a clean stop must not run a retry early")."""
+    d = _web(tmp_path, "batch")
+    b1, b2 = _push(d), _push(d)
+    _until(lambda: len(d.links[0].jobs) == 2, "B1 and B2 sent")
+    Disk(monkeypatch, delay=0.2)  # every sync takes 0.2 s
+    link = d.links[0]
+
+    def arrive():  # the reader reads B2's answer during close's group sync
+        _until(lambda: d.journal._tail.busy, "close's group in its sync")
+        link._unread.append(_retry_frames(b2, 3600))
+        d.inbox.post(link)
+
+    gevent.spawn(arrive)
+    link._unread.append(_retry_frames(b1, 3600))  # read as the stop begins
+    d.inbox.post(link)
+    d.close()
+    gevent.sleep(0.5)  # anything left running finishes
+    j = Journal(str(tmp_path / "journal"))
+    jobs = {job.id: job for job in j.open().jobs}
+    j.close()
+    now = time.time()
+    assert jobs[b1.id].not_before > now + 3000
+    assert jobs[b2.id].not_before > now + 3000, (
+        "B2 asked Retry(after=3600) before the stop ended; the next start runs it now"
+    )

@@ -15,6 +15,7 @@ from greenpipe.jobs import Envelope
 from greenpipe.journal import (
     Journal,
 )
+from greenpipe.journal.slots import Identity
 from tests.journal_support import (
     make_jobs,
     make_named_jobs,
@@ -258,3 +259,26 @@ def test_a_leftover_adopted_folder_without_jobs_is_not_adopted_each_tick(
         assert not alive.adopt().adopted
     assert not rewrites, "nothing to adopt: nothing written"
     alive.close()
+
+
+def test_an_empty_web_json_is_claimed_again_not_a_recursion(tmp_path, caplog):
+    """Review of issue 31 (#9): web.json linked into place unsynced, a power loss
+    can leave it empty; Slots.claim recursed for ever on it. An unreadable
+    identity is no identity: this web claims the journal, with a warning."""
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "web.json").write_bytes(b"")
+    journal = Journal(str(tmp_path / "j"), identity=Identity(("tcp://127.0.0.1:1",)))
+    recursed = False
+    try:
+        journal.open()
+    except RecursionError:
+        recursed = True  # (its traceback: 1000 frames; not re-raised)
+    finally:
+        journal.close()
+    assert not recursed, (
+        "Journal.open: RecursionError on an empty web.json (Slots.claim)"
+    )
+    assert Identity.decode((tmp_path / "j" / "web.json").read_bytes()) == Identity(
+        ("tcp://127.0.0.1:1",)
+    )
+    assert "web.json" in caplog.text and "unreadable" in caplog.text, caplog.text

@@ -117,8 +117,14 @@ class GroupCommit:
         writer = self._writer
         if writer is not None:
             writer.join(timeout)
-        if self._records and not self.committing:
+        deadline = time.monotonic() + timeout
+        # Records noted while that write syncs (a retry read meanwhile) form the
+        # next group: written here too, none by a writer of commit()'s own
+        # (committing), which would outlive the journal's close.
+        while self._records and not self.committing and time.monotonic() < deadline:
+            self.committing = True  # reset by _write
             self._write(*self._take())
+        if not (self._jobs or self._records):
             return
         jobs, keys, group, (records, noted) = self._take()
         self._writing = 0

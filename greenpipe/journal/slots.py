@@ -136,13 +136,24 @@ class Slots:
         another web, unless `takeover` (JOURNAL_TAKEOVER) says to take it.
         """
         path = os.path.join(self.directory, IDENTITY_FILE)
+        unreadable = False
         try:
             with open(path, "rb") as file:
-                found = Identity.decode(file.read())
+                raw = file.read()
+            found = Identity.decode(raw)
+            unreadable = found is None  # empty (a power loss) or damaged
         except FileNotFoundError:
             found = None
+        except OSError as exc:
+            raise ConfigError(
+                f"JOURNAL_DIR: cannot read {path} ({exc.strerror or exc}); fix its "
+                "permissions, or give this web its own JOURNAL_DIR"
+            ) from None
         if found == identity:
             return
+        if unreadable:  # no identity to keep: this web's, as for a new journal
+            log.warning("journal: %s is unreadable (%d bytes); it names this web "
+                        "now", path, len(raw))  # fmt: skip
         if found is not None and not found.same_web(identity):
             if not takeover:
                 raise ConfigError(
@@ -157,7 +168,9 @@ class Slots:
         temporary = f"{path}.{os.getpid()}.tmp"
         with open(temporary, "wb") as file:
             file.write(identity.encode())
-        if found is not None:
+            file.flush()
+            os.fsync(file.fileno())  # whole before it is linked in
+        if found is not None or unreadable:
             os.replace(temporary, path)
             return
         try:  # the first: never over another web's, written meanwhile
