@@ -111,9 +111,11 @@ def test_locustfile_runs_as_is_headless(system):
 
 
 def test_scenario_draws_the_chart_and_loses_nothing(tmp_path: Path):
+    # 12 s: 6 s after the restart, so that a restarted worker that is slow to
+    # start on a busy machine still has samples after it listens (9 s had none)
     out = tmp_path / "scenario"
     result = subprocess.run(
-        [PYTHON, "-m", "loadtest.scenario", "--duration", "9", "--kill-at", "3",
+        [PYTHON, "-m", "loadtest.scenario", "--duration", "12", "--kill-at", "3",
          "--restart-at", "6", "--users", "8", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
