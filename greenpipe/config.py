@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # Old names still read, each for the setting it became (flag, app.config and
 # environment alike); the new name wins at the same level. One warning each.
 ALIASES = {"max_attempts": "max_deliveries"}
-_warned_aliases: set[str] = set()
+_warned_aliases: set[object] = set()  # what was warned about once
 _S = TypeVar("_S", bound="PipeSettings | WorkerSettings")  # load_settings makes
 _P = TypeVar("_P", bound="PipeSettings")
 
@@ -465,10 +465,13 @@ def _workers_outrank_file(given: dict[str, Any], sources: dict[str, str]) -> Non
     if "workers" not in sources or not given.get("workers_file"):
         return
     if _rank(sources["workers"]) < _rank(sources["workers_file"]):
+        dropped = given.pop("workers_file")
+        if ("WORKERS_FILE", dropped) in _warned_aliases:
+            return  # settings read twice (greenpipe web --app): said once
+        _warned_aliases.add(("WORKERS_FILE", dropped))
         log.warning(
             "WORKERS_FILE=%r (%s) is not read: WORKERS (%s) outranks it; unset "
-            "one of them", given.pop("workers_file"), sources["workers_file"],
-            sources["workers"],
+            "one of them", dropped, sources["workers_file"], sources["workers"],
         )  # fmt: skip
 
 

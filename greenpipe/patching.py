@@ -37,7 +37,7 @@ def _problem(what: str, missing: list[str]) -> str:
         "requests hang and SIGTERM is ignored. Make `from gevent import monkey; "
         "monkey.patch_all()` the first statement of your program, before "
         "importing Flask, greenpipe or your app (as web.py does); under "
-        "gunicorn use -k gevent"
+        "gunicorn use -c python:greenpipe.gunicorn (its gevent workers, patched)"
     )
 
 

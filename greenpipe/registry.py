@@ -66,6 +66,13 @@ class Handlers:
         the policy the handler's own: the worker's RETRIES no longer apply.
         Raises ValueError/TypeError for values that make no sense.
         """
+        if not isinstance(name, str):  # @handlers.job without (name): Celery's habit
+            raise TypeError(
+                f"@handlers.job needs the job's name: @handlers.job({name.__name__!r})"
+                " (the name pushes use), not a bare @handlers.job"
+                if callable(name)
+                else f"handlers.job: the job's name is a str, got {name!r}"
+            )
         given = (retries, backoff, max_backoff, jitter, retry_on, timeout)
         declared = any(value is not None for value in given)
         policy = Policy(

@@ -211,3 +211,18 @@ def test_a_pipe_without_gevent_patches_refuses_to_start_from_a_thread(tmp_path):
         "a Pipe started from a thread needs gevent's monkey patches"
     ), done.stdout
     assert "a Pipe serving requests needs gevent's monkey patches" in done.stderr
+
+
+def test_a_bare_handlers_job_decorator_is_refused_naming_the_fix():
+    """New-user review: `@handlers.job` without (name), Celery's habit, left the
+    registry empty and the function replaced; UnknownJob came only at run time."""
+    import pytest
+
+    from greenpipe import Handlers
+
+    handlers = Handlers()
+    with pytest.raises(TypeError, match=r"@handlers\.job\('welcome'\)"):
+
+        @handlers.job
+        def welcome(job):
+            return None
