@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import contextvars
 import copy
 import logging
 import os
@@ -22,7 +21,8 @@ from greenpipe import routes
 from greenpipe.config import WebSettings, extension_environ, load_web
 from greenpipe.dashboard import dashboard_blueprint
 from greenpipe.errors import BadJob, ConfigError, Unavailable
-from greenpipe.jobs import Handler, Job, Outcome
+from greenpipe.handling import in_app_context
+from greenpipe.jobs import Handler, Outcome
 from greenpipe.pipe import MISSING, InlinePipe, Pipe, Receipt, load_handlers
 from greenpipe.turns import took_turn
 from greenpipe.values import flag
@@ -208,29 +208,6 @@ def _ops_routes(config: Mapping[str, Any], default: bool) -> bool:
         ) from None
 
 
-def _as_on_a_worker(handler: Handler, app: Flask) -> Handler:
-    """`handler` run as a worker with ``--app`` runs it: in a fresh app context.
-
-    Nothing of the caller's contexts comes along: pushed from a view, the
-    handler sees no `request` and a `g` of its own; pushed outside any
-    context (a test, a CLI command), it still has `current_app`. An empty
-    `contextvars.Context` is what leaves the pushing request's behind.
-    """
-
-    def run(job: Job) -> Any:
-        return contextvars.Context().run(_in_app_context, app, handler, job)
-
-    policy = getattr(handler, "policy", None)
-    if policy is not None:  # a Handlers registry's policies stay visible
-        run.policy = policy  # type: ignore[attr-defined]
-    return run
-
-
-def _in_app_context(app: Flask, handler: Handler, job: Job) -> Any:
-    with app.app_context():
-        return handler(job)
-
-
 def extension_of(app: Any) -> Greenpipe | None:
     """The `Greenpipe` set up on `app` (a Flask app), or None if there is none."""
     state = getattr(app, "extensions", {}).get("greenpipe")
@@ -335,7 +312,7 @@ class Greenpipe:
                 )
                 handler = load_handlers(spec, self.handlers)
                 if handler is not None:
-                    handler = _as_on_a_worker(handler, state.app)
+                    handler = in_app_context(handler, state.app)
                 pipe = InlinePipe(handler, state.settings)
             else:
                 pipe = Pipe(_away_from_cwd(state.settings, state.app.config))

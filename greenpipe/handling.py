@@ -13,6 +13,7 @@ handler's ``except Exception:`` around its work cannot swallow them.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import math
@@ -186,3 +187,28 @@ def _failed(
                 error.decode("utf-8", "replace"), job.retries + 1, budget,
                 delay, exc_info=trace)  # fmt: skip
     return protocol.RETRY, protocol.retry_payload(delay, error)
+
+
+def in_app_context(handler: Callable[[Job], Any], app: Any) -> Callable[[Job], Any]:
+    """`handler` run in a fresh app context of the Flask `app`, one per job.
+
+    What a worker started with ``--app`` and the inline mode both do: the
+    handler has `current_app` and a `g` of its own, and nothing of the
+    caller's contexts (an empty `contextvars.Context`: an inline push from a
+    view does not hand over its `request`). A registry's policies and time
+    limits stay visible on the wrapper.
+    """
+
+    def run(job: Job) -> Any:
+        return contextvars.Context().run(_in_context, app, handler, job)
+
+    policy = getattr(handler, "policy", None)
+    if policy is not None:
+        run.policy = policy  # type: ignore[attr-defined]
+        run.time_limits = getattr(handler, "time_limits", {})  # type: ignore[attr-defined]
+    return run
+
+
+def _in_context(app: Any, handler: Callable[[Job], Any], job: Job) -> Any:
+    with app.app_context():
+        return handler(job)

@@ -25,7 +25,7 @@ import gevent.event
 import zmq.green as zmq
 from greenlet import getcurrent
 
-from greenpipe import protocol
+from greenpipe import handling, protocol
 from greenpipe.config import WorkerSettings
 from greenpipe.credit import Account, Shares
 from greenpipe.curve import (
@@ -593,15 +593,7 @@ def in_app_context(handler: Handler, spec: str) -> Handler:
             "app object, e.g. myapp:app"
         )
 
-    def run_in_context(job: Job) -> Any:
-        with app.app_context():
-            return handler(job)
-
-    policy = getattr(handler, "policy", None)
-    if policy is not None:  # a Handlers registry's policies stay visible
-        run_in_context.policy = policy  # type: ignore[attr-defined]
-        run_in_context.time_limits = getattr(handler, "time_limits", {})  # type: ignore[attr-defined]
-    return run_in_context
+    return handling.in_app_context(handler, app)
 
 
 def run(settings: WorkerSettings) -> int:
