@@ -92,15 +92,7 @@ class _State:
 
         Read when the pipe is first made.
         """
-        value = self.app.config.get(
-            "GREENPIPE_INLINE", extension_environ("GREENPIPE_INLINE", self.app.testing)
-        )
-        try:
-            return flag(str(value))
-        except ValueError as exc:
-            raise ConfigError(
-                f"GREENPIPE_INLINE: expected {exc}, got {value!r}"
-            ) from None
+        return _extension_flag(self.app.config, "GREENPIPE_INLINE", self.app.testing)
 
     @property
     def settings(self) -> WebSettings:
@@ -195,17 +187,21 @@ def _take_turn(_exc: BaseException | None = None) -> None:
 
 def _ops_routes(config: Mapping[str, Any], default: bool) -> bool:
     """GREENPIPE_OPS_ROUTES (app.config, then the environment), else `default`."""
-    value = config.get(
-        "GREENPIPE_OPS_ROUTES", extension_environ("GREENPIPE_OPS_ROUTES", default)
-    )
+    return _extension_flag(
+        config, "GREENPIPE_OPS_ROUTES", default, "; True serves /stats, /metrics "
+        "and /dashboard on the app's own port, not only on OPS_PORT",
+    )  # fmt: skip
+
+
+def _extension_flag(
+    config: Mapping[str, Any], key: str, default: bool, hint: str = ""
+) -> bool:
+    """A yes/no key of the extension's own: app.config, then the environment."""
+    value = config.get(key, extension_environ(key, default))
     try:
         return flag(str(value))
     except ValueError as exc:
-        raise ConfigError(
-            f"GREENPIPE_OPS_ROUTES: expected {exc}, got {value!r}; True serves "
-            "/stats, /metrics and /dashboard on the app's own port, not only on "
-            "OPS_PORT"
-        ) from None
+        raise ConfigError(f"{key}: expected {exc}, got {value!r}{hint}") from None
 
 
 def extension_of(app: Any) -> Greenpipe | None:
