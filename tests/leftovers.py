@@ -10,6 +10,7 @@ session fails. Exited orphans (zombies) are only reaped.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -58,16 +59,12 @@ def end_leftovers(grace_s: float = 3.0) -> list[str]:
     leftovers = running_descendants()
     names = [describe(proc) for proc in leftovers]
     for proc in leftovers:
-        try:
+        with contextlib.suppress(psutil.Error):  # gone meanwhile
             proc.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            pass
     _, alive = psutil.wait_procs(leftovers, timeout=grace_s)
     for proc in alive:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(alive, timeout=grace_s)
     running_descendants()  # reap what just exited
     return names

@@ -300,7 +300,7 @@ def test_a_retry_read_during_the_stops_last_group_write_is_kept(tmp_path, monkey
     link._unread.append(_retry_frames(b1, 3600))  # read as the stop begins
     d.inbox.post(link)
     d.close()
-    gevent.sleep(0.5)  # anything left running finishes
+    gevent.sleep(0.5)  # sleep-ok: a stray writer, had close() left one, would write now
     j = Journal(str(tmp_path / "journal"))
     jobs = {job.id: job for job in j.open().jobs}
     j.close()

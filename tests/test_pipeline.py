@@ -116,7 +116,7 @@ def test_many_greenlets_sending_into_a_full_pusher_all_get_through():
             pusher.wait_for_peers(1, timeout=5)
             puller.pause()
             senders = [gevent.spawn(pusher.send_json, n) for n in range(200)]
-            gevent.sleep(0.05)  # idle: let the senders fill the pipe and wait
+            gevent.sleep(0.05)  # sleep-ok: idle, so the senders fill the pipe and wait
             puller.resume()
             got = []
             with gevent.Timeout(10, False):
