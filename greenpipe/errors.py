@@ -1,6 +1,9 @@
-"""The exceptions greenpipe raises: one base, one subclass per boundary."""
+"""The exceptions greenpipe raises: one base, one subclass per boundary.
 
-from werkzeug.exceptions import RequestTimeout
+No Flask or werkzeug here: a worker process imports this module, and werkzeug
+is a third of a worker's start (the HTTP front's `BodyTimeout`, a werkzeug
+`RequestTimeout`, lives in `greenpipe.httpserver`).
+"""
 
 
 class GreenpipeError(Exception):
@@ -25,13 +28,6 @@ class Unavailable(GreenpipeError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-class BodyTimeout(RequestTimeout, OSError):
-    """The request body did not arrive within BODY_TIMEOUT (a 408; the
-    connection is closed). An OSError too, so a read that fails this way is
-    handled where a reset connection is.
-    """
 
 
 class BadJob(GreenpipeError, ValueError):

@@ -30,14 +30,21 @@ from gevent.pywsgi import (
     WSGIServer,
     _InvalidClientInput,
 )
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, RequestTimeout
 
-from greenpipe.errors import BodyTimeout, LinkError
+from greenpipe.errors import LinkError
 from greenpipe.framing import Refused, check_fields, check_request_line, read_head
 from greenpipe.throttle import Throttle
 from greenpipe.turns import took_turn
 
 log = logging.getLogger(__name__)
+
+
+class BodyTimeout(RequestTimeout, OSError):
+    """The request body did not arrive within BODY_TIMEOUT (a 408; the
+    connection is closed). An OSError too, so a read that fails this way is
+    handled where a reset connection is.
+    """
 
 
 def _canned(status: str, extra: str, error: str, detail: str) -> bytes:

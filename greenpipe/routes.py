@@ -30,7 +30,8 @@ from werkzeug.exceptions import (
 
 from greenpipe.admission import KEY_RULE, check_key
 from greenpipe.config import WebSettings
-from greenpipe.errors import BadJob, BodyTimeout, Unavailable
+from greenpipe.errors import BadJob, Unavailable
+from greenpipe.httpserver import BodyTimeout
 from greenpipe.jobs import Envelope, Status
 
 log = logging.getLogger(__name__)

@@ -93,7 +93,7 @@ def test_bench_delayed_quick_reports_lateness_memory_and_cost(tmp_path):
     assert len(ran) == 2 and all(a == b and e == "0" for a, b, e in ran), out
     assert "under locust load" in out, out
     assert re.search(r"[\d,]+ bytes per scheduled job", out), out
-    assert re.search(r"with none: ratio [\d.]+", out), out
+    assert re.search(rf"with none: ratio {RATIO}", out), out
     assert re.search(r"[\d.]+-[\d.]+ MiB on disk", out), out
 
 
