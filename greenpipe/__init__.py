@@ -29,8 +29,8 @@ _WHERE = {
     "Greenpipe": "greenpipe.ext",
     "Pipe": "greenpipe.pipe",
     "Receipt": "greenpipe.pipe",
-    "Handlers": "greenpipe.registry",
-    "UnknownJob": "greenpipe.registry",
+    "Handlers": "greenpipe.handlers",
+    "UnknownJob": "greenpipe.handlers",
     "Job": "greenpipe.jobs",
     "Outcome": "greenpipe.jobs",
     "Status": "greenpipe.jobs",
@@ -56,10 +56,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         Unavailable,
     )
     from greenpipe.ext import Greenpipe  # noqa: F401
+    from greenpipe.handlers import Handlers, UnknownJob  # noqa: F401
     from greenpipe.handling import Cancelled, JobTimeout, Retry  # noqa: F401
     from greenpipe.jobs import Job, Outcome, Status  # noqa: F401
     from greenpipe.pipe import Pipe, Receipt  # noqa: F401
-    from greenpipe.registry import Handlers, UnknownJob  # noqa: F401
     from greenpipe.routes import json_errors  # noqa: F401
     from greenpipe.serving import serve  # noqa: F401
 

@@ -29,9 +29,9 @@ from greenpipe.config import (
     setting,
 )
 from greenpipe.errors import ConfigError, GreenpipeError, Unavailable
+from greenpipe.handlers import Handlers
 from greenpipe.journal.files import lock_file, replace_file
 from greenpipe.periodic import Periodic, plan, tick_text
-from greenpipe.registry import Handlers
 from greenpipe.throttle import Throttle
 
 if TYPE_CHECKING:

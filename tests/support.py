@@ -48,7 +48,7 @@ class ScriptedWeb:
     def __init__(self, worker: Any, ident: bytes = b"web") -> None:
         self.worker, self.ident = worker, ident
         worker._on_message([ident, *protocol.encode_hello(0.5, "scripted web")])
-        self.peer = worker._peers[ident]
+        self.peer = worker.peers.by_ident[ident]
 
     def jobs(self, *records: bytes) -> None:
         self.worker._on_message([self.ident, protocol.JOBS, b"".join(records)])

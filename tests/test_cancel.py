@@ -38,7 +38,7 @@ def test_a_cancel_read_with_its_job_in_one_batch_is_not_dropped():
     assert answers[0][:2] == (b"j-1", protocol.CANCELLED), answers
     assert answers[1] == (b"j-2", protocol.OK, b"")
     assert started == ["j-2"], "a job cancelled before it started does not run"
-    assert not worker._running and worker._busy == 0
+    assert not worker.pool.running and worker.pool.busy == 0
 
 
 def test_a_cancel_interrupts_every_run_of_a_job_held_twice():
@@ -148,8 +148,8 @@ class CancelModel:
                     f"a run of {raw_id!r} went on {turns} turns after its cancel "
                     f"was read; {where}"
                 )
-        assert not self.worker._running and not self.worker._cancelled, where
-        assert self.worker._busy == 0, where
+        assert not self.worker.pool.running and not self.worker.pool.cancelled, where
+        assert self.worker.pool.busy == 0, where
 
 
 def test_a_cancel_racing_starts_and_re_sends_keeps_the_promise_seeded():
