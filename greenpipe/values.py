@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
+from dataclasses import field
+from typing import Any
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -169,3 +171,12 @@ def path(raw: str) -> str:
     if not raw.strip():
         raise ValueError("a file path")
     return raw.strip()
+
+
+def setting(
+    default: Any, parse: Callable[[str], Any], help: str, shown: str = ""
+) -> Any:
+    """A dataclass field that knows how to read itself from text."""
+    return field(
+        default=default, metadata={"parse": parse, "help": help, "shown": shown}
+    )
