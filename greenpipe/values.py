@@ -180,3 +180,25 @@ def setting(
     return field(
         default=default, metadata={"parse": parse, "help": help, "shown": shown}
     )
+
+
+# The three settings every process has, web and worker alike (one field each).
+def unknown_settings_setting() -> Any:
+    return setting(
+        "warn",
+        choice("warn", "refuse"),
+        "a GREENPIPE_* name (environment, app.config) or a near-miss of a "
+        "setting's name that is no setting: warn at start, or refuse to start",
+    )
+
+
+def log_level_setting() -> Any:
+    return setting("INFO", log_level, "DEBUG, INFO, WARNING or ERROR")
+
+
+def log_format_setting() -> Any:
+    return setting(
+        "text",
+        choice("text", "json"),
+        "text: TIME LEVEL logger: message (ISO-8601 UTC, ms); json: one object a line",
+    )

@@ -113,18 +113,9 @@ class PipeSettings:
     reuse_port: bool = setting(
         False, values.flag, "bind HTTP with SO_REUSEPORT (shared port)"
     )
-    unknown_settings: str = setting(
-        "warn",
-        values.choice("warn", "refuse"),
-        "a GREENPIPE_* name (environment, app.config) or a near-miss of a "
-        "setting's name that is no setting: warn at start, or refuse to start",
-    )
-    log_level: str = setting("INFO", values.log_level, "DEBUG, INFO, WARNING or ERROR")
-    log_format: str = setting(
-        "text",
-        values.choice("text", "json"),
-        "text: TIME LEVEL logger: message (ISO-8601 UTC, ms); json: one object a line",
-    )
+    unknown_settings: str = values.unknown_settings_setting()
+    log_level: str = values.log_level_setting()
+    log_format: str = values.log_format_setting()
 
     @property
     def max_attempts(self) -> int:
