@@ -120,9 +120,7 @@ class Admission:
         self._clock = clock
         self._commit: GroupCommit | None = None
         if journal is not None:
-            self._commit = GroupCommit(journal, self._journaled)
-        # Keys whose job waits for its group commit: a retry waits for it too.
-        self._pending: dict[str, tuple[Envelope, Group]] = {}
+            self._commit = GroupCommit(journal, queues, keys, wake)
         # Whose: siblings route a lookup by it (greenpipe.siblings). Not a secret.
         self.prefix = secrets.token_hex(4) + "-"
 
@@ -156,9 +154,7 @@ class Admission:
             self.queues.add((job,))
             self._wake.set()  # send it
             return job
-        group = self._commit.add(job, key)
-        if key:
-            self._pending[key] = (job, group)
+        group = self._commit.add(job, key)  # settled: queued, key remembered
         self._wake.set()  # the dispatcher greenlet writes the group
         # No timer per request (arming one costs more than the write): the
         # dispatcher greenlet always settles the group, and a stalled sync is
@@ -178,25 +174,13 @@ class Admission:
 
         A key whose job waits for its group commit waits for the same group.
         """
-        pending = self._pending.get(key)
+        commit = self._commit
+        pending = commit.pending.get(key) if commit is not None else None
         if pending is not None:
             first, group = pending
             self._await(group)
             return first.id
         return self.keys.find(key)
-
-    def _journaled(
-        self, jobs: list[Envelope], keys: list[tuple[str, float]], error: str
-    ) -> None:
-        """A group commit ended: queue its jobs and remember their keys, or not."""
-        for job, (key, at) in zip(jobs, keys, strict=True):
-            if key and self._pending.get(key, (None, None))[0] is job:
-                del self._pending[key]
-                if not error:
-                    self.keys.remember(key, job.id, at)  # the time journaled
-        if not error:
-            self.queues.add(jobs)
-        self._wake.set()  # send these, write the next group, see if drained
 
     def commit(self) -> None:
         """Write what was taken since the last write (the dispatcher greenlet)."""

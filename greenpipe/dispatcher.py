@@ -22,8 +22,8 @@ import gevent
 import gevent.event
 import zmq.green as zmq
 
+from greenpipe import answers, protocol
 from greenpipe import books as books_module
-from greenpipe import protocol
 from greenpipe.admission import Admission, IdempotencyKeys
 from greenpipe.books import LATENCY_BUCKETS, Books, Snapshot
 from greenpipe.config import Endpoint, PipeSettings
@@ -31,11 +31,12 @@ from greenpipe.deadletter import DeadLetters
 from greenpipe.errors import LinkError, Unavailable
 from greenpipe.finished import FinishedJobs
 from greenpipe.fleet import Fleet, LinkFactory
-from greenpipe.jobs import Envelope, Outcome, Status, unfinished
-from greenpipe.journal import Journal, Replay
+from greenpipe.jobs import Envelope, Outcome, Status
+from greenpipe.journal import Journal
 from greenpipe.journal.slots import Identity
 from greenpipe.link import Event, Happened, Inbox, Link
 from greenpipe.queues import Queues
+from greenpipe.recovery import Recovery
 from greenpipe.settlement import Settlement
 from greenpipe.throttle import Throttle
 
@@ -89,6 +90,10 @@ class Dispatcher:
         self.queues = Queues(clock)
         self._fresh, self._retry = self.queues.fresh, self.queues.retry
         self.later = self.queues.later  # waiting for a time: a delay, a backoff
+        self.recovery: Recovery | None = None  # what the journal owes, replayed
+        if self.journal is not None:
+            self.recovery = Recovery(self.journal, self.queues, keys, self.books,
+                                     clock)  # fmt: skip
         self.admission = Admission(
             settings, self.fleet, self.books, keys, self.journal, self.queues,
             self._wake, clock,
@@ -120,58 +125,19 @@ class Dispatcher:
 
         Raises ConfigError or JournalError if the journal cannot be opened.
         """
-        if self.journal is not None:
-            replay = self.journal.open()
-            self._replay(replay)
-            self.admission.keys.load(replay.keys)
-            log.info(
-                "journal: %s (slot %d, sync %s): replaying %d jobs owed%s",
-                self.journal.path,
-                self.journal.slot,
-                self.journal.sync,
-                len(replay.jobs),
-                f", adopted slots {replay.adopted}" if replay.adopted else "",
-            )
+        if self.recovery is not None:
+            self.recovery.start()
         self._hold_until = self._clock() + self.settings.ready_timeout
         self.fleet.open()
         self._greenlet = gevent.spawn(self._run)
 
-    def _replay(self, replay: Replay) -> None:
-        """Queue what a journal owed: due jobs now, waiting ones at their time."""
-        now, wall = self._clock(), time.time()
-        for job in replay.jobs:
-            job.accepted_at = now  # for the latency histogram
-            if job.not_before > wall:  # a delay or a retry's backoff to wait out
-                self.later.add(job)
-            else:
-                self._fresh.append(job)
-        self.books.replayed += len(replay.jobs)
-
     def adopt(self) -> None:
-        """Adopt the journal slots whose process stopped or died (each tick).
-
-        A sibling that stops (a rolling restart, gunicorn's reload) or dies
-        leaves its slot's waiting jobs owed and its lock free; a process that
-        runs takes them over here, between group commits, not only at its start.
-        """
-        journal = self.journal
-        if journal is None or self._draining or self.admission.in_commit():
+        """Adopt the journal slots whose process stopped or died (each tick):
+        `Recovery.adopt`, between group commits and not while draining."""
+        if self.recovery is None or self._draining or self.admission.in_commit():
             return
-        try:
-            replay = journal.adopt()
-        except OSError as exc:
-            self._throttle.warning("adopt", "journal: cannot adopt an orphaned "
-                                   "slot into %s (%s); trying again", journal.path,
-                                   exc)  # fmt: skip
-            return
-        if not replay.adopted:
-            return
-        self._replay(replay)
-        self.admission.keys.load({**replay.keys, **self.admission.keys.live()})
-        said = log.warning if replay.jobs else log.info
-        said("journal: adopted slots %s while running: %d jobs owed, replaying them",
-             replay.adopted, len(replay.jobs))  # fmt: skip
-        self._wake.set()
+        if self.recovery.adopt():
+            self._wake.set()
 
     def drain(self, timeout: float) -> int:
         """Wait up to `timeout` s until every accepted job is acknowledged.
@@ -466,21 +432,9 @@ class Dispatcher:
     # -- reporting -----------------------------------------------------------------
 
     def status(self, job_id: str) -> dict | None:
-        """What became of a job this process accepted; None if unknown or expired.
-
-        Jobs not finished are looked for where they are (a link's in-flight
-        table, the queues): a lookup is rare, a map kept per job is not free.
-        """
-        key = job_id.encode("ascii", "replace")
-        for link in self.links:
-            job = link.jobs.get(key)
-            if job is not None:
-                return unfinished(job, Status.IN_FLIGHT, link.name)
-        return (
-            self.queues.status(job_id)
-            or self.settlement.status(job_id)
-            or self.finished.get(job_id)
-        )
+        """What became of a job this process accepted: `answers.job_status`."""
+        return answers.job_status(job_id, self.links, self.queues, self.settlement,
+                                  self.finished)  # fmt: skip
 
     def owns(self, job_id: str) -> bool:
         """True if `job_id` was made by this process (whatever became of it)."""
@@ -512,19 +466,8 @@ class Dispatcher:
         return self.admission.in_commit() + self.pending() + self.fleet.in_flight()
 
     def health(self) -> tuple[bool, dict]:
-        ready, not_ready = self.fleet.health()
-        journal_ok = self.journal is None or self.journal.healthy
-        barrier = self.barrier_met
-        ok = barrier and bool(ready) and not self._draining and journal_ok
-        return ok, {
-            "status": "ok" if ok else "unavailable",
-            "barrier": barrier,
-            "journal": "off"
-            if self.journal is None
-            else ("ok" if journal_ok else self.journal.last_error),  # fmt: skip
-            "ready": ready,
-            "not_ready": not_ready,
-        }
+        """/healthz's answer: `answers.health`."""
+        return answers.health(self.fleet, self.journal, self._draining)
 
     def snapshot(self) -> Snapshot:
         """Every figure of this process now: /stats, /metrics and the dashboard's."""

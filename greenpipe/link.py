@@ -1,11 +1,11 @@
-"""One configured worker as the web sees it: its socket, its state, its jobs.
+"""One configured worker as the web sees it: its state, its jobs, its messages.
 
-A `Link` owns a DEALER connected to a worker's ROUTER and a monitor socket on
-it; one reader greenlet waits on each (zmq.green allows one waiter per socket,
-pyzmq#1154), keeps what it reads in the link, and names the link in the shared
-`Inbox` (which wakes the dispatcher greenlet). That greenlet has the link apply
-it (`receive`), and reacts to the events returned: nothing here calls up. A
-link owns its state machine and the jobs it holds: a message or monitor event
+A `Link` owns a `Connection` (`greenpipe.connection`: a DEALER connected to a
+worker's ROUTER, a monitor on it, a reader greenlet on each) whose readers keep
+what they read and name the link in the shared `Inbox` (which wakes the
+dispatcher greenlet). That greenlet has the link apply it (`receive`), and
+reacts to the events returned (`greenpipe.linkevents`): nothing here calls up.
+A link owns its state machine and the jobs it holds: a message or monitor event
 (READY, BYE, a handshake, a disconnect) or the dispatcher (a loss) makes the
 transition:
 
@@ -20,77 +20,42 @@ workers in any language.
 
 from __future__ import annotations
 
-import itertools
 import logging
-from collections import deque
 from collections.abc import Sequence
-from enum import StrEnum
 from itertools import islice
-from typing import Any, NamedTuple
 
-import gevent
-import gevent.event
 import zmq.green as zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from greenpipe import protocol
 from greenpipe.config import Endpoint
+from greenpipe.connection import Connection
 from greenpipe.curve import Keypair
 from greenpipe.errors import LinkError, ProtocolError
+from greenpipe.handshake import HANDSHAKE_FAILED, handshake_failure
+from greenpipe.inbox import Inbox, Unread
 from greenpipe.jobs import Envelope, Status
+from greenpipe.linkevents import (
+    CONNECTING,
+    FULL,
+    LEAVING,
+    LOST,
+    READY,
+    Event,
+    Happened,
+    LinkState,
+)
 from greenpipe.throttle import Throttle
+
+__all__ = [
+    "CONNECTING", "FULL", "HANDSHAKE_FAILED", "LEAVING", "LOST", "PUSH_HWM", "READY",
+    "Event", "Happened", "Inbox", "Link", "LinkState", "Unread", "handshake_failure",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 _throttle = Throttle(log)
 
 
-class LinkState(StrEnum):
-    """A link's state, as /stats, /healthz and /metrics show it."""
-
-    CONNECTING = "connecting"  # waiting for READY (first time, or after a leave)
-    READY = "ready"  # takes jobs while it has credit
-    FULL = "full"  # ready, but as many jobs in flight as the worker allows
-    LOST = "lost"  # crashed, hung or cut off; its jobs went elsewhere; reconnecting
-    LEAVING = "leaving"  # said BYE: finishing what it holds, takes nothing new
-
-
-CONNECTING, READY, FULL = LinkState.CONNECTING, LinkState.READY, LinkState.FULL
-LOST, LEAVING = LinkState.LOST, LinkState.LEAVING
-
-
-class Happened(StrEnum):
-    """What a message or a monitor event did to a link (`Event.what`)."""
-
-    JOINED = "joined"  # in the rotation (detail: "ready", "back", or "" for PUSH)
-    # detail: (jobs done without a result, [(job, status, payload)], stray acks)
-    ACKED = "acked"
-    CREDIT = "credit"  # the worker moved this web's share (detail: the change)
-    LEAVING = "leaving"  # the worker said BYE: no new jobs (detail: jobs it holds)
-    REFUSED = "refused"  # BYE before READY: the worker refused (detail: reason)
-    LOST = "lost"  # take its jobs back (detail: (reason, graceful))
-    HELLO_DUE = "hello_due"  # the connection is up: greet the worker
-    HANDSHAKE_FAILED = "handshake_failed"  # CURVE said no (detail: why)
-    MISMATCH = "mismatch"  # READY of another protocol version (detail: its version)
-    MALFORMED = "malformed"  # dropped (detail: what was wrong)
-
-
-class Event(NamedTuple):
-    """One thing that happened on a link, for the dispatcher to react to."""
-
-    what: Happened
-    detail: Any = None
-
-
 PUSH_HWM = 1_000  # messages queued to a plain PULL worker, at most
-_MONITORED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
-# A CURVE handshake refused by the worker's allowlist, or failed on a wrong key.
-HANDSHAKE_FAILED = (
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-)
-_MONITORED |= HANDSHAKE_FAILED
-_ids = itertools.count(1)
 # A result's status byte as what became of the job (RETRY: it waits, retrying).
 _OUTCOMES = {
     protocol.OK: Status.DONE,
@@ -98,79 +63,6 @@ _OUTCOMES = {
     protocol.RETRY: Status.RETRYING,
     protocol.CANCELLED: Status.CANCELLED,
 }
-_REFUSED = (
-    "the worker refused this web's key: add this web's NAME.key to the worker's "
-    "CURVE_ALLOW directory"
-)
-# Why a handshake failed, as far as libzmq's monitor events tell (the event, its
-# value, and whether this web has CURVE on). A wrong CURVE_SERVER key and a peer
-# that is not ZeroMQ at all both end in HANDSHAKE_FAILED_NO_DETAIL.
-_WRONG_KEY = (
-    "the CURVE handshake failed: is CURVE_SERVER the worker's public key (compare "
-    "its fingerprint with the one the worker logs at start)? If it is, what "
-    "listens there is not a greenpipe worker"
-)
-_NOT_ZEROMQ = (
-    "what listens there does not speak ZeroMQ (the ZMTP greeting failed): is it "
-    "a worker's port, and not a web's HTTP port or another service?"
-)
-_WORKER_HAS_CURVE = (
-    "the worker has CURVE on and this web has it off: set CURVE_SECRET and "
-    "CURVE_SERVER for this web (python -m greenpipe keys)"
-)
-_WEB_HAS_CURVE = (
-    "this web has CURVE on and the worker has it off: start the worker with "
-    "CURVE_SECRET and CURVE_ALLOW, or unset this web's CURVE_SECRET"
-)
-
-
-_PROTOCOL_ERRORS = {getattr(zmq, name): name for name in dir(zmq)
-                    if name.startswith("PROTOCOL_ERROR_")}  # fmt: skip
-
-
-def handshake_failure(event: int, value: int, curve: bool) -> str:
-    """Why a handshake failed, from a monitor event and its value, in words."""
-    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return _REFUSED
-    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-            return _WEB_HAS_CURVE if curve else _WORKER_HAS_CURVE
-        if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
-            return _WRONG_KEY
-        name = _PROTOCOL_ERRORS.get(value, hex(value))
-        return (
-            f"the ZeroMQ handshake failed ({name}): is it a greenpipe worker, "
-            "running the same greenpipe as this web?"
-        )
-    return _WRONG_KEY if curve else _NOT_ZEROMQ
-
-
-class Inbox:
-    """The links holding what their readers read and nobody applied yet.
-
-    Shared by the links and the dispatcher: a reader greenlet `post`s its
-    link, which sets `wake` (the dispatcher greenlet's event); that greenlet
-    `take`s the links, each once, in the order they were posted.
-    """
-
-    __slots__ = ("_links", "wake")
-
-    def __init__(self, wake: gevent.event.Event) -> None:
-        self._links: dict[Link, None] = {}  # an ordered set
-        self.wake = wake
-
-    def post(self, link: Link) -> None:
-        self._links[link] = None
-        self.wake.set()
-
-    def take(self) -> list[Link]:
-        links = list(self._links)
-        self._links.clear()
-        return links
-
-
-# What a reader read: a message's frames, or a monitor event and its value.
-Unread = list[bytes] | tuple[int, int]
 
 
 class Link:
@@ -209,11 +101,8 @@ class Link:
         # (this web's keypair, the worker's public key): CURVE on this link.
         self.curve: tuple[Keypair, bytes] | None = None
         self._context = context
-        self._inbox = inbox
-        self._unread: deque[Unread] = deque()  # read, not yet applied, in order
-        self._sock: zmq.Socket | None = None
-        self._monitor: zmq.Socket | None = None
-        self._readers: list[gevent.Greenlet] = []
+        self.wire = Connection(self.name, inbox, self)  # its socket and readers
+        self._unread = self.wire.unread  # read, not yet applied, in order
 
     # -- what the worker says -----------------------------------------------------
 
@@ -516,54 +405,13 @@ class Link:
 
     def open(self) -> None:
         """Create the socket and its monitor, connect, and start the readers."""
-        sock = self._socket()
-        if self.curve is not None:
-            keys, server = self.curve
-            sock.curve_secretkey = keys.secret
-            sock.curve_publickey = keys.public
-            sock.curve_serverkey = server
-        # A closed link's unsent jobs are re-sent elsewhere: drop them at once.
-        sock.setsockopt(zmq.LINGER, 0)
-        # ms; a restarted worker is back in well under a second.
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
-        # ms; a SYN lost on a cut network is not retried for seconds by the
-        # kernel: give up on it and reconnect, so a healed link is back fast.
-        sock.setsockopt(zmq.CONNECT_TIMEOUT, 1000)
-        monitor = sock.get_monitor_socket(
-            _MONITORED, f"inproc://greenpipe-monitor-{next(_ids)}"
-        )
-        try:
-            sock.connect(self.endpoint.address)
-        except zmq.ZMQError as exc:
-            monitor.close(0)
-            sock.close(0)
-            raise LinkError(
-                f"cannot connect to worker {self.name}: {exc}; check WORKERS"
-            ) from exc
-        self._sock, self._monitor = sock, monitor
+        self.wire.open(self._socket(), self.endpoint.address, self.curve,
+                       self.reliable)  # fmt: skip
         self.connected = False
-        self._readers = [gevent.spawn(self._watch, monitor, sock)]
-        if self.reliable:
-            self._readers.append(gevent.spawn(self._read, sock))
 
     def close(self) -> None:
         """Close both sockets now (unsent messages are dropped); readers exit."""
-        sock, monitor = self._sock, self._monitor
-        self._sock = self._monitor = None
-        readers, self._readers = self._readers, []
-        self._unread.clear()  # the closed connection's: as the socket's unread
-        current = gevent.getcurrent()
-        for reader in readers:
-            if reader is not current:
-                reader.kill(block=False)
-        if sock is not None:
-            try:
-                sock.disable_monitor()
-            except zmq.ZMQError:
-                pass
-            monitor.close(0)
-            sock.close(0)
+        self.wire.close()
 
     def reset(self) -> None:
         """Drop the connection and start afresh (a new routing id at the worker)."""
@@ -575,17 +423,9 @@ class Link:
 
         "Cannot go" means the high-water mark is reached (or, for a PushLink,
         no connection is complete); the caller keeps the message's jobs.
+        Raises LinkError if the socket fails for a reason other than "full".
         """
-        sock = self._sock
-        if sock is None:
-            return False
-        try:
-            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            return False
-        except zmq.ZMQError as exc:
-            raise LinkError(f"sending to worker {self.name} failed: {exc}") from exc
-        return True
+        return self.wire.send(frames)
 
     def receive_queued(self, now: float) -> list[Event]:
         """Apply every message read or waiting in the socket, without waiting.
@@ -601,40 +441,9 @@ class Link:
             unread.extend(monitor)
             for frames in messages:
                 events += self.handle(frames, now)
-        sock = self._sock
-        while sock is not None and sock is self._sock:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.ZMQError:
-                break
+        for frames in self.wire.queued():
             events += self.handle(frames, now)
         return events
-
-    def _read(self, sock: zmq.Socket) -> None:
-        count = 0
-        while sock is self._sock:
-            try:
-                frames = sock.recv_multipart()
-            except zmq.ZMQError:
-                return  # closed under us: reset() or close()
-            if sock is not self._sock:
-                return
-            self._unread.append(frames)
-            self._inbox.post(self)
-            count += 1
-            if count % 64 == 0:
-                gevent.sleep(0)  # a busy link must not starve the HTTP greenlets
-
-    def _watch(self, monitor: zmq.Socket, sock: zmq.Socket) -> None:
-        while sock is self._sock:
-            try:
-                event = recv_monitor_message(monitor)
-            except zmq.ZMQError:
-                return
-            if sock is not self._sock:
-                return
-            self._unread.append((event["event"], event["value"]))
-            self._inbox.post(self)
 
     def __repr__(self) -> str:
         shown, held = self.reported_state, len(self.jobs)

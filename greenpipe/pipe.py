@@ -11,11 +11,12 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import gevent
 import zmq.green as zmq
 
 from greenpipe import books as books_module
@@ -30,7 +31,7 @@ from greenpipe.handling import NO_POLICY, run_handler
 from greenpipe.history import History
 from greenpipe.jobs import Envelope, Job, Outcome, Status
 from greenpipe.patching import check_pipe_start
-from greenpipe.siblings import Siblings
+from greenpipe.siblings import Question, Siblings
 
 MISSING: Any = object()
 # Every Pipe, so that a forked child knows none of them runs in it (the links
@@ -183,6 +184,7 @@ class Pipe:
         self._drained = False  # drain() ran: close() need not drain again
         self._exposition: Any = None  # /metrics' registry, made when first scraped
         self.siblings: Siblings | None = None  # processes sharing the port, if any
+        self._answering: gevent.Greenlet[Any, Any] | None = None  # answers the siblings
         _PIPES.add(self)
 
     # -- lifecycle
@@ -198,12 +200,26 @@ class Pipe:
             if self.settings.dashboard:
                 self.history = History(self.snapshot)
                 self.history.start()
-            self.siblings = Siblings.join(
-                self.settings,
-                self.dispatcher.admission.prefix,
-                self.dispatcher.status,
-                self.dispatcher.cancel,
-            )
+            prefix = self.dispatcher.admission.prefix
+            self.siblings = Siblings.join(self.settings, prefix)
+            if self.siblings is not None:
+                self._answering = gevent.spawn(self._answer_siblings,
+                                               self.siblings.questions)  # fmt: skip
+
+    def _answer_siblings(self, questions: Iterable[Question]) -> None:
+        """Answer what the siblings ask (`greenpipe.siblings`), each in a greenlet
+        of its own: a cancel may wait for its record's group commit."""
+        for question in questions:
+            gevent.spawn(self._reply_to_sibling, question)
+
+    def _reply_to_sibling(self, question: Question) -> None:
+        """This process's own record of a job, or its own cancel."""
+        dispatcher = self.dispatcher
+        asked = dispatcher.cancel if question.verb == "cancel" else dispatcher.status
+        try:
+            question.answer.set(asked(question.job_id))
+        except Exception as exc:  # Unavailable: told to the asker; else its bug
+            question.answer.set_exception(exc)
 
     def wait_ready(self, timeout: float) -> bool:
         """Block up to `timeout` s for the barrier (every worker said READY once)."""
@@ -245,6 +261,8 @@ class Pipe:
             self.history.stop()
         if self.siblings is not None:
             self.siblings.close()
+        if self._answering is not None:
+            self._answering.kill(block=False)
         self.dispatcher.close()
         return owed
 

@@ -6,6 +6,8 @@ workers of one gunicorn master) each listen on a unix socket named by that
 prefix, in one directory per port under ``$TMPDIR/greenpipe-<uid>`` (0700):
 a lookup that lands on another process asks the owner there, in one line
 (every sibling, once the owner has gone: its jobs went to whoever adopted them).
+A question that lands here is put in `Siblings.questions` for the owner (the
+`Pipe`) to answer; nothing here calls up.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import re
 import stat
 import sys
 import tempfile
-from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import gevent
+import gevent.queue
 from gevent import socket
+from gevent.event import AsyncResult
 from gevent.server import StreamServer
 
 from greenpipe.errors import Unavailable
@@ -33,6 +36,20 @@ MAX_LINE = 512  # bytes of a question: "status <id>\n"
 MAX_ANSWER = 1 << 20  # bytes; a status record (results over 64 KiB are not kept)
 PREFIX = re.compile(r"[0-9a-f]{8}")  # Admission.prefix without its "-"
 MAX_UNIX_PATH = 100  # bytes; sun_path holds 108
+VERBS = ("status", "cancel")  # what a sibling may ask
+
+
+class Question(NamedTuple):
+    """A sibling's question about one of this process's jobs, to be answered.
+
+    The owner sets `answer` to this process's own record of the job (never
+    asking further; None if unknown), or its exception (`Unavailable`: a
+    cancel not journaled).
+    """
+
+    verb: str  # one of VERBS
+    job_id: str
+    answer: AsyncResult
 
 
 def group(settings: Any) -> str | None:
@@ -66,34 +83,22 @@ def _private_dir(path: str) -> bool:
 class Siblings:
     """This process's socket in its group's directory, and lookups of the others.
 
-    `answer(job_id)` is this process's own record of a job (never asking
-    further), `cancel(job_id)` its own cancel. `status` and `cancel` ask the
-    process whose prefix a job id carries, or if it has gone (its socket
-    missing or refusing), every sibling at once (one of them adopted its
-    journal slot): None if none knows the job, `Unavailable` if the one
-    asked, or one of those, does not answer within ASK_TIMEOUT_S.
+    A sibling's question is put in `questions` (a `Question`); the owner
+    answers it within ASK_TIMEOUT_S, or the sibling is told nothing. `status`
+    and `cancel` ask the process whose prefix a job id carries, or if it has
+    gone (its socket missing or refusing), every sibling at once (one of them
+    adopted its journal slot): None if none knows the job, `Unavailable` if
+    the one asked, or one of those, does not answer within ASK_TIMEOUT_S.
     """
 
-    def __init__(
-        self,
-        directory: str,
-        prefix: str,
-        answer: Callable[[str], dict | None],
-        cancel: Callable[[str], dict | None] | None = None,
-    ) -> None:
+    def __init__(self, directory: str, prefix: str) -> None:
         self.directory = directory
         self.path = os.path.join(directory, prefix.rstrip("-") + ".sock")
-        self._verbs = {"status": answer, "cancel": cancel or (lambda _id: None)}
+        self.questions: gevent.queue.Queue[Question] = gevent.queue.Queue()
         self._server: StreamServer | None = None
 
     @classmethod
-    def join(
-        cls,
-        settings: Any,
-        prefix: str,
-        answer: Callable[[str], dict | None],
-        cancel: Callable[[str], dict | None] | None = None,
-    ) -> Siblings | None:
+    def join(cls, settings: Any, prefix: str) -> Siblings | None:
         """Listen for lookups if this process shares its port; else None.
 
         A runtime directory that is not this user's alone, or a path too long
@@ -104,7 +109,7 @@ class Siblings:
             return None
         root = os.path.join(tempfile.gettempdir(), f"greenpipe-{os.getuid()}")
         directory = os.path.join(root, name)
-        siblings = cls(directory, prefix, answer, cancel)
+        siblings = cls(directory, prefix)
         try:
             if not (_private_dir(root) and _private_dir(directory)):
                 raise OSError(f"{root} is not a 0700 directory of uid {os.getuid()}")
@@ -148,11 +153,14 @@ class Siblings:
             with gevent.Timeout(ASK_TIMEOUT_S, False):
                 question = _read_line(conn, MAX_LINE)
                 verb, _, job_id = question.decode("ascii", "replace").partition(" ")
-                act = self._verbs.get(verb)
-                try:
-                    found = act(job_id) if act is not None else None
-                except Unavailable as exc:  # a cancel not journaled: a 503 there
-                    found = {"unavailable": str(exc)}
+                found = None
+                if verb in VERBS:
+                    asked = Question(verb, job_id, AsyncResult())
+                    self.questions.put(asked)
+                    try:
+                        found = asked.answer.get()
+                    except Unavailable as exc:  # a cancel not journaled: 503 there
+                        found = {"unavailable": str(exc)}
                 conn.sendall(json.dumps(found).encode() + b"\n")
         except OSError:
             pass  # the asker gave up

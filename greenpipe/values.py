@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
+from dataclasses import field
+from typing import Any
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -169,3 +171,34 @@ def path(raw: str) -> str:
     if not raw.strip():
         raise ValueError("a file path")
     return raw.strip()
+
+
+def setting(
+    default: Any, parse: Callable[[str], Any], help: str, shown: str = ""
+) -> Any:
+    """A dataclass field that knows how to read itself from text."""
+    return field(
+        default=default, metadata={"parse": parse, "help": help, "shown": shown}
+    )
+
+
+# The three settings every process has, web and worker alike (one field each).
+def unknown_settings_setting() -> Any:
+    return setting(
+        "warn",
+        choice("warn", "refuse"),
+        "a GREENPIPE_* name (environment, app.config) or a near-miss of a "
+        "setting's name that is no setting: warn at start, or refuse to start",
+    )
+
+
+def log_level_setting() -> Any:
+    return setting("INFO", log_level, "DEBUG, INFO, WARNING or ERROR")
+
+
+def log_format_setting() -> Any:
+    return setting(
+        "text",
+        choice("text", "json"),
+        "text: TIME LEVEL logger: message (ISO-8601 UTC, ms); json: one object a line",
+    )

@@ -5,13 +5,16 @@ greenlet writes the group (one write, and with JOURNAL_SYNC=batch one
 fdatasync off the loop, bounded by COMMIT_TIMEOUT) and settles it: every
 parked request wakes, with an error if the write failed (a 503: never a 202
 for a job not kept). A request that waited tells `greenpipe.turns`, so the
-HTTP server skips its own yield.
+HTTP server skips its own yield. A settled group's jobs go into the shared
+`Queues` (their keys into the idempotency keys) before its requests wake, and
+the dispatcher greenlet's `wake` is set: nothing is called back.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import gevent
 from gevent.hub import Waiter
@@ -19,6 +22,12 @@ from gevent.hub import Waiter
 from greenpipe import turns
 from greenpipe.jobs import Envelope
 from greenpipe.journal.log import Journal, JournalError
+from greenpipe.queues import Queues
+
+if TYPE_CHECKING:
+    from gevent.event import Event
+
+    from greenpipe.admission import IdempotencyKeys
 
 COMMIT_TIMEOUT = 5.0  # seconds a request waits for its group's journal write
 _NO_KEY = ("", 0.0)
@@ -57,19 +66,27 @@ class Group:
             waiter.switch(None)
 
 
-# Called once a group is settled: (its jobs, their (key, wall time)s, the error or "").
-Settled = Callable[[list[Envelope], list[tuple[str, float]], str], None]
 # Called once a noted record's group is settled: (the error, or "").
 Noted = Callable[[str], None]
 _Notes = tuple[list[bytes], list[Noted]]  # records noted, and their callbacks
 
 
 class GroupCommit:
-    """The open group and its write: one group at a time, in order."""
+    """The open group and its write: one group at a time, in order.
 
-    def __init__(self, journal: Journal, settled: Settled) -> None:
+    A group written puts its jobs in `queues` and their keys in `keys`, then
+    sets `wake`; a group that failed (its requests get 503s) does neither.
+    """
+
+    def __init__(
+        self, journal: Journal, queues: Queues, keys: IdempotencyKeys, wake: Event
+    ) -> None:
         self.journal = journal
-        self._settled = settled
+        self.queues = queues
+        self.keys = keys
+        self._wake = wake
+        # Keys whose job waits for its group commit: a repeat waits for it too.
+        self.pending: dict[str, tuple[Envelope, Group]] = {}
         self._jobs: list[Envelope] = []
         # (idempotency key, wall time it was taken); ("", 0.0) for a job without
         self._keys: list[tuple[str, float]] = []
@@ -84,6 +101,8 @@ class GroupCommit:
         """Put `job` in the open group; the caller waits on the group returned."""
         self._jobs.append(job)
         self._keys.append((key, time.time()) if key else _NO_KEY)
+        if key:
+            self.pending[key] = (job, self.group)
         return self.group
 
     def note(self, data: bytes, done: Noted | None = None) -> Group:
@@ -130,10 +149,23 @@ class GroupCommit:
         self._writing = 0
         if jobs or records:
             error = "this web process is stopping; retry on another"
-            self._settled(jobs, keys, error)
+            self._journaled(jobs, keys, error)
             for done in noted:
                 done(error)
             group.settle(error)
+
+    def _journaled(
+        self, jobs: list[Envelope], keys: list[tuple[str, float]], error: str
+    ) -> None:
+        """A group ended: queue its jobs and remember their keys, or not."""
+        for job, (key, at) in zip(jobs, keys, strict=True):
+            if key and self.pending.get(key, (None, None))[0] is job:
+                del self.pending[key]
+                if not error:
+                    self.keys.remember(key, job.id, at)  # the time journaled
+        if not error:
+            self.queues.add(jobs)
+        self._wake.set()  # send these, write the next group, see if drained
 
     def _take(
         self,
@@ -188,7 +220,7 @@ class GroupCommit:
             self._writing = 0
             self._writer = None
             try:
-                self._settled(jobs, keys, error)
+                self._journaled(jobs, keys, error)
                 for done in noted[1]:
                     done(error)
             finally:
