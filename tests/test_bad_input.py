@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Iterator
 
 import pytest
 import zmq
 
-from greenpipe import protocol
+from greenpipe import protocol, testing
 from tests.support import poll_until, read_records
 
 
@@ -17,6 +18,25 @@ from tests.support import poll_until, read_records
 def system(start_worker, start_web):
     workers = [start_worker() for _ in range(3)]
     return start_web(workers, max_body=1000), workers
+
+
+@pytest.fixture(scope="module")
+def shared_web(tmp_path_factory) -> Iterator[testing.Web]:
+    """One web and worker for the read-only error cases below: each request
+    is answered before any job exists, so they need no system of their own
+    (four process starts fewer a case)."""
+    tmp = tmp_path_factory.mktemp("errors")
+    worker, port = testing.start_worker("worker", 0, {})
+    try:
+        web = testing.start_web([f"127.0.0.1:{port}"], max_body=1000,
+                                journal_dir=tmp / "journal",
+                                dead_letter=tmp / "dead-letter.jsonl")  # fmt: skip
+        try:
+            yield web
+        finally:
+            assert web.proc.stop() == 0, web.proc.tail()
+    finally:
+        assert worker.stop() == 0, worker.tail()
 
 
 def raw_http(port: int, data: bytes) -> bytes:
@@ -60,9 +80,9 @@ def response_json(raw: bytes) -> tuple[int, dict]:
     ],
 )
 def test_http_errors_are_json_naming_the_problem(
-    system, method, path, headers, body, status, needle
+    shared_web, method, path, headers, body, status, needle
 ):
-    web, _ = system
+    web = shared_web
     got, _, payload = web.request(method, path, body=body, headers=headers)
     assert got == status, payload
     assert set(payload) == {"error", "detail"} and needle in payload["detail"], payload
