@@ -13,7 +13,7 @@ on: no head-of-line blocking across names, and the order within a name kept.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from greenpipe.errors import Unavailable
@@ -86,15 +86,9 @@ class Routes:
         worker has credit at all, the queues stay as they are.
         """
         rotation, lanes = self.rotation, queues.lanes
-        if self.everything and not lanes:  # a uniform fleet: round-robin as ever
-            choose = rotation.choose
-            for queue, suspect in ((queues.retry, True), (queues.fresh, False)):
-                while queue:
-                    link = choose(suspect)
-                    if link is None:
-                        break
-                    yield link, queue.popleft()
-            return
+        if self.uniform and not lanes:  # every worker runs the same: as ever
+            if (yield from self._uniform(queues)):
+                return
         choose_for, known = rotation.choose_for, self.known
         blocked: set[tuple[bool, bytes | None]] = set()  # full for this flush
         for key in list(lanes):
@@ -128,6 +122,24 @@ class Routes:
                 if not rotation.any_can_take():
                     break  # every worker is full: the queue waits as it is
                 lanes.setdefault(key, deque()).append(queue.popleft())
+
+    def _uniform(self, queues: Queues) -> Generator[tuple[Link, Envelope], None, bool]:
+        """`plan` in a uniform fleet: one round-robin over every worker, as
+        before routing by name; returns False at a job that no worker runs
+        (a replayed one: the general walk takes over), else True."""
+        choose = self.rotation.choose
+        names = None if self.everything or self._serves is None else self._serves.names
+        for queue, suspect in ((queues.retry, True), (queues.fresh, False)):
+            while queue:
+                if names is not None:
+                    job = queue[0]
+                    if (job.name or job.path) not in names:
+                        return False
+                link = choose(suspect)
+                if link is None:
+                    break
+                yield link, queue.popleft()
+        return True
 
     @staticmethod
     def report(link: Link) -> dict[str, Any]:

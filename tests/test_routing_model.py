@@ -22,6 +22,7 @@ import pytest
 import zmq.green as zmq
 
 from greenpipe import protocol
+from greenpipe.config import parse_workers
 from greenpipe.dispatcher import Dispatcher
 from greenpipe.errors import Unavailable
 from greenpipe.jobs import Envelope
@@ -263,3 +264,41 @@ def test_a_uniform_fleet_takes_the_fast_path() -> None:
     for k, job in enumerate(jobs):
         assert job.key in d.links[k % 3].jobs, "job k goes to worker k mod N"
     assert not d.queues.lanes
+
+
+def test_workers_added_and_removed_live_change_what_is_routed() -> None:
+    """WORKERS_FILE + SIGHUP: a new worker's names count once it said READY;
+    a removed worker's names once it is gone (it finishes what it holds)."""
+    d = start([Serves(frozenset({b"mail"}), False)], [5])
+    with pytest.raises(Unavailable, match="'ship'"):
+        push(d, b"ship")
+    d.reconfigure(parse_workers("127.0.0.1:1,127.0.0.1:2"))
+    with pytest.raises(Unavailable, match="not READY yet: tcp://127.0.0.1:2"):
+        push(d, b"ship")
+    mail, ship = d.links
+    join(d, ship, Serves(frozenset({b"ship"}), False), 5)
+    shipped = [push(d, b"ship") for _ in range(3)]
+    mailed = push(d, b"mail")
+    d.flush()
+    assert list(ship.jobs) == [job.key for job in shipped]
+    assert list(mail.jobs) == [mailed.key]
+    d.reconfigure(parse_workers("127.0.0.1:1"))  # ship leaves once it holds nothing
+    ack(d, ship, *(job.id for job in shipped))
+    assert d.links == [mail]
+    with pytest.raises(Unavailable, match="'ship'"):
+        push(d, b"ship")
+
+
+def test_a_replayed_job_nobody_runs_waits_for_a_worker_that_does() -> None:
+    """A journal's job (or a retry coming due) skips admission: it must still
+    go only to a worker that runs its name, and not hold the others back."""
+    d = start([Serves(frozenset({b"mail"}), False)], [5])
+    replayed = Envelope.new(b"", b"", b"", b"", b"{}", name=b"report").named("r-1")
+    d.queues.add([replayed])
+    mailed = push(d, b"mail")
+    d.flush()
+    assert list(d.links[0].jobs) == [mailed.key] and d.pending() == 1
+    d.reconfigure(parse_workers("127.0.0.1:1,127.0.0.1:2"))
+    join(d, d.links[1], Serves(frozenset({b"report"}), False), 5)
+    d.flush()
+    assert list(d.links[1].jobs) == [replayed.key] and d.pending() == 0
