@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from greenpipe.errors import Unavailable
 from greenpipe.link import Link
@@ -140,9 +140,3 @@ class Routes:
                     break
                 yield link, queue.popleft()
         return True
-
-    @staticmethod
-    def report(link: Link) -> dict[str, Any]:
-        """What a worker runs, for /stats: its names and whether it has a default
-        (every name, for a plain handler or a plain PULL worker)."""
-        return link.serves.describe()
