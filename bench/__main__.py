@@ -429,6 +429,7 @@ def _stats_of(url: str) -> dict:
 def micro(quick: bool) -> list[str]:
     data = _json_of([PYTHON, "-m", "bench.micro", *(["--quick"] if quick else [])], 600)
     frames, disp, worker = data["frames"], data["dispatcher"], data["worker_jobs_per_s"]
+    routing = data["routing"]
     return [
         f"- frames: encode a job record {frames['encode_us']:.2f} µs, decode one from a "
         f"100-job frame {frames['decode_us']:.2f} µs, clear one ack {frames['acks_us']:.2f} µs",
@@ -436,6 +437,11 @@ def micro(quick: bool) -> list[str]:
         f"threads, submit to ack), {disp['jobs_per_s']:,.0f} jobs/s",
         f"- one worker process, no-op handler: {worker['batch_32']:,.0f} jobs/s in batches of "
         f"32, {worker['batch_1']:,.0f} jobs/s one by one (target 25,000)",
+        f"- choosing a worker per job (3 workers, back to back): before routing by name "
+        f"{routing['before_us']:.2f} µs; a fleet of plain handlers "
+        f"{routing['uniform_plain_us']:.2f} µs, of one registry "
+        f"{routing['uniform_registry_us']:.2f} µs, mixed names "
+        f"{routing['mixed_us']:.2f} µs",
     ]
 
 

@@ -9,6 +9,10 @@
 - dispatcher: a real Dispatcher in this process feeding three no-op workers
   over loopback; CPU of this process (all threads) per job, from submit to
   acknowledgement, no HTTP;
+- routing: choosing a worker for each queued job (`Routes.plan`), µs per
+  job, back to back with the choice as it was before routing by name: a
+  uniform fleet of plain handlers (the fast path), of one `Handlers`
+  registry (a name lookup per job) and a mixed fleet (a cursor per name);
 - worker: one server.py process driven by a plain DEALER at full speed,
   batches of 32 and of 1: jobs per second it receives, handles and
   acknowledges (target: 25,000 no-op jobs/s).
@@ -121,6 +125,71 @@ def dispatcher(count: int) -> dict[str, float]:
     return {"cpu_us_per_job": cpu / count * 1e6, "jobs_per_s": count / wall}
 
 
+def routing(count: int, rounds: int = 7) -> dict[str, float]:
+    """µs per job to plan a flush of `count` queued jobs over 3 links with credit."""
+    import statistics
+
+    from greenpipe.config import parse_endpoint
+    from greenpipe.jobs import Envelope
+    from greenpipe.link import READY, Link
+    from greenpipe.queues import Queues
+    from greenpipe.routing import Routes
+
+    both = protocol.Serves(frozenset({b"welcome_email", b"ship_order"}), False)
+    fleets = {
+        "uniform_plain": [protocol.EVERYTHING] * 3,
+        "uniform_registry": [both] * 3,
+        "mixed": [protocol.Serves(frozenset({b"welcome_email"}), False), both,
+                  protocol.Serves(frozenset({b"ship_order"}), False)],
+    }  # fmt: skip
+    jobs = [Envelope.new(b"", b"", b"", b"", b"", name=name).named(f"j-{i}")
+            for i, name in enumerate([b"welcome_email", b"ship_order"] * (count // 2))]  # fmt: skip
+
+    def setup(serves: list[protocol.Serves]) -> tuple[list[Link], Routes, Queues]:
+        links = [Link(i, parse_endpoint(f"127.0.0.1:{i + 1}"), None, None)
+                 for i in range(3)]  # fmt: skip
+        for link, announced in zip(links, serves, strict=True):
+            link.state, link.credit, link.ever_ready = READY, count, True
+            link.serves = announced
+        routes = Routes(links)
+        routes.update()
+        queues = Queues(time.monotonic)
+        queues.fresh.extend(jobs)
+        return links, routes, queues
+
+    def before(serves: list[protocol.Serves]) -> float:  # the loop before routing
+        links, routes, queues = setup(serves)
+        choose, queue = routes.rotation.choose, queues.fresh
+        started = time.perf_counter()
+        while queue:
+            link = choose(False)
+            if link is None:
+                break
+            link.assign(queue.popleft())
+        return time.perf_counter() - started
+
+    def planned(serves: list[protocol.Serves]) -> float:
+        links, routes, queues = setup(serves)
+        started = time.perf_counter()
+        for link, job in routes.plan(queues):
+            link.assign(job)
+        return time.perf_counter() - started
+
+    runs: dict[str, list[float]] = {"before": []}
+    for name in fleets:
+        runs[name] = []
+    for index in range(rounds):  # back to back, the order alternating
+        order = [("before", lambda: before(fleets["uniform_plain"]))]
+        order += [
+            (name, lambda s=serves: planned(s)) for name, serves in fleets.items()
+        ]
+        if index % 2:
+            order.reverse()
+        for name, run in order:
+            runs[name].append(run() / count * 1e6)
+    return {f"{name}_us": statistics.median(values) for name, values in runs.items()}
+
+
 def worker(count: int, batch: int) -> float:
     import zmq  # a plain client: the worker, not the driver, must be the bottleneck
 
@@ -164,6 +233,7 @@ def main() -> int:
         "ids": ids(200_000 // scale),
         "frames": frames(200_000 // scale),
         "dispatcher": dispatcher(100_000 // scale),
+        "routing": routing(100_000 // scale),
         "worker_jobs_per_s": {
             "batch_32": worker(200_000 // scale, 32),
             "batch_1": worker(50_000 // scale, 1),

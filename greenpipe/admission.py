@@ -3,7 +3,8 @@
 `Admission.take` names a job and hands it on once it is kept (after its
 group commit, with a journal), or raises `Unavailable`: `check` says why a
 job cannot be taken now (barrier not met, no worker ready, the web stopping,
-too many waiting), counted by reason in the books. `IdempotencyKeys`
+too many waiting), `check_name` whether any worker runs its name, counted
+by reason in the books. `IdempotencyKeys`
 remembers which job a key made, for IDEMPOTENCY_TTL; a key answers only once
 its job is kept, never before.
 """
@@ -145,6 +146,7 @@ class Admission:
                 job.reply = None  # the first job's outcome is not this one's
                 return job.named(first)
         self.check(self.queues.pending(), draining, bool(job.not_before))
+        self.check_name(job.name or job.path)
         job.named(job_id or self.new_id())
         job.accepted_at = self._clock()
         if self._commit is None:
@@ -214,6 +216,18 @@ class Admission:
     def owns(self, job_id: str) -> bool:
         """True if `job_id` was made by this process (whatever became of it)."""
         return job_id.startswith(self.prefix)
+
+    def check_name(self, name: bytes) -> None:
+        """Raise `Unavailable` (a 503) if no worker this web knows runs `name`.
+
+        After the barrier (`check` waits for it): a worker announces its
+        names in READY (greenpipe.routing).
+        """
+        try:
+            self.fleet.routes.check(name)
+        except Unavailable:
+            self.books.reject("no_handler")
+            raise
 
     def check(self, queued: int, draining: bool, delayed: bool = False) -> None:
         """Raise `Unavailable` (a 503) if a job cannot be taken now; else return.

@@ -28,7 +28,7 @@ ERROR_CHARS = 200  # of a failure's error text kept for the dashboard
 RECENT_FAILURES = 20
 RETRIED = "(retried) "  # starts a recent failure whose job waits for a retry
 REJECT_REASONS = ("barrier", "no_worker", "max_pending", "max_scheduled", "stopping",
-                  "journal")  # fmt: skip
+                  "journal", "no_handler")  # fmt: skip
 
 
 class Books:
@@ -206,7 +206,7 @@ def take(
     """A `Snapshot` of `books` and `links` (`now`: the links' clock)."""
     workers = [
         WorkerView(
-            link.report(),
+            {**link.report(), "serves": link.serves.describe()},
             link.state == READY,
             link.figures,
             round(now - link.last_seen, 1) if link.last_seen else None,

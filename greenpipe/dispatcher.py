@@ -286,17 +286,12 @@ class Dispatcher:
             return  # jobs replayed at start: round-robin from the barrier on
         self.queues.due(self._clock())  # delayed jobs and retries whose time came
         batches: dict[Link, list[Envelope]] = {}
-        choose = self.fleet.rotation.choose
-        for queue, suspect in ((self._retry, True), (self._fresh, False)):
-            while queue:
-                link = choose(suspect)
-                if link is None:
-                    break
-                job = queue.popleft()
-                job.attempt += 1
-                job.deliveries += 1
-                link.assign(job)
-                batches.setdefault(link, []).append(job)
+        # Each job to a worker that runs its name (greenpipe.routing).
+        for link, job in self.fleet.routes.plan(self.queues):
+            job.attempt += 1
+            job.deliveries += 1
+            link.assign(job)
+            batches.setdefault(link, []).append(job)
         for link, jobs in batches.items():
             self._send(link, jobs)
 
@@ -352,7 +347,7 @@ class Dispatcher:
         if what is Happened.ACKED:
             self._acked(link, *detail)
         elif what is Happened.CREDIT:
-            if detail > 0 and (self._fresh or self._retry):
+            if detail > 0 and self.queues.pending():
                 self._wake.set()
         elif what is Happened.JOINED:
             if detail:
@@ -408,7 +403,7 @@ class Dispatcher:
         self.settlement.acked(link, done, results, stray, self._clock())
         if self.fleet.removing and not link.jobs:
             self.fleet.retire_if_done(link)
-        if self._fresh or self._retry or self.later:
+        if self.queues.pending() or self.later:
             self._wake.set()
         if self._draining:
             self._check_settled()

@@ -20,7 +20,7 @@ from greenpipe.config import Endpoint, PipeSettings, loopback
 from greenpipe.curve import Keypair, fingerprint, load_public, load_secret
 from greenpipe.link import LEAVING, READY, Event, Happened, Inbox, Link
 from greenpipe.pushlink import PushLink
-from greenpipe.rotation import Rotation
+from greenpipe.routing import Routes
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,10 @@ class Fleet:
         self.acknowledged = [link for link in self.links if link.reliable]
         self.removing: list[Link] = []  # removed live: finishing what they hold
         self.barrier = gevent.event.Event()
-        self.rotation = Rotation(self.links)  # the same list: it sees additions
+        # Who runs which job names, and the round-robin among them; the same
+        # list of links: it sees additions and removals.
+        self.routes = Routes(self.links)
+        self.rotation = self.routes.rotation
         # (this web's keypair, workers' public key) when CURVE is on.
         self.curve_keys: tuple[Keypair, bytes] | None = self._curve(settings)
         self._waiting_since: float | None = None  # first tick without the barrier
@@ -100,10 +103,10 @@ class Fleet:
     def joined(self, link: Link, now: float) -> bool:
         """`link` is in the rotation; True if that met the barrier just now."""
         link.last_seen = now
-        if link.ever_ready:
-            return False
+        first = not link.ever_ready
         link.ever_ready = True
-        return self._check_barrier()
+        self.routes.update()  # what it runs may have changed (a new worker there)
+        return first and self._check_barrier()
 
     def needed(self) -> int:
         """Workers READY that meet the barrier: MIN_READY, or all of them."""
@@ -155,6 +158,7 @@ class Fleet:
                 removed.append(link.name)
                 self.retire_if_done(link)
         self._check_barrier()  # met now if the workers it waited for were removed
+        self.routes.update()
         return added, removed
 
     def retire_if_done(self, link: Link) -> bool:
@@ -166,6 +170,7 @@ class Fleet:
         self.links.remove(link)
         if link in self.acknowledged:
             self.acknowledged.remove(link)
+        self.routes.update()  # the names only it ran are no longer known
         log.info("worker %s removed (sent %d, acknowledged %d)", link.name,
                  link.sent, link.acked)  # fmt: skip
         return True

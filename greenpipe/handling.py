@@ -196,7 +196,7 @@ def in_app_context(handler: Callable[[Job], Any], app: Any) -> Callable[[Job], A
     handler has `current_app` and a `g` of its own, and nothing of the
     caller's contexts (an empty `contextvars.Context`: an inline push from a
     view does not hand over its `request`). A registry's policies and time
-    limits stay visible on the wrapper.
+    limits, names and default stay visible on the wrapper.
     """
 
     def run(job: Job) -> Any:
@@ -206,6 +206,9 @@ def in_app_context(handler: Callable[[Job], Any], app: Any) -> Callable[[Job], A
     if policy is not None:
         run.policy = policy  # type: ignore[attr-defined]
         run.time_limits = getattr(handler, "time_limits", {})  # type: ignore[attr-defined]
+    for attr in ("names", "has_default"):  # what READY says it runs (routing)
+        if hasattr(handler, attr):
+            setattr(run, attr, getattr(handler, attr))
     return run
 
 

@@ -87,6 +87,8 @@ class Link:
         # job name -> seconds: its handler's own time limit (from READY); the
         # web's ack backstop for such a job follows it, not JOB_TIMEOUT
         self.limits: dict[bytes, float] = {}
+        # the job names it runs, from READY (greenpipe.routing); a PUSH: every name
+        self.serves = protocol.EVERYTHING
         self.worker_name = ""
         self.jobs: dict[bytes, Envelope] = {}  # in flight, oldest first
         self.suspects = 0  # jobs in `jobs` taken back from a lost worker
@@ -205,6 +207,7 @@ class Link:
             version, credit, max_frame, worker_name, seq = protocol.decode_ready(frames)
             if version == protocol.VERSION:
                 self.limits = protocol.decode_limits(frames)
+                self.serves = protocol.decode_serves(frames)
         except ProtocolError as exc:
             return [Event(Happened.MALFORMED, str(exc))]
         if version != protocol.VERSION:

@@ -1,4 +1,4 @@
-"""The greenpipe wire protocol (version 5) between web.py and server.py.
+"""The greenpipe wire protocol (version 6) between web.py and server.py.
 
 Every message starts with a one-byte kind. The web's DEALER sends web kinds;
 the worker's ROUTER sees them behind the connection's routing id and answers on
@@ -8,11 +8,18 @@ frame may be garbage. They raise `ProtocolError`; nothing here opens a socket.
 
     web -> worker                       worker -> web
     HELLO  version, heartbeat, name     READY      version, credit, max frame, name,
-                                                   [the handlers' time limits]
+                                                   the handlers' time limits,
+                                                   the job names it runs
     JOBS   jobs (one frame)             ACKS       ids done, [result, result, ...]
     PING   credit seq applied           HEARTBEAT  [figures]
     DONE   (nothing more will follow)   BYE        [reason]
     CANCEL ids (one frame)              CREDIT     change, seq
+
+READY's last frame says what the worker can run: the names of its `Handlers`
+registry and whether a default handler takes the others (a plain callable
+HANDLER takes every name). The web sends a job only to workers that run its
+name (`greenpipe.routing`); a HELLO or READY of another version is refused,
+naming both versions.
 
 A result says OK (the handler's JSON), FAILED (the error), RETRY (the
 handler's policy asks to run it again after a delay: the web holds it until
@@ -34,16 +41,17 @@ import math
 import re
 import struct
 from collections.abc import Iterator, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from greenpipe.errors import ProtocolError
 from greenpipe.jobs import WANTS_REPLY, Job
 
+# 6: READY's 5th frame: the job names the worker runs, and its default handler;
 # 5: a RETRY's delay in 64-bit ms (32 bits stopped at 49.7 days, below MAX_DELAY),
 #    READY's 4th frame: the time limits the worker's handlers declare;
 # 4: retries (RETRY results, a job's retries), CANCEL, overrunning handlers;
 # 3: shared credit (CREDIT, PING seq); 2: a job carries its name.
-VERSION = 5
+VERSION = 6
 
 # web -> worker
 HELLO = b"\x01"  # a web asks to send jobs; answered by READY (or BYE with a reason)
@@ -70,6 +78,8 @@ CANCELLED = 3  # interrupted by CANCEL; payload says so
 _HELLO = struct.Struct("!BI")  # version, heartbeat interval in ms
 _READY = struct.Struct("!BIII")  # version, credit, largest frame, credit seq
 _LIMIT = struct.Struct("!Bd")  # a READY limit: job name length, seconds; the name
+# READY's names frame: one byte of flags, then each name as a length byte + UTF-8.
+SERVES_DEFAULT = 0x01  # flag: a default handler runs the names not listed
 # flags, attempt, retries so far, time limit in ms (0: none), then the lengths
 # of id, name, method, path, query, content type and body, which follow in that
 # order. An empty name means "the path": a forwarded request is named by its path.
@@ -111,27 +121,71 @@ def encode_ready(
     name: str,
     seq: int = 0,
     limits: Mapping[str, float] | None = None,
+    serves: Serves | None = None,
 ) -> list[bytes]:
     """READY: this web's credit (its share of the worker's capacity), the
-    CREDIT sequence number that share stands at, and the time limits the
-    worker's handlers declare (job name -> seconds; the others: JOB_TIMEOUT)."""
+    CREDIT sequence number that share stands at, the time limits the
+    worker's handlers declare (job name -> seconds; the others: JOB_TIMEOUT)
+    and the job names it runs (`serves`; None: every name, a plain handler)."""
     header = _READY.pack(VERSION, credit, max_frame, seq)
     records = []
     for job_name, seconds in (limits or {}).items():
         raw = job_name.encode()
         if len(raw) <= MAX_JOB_NAME:  # a longer name never reaches a handler
             records.append(_LIMIT.pack(len(raw), seconds) + raw)
-    return [READY, header, name.encode()[:MAX_NAME], b"".join(records)]
+    return [READY, header, name.encode()[:MAX_NAME], b"".join(records),
+            encode_serves(serves or EVERYTHING)]  # fmt: skip
+
+
+class Serves(NamedTuple):
+    """What a worker runs, as its READY says: job names, and a default handler."""
+
+    names: frozenset[bytes]  # UTF-8, as jobs carry them (a path for a request)
+    default: bool  # a default handler (or a plain callable) runs every other name
+
+    def runs(self, name: bytes) -> bool:
+        return self.default or name in self.names
+
+    def describe(self) -> dict[str, Any]:
+        """As /stats shows it: the names, sorted, and the default."""
+        names = sorted(_text(name) for name in self.names)
+        return {"names": names, "default": self.default}
+
+
+EVERYTHING = Serves(frozenset(), True)  # a plain handler: every name
+
+
+def encode_serves(serves: Serves) -> bytes:
+    """READY's names frame (a name over MAX_JOB_NAME bytes never reaches a worker)."""
+    out = [bytes([SERVES_DEFAULT if serves.default else 0])]
+    for name in sorted(serves.names):
+        if len(name) <= MAX_JOB_NAME:
+            out.append(bytes([len(name)]) + name)
+    return b"".join(out)
+
+
+def decode_serves(frames: Sequence[bytes]) -> Serves:
+    """The job names a READY (of this version) says the worker runs."""
+    if len(frames) != 5 or not frames[4]:
+        raise ProtocolError("READY needs a 5th frame: the job names the worker runs")
+    frame, names, offset = frames[4], set(), 1
+    while offset < len(frame):
+        end = offset + 1 + frame[offset]
+        if end > len(frame):
+            raise ProtocolError(f"READY job names cut short at byte {offset}")
+        names.add(frame[offset + 1 : end])
+        offset = end
+    return Serves(frozenset(names), bool(frame[0] & SERVES_DEFAULT))
 
 
 def decode_ready(frames: Sequence[bytes]) -> tuple[int, int, int, str, int]:
     """Return (version, credit, max frame, worker name, seq) from a READY message."""
-    if len(frames) not in (3, 4) or len(frames[1]) < 1:
-        raise ProtocolError(f"READY needs 4 frames with a {_READY.size}-byte header")
+    if len(frames) not in (3, 4, 5) or len(frames[1]) < 1:
+        raise ProtocolError(f"READY needs 5 frames with a {_READY.size}-byte header")
     if frames[1][0] != VERSION:  # an older worker: its header is shorter
         return frames[1][0], 0, 0, _text(frames[2][:MAX_NAME]), 0
     if len(frames[1]) != _READY.size:
-        raise ProtocolError(f"READY needs 4 frames with a {_READY.size}-byte header")
+        raise ProtocolError(f"READY needs 5 frames with a {_READY.size}-byte header")
     version, credit, max_frame, seq = _READY.unpack(frames[1])
     return version, credit, max_frame, _text(frames[2][:MAX_NAME]), seq
 

@@ -2,9 +2,11 @@
 
 `fresh` holds jobs accepted and never sent (and those a worker gave back
 when it left in good order, at its head); `retry` holds suspects taken back
-from a lost worker (they travel alone); `later` holds jobs waiting for a time
-(a delayed push, a retry's backoff). Lookups by id scan them: a status
-lookup or a cancel is rare, a map kept per job is not free.
+from a lost worker (they travel alone); `lanes` hold, by job name, jobs of
+either kind whose workers were all full while others were not (routing by
+name: `greenpipe.routing`); `later` holds jobs waiting for a time (a
+delayed push, a retry's backoff). Lookups by id scan them: a status lookup
+or a cancel is rare, a map kept per job is not free.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from greenpipe.later import Later
 
 
 class Queues:
-    """fresh, retry and later: see the module docstring."""
+    """fresh, retry, lanes and later: see the module docstring."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.fresh: deque[Envelope] = deque()  # accepted, never sent
         self.retry: deque[Envelope] = deque()  # taken back from a lost worker
+        # (suspect, job name) -> its jobs, oldest first, whose workers were full
+        self.lanes: dict[tuple[bool, bytes], deque[Envelope]] = {}
         self.later = Later(clock)  # waiting for a time
 
     def add(self, jobs: Iterable[Envelope]) -> None:
@@ -36,7 +40,10 @@ class Queues:
 
     def pending(self) -> int:
         """Jobs waiting for a worker now (not those waiting for a time)."""
-        return len(self.fresh) + len(self.retry)
+        waiting = len(self.fresh) + len(self.retry)
+        if self.lanes:
+            waiting += sum(map(len, self.lanes.values()))
+        return waiting
 
     def due(self, now: float) -> None:
         """Jobs whose time has come go out as new jobs, ahead of the fresh ones.
@@ -52,7 +59,7 @@ class Queues:
         job = self.later.remove(job_id)
         if job is not None:
             return job
-        for queue in (self.retry, self.fresh):
+        for queue in (self.retry, self.fresh, *self.lanes.values()):
             for each in queue:
                 if each.id == job_id:
                     queue.remove(each)
@@ -69,7 +76,7 @@ class Queues:
 
     def status(self, job_id: str) -> dict[str, Any] | None:
         """``queued`` or ``retrying`` (when, and why) for a job held here."""
-        for queue in (self.retry, self.fresh):
+        for queue in (self.retry, self.fresh, *self.lanes.values()):
             for job in queue:
                 if job.id == job_id:
                     return unfinished(job, Status.QUEUED)
@@ -82,8 +89,10 @@ class Queues:
 
     def take_all(self) -> list[Envelope]:
         """Empty every queue (a web stopping without a journal); what they held."""
-        jobs = [*self.retry, *self.fresh, *self.later]
+        lanes = [job for lane in self.lanes.values() for job in lane]
+        jobs = [*self.retry, *lanes, *self.fresh, *self.later]
         self.retry.clear()
+        self.lanes.clear()
         self.fresh.clear()
         for job in list(self.later):
             self.later.remove(job.id)

@@ -1,10 +1,14 @@
-"""The round-robin choice of the next worker, with its one exception."""
+"""The round-robin choice of the next worker, with its one exception, by job name."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from greenpipe.link import Link
+
+if TYPE_CHECKING:
+    from greenpipe.routing import Routes
 
 
 class Rotation:
@@ -14,11 +18,17 @@ class Rotation:
     A re-sent job (a suspect: it may be what killed its last worker) only goes
     to a link holding no other suspect, so one poison job cannot drag the jobs
     it was sent with through MAX_DELIVERIES losses to the dead-letter file.
+
+    In a mixed fleet (workers that run different job names) `choose_for` keeps
+    one cursor per name: among the links that run a name, its jobs go round-robin,
+    exactly. Names no worker announced (a default handler's) share one cursor.
     """
 
-    def __init__(self, links: Sequence[Link]) -> None:
+    def __init__(self, links: Sequence[Link], routes: Routes | None = None) -> None:
         self.links = links
+        self.routes = routes
         self._cursor = 0  # the next link in round-robin order
+        self._cursors: dict[bytes | None, int] = {}  # by name, in a mixed fleet
 
     def choose(self, suspect: bool = False) -> Link | None:
         """The next link that can take a job now, or None (all full or gone)."""
@@ -29,3 +39,35 @@ class Rotation:
                 self._cursor = (start + step + 1) % count
                 return link
         return None
+
+    def choose_for(self, name: bytes, suspect: bool = False) -> Link | None:
+        """The next link that runs jobs named `name` and can take one now, or None.
+
+        A uniform fleet (every worker runs the same names) keeps the one
+        cursor of `choose`: round-robin over all workers, as without routing.
+        """
+        routes = self.routes
+        if routes is None or routes.everything:
+            return self.choose(suspect)
+        if routes.uniform:
+            return self.choose(suspect) if routes.runnable(name) else None
+        key = name if name in routes.known else None
+        if key is None and not routes.default:
+            return None  # nobody runs it (a replayed job): it waits for one who does
+        links, count = self.links, len(self.links)
+        start = self._cursors.get(key, 0)
+        for step in range(count):
+            index = (start + step) % count
+            link = links[index]
+            if (
+                link.can_take()
+                and not (suspect and link.suspects)
+                and link.serves.runs(name)
+            ):
+                self._cursors[key] = (index + 1) % count
+                return link
+        return None
+
+    def any_can_take(self) -> bool:
+        """True if some link has credit now (for any name)."""
+        return any(link.can_take() for link in self.links)

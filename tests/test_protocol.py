@@ -7,9 +7,11 @@ import random
 import struct
 
 import pytest
+import zmq.green as zmq
 
 from greenpipe import protocol
 from greenpipe.errors import ProtocolError
+from tests.test_core import Clock, hear, make, notice
 
 pytestmark = pytest.mark.inprocess  # make test-fast
 
@@ -91,6 +93,38 @@ def test_control_messages_round_trip():
     assert protocol.decode_bye(protocol.encode_bye()) == ""
 
 
+def test_ready_says_the_names_a_worker_runs_and_its_default():
+    serves = protocol.Serves(frozenset({b"welcome_email", b"/jobs"}), False)
+    frames = protocol.encode_ready(4, 1 << 20, "w", serves=serves)
+    assert len(frames) == 5 and protocol.decode_serves(frames) == serves
+    assert protocol.decode_ready(frames)[:2] == (protocol.VERSION, 4)
+    plain = protocol.encode_ready(4, 1 << 20, "w")  # a plain handler: every name
+    assert protocol.decode_serves(plain) == protocol.EVERYTHING
+    assert protocol.EVERYTHING.runs(b"anything") and serves.runs(b"/jobs")
+    assert not serves.runs(b"ship_order")
+    assert serves.describe() == {"names": ["/jobs", "welcome_email"], "default": False}
+    long = protocol.Serves(frozenset({b"x" * 256, b"ok"}), True)
+    assert protocol.decode_serves(protocol.encode_ready(1, 1, "w", serves=long)) == (
+        protocol.Serves(frozenset({b"ok"}), True)
+    ), "a name longer than a job's can never be pushed: not announced"
+    with pytest.raises(ProtocolError, match="5th frame"):
+        protocol.decode_serves(frames[:4])  # a READY of protocol 5's shape
+    with pytest.raises(ProtocolError, match="cut short"):
+        protocol.decode_serves([*frames[:4], b"\x00\x09abc"])
+
+
+def test_a_worker_of_protocol_5_is_refused_naming_both_versions(caplog):
+    """Its READY (4 frames, version 5) is a MISMATCH, logged with both versions."""
+    d = make(Clock(), workers="127.0.0.1:1")
+    link = d.links[0]
+    notice(d, link, zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    old = protocol.encode_ready(4, 1 << 20, "old worker")[:4]
+    old[1] = bytes([5]) + old[1][1:]
+    hear(d, link, old)
+    assert not d.barrier_met and link.state == "connecting"
+    assert f"speaks protocol 5, this web {protocol.VERSION}" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("frame", "needle"),
     [
@@ -145,7 +179,8 @@ def test_random_bytes_never_raise_anything_but_protocol_error():
             rng.randbytes(rng.randrange(0, 12)) for _ in range(rng.randrange(0, 4))
         ]
         for decode in (protocol.decode_hello, protocol.decode_ready,
-                       protocol.decode_credit, protocol.decode_ping):  # fmt: skip
+                       protocol.decode_credit, protocol.decode_ping,
+                       protocol.decode_serves):  # fmt: skip
             with contextlib.suppress(ProtocolError):
                 decode(frames)
 

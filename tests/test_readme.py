@@ -348,6 +348,39 @@ def run_periodic(block: Block, request: pytest.FixtureRequest) -> None:
     assert (tmp / ".greenpipe-schedule" / "scheduler.lock").exists()
 
 
+def run_routing(block: Block, request: pytest.FixtureRequest) -> None:
+    """shop.py and its three terminals: each name runs on its own worker only,
+    a name nobody runs is refused at once with the documented answer."""
+    tmp: Path = request.getfixturevalue("tmp_path")
+    shell = Shell(tmp)
+    code, commands = (b for b in BLOCKS if b.kind == "run" and b.argument == "routing")
+    (tmp / "shop.py").write_text(code.text)
+    mail_line, shipping_line, web_line = commands.commands()
+    procs = [shell.start(mail_line, "mail"), shell.start(shipping_line, "shipping")]
+    try:
+        for worker in procs:
+            worker.expect(r"listening on tcp://", timeout=20)
+        procs.append(shell.start(web_line, "shop"))
+        port = shell.port(5000)
+        healthy(port, "python shop.py --port 5000")
+        for _ in range(2):
+            assert (
+                call(port, "POST", "/jobs/welcome_email", {"email": "ada@x"})[0] == 202
+            )
+            assert call(port, "POST", "/jobs/ship_order", {"order": 42})[0] == 202
+        procs[0].expect(r"INFO shop: welcome mail to ada@x", timeout=10, times=2)
+        procs[1].expect(r"INFO shop: shipping order 42", timeout=10, times=2)
+        assert not procs[0].matches("shipping order") and not (
+            procs[1].matches("welcome mail")
+        ), "a job went to a worker that does not run its name"
+        status, answer = call(port, "POST", "/jobs/refund", {})
+        documented = next(b for b in BLOCKS if "jobs named 'refund'" in b.text)
+        assert status == 503 and answer == json.loads(documented.text), answer
+    finally:
+        for proc in reversed(procs):
+            proc.stop(timeout=8)
+
+
 RECIPES: dict[str, Callable[[Block, pytest.FixtureRequest], None]] = {
     "original": run_original,
     "curls": run_curls,
@@ -361,6 +394,7 @@ RECIPES: dict[str, Callable[[Block, pytest.FixtureRequest], None]] = {
     "pull-workers": run_pull_workers,
     "config-error": run_config_error,
     "periodic": run_periodic,
+    "routing": run_routing,
 }
 _ran: set[str] = set()  # recipes that cover several blocks run once
 _completed: set[str] = set()  # commands run to their end already

@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 
 from greenpipe import protocol
-from greenpipe.worker.peers import MAX_PEERS, Peers
+from greenpipe.handlers import Handlers, noop
+from greenpipe.handling import in_app_context
+from greenpipe.worker.peers import MAX_PEERS, Peers, announced
 
 pytestmark = pytest.mark.inprocess  # make test-fast
 
@@ -70,3 +72,21 @@ def test_outcomes_not_sent_go_back_in_front_of_newer_ones():
     assert [protocol.decode_result(r)[:2] for r in results] == [
         (b"j-2", protocol.FAILED)
     ]
+
+
+def test_ready_announces_the_registrys_names_and_its_default():
+    handlers = Handlers()
+    handlers.add("welcome_email", noop)
+    handlers.add("/jobs", noop)
+    serves = announced(handlers)
+    assert serves == protocol.Serves(frozenset({b"welcome_email", b"/jobs"}), False)
+    handlers.default(noop)
+    assert announced(handlers).default
+    assert announced(noop) == protocol.EVERYTHING, "a plain callable runs every name"
+    flask = pytest.importorskip("flask")
+    wrapped = in_app_context(Handlers(), flask.Flask("t"))  # APP=: the same names
+    assert announced(wrapped) == protocol.Serves(frozenset(), False)
+    peers = Peers(capacity=2, max_frame=1024, limits={}, serves=serves)
+    assert _hello(peers, b"a") is None
+    [(_, _, frames)] = list(peers.share(tick=False, name="worker :1"))
+    assert protocol.decode_serves(frames) == serves

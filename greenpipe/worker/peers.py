@@ -4,7 +4,8 @@ The mirror of `greenpipe.link` on the worker's side. `Peers` keeps one `Peer`
 per connection (its routing id) and the worker's capacity shared among them
 (`greenpipe.credit.Shares`); it decides what to answer and returns the
 frames; the worker (`greenpipe.worker.process`) sends them and reports what
-could not leave. READY announces the handlers' own time limits.
+could not leave. READY announces the handlers' own time limits and the job
+names they run (`announced`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from greenpipe import protocol
 from greenpipe.credit import Account, Shares
@@ -20,6 +22,16 @@ log = logging.getLogger("greenpipe.worker")  # one logger for the package's line
 monotonic = time.monotonic
 
 MAX_PEERS = 256  # webs remembered at once; the stalest is forgotten first
+
+
+def announced(handler: Any) -> protocol.Serves:
+    """What READY says `handler` runs: a `Handlers` registry's names and whether
+    it has a default; a plain callable runs every name."""
+    names = getattr(handler, "names", None)
+    if names is None or not hasattr(handler, "has_default"):
+        return protocol.EVERYTHING
+    raw = frozenset(name.encode() for name in names)
+    return protocol.Serves(raw, bool(handler.has_default))
 
 
 class Peer:
@@ -64,12 +76,17 @@ class Peers:
     """The webs connected to this worker, and the credit each was promised."""
 
     def __init__(
-        self, capacity: int, max_frame: int, limits: Mapping[str, float]
+        self,
+        capacity: int,
+        max_frame: int,
+        limits: Mapping[str, float],
+        serves: protocol.Serves = protocol.EVERYTHING,
     ) -> None:
         self.by_ident: dict[bytes, Peer] = {}
         self.shares = Shares(capacity)  # credit, shared by the webs
         self._max_frame = max_frame
         self._limits = dict(limits)  # the handlers' own time limits, by job name
+        self.serves = serves  # the job names its handlers run (routing)
 
     def __len__(self) -> int:
         return len(self.by_ident)
@@ -106,10 +123,12 @@ class Peers:
         return self.ready(peer.account, name)  # again, with what it has now
 
     def ready(self, account: Account, name: str) -> list[bytes]:
-        """READY for `account`: its credit, and the handlers' own time limits."""
+        """READY for `account`: its credit, the handlers' own time limits, and
+        the job names they run."""
         return protocol.encode_ready(
-            account.credit, self._max_frame, name, account.seq, self._limits
-        )
+            account.credit, self._max_frame, name, account.seq, self._limits,
+            self.serves,
+        )  # fmt: skip
 
     def ping(self, peer: Peer, frames: list[bytes]) -> bool:
         """PING from `peer`: True if a cut it confirms freed credit (then `share`).

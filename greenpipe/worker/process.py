@@ -24,7 +24,7 @@ from greenpipe.errors import ProtocolError
 from greenpipe.jobs import Handler
 from greenpipe.throttle import Throttle
 from greenpipe.worker.loading import in_app_context, load_handler
-from greenpipe.worker.peers import Peer, Peers
+from greenpipe.worker.peers import Peer, Peers, announced
 from greenpipe.worker.pool import Pool
 from greenpipe.worker.router import Router
 
@@ -50,7 +50,9 @@ class Worker:
         self.router = Router(settings, context or zmq.Context.instance())
         # The handlers' own time limits, announced in READY (the web's backstop).
         limits: dict[str, float] = getattr(handler, "time_limits", {})
-        self.peers = Peers(settings.concurrency, settings.max_frame, limits)
+        # ... and the job names they run: the web routes only those here.
+        self.peers = Peers(settings.concurrency, settings.max_frame, limits,
+                           announced(handler))  # fmt: skip
         self._wake = gevent.event.Event()  # acks to send
         self.pool = Pool(handler, settings, self.peers.shares, self._wake)
         self._peers_done = gevent.event.Event()  # every web said DONE

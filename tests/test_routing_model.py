@@ -1,0 +1,304 @@
+"""Routing by job name against a model (issue 32, part 2): seeded random fleets.
+
+A real `Dispatcher` with scripted links (tests/test_core.py) feeds fleets of
+1-5 workers, each announcing a random set of names, a default handler or
+not, and a random credit. Seeded schedules push jobs of random names, ack,
+lose workers (a disconnect: their jobs come back as suspects) and bring them
+back. After every flush the model checks: every job went to a link that
+runs its name; no job waits while a link that runs its name has credit for
+it (no head-of-line blocking across names; a suspect also needs a link
+holding no other suspect); first sends of a name keep its order; a push of
+a name nobody runs is refused at once, naming it; nothing is lost. With
+credit to spare, each name's jobs go round-robin over the links that run
+it, exactly (over all links at once in a uniform fleet, as without routing).
+A failing seed prints its fleet and schedule.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import zmq.green as zmq
+
+from greenpipe import protocol
+from greenpipe.config import parse_workers
+from greenpipe.dispatcher import Dispatcher
+from greenpipe.errors import Unavailable
+from greenpipe.jobs import Envelope
+from greenpipe.link import LOST, Link
+from greenpipe.protocol import Serves
+from tests.test_core import Clock, ack, hear, make, notice
+
+pytestmark = pytest.mark.inprocess  # make test-fast
+
+NAMES = [b"a", b"b", b"c", b"d"]  # what workers may announce
+PUSHED = [*NAMES, b"e"]  # what clients push: "e" only a default handler runs
+
+
+def fleet(rng: random.Random) -> list[Serves]:
+    serves = []
+    for _ in range(rng.randint(1, 5)):
+        names = frozenset(n for n in NAMES if rng.random() < 0.5)
+        serves.append(Serves(names, rng.random() < 0.2))
+    return serves
+
+
+def start(serves: list[Serves], credits: list[int]) -> Dispatcher:
+    workers = ",".join(f"127.0.0.1:{i + 1}" for i in range(len(serves)))
+    d = make(Clock(), workers=workers, max_pending=100_000)
+    for link, announced, credit in zip(d.links, serves, credits, strict=True):
+        join(d, link, announced, credit)
+    assert d.barrier_met
+    return d
+
+
+def join(d: Dispatcher, link: Link, serves: Serves, credit: int) -> None:
+    notice(d, link, zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    frames = protocol.encode_ready(credit, 1 << 24, f"w{link.index}", serves=serves)
+    hear(d, link, frames)
+
+
+def push(d: Dispatcher, name: bytes) -> Envelope:
+    return d.submit(Envelope.new(b"", b"", b"", b"", b"{}", name=name))
+
+
+def runnable(d: Dispatcher, name: bytes) -> bool:
+    """The model's rule: some worker ever READY announced it, or has a default."""
+    return any(link.serves.runs(name) for link in d.links if link.ever_ready)
+
+
+def waiting(d: Dispatcher) -> list[tuple[Envelope, bool]]:
+    """Every job the web holds for a worker, and whether it is a suspect."""
+    queues = d.queues
+    held = [(job, True) for job in queues.retry]
+    held += [(job, False) for job in queues.fresh]
+    for (suspect, _), lane in queues.lanes.items():
+        held += [(job, suspect) for job in lane]
+    return held
+
+
+def check(d: Dispatcher, story: list[str]) -> None:
+    where = "\n  ".join(story[-30:])
+    for link in d.links:
+        for job in link.jobs.values():
+            assert link.serves.runs(job.name), (
+                f"job {job.name!r} on {link.name}, which runs {link.serves}:\n  {where}"
+            )
+    for job, suspect in waiting(d):
+        for link in d.links:
+            free = link.can_take() and not (suspect and link.suspects)
+            assert not (free and link.serves.runs(job.name)), (
+                f"job {job.name!r} (suspect {suspect}) waits while {link.name} "
+                f"runs it and has credit ({len(link.jobs)} of {link.credit}):"
+                f"\n  {where}"
+            )
+
+
+def sent_since(link: Link, seen: dict[Link, int]) -> list[str]:
+    """Ids of the jobs sent on `link` since the last call, in order."""
+    messages = link.sent_messages  # type: ignore[attr-defined]
+    ids = []
+    for message in messages[seen.get(link, 0) :]:
+        if message[0] == protocol.JOBS:
+            ids += [job.id for job in protocol.decode_jobs(message[1])]
+    seen[link] = len(messages)
+    return ids
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_fleets_route_every_job_to_a_worker_that_runs_it(seed: int) -> None:
+    rng = random.Random(seed)
+    serves = fleet(rng)
+    credits = [rng.randint(1, 4) for _ in serves]
+    story = [f"seed {seed}: fleet {serves}, credits {credits}"]
+    d = start(serves, credits)
+    accepted: dict[str, Envelope] = {}
+    order: dict[str, int] = {}  # job id -> its place in the push order
+    first_sent: dict[bytes, list[int]] = {}  # name -> push order of first sends
+    seen: dict[Link, int] = {}
+    done = 0
+    for _step in range(150):
+        roll = rng.random()
+        if roll < 0.45:
+            name = rng.choice(PUSHED)
+            if not d.fleet.any_ready():
+                with pytest.raises(Unavailable, match="no worker can take jobs now"):
+                    push(d, name)
+                story.append(f"push {name!r} refused: every worker lost")
+            elif runnable(d, name):
+                job = push(d, name)
+                accepted[job.id], order[job.id] = job, len(order)
+                story.append(f"push {name!r} -> {job.id[-6:]}")
+            else:
+                with pytest.raises(Unavailable, match=repr(name.decode())):
+                    push(d, name)
+                story.append(f"push {name!r} refused")
+        elif roll < 0.8:
+            link = rng.choice(d.links)
+            ids = list(link.jobs)[: rng.randint(1, 3)]
+            if ids:
+                ack(d, link, *(i.decode() for i in ids))
+                done += len(ids)
+                story.append(f"ack {len(ids)} on {link.name}")
+        elif roll < 0.9:
+            link = rng.choice(d.links)
+            if link.state is not LOST:
+                notice(d, link, zmq.EVENT_DISCONNECTED)
+                story.append(f"lose {link.name}")
+        else:
+            lost = [link for link in d.links if link.state is LOST]
+            if lost:
+                link = rng.choice(lost)
+                join(d, link, serves[link.index], credits[link.index])
+                story.append(f"back {link.name}")
+        d.flush()
+        for link in d.links:
+            for job_id in sent_since(link, seen):
+                job = accepted[job_id]
+                if job.attempt == 1:
+                    first_sent.setdefault(job.name, []).append(order[job_id])
+        check(d, story)
+    for name, places in first_sent.items():
+        assert places == sorted(places), f"{name!r} sent out of order: {story}"
+    # Every worker back, everything acknowledged: nothing was lost on the way.
+    for link in d.links:
+        if link.state is LOST:
+            join(d, link, serves[link.index], credits[link.index])
+    for _ in range(10 * len(accepted) + 10):
+        d.flush()
+        busy = [link for link in d.links if link.jobs]
+        if not busy:
+            break
+        for link in busy:
+            done += len(link.jobs)
+            ack(d, link, *(i.decode() for i in list(link.jobs)))
+    assert d.pending() == 0 and d.fleet.in_flight() == 0, story[-30:]
+    dead = d.dead_letters.count  # lost with MAX_DELIVERIES workers: given up on
+    assert d.books.acked + dead == len(accepted), (d.books.acked, dead, story)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_with_credit_to_spare_each_name_goes_round_robin_exactly(seed: int) -> None:
+    rng = random.Random(1000 + seed)
+    serves = fleet(rng)
+    if seed % 4 == 0:  # a uniform fleet: every worker the same names
+        serves = [serves[0]] * len(serves)
+    d = start(serves, [10_000] * len(serves))
+    routes = d.fleet.routes
+    names = [n for n in PUSHED if runnable(d, n)]
+    if not names:
+        pytest.skip(f"seed {seed}: this fleet runs nothing ({serves})")
+    pushed = []
+    for _ in range(rng.randint(20, 200)):
+        pushed.append(push(d, rng.choice(names)))
+        if rng.random() < 0.3:
+            d.flush()
+    d.flush()
+    where = {job.key: link for link in d.links for job in link.jobs.values()}
+    cursors: dict[bytes | None, int] = {}
+    for k, job in enumerate(pushed):
+        if routes.uniform:
+            expected = d.links[k % len(d.links)]
+        else:
+            key = job.name if job.name in routes.known else None
+            eligible = [link for link in d.links if link.serves.runs(job.name)]
+            turn = cursors.get(key, 0)
+            cursors[key] = turn + 1
+            expected = eligible[turn % len(eligible)]
+        assert where[job.key] is expected, (
+            f"seed {seed}, fleet {serves}: job {k} ({job.name!r}) went to "
+            f"{where[job.key].name}, round-robin says {expected.name}"
+        )
+
+
+def test_a_full_name_does_not_hold_back_the_others() -> None:
+    """A: only "mail" (credit 1); B: only "ship". Mail waits; ship goes past it."""
+    d = start([Serves(frozenset({b"mail"}), False),
+               Serves(frozenset({b"ship"}), False)], [1, 5])  # fmt: skip
+    a, b = d.links
+    mails = [push(d, b"mail") for _ in range(3)]
+    ships = [push(d, b"ship") for _ in range(3)]
+    d.flush()
+    assert list(a.jobs) == [mails[0].key]
+    assert list(b.jobs) == [job.key for job in ships]
+    assert d.pending() == 2 and d.status(mails[1].id)["status"] == "queued"
+    ack(d, a, mails[0].id)
+    d.flush()
+    assert list(a.jobs) == [mails[1].key], "the lane goes first, in order"
+
+
+def test_a_name_nobody_runs_is_refused_at_once_naming_it() -> None:
+    d = start([Serves(frozenset({b"welcome_email"}), False),
+               Serves(frozenset({b"ship_order"}), False)], [5, 5])  # fmt: skip
+    with pytest.raises(Unavailable) as refused:
+        push(d, b"ship_ordr")
+    text = str(refused.value)
+    assert "'ship_ordr'" in text and "'ship_order', 'welcome_email'" in text, text
+    assert "@handlers.job('ship_ordr')" in text, text
+    assert d.books.rejected_by == {"no_handler": 1}
+    # A request forwarded over HTTP is named by its path: the same rule.
+    with pytest.raises(Unavailable, match="'/jobs'"):
+        d.submit(Envelope.new(b"POST", b"/jobs", b"", b"", b"{}"))
+
+
+def test_a_name_whose_only_workers_are_lost_waits_for_them() -> None:
+    d = start([Serves(frozenset({b"mail"}), False),
+               Serves(frozenset({b"ship"}), False)], [5, 5])  # fmt: skip
+    a, b = d.links
+    notice(d, b, zmq.EVENT_DISCONNECTED)
+    assert b.state is LOST
+    job = push(d, b"ship")  # accepted: its worker said it runs it, and may return
+    d.flush()
+    assert not a.jobs and d.pending() == 1
+    join(d, b, Serves(frozenset({b"ship"}), False), 5)
+    d.flush()
+    assert list(b.jobs) == [job.key]
+
+
+def test_a_uniform_fleet_takes_the_fast_path() -> None:
+    d = start([protocol.EVERYTHING] * 3, [5, 5, 5])
+    assert d.fleet.routes.everything
+    jobs = [push(d, name) for name in (b"x", b"y", b"x", b"z", b"x", b"y")]
+    d.flush()
+    for k, job in enumerate(jobs):
+        assert job.key in d.links[k % 3].jobs, "job k goes to worker k mod N"
+    assert not d.queues.lanes
+
+
+def test_workers_added_and_removed_live_change_what_is_routed() -> None:
+    """WORKERS_FILE + SIGHUP: a new worker's names count once it said READY;
+    a removed worker's names once it is gone (it finishes what it holds)."""
+    d = start([Serves(frozenset({b"mail"}), False)], [5])
+    with pytest.raises(Unavailable, match="'ship'"):
+        push(d, b"ship")
+    d.reconfigure(parse_workers("127.0.0.1:1,127.0.0.1:2"))
+    with pytest.raises(Unavailable, match="not READY yet: tcp://127.0.0.1:2"):
+        push(d, b"ship")
+    mail, ship = d.links
+    join(d, ship, Serves(frozenset({b"ship"}), False), 5)
+    shipped = [push(d, b"ship") for _ in range(3)]
+    mailed = push(d, b"mail")
+    d.flush()
+    assert list(ship.jobs) == [job.key for job in shipped]
+    assert list(mail.jobs) == [mailed.key]
+    d.reconfigure(parse_workers("127.0.0.1:1"))  # ship leaves once it holds nothing
+    ack(d, ship, *(job.id for job in shipped))
+    assert d.links == [mail]
+    with pytest.raises(Unavailable, match="'ship'"):
+        push(d, b"ship")
+
+
+def test_a_replayed_job_nobody_runs_waits_for_a_worker_that_does() -> None:
+    """A journal's job (or a retry coming due) skips admission: it must still
+    go only to a worker that runs its name, and not hold the others back."""
+    d = start([Serves(frozenset({b"mail"}), False)], [5])
+    replayed = Envelope.new(b"", b"", b"", b"", b"{}", name=b"report").named("r-1")
+    d.queues.add([replayed])
+    mailed = push(d, b"mail")
+    d.flush()
+    assert list(d.links[0].jobs) == [mailed.key] and d.pending() == 1
+    d.reconfigure(parse_workers("127.0.0.1:1,127.0.0.1:2"))
+    join(d, d.links[1], Serves(frozenset({b"report"}), False), 5)
+    d.flush()
+    assert list(d.links[1].jobs) == [replayed.key] and d.pending() == 0
