@@ -196,6 +196,9 @@ class Fleet:
             if link.needs_hello():
                 if link.connected:  # in case a HELLO went to a worker that died since
                     self.hello(link, name)
+                elif link.retry_handshake(now, timeout):
+                    log.info("worker %s: trying the handshake again (%s)",
+                             link.name, link.handshake_error)  # fmt: skip
                 continue
             link.send(protocol.encode_ping(link.credit_seq))
             silent = now - link.last_seen
@@ -261,11 +264,18 @@ class Fleet:
         ready = len(self.links) - len(waiting)
         least = self.settings.min_ready
         needed = f", {self.needed()} needed (MIN_READY)" if least else ""
+        failed = {link.name: link.handshake_error for link in self.links
+                  if not link.ever_ready and link.handshake_error}  # fmt: skip
+        why = (
+            "; ".join(f"{name}: {error}" for name, error in failed.items()) + "."
+            if failed
+            else "is a worker running there (greenpipe worker, or python "
+            "server.py in a checkout)?"
+        )
         return (
             f"{ready} of {len(self.links)} workers READY after "
             f"{self.settings.ready_timeout:g} s{needed} (waiting on "
-            f"{', '.join(waiting)}); is a worker running there (greenpipe worker, "
-            "or python server.py in a checkout)? Until the barrier is met every "
+            f"{', '.join(waiting)}); {why} Until the barrier is met every "
             "job is refused; MIN_READY=N starts with N workers READY"
         )
 

@@ -100,6 +100,7 @@ class Link:
         self.figures: protocol.Figures | None = None
         self.connected = False  # the ZMTP handshake completed (monitor events)
         self.handshake_error = ""  # why the last handshake failed, if it did
+        self.failed_at = 0.0  # when it failed (or was last tried again)
         # (this web's keypair, the worker's public key): CURVE on this link.
         self.curve: tuple[Keypair, bytes] | None = None
         self._context = context
@@ -228,7 +229,7 @@ class Link:
                 return [Event(Happened.HELLO_DUE)]
         elif event & HANDSHAKE_FAILED:
             why = handshake_failure(event, value, self.curve is not None)
-            self.handshake_error = why
+            self.handshake_error, self.failed_at = why, now
             return [Event(Happened.HANDSHAKE_FAILED, why)]
         elif event == zmq.EVENT_DISCONNECTED:
             return self.disconnected(now)
@@ -295,6 +296,20 @@ class Link:
         """The ZMTP handshake completed. True if that alone puts it in rotation."""
         self.connected = True
         return False  # a greenpipe worker joins with READY, after HELLO
+
+    def retry_handshake(self, now: float, after: float) -> bool:
+        """Connect afresh if the last handshake failed `after` s ago or more.
+
+        libzmq does not reconnect after a refused handshake (a CURVE key not
+        in the worker's CURVE_ALLOW yet, a wrong key, CURVE on one side only):
+        without this a web would wait for a restart after the key was added.
+        True if it reconnected.
+        """
+        if not self.handshake_error or self.connected or now - self.failed_at < after:
+            return False
+        self.failed_at = now
+        self.reset()
+        return True
 
     def disconnected(self, now: float) -> list[Event]:
         """The connection closed: LOST if the jobs it holds must be taken back.

@@ -157,11 +157,21 @@ def test_key_rotation_without_downtime(keys, start_worker, start_web, record_dir
     # 3. the old key leaves the allowlist: the old key is refused from then on
     (allow / "web.key").unlink()
     again = start_web([worker], wait_barrier=False, ready_timeout=1,
-                      **curve_web(keys))  # fmt: skip
+                      **FAST, **curve_web(keys))  # fmt: skip
     again.proc.expect("the worker refused this web's key")
     assert new.post("/jobs", {})[0] == 202, "the new key is still let in"
     new.wait_settled()
     assert sum(handled_ids(record_dir).values()) == 3
+    # 4. a refused web says why in its 503, and once its key is allowed again
+    # it gets in by itself (libzmq does not reconnect after a refusal)
+    status, _, body = again.post("/jobs", {})
+    assert status == 503 and "the worker refused this web's key" in body["detail"], body
+    (allow / "web.key").write_bytes((folder / "web.key").read_bytes())
+    again.proc.expect("trying the handshake again")
+    again.proc.expect("barrier met")
+    assert again.post("/jobs", {})[0] == 202
+    again.wait_settled()
+    assert sum(handled_ids(record_dir).values()) == 4
 
 
 def test_beyond_loopback_without_curve_warns_once_naming_the_setting(start_worker):
