@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import gevent
+import gevent.pool
 import zmq.green as zmq
 
 from greenpipe import books as books_module
@@ -185,6 +186,7 @@ class Pipe:
         self._exposition: Any = None  # /metrics' registry, made when first scraped
         self.siblings: Siblings | None = None  # processes sharing the port, if any
         self._answering: gevent.Greenlet[Any, Any] | None = None  # answers the siblings
+        self._replies = gevent.pool.Group()  # one greenlet per question being answered
         _PIPES.add(self)
 
     # -- lifecycle
@@ -210,7 +212,7 @@ class Pipe:
         """Answer what the siblings ask (`greenpipe.siblings`), each in a greenlet
         of its own: a cancel may wait for its record's group commit."""
         for question in questions:
-            gevent.spawn(self._reply_to_sibling, question)
+            self._replies.spawn(self._reply_to_sibling, question)
 
     def _reply_to_sibling(self, question: Question) -> None:
         """This process's own record of a job, or its own cancel."""
@@ -264,6 +266,9 @@ class Pipe:
         if self._answering is not None:
             self._answering.kill(block=False)
         self.dispatcher.close()
+        # A reply still waiting (a cancel noted after the last group) has lost
+        # its asker: none outlives the pipe.
+        self._replies.kill(timeout=1.0)
         return owed
 
     # -- jobs

@@ -228,9 +228,12 @@ class Siblings:
         except (FileNotFoundError, ConnectionRefusedError):
             raise _Gone(path) from None  # no such process, or it has gone
         except (gevent.Timeout, OSError) as exc:
+            # A cancel asked may still be made (its record waits for a group
+            # commit): asking again is harmless and tells which way it went.
+            maybe = " (the cancel may still take effect)" if verb == "cancel" else ""
             raise Unavailable(
                 f"a web process sharing this port (asked about job {job_id!r}) "
-                f"did not answer within {ASK_TIMEOUT_S:g} s ({exc}); ask again",
+                f"did not answer within {ASK_TIMEOUT_S:g} s ({exc}){maybe}; ask again",
                 retry_after=1,
             ) from None
         finally:
