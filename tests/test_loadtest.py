@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -75,6 +77,25 @@ def test_ab_with_several_locust_processes_is_still_exact(system):
     assert report["summary"]["requests"] == 301
     assert report["delivery"]["accepted"] == 301 == report["delivery"]["acked"]
     assert "ERROR" not in result.stderr, result.stderr[-2000:]
+
+
+def test_several_locust_processes_need_no_fixed_port(system):
+    """Locust's master listened on 5557 for every run: a second run on the
+    machine could not bind, and its workers joined the first run's master
+    (309 counted for -n 301). Each run now binds a port the OS picks."""
+    web, _ = system
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(OSError):  # if another holds it: the same case
+            taken.bind(("0.0.0.0", 5557))
+            taken.listen()
+        result = loadtest(
+            "-n", "40", "-c", "4", "--processes", "2", "--json", web.url + "/"
+        )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["summary"]["requests"] == 40
+    assert report["delivery"]["accepted"] == 40 == report["delivery"]["acked"]
 
 
 def test_ab_against_a_stopped_web_fails_clearly():
