@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast test-without-tools bench loadtest scenario screenshot lint clean
+.PHONY: run test test-fast test-thorough test-without-tools bench loadtest scenario screenshot lint clean
 
 $(STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,10 +22,15 @@ run: $(STAMP)  ## web on :4567 + workers on :4444-4446, via honcho (Procfile)
 TEST_WORKERS ?= 4
 
 test: $(STAMP)  ## the whole suite: unit tests and real processes, in parallel
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not thorough" $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## the in-process tier, a contributor's first command (seconds)
 	$(BIN)/python -m pytest -n 2 --dist worksteal -m "inprocess and not thorough" $(PYTEST_ARGS)
+
+# More seeds of the in-process models (crash points, the job lifecycle): each
+# explores schedules the tests above do not; a couple of minutes. CI runs it.
+test-thorough: $(STAMP)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m thorough $(PYTEST_ARGS)
 
 # The tests that use optional system tools, run as on a machine without them:
 # each must skip with a reason naming the tool, or fall back (CI runs this too).
