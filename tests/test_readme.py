@@ -283,13 +283,52 @@ def _status(port: int, path: str) -> int:
         return 0
 
 
+def _sum_prints(out: str) -> None:
+    lines = [line for line in out.splitlines() if line.startswith("sum ")]
+    assert lines == [f"sum {k * (k + 1) // 2} (+{k})" for k in range(1, 101)], out
+    assert out.splitlines()[-1] == "done!", out
+
+
+def _mapreduce_prints(out: str) -> None:
+    assert "sink: 1000 tasks, result 333833500" in out, out
+    assert "ventilator: expected 333833500" in out, out
+    assert "tasks per worker: w1 250, w2 250, w3 250, w4 250; duplicates 0" in out
+    assert re.search(r"in \d+\.\d{3} s", out), out
+
+
+def _food_delivery_prints(out: str) -> None:
+    assert "delivered 200 of 200 orders (min 20, max 20)" in out, out
+
+
+def _cluster_prints(out: str) -> None:
+    assert "master: 4 workers ready before the first job" in out, out
+    assert "the first 4 jobs went to 4 different workers" in out, out
+    assert "2000 of 2000 results" in out, out
+    assert "per worker: worker1 500, worker2 500, worker3 500, worker4 500" in out
+    peaks = [int(p) for p in re.findall(r"at most (\d+) in flight \(limit 10\)", out)]
+    assert len(peaks) == 4 and max(peaks) <= 10, out
+
+
+# What an example's documented command prints, checked where it is run (the
+# figures its README shows); the examples' other pieces: tests/test_examples.py.
+WHAT_IT_PRINTS: dict[str, Callable[[str], None]] = {
+    ".venv/bin/python -m examples.sum": _sum_prints,
+    ".venv/bin/python -m examples.mapreduce": _mapreduce_prints,
+    ".venv/bin/python -m examples.food_delivery": _food_delivery_prints,
+    ".venv/bin/python -m examples.cluster": _cluster_prints,
+}
+
+
 def run_completes(block: Block, request: pytest.FixtureRequest) -> None:
-    """Commands that finish by themselves: each exits 0 within its deadline."""
+    """Commands that finish by themselves: each exits 0 within its deadline,
+    and an example's default run prints the figures its README shows."""
     shell: Shell = request.getfixturevalue("shell")
     for line in block.commands():
         command = line.split("#", 1)[0].strip()
         if command not in _completed:  # the README and an example's README share some
-            shell.run(line, timeout=60)
+            out = shell.run(line, timeout=60)
+            if command in WHAT_IT_PRINTS:
+                WHAT_IT_PRINTS[command](out)
             _completed.add(command)
 
 
