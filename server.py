@@ -4,9 +4,9 @@ Binds     ROUTER  tcp://HOST:port   HELLO / JOBS / PING in; READY / ACKS / HEART
 Run       port=4444 python server.py      (or: python server.py --port 0)
 """
 
-from gevent import monkey
+from greenpipe.boot import patch_all
 
-monkey.patch_all()  # first statement: patching late leaves blocking sockets behind
+patch_all()  # first statement: gevent's monkey.patch_all(), its plugin lookups shared
 
 from greenpipe import config, entry, worker  # noqa: E402
 

@@ -6,9 +6,9 @@ for an installed greenpipe (``pip install .``): ``greenpipe worker --port 4444``
 periodic jobs, ``greenpipe schedule --handler myapp.jobs:handlers``.
 """
 
-from gevent import monkey
+from greenpipe.boot import patch_all
 
-monkey.patch_all()  # first statement: patching late leaves blocking sockets behind
+patch_all()  # first statement: gevent's monkey.patch_all(), its plugin lookups shared
 
 import functools  # noqa: E402
 import os  # noqa: E402
