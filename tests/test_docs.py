@@ -96,3 +96,18 @@ def test_the_harness_moves_ports_and_leaves_other_numbers(tmp_path):
         f"port={worker} x --port {shell.port(5000)} --jobs 5000 "
         f"http://127.0.0.1:{web}/ -n 4444"
     )
+
+
+def test_every_module_is_in_the_readmes_layout():
+    """The Layout section names each module of greenpipe/ (a file split or
+    added is a line there), indented under its package."""
+    text = (ROOT / "README.md").read_text()
+    layout = text[text.index("## Layout") : text.index("## Development")]
+    named = {line.split()[0] for line in layout.splitlines() if line.startswith("      ")
+             and line.split()[0].endswith((".py", "/"))}  # fmt: skip
+    missing = sorted(
+        path.relative_to(ROOT / "greenpipe").as_posix()
+        for path in (ROOT / "greenpipe").rglob("*.py")
+        if path.name not in named
+    )
+    assert not missing, f"README's Layout does not name: {missing}; add a line each"
