@@ -4,9 +4,9 @@ Binds     ROUTER  tcp://HOST:port   HELLO / JOBS / PING in; READY / ACKS / HEART
 Run       port=4444 python server.py      (or: python server.py --port 0)
 """
 
-from greenpipe.boot import patch_all
+from greenpipe import patch_all
 
-patch_all()  # first statement: gevent's monkey.patch_all(), its plugin lookups shared
+patch_all()  # first statement: gevent's monkey.patch_all(), cheaper to start
 
 from greenpipe import config, entry, worker  # noqa: E402
 

@@ -9,6 +9,8 @@ The public names, importable from ``greenpipe`` directly:
 - `Job`: what a handler receives; `Receipt`, `Outcome`, `Status`: what
   ``push`` gives back
 - `serve`: run a Flask app with greenpipe as web.py does
+- `patch_all`: gevent's ``monkey.patch_all()``, cheaper to start (its plugin
+  lookups read once), for a program's first statement
 - `Retry`, `JobTimeout`, `Cancelled`: what a handler raises to be run again
   later, and what is thrown into it past its time limit or when cancelled
 - `GreenpipeError`, `ConfigError`, `Unavailable`, `UnknownJob`, `BadJob`,
@@ -35,6 +37,7 @@ _WHERE = {
     "Outcome": "greenpipe.jobs",
     "Status": "greenpipe.jobs",
     "serve": "greenpipe.serving",
+    "patch_all": "greenpipe.boot",
     "Retry": "greenpipe.handling",
     "Cancelled": "greenpipe.handling",
     "JobTimeout": "greenpipe.handling",
@@ -48,6 +51,7 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
+    from greenpipe.boot import patch_all as patch_all
     from greenpipe.errors import (  # noqa: F401
         BadJob,
         ConfigError,

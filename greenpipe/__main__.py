@@ -6,9 +6,9 @@ for an installed greenpipe (``pip install .``): ``greenpipe worker --port 4444``
 periodic jobs, ``greenpipe schedule --handler myapp.jobs:handlers``.
 """
 
-from greenpipe.boot import patch_all
+from greenpipe import patch_all
 
-patch_all()  # first statement: gevent's monkey.patch_all(), its plugin lookups shared
+patch_all()  # first statement: gevent's monkey.patch_all(), cheaper to start
 
 import functools  # noqa: E402
 import os  # noqa: E402

@@ -9,8 +9,8 @@ for the whole patch. The patches are the same; only the lookups are shared.
 
 gevent itself imports ``importlib.metadata`` before it patches anything (its
 first event comes before the first patch), so importing it here first
-changes nothing that is patched. A user's program keeps its plain
-``monkey.patch_all()``: this is for the programs greenpipe ships.
+changes nothing that is patched. Public as ``greenpipe.patch_all``; a
+user's program may keep its plain ``monkey.patch_all()``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def patch_all() -> None:
         return every.select(**params) if params else every
 
     real = importlib.metadata.entry_points
-    importlib.metadata.entry_points = read_once  # type: ignore[assignment]
+    importlib.metadata.entry_points = read_once
     try:
         monkey.patch_all()
     finally:

@@ -29,15 +29,15 @@ def _patched_by(first_statement: str) -> dict:
 
 def test_boot_patches_what_gevents_patch_all_patches():
     plain = _patched_by("from gevent import monkey; monkey.patch_all()")
-    ours = _patched_by("from greenpipe.boot import patch_all; patch_all()")
+    ours = _patched_by("from greenpipe import patch_all; patch_all()")
     assert ours["patched"] == plain["patched"] and plain["threading"], (ours, plain)
     assert ours["entry_points"] == plain["entry_points"] == "entry_points", ours
 
 
 def test_the_programs_greenpipe_ships_start_with_it():
-    for program in ("server.py", "greenpipe/__main__.py"):
+    for program in ("web.py", "server.py", "greenpipe/__main__.py"):
         body = ast.parse((ROOT / program).read_text()).body[1:3]  # after the docstring
         assert [ast.unparse(statement) for statement in body] == [
-            "from greenpipe.boot import patch_all",
+            "from greenpipe import patch_all",
             "patch_all()",
         ], program

@@ -43,7 +43,8 @@ def test_web_py_uses_only_public_names():
     imports = [line for line in source.splitlines() if "import" in line]
     greenpipe_imports = [line for line in imports if "greenpipe" in line]
     assert greenpipe_imports == [
-        "from greenpipe import Greenpipe, json_errors, serve  # noqa: E402"
+        "from greenpipe import patch_all",
+        "from greenpipe import Greenpipe, json_errors, serve  # noqa: E402",
     ]
 
 
