@@ -468,6 +468,19 @@ def test_every_doc_is_read_and_every_block_counted() -> None:
     assert len(BLOCKS) >= 30, len(BLOCKS)
 
 
+def test_the_readmes_example_commands_are_run_from_the_examples_readmes() -> None:
+    """The README's list of examples is skipped as the same commands each
+    example's README runs: hold it to that."""
+    listed = next(b for b in BLOCKS if b.path.name == "README.md"
+                  and b.path.parent == ROOT and "examples.sum" in b.text)  # fmt: skip
+    run = {line.split("#", 1)[0].strip() for b in BLOCKS
+           if b.kind == "run" and b.path.parent.parent == ROOT / "examples"
+           for line in b.commands()}  # fmt: skip
+    commands = [line.split("#", 1)[0].strip() for line in listed.commands()]
+    assert listed.kind == "skip" and len(commands) == 4, listed
+    assert set(commands) <= run, set(commands) - run
+
+
 def test_an_unmarked_block_is_found_and_a_marker_read(tmp_path: Path) -> None:
     from tests.docs_harness import blocks
 
