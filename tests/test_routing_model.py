@@ -106,8 +106,14 @@ def sent_since(link: Link, seen: dict[Link, int]) -> list[str]:
     return ids
 
 
+@pytest.mark.parametrize("redeploy", [False, True], ids=["same", "redeployed"])
 @pytest.mark.parametrize("seed", range(40))
-def test_random_fleets_route_every_job_to_a_worker_that_runs_it(seed: int) -> None:
+def test_random_fleets_route_every_job_to_a_worker_that_runs_it(
+    seed: int, redeploy: bool
+) -> None:
+    """With `redeploy`, a worker that comes back may run other names (a new
+    registry deployed): jobs of names it dropped wait for a worker that runs
+    them, and names it added go to it from its READY on."""
     rng = random.Random(seed)
     serves = fleet(rng)
     credits = [rng.randint(1, 4) for _ in serves]
@@ -150,8 +156,10 @@ def test_random_fleets_route_every_job_to_a_worker_that_runs_it(seed: int) -> No
             lost = [link for link in d.links if link.state is LOST]
             if lost:
                 link = rng.choice(lost)
+                if redeploy and rng.random() < 0.5:
+                    serves[link.index] = fleet(rng)[0]
                 join(d, link, serves[link.index], credits[link.index])
-                story.append(f"back {link.name}")
+                story.append(f"back {link.name} running {serves[link.index]}")
         d.flush()
         for link in d.links:
             for job_id in sent_since(link, seen):
@@ -162,8 +170,14 @@ def test_random_fleets_route_every_job_to_a_worker_that_runs_it(seed: int) -> No
     for name, places in first_sent.items():
         assert places == sorted(places), f"{name!r} sent out of order: {story}"
     # Every worker back, everything acknowledged: nothing was lost on the way.
+    # Redeployed, a name may have lost its last worker: one more deploy with
+    # a default handler everywhere runs what waits for it.
     for link in d.links:
+        if redeploy and link.state is not LOST:
+            notice(d, link, zmq.EVENT_DISCONNECTED)
         if link.state is LOST:
+            if redeploy:
+                serves[link.index] = Serves(frozenset(), True)
             join(d, link, serves[link.index], credits[link.index])
     for _ in range(10 * len(accepted) + 10):
         d.flush()
