@@ -18,6 +18,7 @@ from greenpipe.errors import GreenpipeError
 from greenpipe.handling import NO_POLICY, Policy
 from greenpipe.jobs import Handler, Job
 from greenpipe.periodic import Periodic
+from greenpipe.protocol import MAX_JOB_NAME
 
 log = logging.getLogger("greenpipe.jobs")
 
@@ -194,6 +195,12 @@ class Handlers:
     def add(self, name: str, function: Handler) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a job name must be a non-empty str, got {name!r}")
+        size = len(name.encode("utf-8", "surrogatepass"))
+        if size > MAX_JOB_NAME:  # push refuses it; READY could not announce it
+            raise ValueError(
+                f"job name {name[:40]!r}... is {size} bytes of UTF-8; a job name is "
+                f"at most {MAX_JOB_NAME} (what push accepts): choose a shorter one"
+            )
         if name in self._by_name:
             raise ValueError(
                 f"job {name!r} already has a handler "

@@ -192,6 +192,18 @@ def test_push_validates_its_arguments_naming_the_problem():
             pipe.push("double", body=b"x" * (1 << 20 + 1))
 
 
+def test_a_handler_name_no_push_could_carry_is_refused_at_declaration():
+    """A name over 255 bytes was registered, left out of READY (it cannot be
+    announced) and refused at every push: now refused where it is written."""
+    handlers = Handlers()
+    handlers.job("é" * 127)(lambda job: None)  # 254 bytes: fine
+    with pytest.raises(
+        ValueError, match=r"256 bytes of UTF-8; a job name is at most 255"
+    ):
+        handlers.job("é" * 128)(lambda job: None)
+    assert handlers.names == ["é" * 127]
+
+
 def test_settings_come_from_app_config_and_a_bad_one_is_named():
     app = Flask("configured")
     app.config.update(GREENPIPE_WORKERS=["127.0.0.1:5001", "127.0.0.1:5002"],
