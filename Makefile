@@ -28,7 +28,7 @@ test-fast: $(STAMP)  ## the in-process tier, a contributor's first command (seco
 	$(BIN)/python -m pytest -n 2 --dist worksteal -m "inprocess and not thorough" $(PYTEST_ARGS)
 
 # More seeds of the in-process models (crash points, the job lifecycle): each
-# explores schedules the tests above do not; a couple of minutes. CI runs it.
+# explores schedules the tests above do not; about a minute. CI runs it.
 test-thorough: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m thorough $(PYTEST_ARGS)
 

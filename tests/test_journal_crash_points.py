@@ -318,8 +318,8 @@ def crash_everywhere(tmp_path, monkeypatch, sync: str, seeds: range, steps: int,
 # seed so that they run side by side (157-178 points a seed of none, about 450
 # of batch here; a run's cost grows with its steps, and 200 steps of batch
 # took a minute of the full run's CPU for a few more points of the same kinds).
-# make test-fast runs one seed of each mode (batch on a
-# shorter workload of its own); make test runs them all.
+# make test-fast and make test run one seed of each mode (batch on a shorter
+# workload of its own); make test-thorough (and CI) the rest.
 THOROUGH = pytest.mark.thorough
 
 

@@ -462,7 +462,7 @@ def run_schedule(tmp_path: Path, seed: int, sync: str, steps: int) -> None:
 
 
 # The fast tier: 15 schedules of 50 steps a mode (about 1 s each on an idle
-# core); make test (thorough): 400 more of 120 steps a mode.
+# core); make test-thorough (and CI): 400 more of 120 steps a mode.
 SEEDS_FAST, STEPS_FAST = 15, 50
 THOROUGH = pytest.mark.thorough
 
