@@ -21,8 +21,11 @@ from typing import Any
 from gevent import monkey
 
 
-def patch_all() -> None:
-    """``gevent.monkey.patch_all()``, with the entry points read once."""
+def patch_all(**options: Any) -> None:
+    """``gevent.monkey.patch_all(**options)``, with the entry points read once.
+
+    `options` are gevent's own (``thread=False``, ...), passed as they are.
+    """
     every = importlib.metadata.entry_points()
 
     def read_once(**params: Any) -> Any:
@@ -31,6 +34,6 @@ def patch_all() -> None:
     real = importlib.metadata.entry_points
     importlib.metadata.entry_points = read_once
     try:
-        monkey.patch_all()
+        monkey.patch_all(**options)
     finally:
         importlib.metadata.entry_points = real

@@ -41,3 +41,8 @@ def test_the_programs_greenpipe_ships_start_with_it():
             "from greenpipe import patch_all",
             "patch_all()",
         ], program
+
+
+def test_gevents_options_pass_through():
+    ours = _patched_by("from greenpipe import patch_all; patch_all(subprocess=False)")
+    assert "subprocess" not in ours["patched"] and "socket" in ours["patched"], ours
