@@ -38,14 +38,16 @@ class FinishedJobs:
         payload: bytes,
         now: float | None = None,
         retries: int = 0,
+        name: bytes = b"",
     ) -> None:
         """Keep one job's outcome; `now` (the clock's) saves a clock call per job.
 
         `retries`: handler retries before the last run (the job ran one more).
+        `name`: the job's name (a forwarded request's: its path).
         """
         outcomes = self._outcomes
         outcomes[job_id] = (status, worker, attempt, payload, now or self._clock(),
-                            retries)  # fmt: skip
+                            retries, name)  # fmt: skip
         if len(outcomes) > self.keep:
             outcomes.popitem(last=False)
 
@@ -71,10 +73,11 @@ class FinishedJobs:
         found = self._outcomes.get(job_id)
         if found is None:
             return None
-        status, worker, attempt, payload, finished, retries = found
+        status, worker, attempt, payload, finished, retries, name = found
         finished += time.time() - self._clock()  # monotonic -> wall clock
         report: dict[str, Any] = {
             "id": job_id,
+            "name": name.decode("utf-8", "replace"),
             "status": status.value,
             "worker": worker,
             "attempt": attempt,

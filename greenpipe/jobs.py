@@ -219,7 +219,11 @@ def unfinished(job: Envelope, status: Status, worker: str = "") -> dict[str, Any
     (``runs``, ``next_at``, the last ``error``); a finished job's answer is
     its outcome, kept by ``FinishedJobs``. Times are Unix seconds.
     """
-    answer: dict[str, Any] = {"id": job.id, "status": status.value}
+    answer: dict[str, Any] = {
+        "id": job.id,
+        "name": (job.name or job.path).decode("utf-8", "replace"),
+        "status": status.value,
+    }
     if status is Status.SCHEDULED:
         answer["due_at"] = round(job.not_before, 3)
         return answer

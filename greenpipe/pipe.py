@@ -523,7 +523,7 @@ class InlinePipe(Pipe):
             self.books.failure(job.id, "inline", payload)
         self.books.acked += 1
         self.finished.add(job.id, status, "inline", job.attempt, payload,
-                         retries=job.retries)  # fmt: skip
+                          retries=job.retries, name=job.name or job.path)  # fmt: skip
         job.resolve("inline", status, payload)
         return job
 

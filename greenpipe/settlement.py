@@ -86,13 +86,15 @@ class Settlement:
         # Per job on the hot path: bound methods and one clock read per message.
         store, worker = self.finished.store, link.name
         for job in done:
-            store[job.id] = (Status.DONE, worker, job.attempt, b"", now, job.retries)
+            store[job.id] = (Status.DONE, worker, job.attempt, b"", now, job.retries,
+                             job.name or job.path)  # fmt: skip
             if job.reply is not None:
                 job.resolve(worker, Status.DONE)
         if results:
             results = self._results(link, results)
             for job, status, payload in results:
-                store[job.id] = (status, worker, job.attempt, payload, now, job.retries)
+                store[job.id] = (status, worker, job.attempt, payload, now,
+                                 job.retries, job.name or job.path)  # fmt: skip
                 if job.reply is not None:
                     job.resolve(worker, status, payload)
         self.finished.trim()
@@ -312,7 +314,8 @@ class Settlement:
         for job in jobs:
             before = job.retries if retries < -1 else retries
             self.finished.add(job.id, Status.CANCELLED, worker, job.attempt,
-                             reason.encode(), retries=before)  # fmt: skip
+                              reason.encode(), retries=before,
+                              name=job.name or job.path)  # fmt: skip
             job.resolve(worker, Status.CANCELLED, reason.encode())
         self.books.cancelled += len(jobs)
         if self.journal is not None:  # journaled already (a cancel), or an ACK
@@ -373,7 +376,7 @@ class Settlement:
     ) -> None:
         """`job` is done with: keep its outcome for status lookups, wake a waiter."""
         self.finished.add(job.id, status, worker, job.attempt, payload,
-                         retries=job.retries)  # fmt: skip
+                          retries=job.retries, name=job.name or job.path)  # fmt: skip
         if self.journal is not None:  # no longer owed
             self.journal.acked((job,))
         job.resolve(worker, status, payload)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from greenpipe.jobs import Status
+from greenpipe.jobs import Envelope, Status
+from greenpipe.protocol import EVERYTHING
+from tests.test_core import Clock, ack, make
+from tests.test_routing_model import join
 
 pytestmark = pytest.mark.inprocess  # make test-fast
 
@@ -37,10 +40,47 @@ def test_every_unfinished_answer_is_built_in_one_place():
         for status in (Status.QUEUED, Status.IN_FLIGHT, Status.SCHEDULED,
                        Status.RETRYING)
     }  # fmt: skip
-    assert keys[Status.SCHEDULED] == {"id", "status", "due_at"}
-    assert keys[Status.QUEUED] == keys[Status.IN_FLIGHT] == {"id", "status",
+    assert keys[Status.SCHEDULED] == {"id", "name", "status", "due_at"}
+    assert keys[Status.QUEUED] == keys[Status.IN_FLIGHT] == {"id", "name", "status",
                                                              "worker", "attempt"}  # fmt: skip
-    assert keys[Status.RETRYING] == {"id", "status", "worker", "attempt", "runs",
-                                     "next_at", "error"}  # fmt: skip
+    assert keys[Status.RETRYING] == {"id", "name", "status", "worker", "attempt",
+                                     "runs", "next_at", "error"}  # fmt: skip
+    assert unfinished(job, Status.QUEUED)["name"] == "/"  # forwarded: its path
+    assert unfinished(job.__class__.new(b"", b"", b"", b"", b"{}", name=b"ship"),
+                      Status.QUEUED)["name"] == "ship"  # fmt: skip
     assert unfinished(job, Status.RETRYING)["error"] == "boom"
     assert not any(s.finished or s.waiting for s in (Status.QUEUED, Status.IN_FLIGHT))
+
+
+def test_a_status_answer_names_the_job_before_and_after_it_finished():
+    """Issue 33 (names everywhere): GET /jobs/<id> says which job it is, queued,
+    in flight and finished, a forwarded request by its path; before, only the
+    dead-letter file had the name."""
+    d = make(Clock(), workers="127.0.0.1:1")
+    join(d, d.links[0], EVERYTHING, 5)
+    ship = d.submit(Envelope.new(b"", b"", b"", b"", b"{}", name=b"ship_order"))
+    forwarded = d.submit(Envelope.new(b"POST", b"/jobs", b"", b"", b"{}"))
+    assert (d.status(ship.id)["status"], d.status(ship.id)["name"]) == (
+        "queued",
+        "ship_order",
+    )
+    d.flush()
+    assert (d.status(ship.id)["status"], d.status(ship.id)["name"]) == (
+        "in_flight",
+        "ship_order",
+    )
+    ack(d, d.links[0], ship.id, forwarded.id)
+    assert (d.status(ship.id)["status"], d.status(ship.id)["name"]) == (
+        "done",
+        "ship_order",
+    )
+    assert d.status(forwarded.id)["name"] == "/jobs"
+    queued = d.submit(Envelope.new(b"", b"", b"", b"", b"{}", name=b"refund"))
+    d.flush()  # in flight: sent to the one worker
+    waiting = d.submit(Envelope.new(b"", b"", b"", b"", b"{}", name=b"refund"))
+    assert d.cancel(waiting.id) == d.status(waiting.id)
+    assert (d.status(waiting.id)["status"], d.status(waiting.id)["name"]) == (
+        "cancelled",
+        "refund",
+    )
+    assert d.status(queued.id)["name"] == "refund"
