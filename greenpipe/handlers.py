@@ -195,7 +195,13 @@ class Handlers:
     def add(self, name: str, function: Handler) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a job name must be a non-empty str, got {name!r}")
-        size = len(name.encode("utf-8", "surrogatepass"))
+        try:
+            size = len(name.encode("utf-8"))
+        except UnicodeEncodeError as exc:  # a lone surrogate: READY cannot say it
+            raise ValueError(
+                f"job name {name!r} is not valid UTF-8 text ({exc.reason} at "
+                f"{exc.start}): name the job with text a push can carry"
+            ) from None
         if size > MAX_JOB_NAME:  # push refuses it; READY could not announce it
             raise ValueError(
                 f"job name {name[:40]!r}... is {size} bytes of UTF-8; a job name is "

@@ -202,6 +202,12 @@ def test_a_handler_name_no_push_could_carry_is_refused_at_declaration():
     ):
         handlers.job("é" * 128)(lambda job: None)
     assert handlers.names == ["é" * 127]
+    # A lone surrogate (from os.fsdecode'd text) stopped the worker at start,
+    # with a bare UnicodeEncodeError from READY's encoding (found in review).
+    with pytest.raises(
+        ValueError, match=r"not valid UTF-8 text \(surrogates not allowed"
+    ):
+        handlers.job("report-\udcff")(lambda job: None)
 
 
 def test_settings_come_from_app_config_and_a_bad_one_is_named():
