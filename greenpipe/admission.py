@@ -261,7 +261,9 @@ class Admission:
                     "raise MAX_SCHEDULED"
                 )
         elif queued >= settings.max_pending:  # only then can too many be waiting
-            waiting = queued - fleet.free_credit()
+            # Jobs in a name's lane wait whatever credit other names' workers
+            # have free: that credit is no room for them (routing by name).
+            waiting = max(queued - fleet.free_credit(), self.queues.in_lanes())
             if waiting >= settings.max_pending:
                 self.books.reject("max_pending")
                 raise Unavailable(

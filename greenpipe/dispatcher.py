@@ -287,13 +287,17 @@ class Dispatcher:
         self.queues.due(self._clock())  # delayed jobs and retries whose time came
         batches: dict[Link, list[Envelope]] = {}
         # Each job to a worker that runs its name (greenpipe.routing).
-        for link, job in self.fleet.routes.plan(self.queues):
+        routes = self.fleet.routes
+        for link, job in routes.plan(self.queues):
             job.attempt += 1
             job.deliveries += 1
             link.assign(job)
             batches.setdefault(link, []).append(job)
         for link, jobs in batches.items():
             self._send(link, jobs)
+        if routes.orphans:  # a name no worker runs any more: given up on, with why
+            orphans, routes.orphans = routes.orphans, []
+            self.settlement.orphaned(orphans, routes.runs_now())
 
     def _send(self, link: Link, jobs: list[Envelope]) -> None:
         sent = 0

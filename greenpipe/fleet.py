@@ -54,7 +54,7 @@ class Fleet:
         self.barrier = gevent.event.Event()
         # Who runs which job names, and the round-robin among them; the same
         # list of links: it sees additions and removals.
-        self.routes = Routes(self.links)
+        self.routes = Routes(self.links, self.removing)
         self.rotation = self.routes.rotation
         # (this web's keypair, workers' public key) when CURVE is on.
         self.curve_keys: tuple[Keypair, bytes] | None = self._curve(settings)

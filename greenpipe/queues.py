@@ -45,6 +45,10 @@ class Queues:
             waiting += sum(map(len, self.lanes.values()))
         return waiting
 
+    def in_lanes(self) -> int:
+        """Jobs waiting in a name's lane: its workers full or lost."""
+        return sum(map(len, self.lanes.values())) if self.lanes else 0
+
     def due(self, now: float) -> None:
         """Jobs whose time has come go out as new jobs, ahead of the fresh ones.
 

@@ -31,10 +31,14 @@ SHOWN_NAMES = 20  # names an error message lists, at most
 class Routes:
     """The names the fleet runs, and the plan of each flush (see module doc)."""
 
-    def __init__(self, links: Sequence[Link]) -> None:
+    def __init__(self, links: Sequence[Link], removing: Sequence[Link] = ()) -> None:
         self.links = links  # the fleet's list: it sees additions and removals
+        self.removing = removing  # removed live: they take nothing new
         self.rotation = Rotation(links, self)
         self.known: frozenset[bytes] = frozenset()  # names some worker announced
+        self.dropped: frozenset[bytes] = frozenset()  # known once, run by none now
+        self._ever: frozenset[bytes] = frozenset()  # every name ever known
+        self.orphans: list[Envelope] = []  # jobs of a dropped name: to give up
         self.default = True  # some worker runs every name (a default handler)
         self.uniform = True  # every worker runs the same names
         self.everything = True  # every worker runs every name: no routing at all
@@ -42,9 +46,15 @@ class Routes:
 
     def update(self) -> None:
         """Read again what the workers announced (a READY, a worker added or gone)."""
-        announced = [link.serves for link in self.links if link.ever_ready]
+        announced = [link.serves for link in self.links
+                     if link.ever_ready and link not in self.removing]  # fmt: skip
         self.known = frozenset().union(*(serves.names for serves in announced))
         self.default = any(serves.default for serves in announced)
+        # A name some worker ran in this web's life and none runs now (its
+        # workers removed, or back with another registry): its jobs would wait
+        # for ever; `plan` hands them to `orphans` (dead-lettered, with why).
+        self._ever |= self.known
+        self.dropped = frozenset() if self.default else self._ever - self.known
         self.everything = all(serves.default for serves in announced)
         first = announced[0] if announced else EVERYTHING
         self.uniform = self.everything or all(s == first for s in announced)
@@ -54,6 +64,13 @@ class Routes:
         """True if some worker (ready or not) announced it runs `name`."""
         return self.default or name in self.known
 
+    def runs_now(self) -> str:
+        """The names the workers run, as an error message lists them."""
+        shown = sorted(n.decode("utf-8", "replace") for n in self.known)
+        more = len(shown) - SHOWN_NAMES
+        listed = ", ".join(repr(n) for n in shown[:SHOWN_NAMES]) or "no names"
+        return listed + (f" and {more} more" if more > 0 else "")
+
     def check(self, name: bytes) -> None:
         """Raise `Unavailable` if no worker this web knows runs jobs named `name`.
 
@@ -62,11 +79,7 @@ class Routes:
         """
         if self.default or name in self.known:
             return
-        shown = sorted(n.decode("utf-8", "replace") for n in self.known)
-        more = len(shown) - SHOWN_NAMES
-        listed = ", ".join(repr(n) for n in shown[:SHOWN_NAMES]) or "no names"
-        if more > 0:
-            listed += f" and {more} more"
+        listed = self.runs_now()
         silent = [link.name for link in self.links if not link.ever_ready]
         waiting = f"; not READY yet: {', '.join(silent)}" if silent else ""
         text = name.decode("utf-8", "replace")
@@ -86,6 +99,8 @@ class Routes:
         worker has credit at all, the queues stay as they are.
         """
         rotation, lanes = self.rotation, queues.lanes
+        if self.dropped:
+            self._orphan(queues)
         if self.uniform and not lanes:  # every worker runs the same: as ever
             if (yield from self._uniform(queues)):
                 return
@@ -122,6 +137,19 @@ class Routes:
                 if not rotation.any_can_take():
                     break  # every worker is full: the queue waits as it is
                 lanes.setdefault(key, deque()).append(queue.popleft())
+
+    def _orphan(self, queues: Queues) -> None:
+        """Jobs of a dropped name, out of the queues and lanes into `orphans`."""
+        dropped = self.dropped
+        for key in [key for key in queues.lanes if key[1] in dropped]:
+            self.orphans.extend(queues.lanes.pop(key))
+        for queue in (queues.retry, queues.fresh):
+            if any((job.name or job.path) in dropped for job in queue):
+                kept = [job for job in queue if (job.name or job.path) not in dropped]
+                self.orphans.extend(job for job in queue
+                                    if (job.name or job.path) in dropped)  # fmt: skip
+                queue.clear()
+                queue.extend(kept)
 
     def _uniform(self, queues: Queues) -> Generator[tuple[Link, Envelope], None, bool]:
         """`plan` in a uniform fleet: one round-robin over every worker, as

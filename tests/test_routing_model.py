@@ -85,7 +85,12 @@ def check(d: Dispatcher, story: list[str]) -> None:
             assert link.serves.runs(job.name), (
                 f"job {job.name!r} on {link.name}, which runs {link.serves}:\n  {where}"
             )
+    dropped = d.fleet.routes.dropped
     for job, suspect in waiting(d):
+        assert job.name not in dropped, (
+            f"job {job.name!r} waits, though no worker runs that name any more "
+            f"(dropped: {sorted(dropped)}): it waits for ever:\n  {where}"
+        )
         for link in d.links:
             free = link.can_take() and not (suspect and link.suspects)
             assert not (free and link.serves.runs(job.name)), (
@@ -317,3 +322,80 @@ def test_a_replayed_job_nobody_runs_waits_for_a_worker_that_does() -> None:
     join(d, d.links[1], Serves(frozenset({b"report"}), False), 5)
     d.flush()
     assert list(d.links[1].jobs) == [replayed.key] and d.pending() == 0
+
+
+# -- from the careful reader's review of routing ------------------------------
+
+
+def test_a_name_no_worker_runs_any_more_is_given_up_on_saying_why() -> None:
+    """A worker back with another registry (report -> report_v2): its old
+    name's jobs waited for ever, 'queued', and kept MAX_PENDING full, so an
+    idle worker's own name was refused. Now they are dead-lettered, naming
+    the name and what the workers run, and re-sendable from the file."""
+    d = make(Clock(), workers="127.0.0.1:1,127.0.0.1:2", max_pending=5)
+    report, mail = d.links
+    join(d, report, Serves(frozenset({b"report"}), False), 1)
+    join(d, mail, Serves(frozenset({b"mail"}), False), 1)
+    notice(d, report, zmq.EVENT_DISCONNECTED)
+    stuck = [push(d, b"report") for _ in range(6)]
+    d.flush()
+    with pytest.raises(Unavailable, match="MAX_PENDING=5"):
+        push(d, b"report")
+    join(d, report, Serves(frozenset({b"report_v2"}), False), 1)
+    d.flush()
+    assert d.pending() == 0
+    for job in stuck:
+        answer = d.status(job.id)
+        assert answer["status"] == "dead", answer
+        assert "no worker runs jobs named 'report' any more" in answer["reason"]
+        assert "'mail', 'report_v2'" in answer["reason"], answer
+    assert d.dead_letters.count == 6
+    fresh = push(d, b"report_v2")
+    d.flush()
+    assert fresh.key in report.jobs
+
+
+def test_a_workers_names_stop_counting_when_it_is_removed() -> None:
+    """WORKERS_FILE + SIGHUP removing the only 'report' worker: while it
+    finished what it held, pushes of 'report' were accepted, then waited for
+    ever once it was gone. Its names stop counting at its removal."""
+    d = make(Clock(), workers="127.0.0.1:1,127.0.0.1:2")
+    mail, report = d.links
+    join(d, mail, Serves(frozenset({b"mail"}), False), 5)
+    join(d, report, Serves(frozenset({b"report"}), False), 5)
+    running = push(d, b"report")
+    waiting_job = push(d, b"report")
+    d.flush()
+    d.reconfigure(parse_workers("127.0.0.1:1"))
+    with pytest.raises(Unavailable, match="no worker runs jobs named 'report'"):
+        push(d, b"report")
+    ack(d, report, running.id, waiting_job.id)  # it finishes what it holds, and goes
+    assert report not in d.links and d.pending() == 0
+    assert d.status(running.id)["status"] == "done"
+
+
+def test_max_pending_bounds_a_names_lane_whatever_other_names_have_free() -> None:
+    """The mail worker lost, an idle ship worker with credit 2,000: mail jobs
+    were let in up to MAX_PENDING + 2,000, counted against credit no mail job
+    can use. A lane's jobs count as waiting whatever credit others have."""
+    d = make(Clock(), workers="127.0.0.1:1,127.0.0.1:2", max_pending=10)
+    mail, ship = d.links
+    join(d, mail, Serves(frozenset({b"mail"}), False), 1)
+    join(d, ship, Serves(frozenset({b"ship"}), False), 2000)
+    notice(d, mail, zmq.EVENT_DISCONNECTED)
+    accepted = 0
+    with pytest.raises(Unavailable, match="MAX_PENDING=10"):
+        for _ in range(3000):
+            push(d, b"mail")
+            accepted += 1
+            d.flush()  # as the dispatcher does after each wake
+    assert accepted <= 11, accepted
+    # MAX_PENDING counts every name's waiting jobs together (the README says
+    # so): until the mail worker is back, ship's pushes are refused too.
+    with pytest.raises(Unavailable, match="10 jobs already wait"):
+        push(d, b"ship")
+    join(d, mail, Serves(frozenset({b"mail"}), False), 1)
+    d.flush()
+    ack(d, mail, *(key.decode() for key in list(mail.jobs)))
+    d.flush()
+    assert push(d, b"ship").id
