@@ -106,21 +106,25 @@ class Routes:
                 return
         choose_for, known = rotation.choose_for, self.known
         blocked: set[tuple[bool, bytes | None]] = set()  # full for this flush
-        for key in list(lanes):
-            suspect, name = key
-            route = (suspect, name if name in known else None)
-            if route in blocked:
-                continue
-            lane = lanes[key]
-            while lane:
-                link = choose_for(name, suspect)
-                if link is None:
-                    blocked.add(route)
-                    break
-                yield link, lane.popleft()
-            if not lane:
-                del lanes[key]
+        if lanes:
+            _merge_given_back(queues)
+        # Suspects first, as without routing; in each kind, the lanes first:
+        # their jobs are older than the queue's (given-back ones merged above).
         for queue, suspect in ((queues.retry, True), (queues.fresh, False)):
+            for key in [key for key in lanes if key[0] is suspect]:
+                name = key[1]
+                route = (suspect, name if name in known else None)
+                if route in blocked:
+                    continue
+                lane = lanes[key]
+                while lane:
+                    link = choose_for(name, suspect)
+                    if link is None:
+                        blocked.add(route)
+                        break
+                    yield link, lane.popleft()
+                if not lane:
+                    del lanes[key]
             while queue:
                 job = queue[0]
                 name = job.name or job.path  # a forwarded request: by its path
@@ -168,3 +172,31 @@ class Routes:
                     break
                 yield link, queue.popleft()
         return True
+
+
+def _merge_given_back(queues: Queues) -> None:
+    """Jobs sent before and back at the head of their queue (a worker gave
+    them back, lost them, or they could not be sent) are older than the never
+    sent jobs of their name waiting in its lane: each goes into the lane
+    ahead of those, so a name's jobs still leave in the order accepted."""
+    lanes = queues.lanes
+    for queue, suspect in ((queues.retry, True), (queues.fresh, False)):
+        if not queue or not queue[0].attempt:
+            continue
+        kept: list[Envelope] = []
+        while queue and queue[0].attempt:  # the given-back run at the head
+            job = queue.popleft()
+            lane = lanes.get((suspect, job.name or job.path))
+            if lane is None:
+                kept.append(job)
+                continue
+            at = next(
+                (
+                    i
+                    for i, waiting in enumerate(lane)
+                    if not waiting.attempt or waiting.accepted_at > job.accepted_at
+                ),
+                len(lane),
+            )
+            lane.insert(at, job)
+        queue.extendleft(reversed(kept))

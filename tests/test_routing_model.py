@@ -399,3 +399,36 @@ def test_max_pending_bounds_a_names_lane_whatever_other_names_have_free() -> Non
     ack(d, mail, *(key.decode() for key in list(mail.jobs)))
     d.flush()
     assert push(d, b"ship").id
+
+
+@pytest.mark.parametrize("graceful", [True, False], ids=["given_back", "lost"])
+def test_jobs_given_back_or_resent_keep_their_place_beside_a_lane(
+    graceful: bool,
+) -> None:
+    """m1, m2 sent, m3, m4 waiting in the mail lane; the mail worker leaves
+    (BYE) or is lost, then comes back. With a ship worker beside it, lanes in
+    use, m3 and m4 went first (lanes were served before the queues, and jobs
+    given back joined a lane's tail). The order is now the one a fleet
+    without lanes gives."""
+    mail_names = Serves(frozenset({b"mail"}), False)
+
+    def order(mixed: bool) -> list[str]:
+        d = make(Clock(), workers="127.0.0.1:1,127.0.0.1:2" if mixed else "127.0.0.1:1")
+        a = d.links[0]
+        join(d, a, mail_names, 2)
+        if mixed:
+            join(d, d.links[1], Serves(frozenset({b"ship"}), False), 5)
+        jobs = [push(d, b"mail") for _ in range(4)]
+        names = {job.id: f"m{k + 1}" for k, job in enumerate(jobs)}
+        d.flush()
+        if graceful:
+            hear(d, a, [protocol.BYE, b""])
+        notice(d, a, zmq.EVENT_DISCONNECTED)
+        d.flush()
+        join(d, a, mail_names, 10)
+        a.sent_messages.clear()  # type: ignore[attr-defined]
+        d.flush()
+        return [names[i] for i in sent_since(a, {})]
+
+    assert order(mixed=True) == order(mixed=False), "a lane changed the order"
+    assert order(mixed=True)[0] == "m1"
