@@ -26,7 +26,7 @@ from greenpipe.admission import ID_BYTES, check_key
 from greenpipe.books import Books, Snapshot
 from greenpipe.config import PipeSettings
 from greenpipe.dispatcher import Dispatcher
-from greenpipe.errors import BadJob, ConfigError, TooLarge
+from greenpipe.errors import BadJob, ConfigError, TooLarge, Unavailable
 from greenpipe.finished import FinishedJobs
 from greenpipe.handling import NO_POLICY, run_handler
 from greenpipe.history import History
@@ -490,6 +490,23 @@ class InlinePipe(Pipe):
     def workers(self) -> list[str]:
         return []
 
+    def _check_name(self, job: Envelope) -> None:
+        """A name the registry does not run is refused, as a web refuses one
+        no worker runs (a 503), not accepted and then failed: a test sees what
+        production does."""
+        names = getattr(self.handler, "names", None)
+        if names is None or getattr(self.handler, "has_default", True):
+            return  # a plain callable, or a default handler: it runs every name
+        wanted = job.name.decode() or job.path.decode("latin-1")
+        if wanted not in names:
+            listed = ", ".join(repr(n) for n in names) or "no names"
+            raise Unavailable(
+                f"no worker runs jobs named {wanted!r}: the inline registry runs "
+                f"{listed}, and has no default handler. Check the job's name, or "
+                f"give inline mode a registry with @handlers.job({wanted!r})",
+                retry_after=5,
+            )
+
     def submit(self, job: Envelope, key: str = "") -> Envelope:
         if self.handler is None:
             raise ConfigError(
@@ -497,6 +514,7 @@ class InlinePipe(Pipe):
                 "Greenpipe(app, handlers=...) or app.config['GREENPIPE_HANDLERS'] "
                 "= 'package.module:handlers'"
             )
+        self._check_name(job)
         job.named(self._prefix + os.urandom(ID_BYTES).hex())  # as a web's: unguessable
         policy = getattr(self.handler, "policy", lambda name: NO_POLICY)(
             job.name.decode() or job.path.decode("latin-1")

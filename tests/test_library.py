@@ -120,8 +120,9 @@ def test_inline_mode_runs_views_without_workers_and_records_status():
     assert status["status"] == "done" and status["result"] == {"twice": 42}
     failed = client.get(f"/jobs/{client.post('/boom').get_json()['id']}").get_json()
     assert failed["status"] == "failed" and "RuntimeError: it broke" in failed["error"]
-    unknown = client.get(f"/jobs/{client.post('/unknown').get_json()['id']}").get_json()
-    assert "no handler for job name 'nobody'" in unknown["error"]
+    unknown = client.post("/unknown")  # refused as a web refuses it: no worker runs it
+    assert unknown.status_code == 503
+    assert "no worker runs jobs named 'nobody'" in unknown.get_json()["detail"]
     missing = client.get("/jobs/inline0-nothing")
     assert (
         missing.status_code == 404 and "never accepted" in missing.get_json()["detail"]

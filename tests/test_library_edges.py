@@ -19,6 +19,7 @@ from greenpipe import (
     Greenpipe,
     Handlers,
     TooLarge,
+    Unavailable,
     json_errors,
 )
 from tests.support import Web, poll_until
@@ -266,3 +267,38 @@ def test_inline_handlers_run_in_a_fresh_app_context_as_on_a_worker():
     pipe.push("look")  # a test or a CLI command: no context at all
     assert app.test_client().post("/look").status_code == 202
     assert seen == [("user_app", False, False), ("user_app", False, False)], seen
+
+
+# -- from the new user's review of routing --------------------------------------
+
+
+def test_inline_mode_refuses_a_name_its_registry_does_not_run_as_a_web_does():
+    """Inline, a name the registry lacks was accepted and then failed with
+    UnknownJob, while the web answers 503: a test passed that production
+    fails. Now both refuse it at push, naming the name."""
+    handlers = Handlers()
+    handlers.job("welcome_email")(lambda job: "sent")
+    app = Flask("user_app")
+    app.config["TESTING"] = True
+    pipe = Greenpipe(app, handlers=handlers)
+
+    @app.post("/orders")
+    def order():
+        return {"id": pipe.push("ship_order").id}, 202
+
+    with app.app_context():
+        with pytest.raises(Unavailable, match="no worker runs jobs named 'ship_order'"):
+            pipe.push("ship_order")
+        assert pipe.status(pipe.push("welcome_email").id)["status"] == "done"
+    answer = app.test_client().post("/orders")
+    assert answer.status_code == 503, answer.get_data(as_text=True)
+    assert "inline registry runs 'welcome_email'" in answer.get_json()["detail"]
+
+
+def test_a_list_of_handler_specs_is_a_config_error_saying_what_to_do():
+    app = Flask("user_app")
+    app.config.update(TESTING=True, GREENPIPE_HANDLERS=["jobs:mail", "jobs:warehouse"])
+    with pytest.raises(
+        ConfigError, match=r"expected one 'package.module:NAME' string, got list"
+    ):
+        Greenpipe(app).push("welcome_email")

@@ -21,6 +21,13 @@ def load_handler(spec: str, setting: str = "HANDLER") -> Handler:
 
     Errors name the setting, the spec and what went wrong.
     """
+    if not isinstance(spec, str):  # a list from app.config: one spec only
+        raise ConfigError(
+            f"{setting}: expected one 'package.module:NAME' string, got "
+            f"{type(spec).__name__} {spec!r}; to run several registries in one "
+            "process, make one Handlers with every name (handlers.add(name, fn), "
+            "or both decorators on a function) and name that"
+        )
     module_name, _, attr_path = spec.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
