@@ -367,7 +367,8 @@ class Settlement:
             log.info("worker %s left", link.name)
         elif link.reliable:
             log.warning(
-                "worker %s %s (%s): %d jobs re-sent, %d dead-lettered%s",
+                "worker %s %s (%s): %d jobs to re-send (each to the next worker "
+                "that runs its name), %d dead-lettered%s",
                 link.name,
                 "left" if graceful else "lost",
                 reason,
