@@ -325,7 +325,9 @@ class Pipe:
         """A request-shaped job (as web.py makes of each request), named by its path."""
         wait = _check_wait(wait)
         self._check_size(body)
-        job = Envelope.new(method.encode("ascii"), path.encode("latin-1"),
+        # The path is text, and a name: UTF-8, as READY announces names and
+        # as a request's raw path arrives (latin-1 here cut "/résumé" wrong).
+        job = Envelope.new(method.encode("ascii"), path.encode("utf-8"),
                            query.encode("latin-1"), content_type.encode("latin-1"),
                            body, wait=wait > 0)  # fmt: skip
         return self._answer(self.submit(job), path, wait)
@@ -497,7 +499,7 @@ class InlinePipe(Pipe):
         names = getattr(self.handler, "names", None)
         if names is None or getattr(self.handler, "has_default", True):
             return  # a plain callable, or a default handler: it runs every name
-        wanted = job.name.decode() or job.path.decode("latin-1")
+        wanted = job.name.decode() or job.path.decode("utf-8", "replace")
         if wanted not in names:
             listed = ", ".join(repr(n) for n in names) or "no names"
             raise Unavailable(
@@ -517,14 +519,15 @@ class InlinePipe(Pipe):
         self._check_name(job)
         job.named(self._prefix + os.urandom(ID_BYTES).hex())  # as a web's: unguessable
         policy = getattr(self.handler, "policy", lambda name: NO_POLICY)(
-            job.name.decode() or job.path.decode("latin-1")
+            job.name.decode() or job.path.decode("utf-8", "replace")
         )
         timeout = policy.timeout or self.settings.job_timeout  # the handler's wins
         code = protocol.RETRY
         while code == protocol.RETRY:  # retries run at once: no backoff inline
             job.attempt += 1
             seen = Job(job.key, job.attempt, job.method.decode(),
-                       job.path.decode("latin-1"), job.query.decode("latin-1"),
+                       job.path.decode("utf-8", "surrogateescape"),
+                       job.query.decode("latin-1"),
                        job.content_type.decode("latin-1"), job.body, timeout,
                        wants_reply=job.reply is not None, name=job.name.decode(),
                        retries=job.retries)  # fmt: skip

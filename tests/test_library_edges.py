@@ -18,6 +18,7 @@ from greenpipe import (
     ConfigError,
     Greenpipe,
     Handlers,
+    Status,
     TooLarge,
     Unavailable,
     json_errors,
@@ -302,3 +303,26 @@ def test_a_list_of_handler_specs_is_a_config_error_saying_what_to_do():
         ConfigError, match=r"expected one 'package.module:NAME' string, got list"
     ):
         Greenpipe(app).push("welcome_email")
+
+
+def test_a_forwarded_path_is_a_name_in_utf_8_as_workers_announce_it():
+    """pipe.forward("POST", "/résumé") encoded its path as latin-1 while READY
+    announces names in UTF-8: a 503 naming '/r\\ufffdsum\\ufffd' although a
+    worker runs it (careful reader's review); "/日本" raised UnicodeEncodeError."""
+    handlers = Handlers()
+    ran = []
+
+    @handlers.job("/résumé")
+    def resume(job):
+        ran.append((job.name, job.path))
+        return "ok"
+
+    app = Flask("user_app")
+    app.config["TESTING"] = True
+    pipe = Greenpipe(app, handlers=handlers)
+    with app.app_context():
+        outcome = pipe.pipe.forward("POST", "/résumé", body=b"{}", wait=1)
+        assert outcome.status is Status.DONE, outcome
+        assert ran == [("/résumé", "/résumé")], ran
+        with pytest.raises(Unavailable, match="'/日本'"):
+            pipe.pipe.forward("GET", "/日本")
