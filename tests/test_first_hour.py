@@ -163,6 +163,20 @@ def test_greenpipe_worker_imports_handlers_from_the_current_directory(tmp_path, 
     worker.expect(r"listening on tcp://", timeout=20)
 
 
+def test_a_worker_whose_registry_runs_nothing_says_so(tmp_path, procs):
+    """An empty Handlers() started silently, and no web ever sent it a job
+    (the new user's review of routing)."""
+    (tmp_path / "emptyjobs.py").write_text("from greenpipe import Handlers\n"
+                                           "empty = Handlers()\n")  # fmt: skip
+    worker = Proc("worker", [PYTHON, str(ROOT / "server.py"), "--port", "0",
+                             "--handler", "emptyjobs:empty"],
+                  env={"PYTHONPATH": f"{tmp_path}:{ROOT}"}, cwd=tmp_path)  # fmt: skip
+    procs.append(worker)
+    worker.expect(r"listening on tcp://", timeout=20)
+    worker.expect(r"WARNING .*handler emptyjobs:empty has no job names and no "
+                  r"default handler: no web will send it a job", timeout=5)  # fmt: skip
+
+
 def test_the_greenpipe_command_lists_its_subcommands_and_version():
     shown = subprocess.run([PYTHON, "-m", "greenpipe", "--help"], cwd=ROOT,
                            capture_output=True, text=True, timeout=30)  # fmt: skip

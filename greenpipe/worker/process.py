@@ -112,6 +112,14 @@ class Worker:
             self.settings.concurrency,
             self.settings.handler,
         )
+        serves = self.peers.serves
+        if not serves.names and not serves.default:  # READY will say: nothing
+            log.warning(
+                "%s: handler %s has no job names and no default handler: no web "
+                "will send it a job; add @handlers.job(name) or @handlers.default",
+                self.name,
+                self.settings.handler,
+            )
         self._stopping.wait()
         self._drain()
         gevent.killall(greenlets, block=False)
