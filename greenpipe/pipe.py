@@ -496,12 +496,13 @@ class InlinePipe(Pipe):
         """A name the registry does not run is refused, as a web refuses one
         no worker runs (a 503), not accepted and then failed: a test sees what
         production does."""
-        names = getattr(self.handler, "names", None)
-        if names is None or getattr(self.handler, "has_default", True):
-            return  # a plain callable, or a default handler: it runs every name
-        wanted = job.name.decode() or job.path.decode("utf-8", "replace")
-        if wanted not in names:
-            listed = ", ".join(repr(n) for n in names) or "no names"
+        from greenpipe.worker.peers import announced  # what a worker's READY says
+
+        serves = announced(self.handler)
+        if not serves.runs(job.name or job.path):
+            wanted = (job.name or job.path).decode("utf-8", "replace")
+            listed = ", ".join(repr(n.decode()) for n in sorted(serves.names))
+            listed = listed or "no names"
             raise Unavailable(
                 f"no worker runs jobs named {wanted!r}: the inline registry runs "
                 f"{listed}, and has no default handler. Check the job's name, or "

@@ -40,10 +40,7 @@ class Queues:
 
     def pending(self) -> int:
         """Jobs waiting for a worker now (not those waiting for a time)."""
-        waiting = len(self.fresh) + len(self.retry)
-        if self.lanes:
-            waiting += sum(map(len, self.lanes.values()))
-        return waiting
+        return len(self.fresh) + len(self.retry) + self.in_lanes()
 
     def in_lanes(self) -> int:
         """Jobs waiting in a name's lane: its workers full or lost."""

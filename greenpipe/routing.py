@@ -149,9 +149,11 @@ class Routes:
             self.orphans.extend(queues.lanes.pop(key))
         for queue in (queues.retry, queues.fresh):
             if any((job.name or job.path) in dropped for job in queue):
-                kept = [job for job in queue if (job.name or job.path) not in dropped]
-                self.orphans.extend(job for job in queue
-                                    if (job.name or job.path) in dropped)  # fmt: skip
+                kept: list[Envelope] = []
+                for job in queue:
+                    (
+                        self.orphans if (job.name or job.path) in dropped else kept
+                    ).append(job)
                 queue.clear()
                 queue.extend(kept)
 
@@ -181,8 +183,6 @@ def _merge_given_back(queues: Queues) -> None:
     ahead of those, so a name's jobs still leave in the order accepted."""
     lanes = queues.lanes
     for queue, suspect in ((queues.retry, True), (queues.fresh, False)):
-        if not queue or not queue[0].attempt:
-            continue
         kept: list[Envelope] = []
         while queue and queue[0].attempt:  # the given-back run at the head
             job = queue.popleft()

@@ -267,7 +267,7 @@ def test_an_ack_read_while_close_waits_for_a_group_still_counts(tmp_path, monkey
         gevent.spawn(d.submit, Envelope.new(b"POST", b"/", b"", b"", b"{}"))
         for _ in range(2)
     ]
-    gevent.sleep(0)
+    gevent.sleep(0)  # sleep-ok: one turn for the spawned greenlets (scripted)
     d.flush()
     a, b = [g.get(timeout=5) for g in firsts]
     d.flush()
@@ -282,18 +282,18 @@ def test_an_ack_read_while_close_waits_for_a_group_still_counts(tmp_path, monkey
 
     monkeypatch.setattr(tail, "_offload", slow)
     second = gevent.spawn(d.submit, Envelope.new(b"POST", b"/", b"", b"", b"{}"))
-    gevent.sleep(0)
+    gevent.sleep(0)  # sleep-ok: one turn for the spawned greenlets (scripted)
     d.flush()  # the writer greenlet is in fdatasync
     closing = gevent.spawn(d.close)
-    gevent.sleep(0)  # close() heard nothing, and waits for the group
+    gevent.sleep(0)  # sleep-ok: a turn; close() heard nothing, and waits for the group
     # The worker acknowledges A, then B, in two messages: the reader reads each
     # and posts the link; the dispatcher greenlet still runs one more turn.
     link._unread.append(protocol.encode_acks([a.key]))
     d.inbox.post(link)
-    gevent.sleep(0)
+    gevent.sleep(0)  # sleep-ok: one turn for the spawned greenlets (scripted)
     link._unread.append(protocol.encode_acks([b.key]))
     d.inbox.post(link)
-    gevent.sleep(0)
+    gevent.sleep(0)  # sleep-ok: one turn for the spawned greenlets (scripted)
     gate.set()
     closing.get(timeout=5)
     second.join(timeout=5)
