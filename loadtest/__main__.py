@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from greenpipe.testing import free_port
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -100,19 +101,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def free_master_port() -> int:
-    """A port the OS picks for Locust's master, whose workers connect to it.
-
-    Locust's default is 5557 for every run: a second run on the machine failed
-    to bind, and its workers joined the first run's master, whose counts then
-    held both runs' requests (309 of -n 301). Its workers are forked before the
-    master binds, so the port is chosen here and given to both.
-    """
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def run_locust(args: argparse.Namespace, summary_path: str) -> int:
     argv = [
         sys.executable,
@@ -142,7 +130,11 @@ def run_locust(args: argparse.Namespace, summary_path: str) -> int:
         "10",
     ]
     if args.processes > 1:
-        port = str(free_master_port())
+        # Locust's master listened on 5557 for every run: a second run on the
+        # machine failed to bind, and its workers joined the first run's
+        # master (309 counted for -n 301). Its workers are forked before the
+        # master binds, so the port is picked here and given to both.
+        port = str(free_port())
         argv += ["--processes", str(args.processes), "--master-bind-host",
                  "127.0.0.1", "--master-bind-port", port, "--master-host",
                  "127.0.0.1", "--master-port", port]  # fmt: skip
