@@ -13,7 +13,8 @@ Sections:
   paired   bare and greenpipe running side by side, measured back to back in
            alternating order: the steadiest ratio a noisy machine can give
   journal  the journal off, none (default) and batch against bare, back to
-           back; bytes written per job and the journal's size after the run
+           back; bytes written per job and the journal's size after the run;
+           the result store on (default) and off
   observe  /metrics and /dashboard off, and on while scraped and watched once
            a second, against bare, back to back
   curve    CURVE on the worker links off and on, against bare, back to back
@@ -258,10 +259,12 @@ def compare(
 def journal(
     pairs: int, connections: int, seconds: float, quick: bool = False
 ) -> list[str]:
-    """The journal's cost: off, none (the default) and batch against the ceiling."""
+    """The journal's cost: off, none (the default) and batch against the ceiling;
+    and the result store's (the default, beside the journal) against none."""
     running = {"bare": systems.bare()}
     for mode in ("off", "none", "batch"):
         running[mode] = systems.greenpipe(journal=mode)
+    running["unstored"] = systems.greenpipe(web_flags=("--result-store", "off"))
     try:
         figures = rounds(running, pairs, connections, seconds)
         report = {
@@ -270,10 +273,13 @@ def journal(
     finally:
         for each in running.values():
             each.stop()
-    lines = [f"- {pairs} rounds of {seconds:g} s, the four systems back to back:"]
+    lines = [f"- {pairs} rounds of {seconds:g} s, the five systems back to back:"]
     lines += compare(figures, {"off": "journal off", "none": "journal none (default)",
                                "batch": "journal batch (fdatasync per group)"},
                      "off")  # fmt: skip
+    lines += compare(figures, {"unstored": "journal none, RESULT_STORE=off",
+                               "none": "journal none, the result store on (default)"},
+                     "unstored")  # fmt: skip
     for mode in ("none", "batch"):
         info = report[mode]
         per_job = info["bytes_written"] / max(1, info["jobs_written"])

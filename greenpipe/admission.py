@@ -11,13 +11,13 @@ its job is kept, never before.
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from greenpipe.errors import Unavailable
+from greenpipe.jobs import new_job_id
 
 if TYPE_CHECKING:  # the HTTP side imports check_key alone: no sockets, no gevent
     from gevent.event import Event
@@ -31,7 +31,6 @@ if TYPE_CHECKING:  # the HTTP side imports check_key alone: no sockets, no geven
     from greenpipe.queues import Queues
 
 MAX_KEYS = 100_000  # idempotency keys remembered at once
-ID_BYTES = 16  # random bytes in a job id, after its process prefix (128 bits)
 KEY_RULE = "1-255 printable ASCII characters"
 
 
@@ -211,13 +210,8 @@ class Admission:
             self._commit.close()
 
     def new_id(self) -> str:
-        """The process prefix, then 128 random bits as 32 hex digits.
-
-        Unguessable: a client holding one id learns nothing of another job's
-        (they name a job's result and its cancel). A fixed length: ab counts
-        a response of another length as failed.
-        """
-        return self.prefix + os.urandom(ID_BYTES).hex()
+        """A new job id of this process (`greenpipe.jobs.new_job_id`)."""
+        return new_job_id(self.prefix)
 
     def owns(self, job_id: str) -> bool:
         """True if `job_id` was made by this process (whatever became of it)."""

@@ -37,6 +37,7 @@ from greenpipe.journal.slots import Identity
 from greenpipe.link import Event, Happened, Inbox, Link
 from greenpipe.queues import Queues
 from greenpipe.recovery import Recovery
+from greenpipe.results import Keeper, ResultStore, store_path
 from greenpipe.settlement import Settlement
 from greenpipe.throttle import Throttle
 
@@ -87,6 +88,14 @@ class Dispatcher:
                 identity=identity(settings),
                 takeover=settings.journal_takeover,
             )
+        # Finished jobs' records past a restart, from any process (RESULT_STORE).
+        self.results: ResultStore | None = None
+        self.keeper: Keeper | None = None
+        path = store_path(settings.result_store, settings.journal_dir)
+        if path:
+            self.results = ResultStore(path, settings.status_ttl,
+                                       settings.result_store_size)  # fmt: skip
+            self.keeper = Keeper(self.results, self.finished, self.journal)
         self.queues = Queues(clock)
         self._fresh, self._retry = self.queues.fresh, self.queues.retry
         self.later = self.queues.later  # waiting for a time: a delay, a backoff
@@ -100,7 +109,7 @@ class Dispatcher:
         )  # fmt: skip
         self.settlement = Settlement(
             settings, self.queues, self.finished, self.books, self.journal,
-            self.dead_letters, self.admission.group_commit, self._wake,
+            self.dead_letters, self.admission.group_commit, self._wake, self.keeper,
         )  # fmt: skip
         self._settled = gevent.event.Event()
         self._draining = False
@@ -125,6 +134,9 @@ class Dispatcher:
 
         Raises ConfigError or JournalError if the journal cannot be opened.
         """
+        if self.keeper is not None:
+            self.keeper.store.open()
+            self.keeper.start()
         if self.recovery is not None:
             self.recovery.start()
         self._hold_until = self._clock() + self.settings.ready_timeout
@@ -185,6 +197,8 @@ class Dispatcher:
         self.fleet.close()
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
+        if self.keeper is not None:  # records first, then their ACKs: the journal's
+            self.keeper.close()
         if self.journal is not None:
             self.journal.close()
 
@@ -432,8 +446,14 @@ class Dispatcher:
 
     def status(self, job_id: str) -> dict | None:
         """What became of a job this process accepted: `answers.job_status`."""
-        return answers.job_status(job_id, self.links, self.queues, self.settlement,
-                                  self.finished)  # fmt: skip
+        found = answers.job_status(job_id, self.links, self.queues, self.settlement,
+                                   self.finished)  # fmt: skip
+        return self.stored(job_id) if found is None else found
+
+    def stored(self, job_id: str) -> dict | None:
+        """A job's record in the result store: one that finished before a
+        restart, or in another process sharing the file; None if none."""
+        return None if self.results is None else self.results.get(job_id)
 
     def owns(self, job_id: str) -> bool:
         """True if `job_id` was made by this process (whatever became of it)."""

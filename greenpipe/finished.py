@@ -12,6 +12,9 @@ from greenpipe.jobs import Status
 
 MAX_KEPT_RESULT = 64 * 1024  # bytes of a result kept for status lookups
 
+# status, worker, attempt, payload, finished (the clock's), retries, name
+Record = tuple[Status, str, int, bytes, float, int, bytes]
+
 
 class FinishedJobs:
     """Finished jobs' outcomes, oldest first, at most `keep` of them for `ttl` s.
@@ -27,7 +30,10 @@ class FinishedJobs:
         self.keep = keep
         self.ttl = ttl
         self._clock = clock
-        self._outcomes: OrderedDict[str, tuple] = OrderedDict()
+        self._outcomes: OrderedDict[str, Record] = OrderedDict()
+        # Records added since `take_fresh`, for a `ResultStore` (None: no
+        # store, nothing tracked).
+        self.fresh: list[tuple[str, Record]] | None = None
 
     def add(
         self,
@@ -46,16 +52,33 @@ class FinishedJobs:
         `name`: the job's name (a forwarded request's: its path).
         """
         outcomes = self._outcomes
-        outcomes[job_id] = (status, worker, attempt, payload, now or self._clock(),
-                            retries, name)  # fmt: skip
+        record = (status, worker, attempt, payload, now or self._clock(), retries,
+                  name)  # fmt: skip
+        outcomes[job_id] = record
+        if self.fresh is not None:
+            self.fresh.append((job_id, record))
         if len(outcomes) > self.keep:
             outcomes.popitem(last=False)
 
+    def take_fresh(self) -> list[tuple[str, Record]]:
+        """The records added since the last call, their times on the wall clock
+        (for `ResultStore.write`), even those memory forgot since (`keep`)."""
+        fresh = self.fresh
+        if not fresh:
+            return []
+        self.fresh = []
+        shift = time.time() - self._clock()
+        return [(job_id, (status, worker, attempt, payload, finished + shift,
+                          retries, name))
+                for job_id, (status, worker, attempt, payload, finished, retries,
+                             name) in fresh]  # fmt: skip
+
     @property
-    def store(self) -> dict[str, tuple]:
+    def store(self) -> dict[str, Record]:
         """The outcomes themselves, for a caller that adds a batch inline and
         then calls `trim` once (the dispatcher, per ACKS message): a method
-        call per job is most of what keeping one would cost."""
+        call per job is most of what keeping one would cost. That caller
+        extends `fresh` too, when it is not None."""
         return self._outcomes
 
     def trim(self) -> None:
@@ -75,27 +98,8 @@ class FinishedJobs:
             return None
         status, worker, attempt, payload, finished, retries, name = found
         finished += time.time() - self._clock()  # monotonic -> wall clock
-        report: dict[str, Any] = {
-            "id": job_id,
-            "name": name.decode("utf-8", "replace"),
-            "status": status.value,
-            "worker": worker,
-            "attempt": attempt,
-            "runs": retries + 1,  # the handler ran this many times (retries)
-            "finished_at": round(finished, 3),
-        }
-        if status is Status.DONE:
-            if len(payload) > MAX_KEPT_RESULT:
-                report["result_not_kept"] = f"{len(payload)} bytes; over 64 KiB"
-            elif payload:
-                try:  # the handler's return value, as JSON (a worker sends JSON)
-                    report["result"] = json.loads(payload)
-                except ValueError:  # a foreign worker's bytes: shown as text
-                    report["result_text"] = payload.decode("utf-8", "replace")
-        elif payload:
-            key = "reason" if status in (Status.DEAD, Status.CANCELLED) else "error"
-            report[key] = payload.decode("utf-8", "replace")
-        return report
+        return report(job_id, status, worker, attempt, payload, finished, retries,
+                      name)  # fmt: skip
 
     def _expire(self) -> None:
         horizon = self._clock() - self.ttl
@@ -105,3 +109,37 @@ class FinishedJobs:
             if oldest[4] >= horizon:
                 return
             outcomes.popitem(last=False)
+
+
+def report(
+    job_id: str,
+    status: Status,
+    worker: str,
+    attempt: int,
+    payload: bytes,
+    finished: float,
+    retries: int,
+    name: bytes,
+) -> dict[str, Any]:
+    """A finished job's answer to GET /jobs/<id> (`finished`: Unix seconds)."""
+    answer: dict[str, Any] = {
+        "id": job_id,
+        "name": name.decode("utf-8", "replace"),
+        "status": status.value,
+        "worker": worker,
+        "attempt": attempt,
+        "runs": retries + 1,  # the handler ran this many times (retries)
+        "finished_at": round(finished, 3),
+    }
+    if status is Status.DONE:
+        if len(payload) > MAX_KEPT_RESULT:
+            answer["result_not_kept"] = f"{len(payload)} bytes; over 64 KiB"
+        elif payload:
+            try:  # the handler's return value, as JSON (a worker sends JSON)
+                answer["result"] = json.loads(payload)
+            except ValueError:  # a foreign worker's bytes: shown as text
+                answer["result_text"] = payload.decode("utf-8", "replace")
+    elif payload:
+        key = "reason" if status in (Status.DEAD, Status.CANCELLED) else "error"
+        answer[key] = payload.decode("utf-8", "replace")
+    return answer

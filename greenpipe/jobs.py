@@ -5,6 +5,8 @@ and what became of it (`Outcome`, `Status`). The bottom of the import graph.
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -13,6 +15,33 @@ from urllib.parse import parse_qs
 import gevent.event
 
 WANTS_REPLY = 0x01  # job flag: someone waits for the result (Prefer: wait)
+ID_BYTES = 16  # random bytes in a job id, after its prefix and time (128 bits)
+ID_TIME = 8  # hex digits of the second a job id was made (Unix time, 32 bits)
+
+
+def new_job_id(prefix: str) -> str:
+    """`prefix` (the accepting process's, ending in "-"), the Unix second as 8
+    hex digits, then 128 random bits as 32 hex digits.
+
+    Unguessable: a client holding one id learns nothing of another job's (an
+    id names a job's result and its cancel). A fixed length after the prefix
+    (ab counts a response of another length as failed). The time tells an id
+    whose record expired from one never made: `issued_at`.
+    """
+    return f"{prefix}{int(time.time()):08x}{os.urandom(ID_BYTES).hex()}"
+
+
+def issued_at(job_id: str) -> float | None:
+    """The Unix second `job_id` was made, or None for an id of another shape
+    (an older greenpipe's, 32 hex digits with no time, or not an id at all)."""
+    tail = job_id.rpartition("-")[2]
+    if len(tail) != ID_TIME + 2 * ID_BYTES:
+        return None
+    try:
+        int(tail, 16)
+    except ValueError:
+        return None
+    return float(int(tail[:ID_TIME], 16))
 
 
 class Status(StrEnum):

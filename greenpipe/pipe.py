@@ -22,7 +22,7 @@ import zmq.green as zmq
 
 from greenpipe import books as books_module
 from greenpipe import config, protocol
-from greenpipe.admission import ID_BYTES, check_key
+from greenpipe.admission import check_key
 from greenpipe.books import Books, Snapshot
 from greenpipe.config import PipeSettings
 from greenpipe.dispatcher import Dispatcher
@@ -30,7 +30,7 @@ from greenpipe.errors import BadJob, ConfigError, TooLarge, Unavailable
 from greenpipe.finished import FinishedJobs
 from greenpipe.handling import NO_POLICY, run_handler
 from greenpipe.history import History
-from greenpipe.jobs import Envelope, Job, Outcome, Status
+from greenpipe.jobs import Envelope, Job, Outcome, Status, new_job_id
 from greenpipe.patching import check_pipe_start
 from greenpipe.siblings import Question, Siblings
 
@@ -377,8 +377,10 @@ class Pipe:
             self.start()
         found = self.dispatcher.cancel(job_id)
         if found is None and self.siblings is not None and not self.owns(job_id):
-            return self.siblings.cancel(job_id)  # another process sharing the port
-        return found
+            found = self.siblings.cancel(job_id)  # another process sharing the port
+        # Finished before a restart (the store), after every live holder was
+        # asked: a job replayed and running again is cancelled, not "done".
+        return self.dispatcher.stored(job_id) if found is None else found
 
     def redrive(self, job_id: str) -> Envelope:
         """Send a dead-lettered job again as a new job (the dashboard's button).
@@ -518,7 +520,7 @@ class InlinePipe(Pipe):
                 "= 'package.module:handlers'"
             )
         self._check_name(job)
-        job.named(self._prefix + os.urandom(ID_BYTES).hex())  # as a web's: unguessable
+        job.named(new_job_id(self._prefix))  # as a web's: unguessable
         policy = getattr(self.handler, "policy", lambda name: NO_POLICY)(
             job.name.decode() or job.path.decode("utf-8", "replace")
         )

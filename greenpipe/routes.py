@@ -32,7 +32,8 @@ from greenpipe.admission import KEY_RULE, check_key
 from greenpipe.config import WebSettings
 from greenpipe.errors import BadJob, Unavailable
 from greenpipe.httpserver import BodyTimeout
-from greenpipe.jobs import Envelope, Status
+from greenpipe.jobs import Envelope, Status, issued_at
+from greenpipe.results import store_path
 
 log = logging.getLogger(__name__)
 
@@ -405,13 +406,34 @@ def _unknown(pipe: Any, job_id: str) -> Response:
             "connection (the kernel spreads connections over the processes)",
             {"Retry-After": "0", "Connection": "close"},
         )
+    settings = pipe.settings
+    ttl = settings.status_ttl
+    made = issued_at(job_id)
+    if made is not None and made < time.time() - ttl:
+        return json_error(
+            410,
+            "expired",
+            f"job {job_id!r} was accepted at {_utc(made)} and its record has "
+            f"expired: a finished job's record is kept {ttl:g} s (STATUS_TTL); "
+            "ask for a job's result within that time, or raise STATUS_TTL",
+        )
+    stored = bool(store_path(settings.result_store, settings.journal_dir))
+    kept = (
+        f"kept {ttl:g} s, within RESULT_STORE_SIZE"
+        if stored
+        else f"kept {ttl:g} s, at most {settings.status_keep} jobs, in memory "
+        "only: RESULT_STORE is off, so a restart forgets them"
+    )
     return json_error(
         404,
         "unknown job",
-        f"no job {job_id!r} here (pid {pid}): never accepted, or its record "
-        f"expired (kept {pipe.settings.status_ttl:g} s, at most "
-        f"{pipe.settings.status_keep} jobs: STATUS_TTL, STATUS_KEEP)",
+        f"no job {job_id!r} here (pid {pid}): never accepted, or its record was "
+        f"pushed out (finished jobs' records are {kept})",
     )
+
+
+def _utc(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def unavailable(exc: Unavailable) -> Response:

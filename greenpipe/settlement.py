@@ -21,7 +21,7 @@ as a job whose worker was lost).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -39,6 +39,7 @@ from greenpipe.journal.commit import Group, GroupCommit, Noted
 from greenpipe.later import next_run
 from greenpipe.link import Link
 from greenpipe.queues import Queues
+from greenpipe.results import Keeper
 from greenpipe.throttle import Throttle
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Settlement:
         dead_letters: DeadLetters,
         commit: GroupCommit | None = None,
         wake: gevent.event.Event | None = None,
+        keeper: Keeper | None = None,
     ) -> None:
         self.settings = settings
         self.queues = queues
@@ -66,6 +68,13 @@ class Settlement:
         self.dead_letters = dead_letters
         self._commit = commit if journal is not None else None
         self._wake = wake  # the dispatcher greenlet's: it writes the group
+        self._keeper = keeper
+        # Jobs finished are acknowledged in the journal by the keeper, once
+        # their records are in the result store (RESULT_STORE); else at once.
+        self._ack: Callable[[Iterable[Envelope]], object] | None = (
+            keeper.acked if keeper is not None
+            else journal.acked if journal is not None else None
+        )  # fmt: skip
         self._throttle = Throttle(log)
         # Retries whose LATER record is being written: (job, its group).
         self.holding: dict[str, tuple[Envelope, Group]] = {}
@@ -85,25 +94,32 @@ class Settlement:
         """Jobs `link` settled: record, count, journal, wake whoever waits."""
         # Per job on the hot path: bound methods and one clock read per message.
         store, worker = self.finished.store, link.name
+        fresh = self.finished.fresh  # a ResultStore's, or None
         for job in done:
-            store[job.id] = (Status.DONE, worker, job.attempt, b"", now, job.retries,
-                             job.name or job.path)  # fmt: skip
+            record = (Status.DONE, worker, job.attempt, b"", now, job.retries,
+                      job.name or job.path)  # fmt: skip
+            store[job.id] = record
+            if fresh is not None:
+                fresh.append((job.id, record))
             if job.reply is not None:
                 job.resolve(worker, Status.DONE)
         if results:
             results = self._results(link, results)
             for job, status, payload in results:
-                store[job.id] = (status, worker, job.attempt, payload, now,
-                                 job.retries, job.name or job.path)  # fmt: skip
+                record = (status, worker, job.attempt, payload, now, job.retries,
+                          job.name or job.path)  # fmt: skip
+                store[job.id] = record
+                if fresh is not None:
+                    fresh.append((job.id, record))
                 if job.reply is not None:
                     job.resolve(worker, status, payload)
         self.finished.trim()
         self.books.settled(done, results, stray, worker, now)
-        if self.journal is not None:
+        if self._ack is not None:
             if done:
-                self.journal.acked(done)
+                self._ack(done)
             if results:
-                self.journal.acked([job for job, _, _ in results])
+                self._ack([job for job, _, _ in results])
 
     def _results(
         self, link: Link, results: list[tuple[Envelope, Status, bytes]]
@@ -266,11 +282,32 @@ class Settlement:
         """Write `job`'s cancel with the next group; `done` acts on what it
         became. Raises `Unavailable` if it could not be written."""
         assert self._commit is not None and self.journal is not None
+        if self._keeper is not None:
+            self._keep_cancel(job, before)  # found after a crash once not owed
         group = self._commit.note(self.journal.cancel_record([job]), done)
         self._cancels[job.id] = (job, before, group)  # before: None on a link
         if self._wake is not None:
             self._wake.set()
-        self._await(group, "its cancel")
+        try:
+            self._await(group, "its cancel")
+        except Unavailable:
+            if self._keeper is not None:
+                self._keeper.withdraw(job)
+            raise
+
+    def _keep_cancel(self, job: Envelope, before: dict[str, Any] | None) -> None:
+        """The cancel's provisional record, written before its journal record.
+
+        The write yields: meanwhile a second cancel of the job (taken out of
+        its queue already) finds this one in `_cancels` and waits for it.
+        """
+        assert self._keeper is not None
+        writing = Group()
+        self._cancels[job.id] = (job, before, writing)
+        try:
+            self._keeper.cancelling(job, running=before is None)
+        finally:
+            writing.settle()  # a waiting cancel looks again: at the real group
 
     @staticmethod
     def _running(job: Envelope, link: Link) -> dict[str, Any]:
@@ -334,8 +371,8 @@ class Settlement:
                               name=job.name or job.path)  # fmt: skip
             job.resolve(worker, Status.CANCELLED, reason.encode())
         self.books.cancelled += len(jobs)
-        if self.journal is not None:  # journaled already (a cancel), or an ACK
-            self.journal.acked(jobs)
+        if self._ack is not None:  # journaled already (a cancel), or an ACK
+            self._ack(jobs)
 
     def lose(self, link: Link, reason: str, graceful: bool = False) -> None:
         """Take back every job `link` holds, re-queue or dead-letter it, reconnect."""
@@ -394,6 +431,6 @@ class Settlement:
         """`job` is done with: keep its outcome for status lookups, wake a waiter."""
         self.finished.add(job.id, status, worker, job.attempt, payload,
                           retries=job.retries, name=job.name or job.path)  # fmt: skip
-        if self.journal is not None:  # no longer owed
-            self.journal.acked((job,))
+        if self._ack is not None:  # no longer owed
+            self._ack((job,))
         job.resolve(worker, status, payload)

@@ -151,6 +151,16 @@ def journal_dir(raw: str) -> str:
     return "off" if value.lower() in ("off", "no", "0", "false") else value
 
 
+def result_store(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("journal (a file in JOURNAL_DIR), a file path, or off")
+    lowered = value.lower()
+    if lowered in ("off", "no", "0", "false"):
+        return "off"
+    return "journal" if lowered == "journal" else value
+
+
 def optional_spec(raw: str) -> str:
     return handler(raw) if raw.strip() else ""
 

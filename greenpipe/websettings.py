@@ -72,6 +72,18 @@ class PipeSettings:
     status_ttl: float = setting(
         300.0, values.seconds, "seconds a finished job's status is kept"
     )
+    result_store: str = setting(
+        "journal",
+        values.result_store,
+        "where finished jobs' records outlive a restart, for STATUS_TTL: an SQLite "
+        "file (journal: results.sqlite3 in JOURNAL_DIR; a path; off: memory only)",
+    )
+    result_store_size: int = setting(
+        256 * MiB,
+        values.size,
+        "bytes the result store's records may take; the oldest go first",
+        "256MiB",
+    )
     journal_dir: str = setting(
         ".greenpipe-journal",
         values.journal_dir,

@@ -6,6 +6,7 @@ a user's app's public port unless asked for; on OPS_PORT they answer.
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from flask import Flask
@@ -13,17 +14,21 @@ from flask import Flask
 from greenpipe import Greenpipe, Handlers
 from greenpipe.admission import Admission
 from greenpipe.config import load_web
+from greenpipe.jobs import issued_at
 from tests.support import PYTHON, ROOT, Proc, Web
 
 OPERATOR = ("/stats", "/metrics", "/dashboard", "/dashboard/data")
 
 
 def _id_bits(ids: list[str]) -> None:
-    """Fixed length; a process prefix, then 128 random bits (32 hex digits)."""
+    """Fixed length; a process prefix, the second it was made (8 hex digits),
+    then 128 random bits (32 hex digits)."""
     assert len({len(i) for i in ids}) == 1, "fixed length (ab counts lengths)"
     for job_id in ids:
-        assert re.fullmatch(r"[0-9a-z]+-[0-9a-f]{32}", job_id), job_id
-    suffixes = [int(i.rsplit("-", 1)[1], 16) for i in ids]
+        assert re.fullmatch(r"[0-9a-z]+-[0-9a-f]{40}", job_id), job_id
+        made = issued_at(job_id)
+        assert made is not None and abs(made - time.time()) < 60, job_id
+    suffixes = [int(i.rsplit("-", 1)[1][8:], 16) for i in ids]
     steps = {b - a for a, b in zip(suffixes, suffixes[1:], strict=False)}
     assert 1 not in steps, "no id is the one before it plus one"
 
