@@ -8,7 +8,8 @@
   read an ACKS message (µs per job, timeit, one core);
 - dispatcher: a real Dispatcher in this process feeding three no-op workers
   over loopback; CPU of this process (all threads) per job, from submit to
-  acknowledgement, no HTTP;
+  acknowledgement, no HTTP; then with RESULT_STORE=off, then on again (the
+  result store's cost, with the drift between the two runs with it on);
 - routing: choosing a worker for each queued job (`Routes.plan`), µs per
   job, back to back with the choice as it was before routing by name: a
   uniform fleet of plain handlers (the fast path), of one `Handlers`
@@ -92,7 +93,7 @@ def ids(count: int) -> dict[str, float]:
     return {"new_id_us": best / count * 1e6, "length": len(admission.new_id())}
 
 
-def dispatcher(count: int) -> dict[str, float]:
+def dispatcher(count: int, store: str = "journal") -> dict[str, float]:
     from greenpipe.config import load_web
     from greenpipe.dispatcher import Dispatcher
     from greenpipe.jobs import Envelope
@@ -102,7 +103,8 @@ def dispatcher(count: int) -> dict[str, float]:
         addresses = ",".join(endpoint for _, endpoint in workers)
         journal = tempfile.mkdtemp(prefix="greenpipe-micro-journal-")
         settings = load_web(["--workers", addresses, "--max-pending", str(count),
-                             "--journal-dir", journal], {})  # fmt: skip
+                             "--journal-dir", journal, "--result-store", store],
+                            {})  # fmt: skip
         disp = Dispatcher(settings)
         disp.start()
         assert disp.wait_barrier(10), "workers not ready"
@@ -233,6 +235,10 @@ def main() -> int:
         "ids": ids(200_000 // scale),
         "frames": frames(200_000 // scale),
         "dispatcher": dispatcher(100_000 // scale),
+        # The result store's cost (RESULT_STORE, on by default): off, then on
+        # again, so a drift of the machine shows as the two "on" apart.
+        "dispatcher_result_store_off": dispatcher(100_000 // scale, "off"),
+        "dispatcher_again": dispatcher(100_000 // scale),
         "routing": routing(100_000 // scale),
         "worker_jobs_per_s": {
             "batch_32": worker(200_000 // scale, 32),

@@ -445,10 +445,10 @@ class Dispatcher:
     # -- reporting -----------------------------------------------------------------
 
     def status(self, job_id: str) -> dict | None:
-        """What became of a job this process accepted: `answers.job_status`."""
-        found = answers.job_status(job_id, self.links, self.queues, self.settlement,
-                                   self.finished)  # fmt: skip
-        return self.stored(job_id) if found is None else found
+        """What became of a job this process holds or remembers in memory:
+        `answers.job_status`; then ask the siblings, then `stored`."""
+        return answers.job_status(job_id, self.links, self.queues, self.settlement,
+                                  self.finished)  # fmt: skip
 
     def stored(self, job_id: str) -> dict | None:
         """A job's record in the result store: one that finished before a

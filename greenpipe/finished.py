@@ -60,18 +60,15 @@ class FinishedJobs:
         if len(outcomes) > self.keep:
             outcomes.popitem(last=False)
 
-    def take_fresh(self) -> list[tuple[str, Record]]:
-        """The records added since the last call, their times on the wall clock
-        (for `ResultStore.write`), even those memory forgot since (`keep`)."""
+    def take_fresh(self) -> tuple[list[tuple[str, Record]], float]:
+        """The records added since the last call, and what turns their times
+        into wall-clock ones (for `ResultStore.write`); even those memory
+        forgot since (`keep`)."""
         fresh = self.fresh
         if not fresh:
-            return []
+            return [], 0.0
         self.fresh = []
-        shift = time.time() - self._clock()
-        return [(job_id, (status, worker, attempt, payload, finished + shift,
-                          retries, name))
-                for job_id, (status, worker, attempt, payload, finished, retries,
-                             name) in fresh]  # fmt: skip
+        return fresh, time.time() - self._clock()
 
     @property
     def store(self) -> dict[str, Record]:

@@ -16,6 +16,7 @@ import gevent.event
 
 WANTS_REPLY = 0x01  # job flag: someone waits for the result (Prefer: wait)
 ID_BYTES = 16  # random bytes in a job id, after its prefix and time (128 bits)
+_HEX = "0123456789abcdef"
 ID_TIME = 8  # hex digits of the second a job id was made (Unix time, 32 bits)
 
 
@@ -35,11 +36,7 @@ def issued_at(job_id: str) -> float | None:
     """The Unix second `job_id` was made, or None for an id of another shape
     (an older greenpipe's, 32 hex digits with no time, or not an id at all)."""
     tail = job_id.rpartition("-")[2]
-    if len(tail) != ID_TIME + 2 * ID_BYTES:
-        return None
-    try:
-        int(tail, 16)
-    except ValueError:
+    if len(tail) != ID_TIME + 2 * ID_BYTES or tail.strip(_HEX):
         return None
     return float(int(tail[:ID_TIME], 16))
 

@@ -425,8 +425,10 @@ class Pipe:
         """
         found = self.dispatcher.status(job_id)
         if found is None and self.siblings is not None and not self.owns(job_id):
-            return self.siblings.status(job_id)
-        return found
+            found = self.siblings.status(job_id)
+        # The store last: a job replayed after a crash answers where it is now,
+        # not what its first run left there.
+        return self.dispatcher.stored(job_id) if found is None else found
 
     def owns(self, job_id: str) -> bool:
         return self.dispatcher.owns(job_id)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import struct
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -45,32 +46,36 @@ log = logging.getLogger(__name__)
 
 FILE_NAME = "results.sqlite3"  # in JOURNAL_DIR, when RESULT_STORE is "journal"
 PRUNE_SHARE = 10  # over the size bound: the oldest tenth of the rows goes
+PRUNE_EVERY = 1.0  # seconds between looks for records past the TTL or the size
+KEEP_EVERY = 0.02  # seconds the keeper lets records gather after a write
+GIVE_UP = 10.0  # seconds of failed writes before jobs are acknowledged anyway
+BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's write
 
+# One row a job: its id, when it finished (wall clock), whether the record is
+# a cancel's provisional one, and the rest packed (`_pack`). Four columns and
+# one index (the id's): measured, ten columns and an index on the time cost
+# twice as much per record. Rows are in the order written, which is the
+# order of their times to within a write: records past the TTL are found by
+# a binary search on the rowid (`_expire`), not by an index.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     id TEXT PRIMARY KEY,
-    name BLOB NOT NULL,
-    status TEXT NOT NULL,
-    worker TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    retries INTEGER NOT NULL,
     finished_at REAL NOT NULL,
-    payload BLOB NOT NULL,
-    size INTEGER NOT NULL,
-    provisional INTEGER NOT NULL
+    provisional INTEGER NOT NULL,
+    record BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS results_by_time ON results (finished_at);
 """
 
-INSERT = "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
+INSERT = "INSERT OR REPLACE INTO results VALUES (?, ?, 0, ?)"
 # A cancel's record, written before its journal record: a final one wins.
-INSERT_PROVISIONAL = (
-    "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
-)
-SELECT = (
-    "SELECT status, worker, attempt, payload, finished_at, retries, name, size "
-    "FROM results WHERE id = ? AND finished_at >= ?"
-)
+INSERT_PROVISIONAL = "INSERT OR IGNORE INTO results VALUES (?, ?, 1, ?)"
+SELECT = "SELECT finished_at, record FROM results WHERE id = ? AND finished_at >= ?"
+
+# status, attempt, retries, the payload's whole size, the name's and the
+# worker's lengths; then the name, the worker and the payload (as kept).
+_HEAD = struct.Struct(">BIIIHH")
+_STATUSES = tuple(Status)
+_STATUS_CODE = {status: code for code, status in enumerate(_STATUSES)}
 
 
 def store_path(setting: str, journal_dir: str) -> str:
@@ -82,15 +87,31 @@ def store_path(setting: str, journal_dir: str) -> str:
     return setting
 
 
-def _row(job_id: str, record: Record) -> tuple:
-    """A record as the table's row: a result over 64 KiB is not kept (its size
+def _pack(record: Record, worker: bytes) -> bytes:
+    """A record's `record` column: a result over 64 KiB is not kept (its size
     is), an error or a reason is cut to 64 KiB."""
-    status, worker, attempt, payload, finished, retries, name = record
+    status, _, attempt, payload, _, retries, name = record
     size = len(payload)
     if size > MAX_KEPT_RESULT:
         payload = b"" if status is Status.DONE else payload[:MAX_KEPT_RESULT]
-    return (job_id, name, status.value, worker, attempt, retries, finished,
-            payload, size)  # fmt: skip
+    head = _HEAD.pack(_STATUS_CODE[status], attempt, max(retries, 0), size,
+                      len(name), len(worker))  # fmt: skip
+    return b"".join((head, name, worker, payload))
+
+
+def _unpack(job_id: str, finished: float, packed: bytes) -> dict[str, Any]:
+    """A row as /jobs/<id> answers it."""
+    code, attempt, retries, size, name_size, worker_size = _HEAD.unpack_from(packed)
+    at = _HEAD.size
+    name = packed[at : at + name_size]
+    worker = packed[at + name_size : at + name_size + worker_size]
+    payload = packed[at + name_size + worker_size :]
+    status = _STATUSES[code]
+    answer = report(job_id, status, worker.decode("utf-8", "replace"), attempt,
+                    payload, finished, retries, name)  # fmt: skip
+    if status is Status.DONE and size > len(payload):  # over MAX_KEPT_RESULT
+        answer["result_not_kept"] = f"{size} bytes; over 64 KiB"
+    return answer
 
 
 class ResultStore:
@@ -103,9 +124,13 @@ class ResultStore:
         self.ttl = ttl
         self.size = size
         self.written = 0  # records written by this process (its /stats)
-        self.failures = 0  # writes that failed (records lost, jobs not)
-        self._db: sqlite3.Connection | None = None
-        self._turn = get_original("_thread", "allocate_lock")()  # see module
+        self.failures = 0  # writes that failed (retried by the keeper)
+        # Two connections: in WAL mode a lookup never waits for a write (one
+        # held up by another process's lock, say), and neither holds more
+        # than one of the pool's threads (the journal's syncs need them).
+        self._writer: _Connection | None = None
+        self._reader: _Connection | None = None
+        self._pruned = 0.0  # when records past the TTL and the size last went
         self._throttle = Throttle(log, 60.0)
 
     def open(self) -> None:
@@ -129,6 +154,7 @@ class ResultStore:
                           "to %s, and a new one made; the records it held are "
                           "not answered", self.path, exc, aside)  # fmt: skip
                 db = _connect(self.path)
+            reader = _connect(self.path)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
                 f"RESULT_STORE: cannot open {self.path!r} as an SQLite file of "
@@ -136,61 +162,63 @@ class ResultStore:
                 "RESULT_STORE=off to keep finished jobs in memory only (lost at "
                 "a restart)"
             ) from exc
-        self._db = db
+        self._writer, self._reader = _Connection(db), _Connection(reader)
 
     def close(self) -> None:
         """Close the file; what was written stays (a later call writes nothing)."""
-        if self._db is not None:
-            offload(self._locked, self._shut)
-
-    def _shut(self, db: sqlite3.Connection) -> None:
-        db.close()
-        self._db = None
+        for connection in (self._writer, self._reader):
+            if connection is not None:
+                connection.close()
+        self._writer = self._reader = None
 
     def write(
         self,
         records: Iterable[tuple[str, Record]],
-        now: float,
+        shift: float = 0.0,
         provisional: bool = False,
-    ) -> None:
-        """Keep `records` (job id, `FinishedJobs` record with a wall-clock time),
-        then forget those past `ttl` and the oldest beyond `size`.
+    ) -> bool:
+        """Keep `records` (job id, `FinishedJobs` record); `shift` turns their
+        times into wall-clock ones (`FinishedJobs.take_fresh`). False if they
+        could not be written (logged, throttled, and counted): the caller
+        keeps them, and what depends on them, for another try.
 
         `provisional`: written only where the job has no record, replaced by
         any later one, taken back by `withdraw` (a cancel's, see `Keeper`).
-        A failure is logged (throttled) and counted; the records are lost, not
-        the jobs.
+        Once a second, records past `ttl` and the oldest beyond `size` go.
         """
-        rows = [_row(job_id, record) for job_id, record in records]
-        if not rows or self._db is None:
-            return
+        workers: dict[str, bytes] = {}  # one ACKS message: one worker, mostly
+        rows = []
+        for job_id, record in records:
+            worker = workers.get(record[1])
+            if worker is None:
+                worker = workers[record[1]] = record[1].encode("utf-8", "replace")
+            rows.append((job_id, record[4] + shift, _pack(record, worker)))
+        if not rows:
+            return True
         insert = INSERT_PROVISIONAL if provisional else INSERT
         try:
-            offload(self._locked, self._write, insert, rows, now - self.ttl)
+            if self._writer is None:
+                raise sqlite3.ProgrammingError("the result store is closed")
+            self._writer.call(self._write, insert, rows)
         except sqlite3.Error as exc:
             self.failures += 1
             self._throttle.error("write", "result store %s: cannot write %d "
-                                 "records (%s); lookups of those jobs will 404 "
-                                 "after a restart", self.path, len(rows),
+                                 "records (%s); their jobs stay owed in the "
+                                 "journal, tried again", self.path, len(rows),
                                  exc)  # fmt: skip
-            return
+            return False
         self.written += len(rows)
+        return True
 
-    def _locked(self, call: Any, *args: Any) -> Any:
-        """`call(*args)` with the connection to itself (in a pool thread)."""
-        with self._turn:
-            if self._db is None:
-                raise sqlite3.ProgrammingError("the result store is closed")
-            return call(self._db, *args)
-
-    def _write(
-        self, db: sqlite3.Connection, insert: str, rows: list[tuple], horizon: float
-    ) -> None:
+    def _write(self, db: sqlite3.Connection, insert: str, rows: list[tuple]) -> None:
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(insert, rows)
-            db.execute("DELETE FROM results WHERE finished_at < ?", (horizon,))
-            self._bound(db)
+            now = time.monotonic()
+            if now - self._pruned >= PRUNE_EVERY:  # not per write: a second's
+                self._pruned = now
+                _expire(db, time.time() - self.ttl)
+                self._bound(db)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -198,10 +226,10 @@ class ResultStore:
 
     def withdraw(self, job_id: str) -> None:
         """Forget `job_id`'s record if it is still provisional."""
-        if self._db is None:
+        if self._writer is None:
             return
         try:
-            offload(self._locked, _withdraw, job_id)
+            self._writer.call(_withdraw, job_id)
         except sqlite3.Error as exc:
             self._throttle.error("write", "result store %s: cannot withdraw a "
                                  "record (%s)", self.path, exc)  # fmt: skip
@@ -225,33 +253,28 @@ class ResultStore:
 
     def get(self, job_id: str, now: float | None = None) -> dict[str, Any] | None:
         """The job's record as /jobs/<id> shows it, or None (unknown or expired)."""
-        if self._db is None:
+        if self._reader is None:
             return None
         now = time.time() if now is None else now
         try:
-            found = offload(self._locked, _read, job_id, now - self.ttl)
+            found = self._reader.call(_read, job_id, now - self.ttl)
         except sqlite3.Error as exc:
             self._throttle.error("read", "result store %s: cannot read (%s)",
                                  self.path, exc)  # fmt: skip
             return None
         if found is None:
             return None
-        status, worker, attempt, payload, finished, retries, name, size = found
-        answer = report(job_id, Status(status), worker, attempt, payload, finished,
-                        retries, name)  # fmt: skip
-        if status == Status.DONE and size > len(payload):  # over MAX_KEPT_RESULT
-            answer["result_not_kept"] = f"{size} bytes; over 64 KiB"
-        return answer
+        return _unpack(job_id, found[0], found[1])
 
     def count(self) -> int:
         """Records in the file now, every process's (tests, /stats)."""
-        if self._db is None:
+        if self._reader is None:
             return 0
-        return int(offload(self._locked, _count))
+        return int(self._reader.call(_count))
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=5.0, isolation_level=None,
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None,
                          check_same_thread=False)  # fmt: skip
     try:
         # WAL: readers in other processes never wait for a writer, and a
@@ -267,6 +290,71 @@ def _connect(path: str) -> sqlite3.Connection:
 
 def _withdraw(db: sqlite3.Connection, job_id: str) -> None:
     db.execute("DELETE FROM results WHERE id = ? AND provisional = 1", (job_id,))
+
+
+class _Connection:
+    """One SQLite connection, used from gevent's thread pool one call at a time.
+
+    Greenlets queue on a gevent semaphore, so the connection holds at most one
+    pool thread; a real thread lock keeps it to one thread even when a
+    greenlet is killed while its call still runs in the pool.
+    """
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db: sqlite3.Connection | None = db
+        self._queue = Semaphore()
+        self._thread = get_original("_thread", "allocate_lock")()
+
+    def call(self, function: Any, *args: Any) -> Any:
+        """`function(db, *args)` in the pool; an `sqlite3.Error` raised here."""
+        with self._queue:
+            value, error = offload(self._run, function, args)
+        if error is not None:
+            raise error
+        return value
+
+    def _run(self, function: Any, args: tuple) -> tuple[Any, sqlite3.Error | None]:
+        # An error travels back as a value: raised in the pool, gevent would
+        # print it to stderr as if unhandled (a locked store, every retry).
+        with self._thread:
+            if self.db is None:
+                return None, sqlite3.ProgrammingError("the result store is closed")
+            try:
+                return function(self.db, *args), None
+            except sqlite3.Error as exc:
+                return None, exc
+
+    def close(self) -> None:
+        self.call(self._shut)
+
+    def _shut(self, db: sqlite3.Connection) -> None:
+        db.close()
+        self.db = None
+
+
+def _expire(db: sqlite3.Connection, horizon: float) -> None:
+    """Delete the records finished before `horizon`: those written first.
+
+    A binary search over the rowids (the order written) for the first record
+    at or after `horizon`; a record written late (by up to a write) may go
+    that much early or late, and a lookup checks the time itself.
+    """
+    low, high = db.execute("SELECT min(rowid), max(rowid) FROM results").fetchone()
+    if low is None:
+        return
+    high += 1
+    while low < high:
+        middle = (low + high) // 2
+        rowid, finished = db.execute(
+            "SELECT rowid, finished_at FROM results WHERE rowid >= ? "
+            "ORDER BY rowid LIMIT 1",
+            (middle,),
+        ).fetchone()
+        if finished < horizon:
+            low = rowid + 1
+        else:
+            high = middle
+    db.execute("DELETE FROM results WHERE rowid < ?", (low,))
 
 
 def _read(db: sqlite3.Connection, job_id: str, horizon: float) -> tuple | None:
@@ -299,16 +387,18 @@ class Keeper:
         self._due = Event()
         self._turn = Semaphore()  # one write (and its ACKs) at a time, in order
         self._greenlet: gevent.Greenlet | None = None
+        self._failing_since = 0.0  # when writes began to fail (0: they do not)
 
     def acked(self, jobs: Iterable[Envelope]) -> None:
         """`jobs` finished (their records added to `finished` already)."""
         self._acks.extend(jobs)
         self._due.set()
 
-    def cancelling(self, job: Envelope, running: bool) -> None:
-        """Before a cancel's journal record: its record, provisional. Once the
-        journal stops owing the job, a crash must find it here; the worker's
-        own answer (or the cancel's) replaces it."""
+    def cancelling(self, job: Envelope, running: bool) -> bool:
+        """Before a cancel's journal record: its record, provisional; False if
+        it could not be written (the cancel must then not be journaled). Once
+        the journal stops owing the job, a crash must find it here; the
+        worker's own answer (or the cancel's) replaces it."""
         reason = (
             b"cancelled while it ran (what its worker answered was not heard "
             b"before the web restarted)" if running else b"cancelled"
@@ -316,7 +406,7 @@ class Keeper:
         record = (Status.CANCELLED, "", job.attempt, reason, time.time(),
                   max(job.retries, 0), job.name or job.path)  # fmt: skip
         with self._turn:  # after any write under way: a final record wins
-            self.store.write([(job.id, record)], time.time(), provisional=True)
+            return self.store.write([(job.id, record)], provisional=True)
 
     def withdraw(self, job: Envelope) -> None:
         """The cancel could not be journaled: its provisional record goes."""
@@ -327,27 +417,59 @@ class Keeper:
         self._greenlet = gevent.spawn(self._run)
 
     def _run(self) -> None:
+        pause = KEEP_EVERY
         while True:
             self._due.wait()
             self._due.clear()
-            self.keep()
+            try:
+                kept = self.keep()
+            except Exception:  # a bug must not stop the ACKs for good
+                log.exception("result store: the keeper failed; trying again")
+                kept = False
+            # What finishes meanwhile goes in the next write: a write (a
+            # thread-pool hop, an SQLite transaction) per ACKS message cost a
+            # quarter of the web's CPU under load; this costs ACKs that much
+            # later (a kill -9 may replay a job finished in that time). A
+            # store that cannot write is tried again, less often each time.
+            pause = KEEP_EVERY if kept else min(1.0, pause * 2)
+            if not kept:
+                self._due.set()
+            gevent.sleep(pause)
 
-    def keep(self) -> None:
-        """Write every record added so far, then acknowledge its jobs."""
+    def keep(self, give_up: float = GIVE_UP) -> bool:
+        """Write every record added so far, then acknowledge its jobs; False if
+        the store could not write them: they wait, their jobs still owed.
+
+        After `give_up` s of failed writes, the jobs are acknowledged without
+        their records (an error says so): a journal that owes every job
+        finished since would grow without bound, and replay them all.
+        """
         with self._turn:
             while True:
-                records = self.finished.take_fresh()
+                records, shift = self.finished.take_fresh()
                 acks, self._acks = self._acks, []
                 if not records and not acks:
-                    return
-                if records:
-                    self.store.write(records, time.time())
+                    self._failing_since = 0.0
+                    return True
+                if records and not self.store.write(records, shift):
+                    now = time.monotonic()
+                    self._failing_since = self._failing_since or now
+                    if now - self._failing_since < give_up:
+                        assert self.finished.fresh is not None
+                        self.finished.fresh[:0] = records  # in order, for later
+                        self._acks[:0] = acks
+                        return False
+                    log.error("result store %s: cannot write for %.0f s; %d jobs "
+                              "acknowledged without their records (a restart "
+                              "answers 404 for them)", self.store.path,
+                              now - self._failing_since, len(acks))  # fmt: skip
                 if acks and self.journal is not None:
                     self.journal.acked(acks)
 
     def close(self) -> None:
-        """Write what is left, stop the greenlet, close the store."""
-        self.keep()  # waits for a write under way: its ACKs are then applied
+        """Write what is left, stop the greenlet, close the store. What cannot
+        be written stays owed in the journal: the next start replays it."""
+        self.keep(give_up=float("inf"))  # after a write under way, if any
         if self._greenlet is not None:
-            self._greenlet.kill(block=False)
+            self._greenlet.kill()  # a write it began since: its jobs stay owed
         self.store.close()

@@ -296,18 +296,32 @@ class Settlement:
             raise
 
     def _keep_cancel(self, job: Envelope, before: dict[str, Any] | None) -> None:
-        """The cancel's provisional record, written before its journal record.
+        """The cancel's provisional record, written before its journal record;
+        `Unavailable` (the job back where it was) if it cannot be.
 
         The write yields: meanwhile a second cancel of the job (taken out of
-        its queue already) finds this one in `_cancels` and waits for it.
+        its queue already) finds this one in `_cancels` and waits for it. A
+        cancel interrupted there (a timeout, a stop) puts the job back too.
         """
         assert self._keeper is not None
         writing = Group()
         self._cancels[job.id] = (job, before, writing)
+        error = "the job's record could not be written to the result store"
         try:
-            self._keeper.cancelling(job, running=before is None)
+            if self._keeper.cancelling(job, running=before is None):
+                error = ""
         finally:
-            writing.settle()  # a waiting cancel looks again: at the real group
+            if error:  # nothing journaled: it stays (or goes back) where it was
+                self._cancels.pop(job.id, None)
+                if before is not None:
+                    self.queues.put_back(job, Status(before["status"]))
+                    if self._wake is not None:
+                        self._wake.set()
+            writing.settle(error)  # a waiting cancel: looks again, or a 503
+        if error:
+            path = self._keeper.store.path
+            raise Unavailable(f"cannot cancel job {job.id} now: {error} ({path}); "
+                              "retry soon", 2)  # fmt: skip
 
     @staticmethod
     def _running(job: Envelope, link: Link) -> dict[str, Any]:

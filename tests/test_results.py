@@ -20,8 +20,8 @@ from pathlib import Path
 import gevent
 import pytest
 
-from greenpipe import protocol
-from greenpipe.errors import ConfigError
+from greenpipe import protocol, results
+from greenpipe.errors import ConfigError, Unavailable
 from greenpipe.finished import FinishedJobs
 from greenpipe.jobs import Envelope, Status, issued_at, new_job_id
 from greenpipe.journal import Journal
@@ -49,7 +49,7 @@ def test_a_record_written_is_answered_by_another_connection_as_memory_would(tmp_
         memory.fresh = []
         memory.add("a-1", Status.DONE, "w1", 1, b'{"n": 1}', name=b"ship")
         memory.add("a-2", Status.FAILED, "w1", 2, b"RuntimeError: boom", retries=1)
-        writer.write(memory.take_fresh(), time.time())
+        writer.write(*memory.take_fresh())
         for job_id in ("a-1", "a-2"):
             stored, kept = reader.get(job_id), memory.get(job_id)
             assert stored is not None and kept is not None
@@ -82,10 +82,12 @@ def opened(tmp_path):
 def test_records_past_the_ttl_are_not_answered_and_go(opened):
     store = opened(60, 1 << 20)
     now = time.time()
-    store.write([("old", _record(finished=now - 61)), ("new", _record())], now)
+    store.write([("old", _record(finished=now - 61)), ("new", _record())])
+    store._pruned = 0.0  # the once-a-second look, now: a second write
+    store.write([("newer", _record())])
     assert store.get("old") is None, "past STATUS_TTL: not answered"
     assert store.get("new")["status"] == "done"
-    assert store.count() == 1, "and deleted at the write"
+    assert store.count() == 2, "and deleted at a write"
 
 
 @pytest.mark.inprocess
@@ -94,7 +96,8 @@ def test_the_file_stays_within_its_size_the_oldest_going_first(opened):
     store = opened(3600, size)
     for batch in range(40):  # 40 x 10 records of 4 KiB: 1.6 MB offered
         store.write([(f"j{batch}-{i}", _record(payload=b'"' + b"x" * 4096 + b'"'))
-                     for i in range(10)], time.time())  # fmt: skip
+                     for i in range(10)])  # fmt: skip
+        store._pruned = 0.0  # each write looks (once a second, else)
     db = sqlite3.connect(store.path)
     pages, free, page = (db.execute(f"PRAGMA {p}").fetchone()[0]
                          for p in ("page_count", "freelist_count", "page_size"))  # fmt: skip
@@ -109,8 +112,7 @@ def test_a_result_over_64_kib_is_not_kept_an_error_is_cut(opened):
     store = opened(300, 1 << 24)
     big = b'"' + b"x" * (70 * 1024) + b'"'
     store.write([("r", _record(payload=big)),
-                 ("e", _record(Status.FAILED, payload=b"E" * (70 * 1024)))],
-                time.time())  # fmt: skip
+                 ("e", _record(Status.FAILED, payload=b"E" * (70 * 1024)))])  # fmt: skip
     assert store.get("r")["result_not_kept"].startswith(f"{len(big)} bytes")
     assert "result" not in store.get("r")
     assert len(store.get("e")["error"]) == 64 * 1024
@@ -325,3 +327,175 @@ def test_after_a_rolling_restart_every_process_answers_and_an_old_id_expired(
     fresh = f"{prefix}-{int(time.time()):08x}{'0' * 32}"
     status, _, answer = web.get(f"/jobs/{fresh}")
     assert status == 404 and "never accepted" in answer["detail"], answer
+
+
+# -- the careful reader's review (each failed before its fix) -------------------------
+
+
+def _web(tmp_path: Path, credit: int = 10, **flags):
+    d = make(Clock(), workers="127.0.0.1:1", journal_dir=tmp_path / "journal",
+             status_ttl=3600, **flags)  # fmt: skip
+    d.start()
+    ready(d, d.links[0], credit=credit)
+    return d
+
+
+def _lock_store(tmp_path: Path) -> sqlite3.Connection:
+    """Another process's write under way: the store's write lock, held."""
+    other = sqlite3.connect(str(tmp_path / "journal" / FILE_NAME), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+def _owed(tmp_path: Path, name: str) -> set[str]:
+    owed, store = _crash(tmp_path / "journal", tmp_path / name)
+    store.close()
+    return owed
+
+
+def _until(done, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        gevent.sleep(0.005)  # sleep-ok: a yield in a polling loop with a deadline
+
+
+@pytest.mark.inprocess
+def test_a_store_that_cannot_write_keeps_the_jobs_owed_and_refuses_a_cancel(
+    tmp_path, monkeypatch
+):
+    """R1: the keeper acknowledged jobs whose records it failed to write (the
+    store locked, read-only, full), and a cancel was journaled though its
+    record was not: after kill -9 they answered 404. Now the jobs stay owed
+    until their records are written, and such a cancel answers 503."""
+    monkeypatch.setattr(results, "BUSY_TIMEOUT", 0.05)
+    d = _web(tmp_path, credit=1)
+    try:
+        other = _lock_store(tmp_path)
+        first = d.submit(Envelope.new(b"", b"", b"", b"", b"{}", name=b"a"))
+        d.flush()
+        queued = d.submit(Envelope.new(b"", b"", b"", b"", b"{}", name=b"b"))
+        hear(d, d.links[0], protocol.encode_acks([first.id.encode()]))
+        _until(lambda: d.results.failures, "a write refused by the lock")
+        assert first.id in _owed(tmp_path, "crash1"), "not written: still owed"
+        with pytest.raises(Unavailable, match="result store"):
+            d.cancel(queued.id)
+        assert d.status(queued.id)["status"] in ("queued", "in_flight"), (
+            "the cancel changed nothing: the job is back"
+        )
+        other.execute("ROLLBACK")
+        other.close()
+        _until(lambda: d.stored(first.id) is not None, "the record written at last")
+
+        def acknowledged() -> bool:
+            d.journal.flush_acks()  # a heartbeat's ACK records (the clock is fake)
+            return first.id not in _owed(tmp_path, f"c{time.monotonic()}")
+
+        _until(acknowledged, "and then the job acknowledged")
+    finally:
+        d.close()
+
+
+@pytest.mark.inprocess
+def test_a_replayed_job_answers_where_it_is_from_every_process(tmp_path):
+    """R2: a job finished, its record written, kill -9 before its ACK record:
+    the restart runs it again. Another process sharing the store answered the
+    first run's "done" without asking the one holding it."""
+    from greenpipe.pipe import Pipe
+
+    store = str(tmp_path / "results.sqlite3")
+    a = make(Clock(), workers="127.0.0.1:1", journal_dir=tmp_path / "a",
+             status_ttl=3600, result_store=store)  # fmt: skip
+    a.start()
+    ready(a, a.links[0])
+    job = a.submit(Envelope.new(b"", b"", b"", b"", b"{}", name=b"charge"))
+    a.flush()
+    hear(a, a.links[0], protocol.encode_acks([job.id.encode()]))
+    _until(lambda: a.stored(job.id) is not None, "its record written")
+    shutil.copytree(tmp_path / "a", tmp_path / "a2")  # kill -9: no ACK record yet
+    a.close()
+    a2 = make(Clock(), workers="127.0.0.1:1", journal_dir=tmp_path / "a2",
+              status_ttl=3600, result_store=store)  # fmt: skip
+    a2.start()
+    ready(a2, a2.links[0])
+    a2.flush()
+    b = make(Clock(), workers="127.0.0.1:1", journal_dir=tmp_path / "b",
+             status_ttl=3600, result_store=store)  # fmt: skip
+    b.start()
+
+    class Siblings:  # greenpipe.siblings' contract: the holder's own answer
+        status = staticmethod(a2.status)
+        cancel = staticmethod(a2.cancel)
+
+    pipe = Pipe.__new__(Pipe)
+    pipe.dispatcher, pipe.siblings, pipe.started = b, Siblings(), True
+    try:
+        assert a2.status(job.id)["status"] == "in_flight", "running again"
+        assert pipe.status(job.id)["status"] == "in_flight", (
+            "the other process answers what the holder says, not the store's done"
+        )
+    finally:
+        a2.close()
+        b.close()
+
+
+@pytest.mark.inprocess
+def test_a_cancel_interrupted_while_its_record_is_written_leaves_the_job_to_run(
+    tmp_path, monkeypatch
+):
+    """R3: a cancel under a view's gevent.Timeout, interrupted while its
+    provisional record waited for the store: the job was out of its queue
+    and never ran, and a second cancel recursed without end (a 500)."""
+    monkeypatch.setattr(results, "BUSY_TIMEOUT", 2.0)
+    d = _web(tmp_path, credit=1)
+    try:
+        first = d.submit(Envelope.new(b"", b"", b"", b"", b"{}", name=b"a"))
+        d.flush()  # takes the one credit
+        job = d.submit(Envelope.new(b"", b"", b"", b"", b"{}", name=b"a"))
+        other = _lock_store(tmp_path)
+        with pytest.raises(gevent.Timeout):
+            with gevent.Timeout(0.2):  # the view's own limit
+                d.cancel(job.id)
+        other.execute("ROLLBACK")
+        other.close()
+        assert d.status(job.id)["status"] == "queued", "back in its queue"
+        hear(d, d.links[0], protocol.encode_acks([first.id.encode()]))
+        d.flush()
+        _until(lambda: d.status(job.id)["status"] == "in_flight",
+               "the job sent once the credit is back")  # fmt: skip
+        answer = d.cancel(job.id)  # a second cancel: an answer, no recursion
+        assert answer["status"] == "in_flight" and answer["cancelling"], answer
+    finally:
+        d.close()
+
+
+@pytest.mark.inprocess
+def test_lookups_do_not_wait_for_a_write_held_up_by_another_process(
+    tmp_path, monkeypatch
+):
+    """R4: one connection for writes and lookups, its lock held through
+    SQLite's busy wait: 12 lookups waited for it, each taking a thread of
+    the pool the journal's syncs share, and a submit waited behind them.
+    Now lookups read on a connection of their own and the store holds at
+    most one pool thread per connection."""
+    monkeypatch.setattr(results, "BUSY_TIMEOUT", 30.0)
+    d = _web(tmp_path, journal_sync="batch")
+    try:
+        other = _lock_store(tmp_path)
+        job = d.submit(Envelope.new(b"", b"", b"", b"", b"{}", name=b"a"))
+        d.flush()
+        hear(d, d.links[0], protocol.encode_acks([job.id.encode()]))
+        _until(lambda: d.keeper._turn.locked(), "the keeper's write waiting")
+        lookups = [gevent.spawn(d.stored, new_job_id("ffffffff-")) for _ in range(12)]
+        gevent.joinall(lookups, timeout=10)
+        assert all(each.ready() for each in lookups), "lookups answered meanwhile"
+        more = gevent.spawn(d.submit, Envelope.new(b"", b"", b"", b"", b"{}"))
+        more.join(10)
+        assert more.successful(), "a submit (a group's sync in the pool) meanwhile"
+        assert d.keeper._turn.locked() and not d.results.failures, (
+            "all of it while the write still waited for the other process"
+        )
+        other.execute("ROLLBACK")
+        other.close()
+    finally:
+        d.close()
