@@ -1,6 +1,7 @@
 # greenpipe: `make run` starts web + three workers; `make test` runs the suite.
 # Both build .venv from requirements.txt first (once, and again when it changes;
-# --no-compile: Python compiles what it imports, a third less CPU than all of it).
+# --no-compile: Python compiles what it imports, a third less CPU than all of it),
+# with greenpipe itself installed editable for the `greenpipe` command.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -9,9 +10,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test test-fast test-thorough test-without-tools bench loadtest scenario screenshot lint clean
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --no-compile --disable-pip-version-check -r requirements.txt
+	# greenpipe itself, editable: the `greenpipe` command (.venv/bin/greenpipe)
+	$(BIN)/python -m pip install --quiet --no-compile --disable-pip-version-check \
+	  --no-deps --no-build-isolation -e .
 	@touch $@
 
 run: $(STAMP)  ## web on :4567 + workers on :4444-4446, via honcho (Procfile)

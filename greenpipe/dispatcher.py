@@ -134,11 +134,11 @@ class Dispatcher:
 
         Raises ConfigError or JournalError if the journal cannot be opened.
         """
+        if self.recovery is not None:
+            self.recovery.start()  # the journal's folder made: the store's too
         if self.keeper is not None:
             self.keeper.store.open()
             self.keeper.start()
-        if self.recovery is not None:
-            self.recovery.start()
         self._hold_until = self._clock() + self.settings.ready_timeout
         self.fleet.open()
         self._greenlet = gevent.spawn(self._run)

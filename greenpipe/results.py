@@ -12,10 +12,9 @@ only once its record is written here (`Keeper`), so a job the journal no
 longer owes after a crash has its record here (a process crash; a power loss
 may take the last moments' records, see docs/reliability.md).
 
-Every call into SQLite runs in gevent's thread pool, one at a time under a
-real thread lock (a greenlet killed while it waits leaves its call running in
-the pool; the lock, not the greenlet, keeps the connection to one thread): a
-slow disk stalls the caller, never the web.
+Writes run on the event loop and never wait: not for another process's write
+(refused at once, tried again by the keeper), nor for a sync (checkpoints run
+in gevent's thread pool, as lookups do): see `ResultStore.__init__`.
 """
 
 from __future__ import annotations
@@ -49,7 +48,9 @@ PRUNE_SHARE = 10  # over the size bound: the oldest tenth of the rows goes
 PRUNE_EVERY = 1.0  # seconds between looks for records past the TTL or the size
 KEEP_EVERY = 0.02  # seconds the keeper lets records gather after a write
 GIVE_UP = 10.0  # seconds of failed writes before jobs are acknowledged anyway
-BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's write
+CANCEL_TRIES = 5  # a cancel's record: tries while another process writes
+BUSY_TIMEOUT = 0.0  # seconds a write waits for another process's (see Keeper)
+OPEN_TIMEOUT = 5.0  # seconds opening, a lookup, a checkpoint wait for others
 
 # One row a job: its id, when it finished (wall clock), whether the record is
 # a cancel's provisional one, and the rest packed (`_pack`). Four columns and
@@ -125,9 +126,16 @@ class ResultStore:
         self.size = size
         self.written = 0  # records written by this process (its /stats)
         self.failures = 0  # writes that failed (retried by the keeper)
-        # Two connections: in WAL mode a lookup never waits for a write (one
-        # held up by another process's lock, say), and neither holds more
-        # than one of the pool's threads (the journal's syncs need them).
+        self.busy = 0  # writes refused: another process was writing (retried)
+        # Two connections. Writes run on the event loop: through the thread
+        # pool they cost twice the CPU (the GIL handed back and forth), and an
+        # SQLite write that never waits (BUSY_TIMEOUT 0: another process's
+        # write makes it fail, and the keeper tries again) and never syncs
+        # (checkpoints run in the pool, once a second) is an append to the
+        # page cache, as the journal's own writes are. Lookups run in the pool
+        # on a connection of their own: in WAL mode a reader never waits for
+        # a writer, and the reader holds at most one of the pool's threads
+        # (the journal's syncs need them).
         self._writer: _Connection | None = None
         self._reader: _Connection | None = None
         self._pruned = 0.0  # when records past the TTL and the size last went
@@ -141,10 +149,10 @@ class ResultStore:
         """
         try:
             folder = os.path.dirname(self.path)
-            if folder:
-                os.makedirs(folder, exist_ok=True)
+            if folder and not os.path.isdir(folder):
+                raise OSError(f"no directory {folder!r}")  # a typo: not made
             try:
-                db = _connect(self.path)
+                db = _connect(self.path, writer=True)
             except sqlite3.DatabaseError as exc:
                 if isinstance(exc, sqlite3.OperationalError):
                     raise  # locked, read-only, a directory: not damage
@@ -153,7 +161,7 @@ class ResultStore:
                 log.error("result store %s is not an SQLite database (%s): moved "
                           "to %s, and a new one made; the records it held are "
                           "not answered", self.path, exc, aside)  # fmt: skip
-                db = _connect(self.path)
+                db = _connect(self.path, writer=True)
             reader = _connect(self.path)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
@@ -162,7 +170,11 @@ class ResultStore:
                 "RESULT_STORE=off to keep finished jobs in memory only (lost at "
                 "a restart)"
             ) from exc
-        self._writer, self._reader = _Connection(db), _Connection(reader)
+        self._writer = _Connection(db, pooled=False)
+        self._reader = _Connection(reader)
+        log.info("result store %s: finished jobs' records kept %g s, within %d "
+                 "bytes (RESULT_STORE, STATUS_TTL, RESULT_STORE_SIZE)",
+                 os.path.abspath(self.path), self.ttl, self.size)  # fmt: skip
 
     def close(self) -> None:
         """Close the file; what was written stays (a later call writes nothing)."""
@@ -200,15 +212,31 @@ class ResultStore:
             if self._writer is None:
                 raise sqlite3.ProgrammingError("the result store is closed")
             self._writer.call(self._write, insert, rows)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                self._failed(len(rows), exc)
+            self.busy += 1  # another process writes now: the keeper tries again
+            return False
         except sqlite3.Error as exc:
-            self.failures += 1
-            self._throttle.error("write", "result store %s: cannot write %d "
-                                 "records (%s); their jobs stay owed in the "
-                                 "journal, tried again", self.path, len(rows),
-                                 exc)  # fmt: skip
+            self._failed(len(rows), exc)
             return False
         self.written += len(rows)
         return True
+
+    def _failed(self, count: int, exc: sqlite3.Error) -> None:
+        self.failures += 1
+        self._throttle.error("write", "result store %s: cannot write %d records "
+                             "(%s); their jobs stay owed in the journal, tried "
+                             "again", self.path, count, exc)  # fmt: skip
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the file, in the pool (it syncs): once a second."""
+        if self._reader is not None:
+            try:
+                self._reader.call(_checkpoint)
+            except sqlite3.Error as exc:
+                self._throttle.warning("checkpoint", "result store %s: cannot "
+                                       "checkpoint (%s)", self.path, exc)  # fmt: skip
 
     def _write(self, db: sqlite3.Connection, insert: str, rows: list[tuple]) -> None:
         db.execute("BEGIN IMMEDIATE")
@@ -273,8 +301,8 @@ class ResultStore:
         return int(self._reader.call(_count))
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None,
+def _connect(path: str, writer: bool = False) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=OPEN_TIMEOUT, isolation_level=None,
                          check_same_thread=False)  # fmt: skip
     try:
         # WAL: readers in other processes never wait for a writer, and a
@@ -282,10 +310,17 @@ def _connect(path: str) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(SCHEMA)
+        if writer:  # on the event loop: it must never wait, nor sync
+            db.execute(f"PRAGMA busy_timeout={round(BUSY_TIMEOUT * 1000)}")
+            db.execute("PRAGMA wal_autocheckpoint=0")  # `checkpoint`, in the pool
     except sqlite3.Error:
         db.close()
         raise
     return db
+
+
+def _checkpoint(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def _withdraw(db: sqlite3.Connection, job_id: str) -> None:
@@ -293,22 +328,27 @@ def _withdraw(db: sqlite3.Connection, job_id: str) -> None:
 
 
 class _Connection:
-    """One SQLite connection, used from gevent's thread pool one call at a time.
+    """One SQLite connection, used one call at a time: in gevent's thread pool
+    (`pooled`), or on the event loop itself.
 
-    Greenlets queue on a gevent semaphore, so the connection holds at most one
-    pool thread; a real thread lock keeps it to one thread even when a
-    greenlet is killed while its call still runs in the pool.
+    Pooled, greenlets queue on a gevent semaphore, so the connection holds at
+    most one pool thread; a real thread lock keeps it to one thread even when
+    a greenlet is killed while its call still runs in the pool.
     """
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, pooled: bool = True) -> None:
         self.db: sqlite3.Connection | None = db
+        self.pooled = pooled
         self._queue = Semaphore()
         self._thread = get_original("_thread", "allocate_lock")()
 
     def call(self, function: Any, *args: Any) -> Any:
-        """`function(db, *args)` in the pool; an `sqlite3.Error` raised here."""
-        with self._queue:
-            value, error = offload(self._run, function, args)
+        """`function(db, *args)`; an `sqlite3.Error` raised here."""
+        if self.pooled:
+            with self._queue:
+                value, error = offload(self._run, function, args)
+        else:
+            value, error = self._run(function, args)
         if error is not None:
             raise error
         return value
@@ -394,19 +434,27 @@ class Keeper:
         self._acks.extend(jobs)
         self._due.set()
 
-    def cancelling(self, job: Envelope, running: bool) -> bool:
-        """Before a cancel's journal record: its record, provisional; False if
-        it could not be written (the cancel must then not be journaled). Once
+    def cancelling(self, job: Envelope, running: str) -> bool:
+        """Before a cancel's journal record: its record, provisional (`running`:
+        the worker running it, "" if queued); False if it could not be
+        written (the cancel must then not be journaled). Once
         the journal stops owing the job, a crash must find it here; the
         worker's own answer (or the cancel's) replaces it."""
         reason = (
             b"cancelled while it ran (what its worker answered was not heard "
             b"before the web restarted)" if running else b"cancelled"
         )  # fmt: skip
-        record = (Status.CANCELLED, "", job.attempt, reason, time.time(),
+        record = (Status.CANCELLED, running, job.attempt, reason, time.time(),
                   max(job.retries, 0), job.name or job.path)  # fmt: skip
-        with self._turn:  # after any write under way: a final record wins
-            return self.store.write([(job.id, record)], provisional=True)
+        for _ in range(CANCEL_TRIES):  # another process's write: a moment
+            with self._turn:  # after any write under way: a final record wins
+                busy = self.store.busy
+                if self.store.write([(job.id, record)], provisional=True):
+                    return True
+            if self.store.busy == busy:  # a failure, not a busy store
+                return False
+            gevent.sleep(KEEP_EVERY)
+        return False
 
     def withdraw(self, job: Envelope) -> None:
         """The cancel could not be journaled: its provisional record goes."""
@@ -417,7 +465,7 @@ class Keeper:
         self._greenlet = gevent.spawn(self._run)
 
     def _run(self) -> None:
-        pause = KEEP_EVERY
+        pause, checkpointed = KEEP_EVERY, time.monotonic()
         while True:
             self._due.wait()
             self._due.clear()
@@ -426,11 +474,14 @@ class Keeper:
             except Exception:  # a bug must not stop the ACKs for good
                 log.exception("result store: the keeper failed; trying again")
                 kept = False
-            # What finishes meanwhile goes in the next write: a write (a
-            # thread-pool hop, an SQLite transaction) per ACKS message cost a
-            # quarter of the web's CPU under load; this costs ACKs that much
-            # later (a kill -9 may replay a job finished in that time). A
-            # store that cannot write is tried again, less often each time.
+            if time.monotonic() - checkpointed >= PRUNE_EVERY:
+                checkpointed = time.monotonic()
+                self.store.checkpoint()  # in the pool: it syncs
+            # What finishes meanwhile goes in the next write: a write per ACKS
+            # message cost a quarter of the web's CPU under load; this costs
+            # ACKs that much later (a kill -9 may replay a job finished in that
+            # time). A store that cannot write (another process writing, a
+            # full disk) is tried again, less often each time.
             pause = KEEP_EVERY if kept else min(1.0, pause * 2)
             if not kept:
                 self._due.set()
@@ -469,7 +520,10 @@ class Keeper:
     def close(self) -> None:
         """Write what is left, stop the greenlet, close the store. What cannot
         be written stays owed in the journal: the next start replays it."""
-        self.keep(give_up=float("inf"))  # after a write under way, if any
+        for _ in range(CANCEL_TRIES * 10):  # another process writing: a moment
+            if self.keep(give_up=float("inf")):
+                break
+            gevent.sleep(KEEP_EVERY)
         if self._greenlet is not None:
             self._greenlet.kill()  # a write it began since: its jobs stay owed
         self.store.close()

@@ -413,9 +413,9 @@ def _unknown(pipe: Any, job_id: str) -> Response:
         return json_error(
             410,
             "expired",
-            f"job {job_id!r} was accepted at {_utc(made)} and its record has "
-            f"expired: a finished job's record is kept {ttl:g} s (STATUS_TTL); "
-            "ask for a job's result within that time, or raise STATUS_TTL",
+            f"no job {job_id!r} now: its id was made at {_utc(made)}, over "
+            f"{ttl:g} s ago (STATUS_TTL), so if it was accepted its record has "
+            "expired; ask for a job's result within STATUS_TTL, or raise it",
         )
     stored = bool(store_path(settings.result_store, settings.journal_dir))
     kept = (
@@ -424,11 +424,15 @@ def _unknown(pipe: Any, job_id: str) -> Response:
         else f"kept {ttl:g} s, at most {settings.status_keep} jobs, in memory "
         "only: RESULT_STORE is off, so a restart forgets them"
     )
+    elsewhere = (
+        "" if pipe.owns(job_id) else ", or still running where another process "
+        "(a scheduler) pushed it: the store shows a job once it finished"
+    )  # fmt: skip
     return json_error(
         404,
         "unknown job",
         f"no job {job_id!r} here (pid {pid}): never accepted, or its record was "
-        f"pushed out (finished jobs' records are {kept})",
+        f"pushed out (finished jobs' records are {kept}){elsewhere}",
     )
 
 

@@ -271,19 +271,24 @@ class Settlement:
                 if self._commit is None or self.journal is None:
                     self._interrupt(job, links, "")
                 else:  # kept first: a restart must not run it again
-                    self._write_cancel(job, None, partial(self._interrupt, job, links))
+                    self._write_cancel(job, None, partial(self._interrupt, job, links),
+                                       link.name)  # fmt: skip
                     return self._cancel_answer(job, links)
             return self._running(job, link) | {"cancelling": True}
         return self.finished.get(job_id)
 
     def _write_cancel(
-        self, job: Envelope, before: dict[str, Any] | None, done: Noted
+        self,
+        job: Envelope,
+        before: dict[str, Any] | None,
+        done: Noted,
+        worker: str = "",
     ) -> None:
         """Write `job`'s cancel with the next group; `done` acts on what it
         became. Raises `Unavailable` if it could not be written."""
         assert self._commit is not None and self.journal is not None
         if self._keeper is not None:
-            self._keep_cancel(job, before)  # found after a crash once not owed
+            self._keep_cancel(job, before, worker)  # found after a crash once not owed
         group = self._commit.note(self.journal.cancel_record([job]), done)
         self._cancels[job.id] = (job, before, group)  # before: None on a link
         if self._wake is not None:
@@ -295,7 +300,9 @@ class Settlement:
                 self._keeper.withdraw(job)
             raise
 
-    def _keep_cancel(self, job: Envelope, before: dict[str, Any] | None) -> None:
+    def _keep_cancel(
+        self, job: Envelope, before: dict[str, Any] | None, worker: str
+    ) -> None:
         """The cancel's provisional record, written before its journal record;
         `Unavailable` (the job back where it was) if it cannot be.
 
@@ -308,7 +315,7 @@ class Settlement:
         self._cancels[job.id] = (job, before, writing)
         error = "the job's record could not be written to the result store"
         try:
-            if self._keeper.cancelling(job, running=before is None):
+            if self._keeper.cancelling(job, running=worker):
                 error = ""
         finally:
             if error:  # nothing journaled: it stays (or goes back) where it was

@@ -127,8 +127,10 @@ class Shell:
         bin_dir = Path(PYTHON).parent
         for name in ("python", "locust", "gunicorn", "honcho"):
             self._shim(shims / name, f'exec {shlex.quote(str(bin_dir / name))} "$@"')
+        # The real entry point: `make` installs it (pip install -e .); a
+        # checkout where it does not gets the README's commands failing here.
         self._shim(shims / "greenpipe",
-                   f'exec {shlex.quote(PYTHON)} -m greenpipe "$@"')  # fmt: skip
+                   f'exec {shlex.quote(str(bin_dir / "greenpipe"))} "$@"')  # fmt: skip
         self.env = {
             "PATH": f"{shims}:/usr/bin:/bin",
             "PYTHONPATH": str(ROOT),

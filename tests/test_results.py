@@ -134,6 +134,9 @@ def test_a_damaged_file_is_moved_aside_and_an_unusable_path_named(tmp_path, capl
     message = str(caught.value)
     assert "RESULT_STORE" in message and "dir.sqlite3" in message
     assert "RESULT_STORE=off" in message, "and what to do"
+    with pytest.raises(ConfigError, match="no directory"):  # a typo is not made
+        ResultStore(str(tmp_path / "typo" / "r.sqlite3"), 300, 1 << 20).open()
+    assert not (tmp_path / "typo").exists()
 
 
 @pytest.mark.inprocess
@@ -327,6 +330,7 @@ def test_after_a_rolling_restart_every_process_answers_and_an_old_id_expired(
     fresh = f"{prefix}-{int(time.time()):08x}{'0' * 32}"
     status, _, answer = web.get(f"/jobs/{fresh}")
     assert status == 404 and "never accepted" in answer["detail"], answer
+    assert "a scheduler" in answer["detail"], "another process's id: may still run"
 
 
 # -- the careful reader's review (each failed before its fix) -------------------------
@@ -361,14 +365,11 @@ def _until(done, what: str, timeout: float = 10.0) -> None:
 
 
 @pytest.mark.inprocess
-def test_a_store_that_cannot_write_keeps_the_jobs_owed_and_refuses_a_cancel(
-    tmp_path, monkeypatch
-):
+def test_a_store_that_cannot_write_keeps_the_jobs_owed_and_refuses_a_cancel(tmp_path):
     """R1: the keeper acknowledged jobs whose records it failed to write (the
     store locked, read-only, full), and a cancel was journaled though its
     record was not: after kill -9 they answered 404. Now the jobs stay owed
     until their records are written, and such a cancel answers 503."""
-    monkeypatch.setattr(results, "BUSY_TIMEOUT", 0.05)
     d = _web(tmp_path, credit=1)
     try:
         other = _lock_store(tmp_path)
@@ -376,7 +377,7 @@ def test_a_store_that_cannot_write_keeps_the_jobs_owed_and_refuses_a_cancel(
         d.flush()
         queued = d.submit(Envelope.new(b"", b"", b"", b"", b"{}", name=b"b"))
         hear(d, d.links[0], protocol.encode_acks([first.id.encode()]))
-        _until(lambda: d.results.failures, "a write refused by the lock")
+        _until(lambda: d.results.busy > 1, "writes refused by the lock")
         assert first.id in _owed(tmp_path, "crash1"), "not written: still owed"
         with pytest.raises(Unavailable, match="result store"):
             d.cancel(queued.id)
@@ -446,15 +447,14 @@ def test_a_cancel_interrupted_while_its_record_is_written_leaves_the_job_to_run(
     """R3: a cancel under a view's gevent.Timeout, interrupted while its
     provisional record waited for the store: the job was out of its queue
     and never ran, and a second cancel recursed without end (a 500)."""
-    monkeypatch.setattr(results, "BUSY_TIMEOUT", 2.0)
     d = _web(tmp_path, credit=1)
     try:
         first = d.submit(Envelope.new(b"", b"", b"", b"", b"{}", name=b"a"))
         d.flush()  # takes the one credit
         job = d.submit(Envelope.new(b"", b"", b"", b"", b"{}", name=b"a"))
         other = _lock_store(tmp_path)
-        with pytest.raises(gevent.Timeout):
-            with gevent.Timeout(0.2):  # the view's own limit
+        with pytest.raises(gevent.Timeout):  # while it tries again
+            with gevent.Timeout(results.KEEP_EVERY * 2):  # the view's own limit
                 d.cancel(job.id)
         other.execute("ROLLBACK")
         other.close()
@@ -470,32 +470,30 @@ def test_a_cancel_interrupted_while_its_record_is_written_leaves_the_job_to_run(
 
 
 @pytest.mark.inprocess
-def test_lookups_do_not_wait_for_a_write_held_up_by_another_process(
-    tmp_path, monkeypatch
-):
+def test_lookups_do_not_wait_for_a_write_held_up_by_another_process(tmp_path):
     """R4: one connection for writes and lookups, its lock held through
     SQLite's busy wait: 12 lookups waited for it, each taking a thread of
     the pool the journal's syncs share, and a submit waited behind them.
-    Now lookups read on a connection of their own and the store holds at
-    most one pool thread per connection."""
-    monkeypatch.setattr(results, "BUSY_TIMEOUT", 30.0)
+    Now a write never waits (refused, tried again), lookups read on a
+    connection of their own, in the pool, one thread at most."""
     d = _web(tmp_path, journal_sync="batch")
     try:
         other = _lock_store(tmp_path)
         job = d.submit(Envelope.new(b"", b"", b"", b"", b"{}", name=b"a"))
         d.flush()
         hear(d, d.links[0], protocol.encode_acks([job.id.encode()]))
-        _until(lambda: d.keeper._turn.locked(), "the keeper's write waiting")
+        _until(lambda: d.results.busy, "the keeper's write refused")
         lookups = [gevent.spawn(d.stored, new_job_id("ffffffff-")) for _ in range(12)]
         gevent.joinall(lookups, timeout=10)
         assert all(each.ready() for each in lookups), "lookups answered meanwhile"
         more = gevent.spawn(d.submit, Envelope.new(b"", b"", b"", b"", b"{}"))
         more.join(10)
         assert more.successful(), "a submit (a group's sync in the pool) meanwhile"
-        assert d.keeper._turn.locked() and not d.results.failures, (
-            "all of it while the write still waited for the other process"
+        assert d.stored(job.id) is None and not d.results.failures, (
+            "all of it while the other process still held the write"
         )
         other.execute("ROLLBACK")
         other.close()
+        _until(lambda: d.stored(job.id) is not None, "then the record written")
     finally:
         d.close()

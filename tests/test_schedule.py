@@ -427,3 +427,24 @@ def test_the_schedule_command_reads_its_settings_and_names_mistakes(
                           text=True, timeout=30)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "--handler HANDLER" in done.stdout and ".greenpipe-schedule" in done.stdout
+
+
+def test_a_web_sharing_the_schedulers_result_store_answers_its_jobs(
+    start_worker, start_web, procs, tmp_path
+):
+    """Issue 33: jobs the scheduler pushed answered 404 on the web. With one
+    RESULT_STORE for both, the web answers them once they finished."""
+    worker = start_worker(handler=HANDLERS)
+    store = tmp_path / "results.sqlite3"
+    web = start_web([worker], result_store=store)
+    web.proc.expect(r"result store \S*results\.sqlite3: finished jobs' records")
+    scheduler = start_scheduler(HANDLERS, [worker.address], journal_dir=tmp_path / "s",
+                                log_level="DEBUG", result_store=store)  # fmt: skip
+    procs.append(scheduler)
+    scheduler.expect(TICK.pattern, timeout=10, times=2)
+    assert scheduler.stop() == 0, scheduler.tail()
+    ids = set().union(*_ticks(scheduler).values())
+    for job_id in ids:
+        status, _, record = web.get(f"/jobs/{job_id}")
+        assert status == 200 and record["status"] == "done", (job_id, status, record)
+        assert record["name"] == "tick"
