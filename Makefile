@@ -15,7 +15,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-compile --disable-pip-version-check -r requirements.txt
 	# greenpipe itself, editable: the `greenpipe` command (.venv/bin/greenpipe)
 	$(BIN)/python -m pip install --quiet --no-compile --disable-pip-version-check \
-	  --no-deps --no-build-isolation -e .
+	  --no-deps --no-build-isolation --config-settings editable_mode=compat -e .
 	@touch $@
 
 run: $(STAMP)  ## web on :4567 + workers on :4444-4446, via honcho (Procfile)
