@@ -32,6 +32,13 @@ def new_job_id(prefix: str) -> str:
     return f"{prefix}{int(time.time()):08x}{os.urandom(ID_BYTES).hex()}"
 
 
+def made_by_a_web(job_id: str) -> bool:
+    """True if `job_id` has a web process's prefix (8 hex digits), not one of
+    a scheduler's ("s" before them) or of inline mode."""
+    prefix = job_id.partition("-")[0]
+    return len(prefix) == 8 and not prefix.strip(_HEX)
+
+
 def issued_at(job_id: str) -> float | None:
     """The Unix second `job_id` was made, or None for an id of another shape
     (an older greenpipe's, 32 hex digits with no time, or not an id at all)."""

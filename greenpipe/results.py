@@ -44,33 +44,35 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FILE_NAME = "results.sqlite3"  # in JOURNAL_DIR, when RESULT_STORE is "journal"
-PRUNE_SHARE = 10  # over the size bound: the oldest tenth of the rows goes
-PRUNE_EVERY = 1.0  # seconds between looks for records past the TTL or the size
+PRUNE_EVERY = 1.0  # seconds between looks for records past their time or the size
+PRUNE_CHUNK = 1000  # rows a pruning transaction deletes at most (short locks)
+WAL_LIMIT = 16 * 1024 * 1024  # bytes the WAL is cut back to after a checkpoint
 KEEP_EVERY = 0.02  # seconds the keeper lets records gather after a write
 GIVE_UP = 10.0  # seconds of failed writes before jobs are acknowledged anyway
-CANCEL_TRIES = 5  # a cancel's record: tries while another process writes
+CANCEL_TRIES = 25  # a cancel's record: tries (KEEP_EVERY apart) while others write
 BUSY_TIMEOUT = 0.0  # seconds a write waits for another process's (see Keeper)
-OPEN_TIMEOUT = 5.0  # seconds opening, a lookup, a checkpoint wait for others
+OPEN_TIMEOUT = 5.0  # seconds opening, a lookup, pruning wait for others
 
-# One row a job: its id, when it finished (wall clock), whether the record is
-# a cancel's provisional one, and the rest packed (`_pack`). Four columns and
-# one index (the id's): measured, ten columns and an index on the time cost
-# twice as much per record. Rows are in the order written, which is the
-# order of their times to within a write: records past the TTL are found by
-# a binary search on the rowid (`_expire`), not by an index.
+# One row a job: its id, when it finished and when its record expires (wall
+# clock: each process's own STATUS_TTL, so processes with other settings
+# sharing the file keep theirs), whether the record is a cancel's provisional
+# one, and the rest packed (`_pack`). One index (the id's): measured, ten
+# columns and an index on the time cost twice as much per record. Rows are in
+# the order written; pruning looks at the oldest first (`_prune`).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     id TEXT PRIMARY KEY,
     finished_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
     provisional INTEGER NOT NULL,
     record BLOB NOT NULL
 );
 """
 
-INSERT = "INSERT OR REPLACE INTO results VALUES (?, ?, 0, ?)"
+INSERT = "INSERT OR REPLACE INTO results VALUES (?, ?, ?, 0, ?)"
 # A cancel's record, written before its journal record: a final one wins.
-INSERT_PROVISIONAL = "INSERT OR IGNORE INTO results VALUES (?, ?, 1, ?)"
-SELECT = "SELECT finished_at, record FROM results WHERE id = ? AND finished_at >= ?"
+INSERT_PROVISIONAL = "INSERT OR IGNORE INTO results VALUES (?, ?, ?, 1, ?)"
+SELECT = "SELECT finished_at, record FROM results WHERE id = ? AND expires_at >= ?"
 
 # status, attempt, retries, the payload's whole size, the name's and the
 # worker's lengths; then the name, the worker and the payload (as kept).
@@ -138,7 +140,7 @@ class ResultStore:
         # (the journal's syncs need them).
         self._writer: _Connection | None = None
         self._reader: _Connection | None = None
-        self._pruned = 0.0  # when records past the TTL and the size last went
+        self._maintainer: _Connection | None = None  # pruning, checkpoints
         self._throttle = Throttle(log, 60.0)
 
     def open(self) -> None:
@@ -162,7 +164,7 @@ class ResultStore:
                           "to %s, and a new one made; the records it held are "
                           "not answered", self.path, exc, aside)  # fmt: skip
                 db = _connect(self.path, writer=True)
-            reader = _connect(self.path)
+            reader, maintainer = _connect(self.path), _connect(self.path)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
                 f"RESULT_STORE: cannot open {self.path!r} as an SQLite file of "
@@ -172,16 +174,17 @@ class ResultStore:
             ) from exc
         self._writer = _Connection(db, pooled=False)
         self._reader = _Connection(reader)
+        self._maintainer = _Connection(maintainer)
         log.info("result store %s: finished jobs' records kept %g s, within %d "
                  "bytes (RESULT_STORE, STATUS_TTL, RESULT_STORE_SIZE)",
                  os.path.abspath(self.path), self.ttl, self.size)  # fmt: skip
 
     def close(self) -> None:
         """Close the file; what was written stays (a later call writes nothing)."""
-        for connection in (self._writer, self._reader):
+        for connection in (self._writer, self._reader, self._maintainer):
             if connection is not None:
                 connection.close()
-        self._writer = self._reader = None
+        self._writer = self._reader = self._maintainer = None
 
     def write(
         self,
@@ -199,12 +202,14 @@ class ResultStore:
         Once a second, records past `ttl` and the oldest beyond `size` go.
         """
         workers: dict[str, bytes] = {}  # one ACKS message: one worker, mostly
+        ttl = self.ttl
         rows = []
         for job_id, record in records:
             worker = workers.get(record[1])
             if worker is None:
                 worker = workers[record[1]] = record[1].encode("utf-8", "replace")
-            rows.append((job_id, record[4] + shift, _pack(record, worker)))
+            finished = record[4] + shift
+            rows.append((job_id, finished, finished + ttl, _pack(record, worker)))
         if not rows:
             return True
         insert = INSERT_PROVISIONAL if provisional else INSERT
@@ -212,13 +217,11 @@ class ResultStore:
             if self._writer is None:
                 raise sqlite3.ProgrammingError("the result store is closed")
             self._writer.call(self._write, insert, rows)
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                self._failed(len(rows), exc)
-            self.busy += 1  # another process writes now: the keeper tries again
-            return False
         except sqlite3.Error as exc:
-            self._failed(len(rows), exc)
+            if _busy(exc):
+                self.busy += 1  # another process writes now: the keeper tries again
+            else:
+                self._failed(len(rows), exc)
             return False
         self.written += len(rows)
         return True
@@ -229,55 +232,46 @@ class ResultStore:
                              "(%s); their jobs stay owed in the journal, tried "
                              "again", self.path, count, exc)  # fmt: skip
 
-    def checkpoint(self) -> None:
-        """Copy the WAL into the file, in the pool (it syncs): once a second."""
-        if self._reader is not None:
-            try:
-                self._reader.call(_checkpoint)
-            except sqlite3.Error as exc:
-                self._throttle.warning("checkpoint", "result store %s: cannot "
-                                       "checkpoint (%s)", self.path, exc)  # fmt: skip
-
     def _write(self, db: sqlite3.Connection, insert: str, rows: list[tuple]) -> None:
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(insert, rows)
-            now = time.monotonic()
-            if now - self._pruned >= PRUNE_EVERY:  # not per write: a second's
-                self._pruned = now
-                _expire(db, time.time() - self.ttl)
-                self._bound(db)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
-    def withdraw(self, job_id: str) -> None:
-        """Forget `job_id`'s record if it is still provisional."""
-        if self._writer is None:
+    def prune(self) -> None:
+        """Forget records past their time, then the oldest beyond `size`, and
+        copy the WAL into the file: in the pool, on a connection of its own,
+        in transactions of at most PRUNE_CHUNK rows (another process's write,
+        or ours on the event loop, waits milliseconds, not the whole prune)."""
+        if self._maintainer is None:
             return
         try:
-            self._writer.call(_withdraw, job_id)
+            while self._maintainer.call(_prune_expired, time.time()):
+                pass
+            while self._maintainer.call(_prune_oldest, self.size):
+                pass
+            self._maintainer.call(_checkpoint)
         except sqlite3.Error as exc:
+            self._throttle.warning("prune", "result store %s: cannot prune (%s); "
+                                   "tried again", self.path, exc)  # fmt: skip
+
+    def withdraw(self, job_id: str) -> bool:
+        """Forget `job_id`'s record if it is still provisional; False if the
+        store was busy (another process writing): try again."""
+        if self._writer is None:
+            return True
+        try:
+            self._writer.call(_withdraw, job_id)
+            return True
+        except sqlite3.Error as exc:
+            if _busy(exc):
+                return False
             self._throttle.error("write", "result store %s: cannot withdraw a "
                                  "record (%s)", self.path, exc)  # fmt: skip
-
-    def _bound(self, db: sqlite3.Connection) -> None:
-        """Delete the oldest rows while the pages in use exceed `size`."""
-        page = db.execute("PRAGMA page_size").fetchone()[0]
-        while True:
-            pages = db.execute("PRAGMA page_count").fetchone()[0]
-            free = db.execute("PRAGMA freelist_count").fetchone()[0]
-            if (pages - free) * page <= self.size:
-                return
-            rows = db.execute("SELECT count(*) FROM results").fetchone()[0]
-            if rows == 0:
-                return
-            db.execute(
-                "DELETE FROM results WHERE rowid IN "
-                "(SELECT rowid FROM results ORDER BY rowid LIMIT ?)",
-                (max(1, rows // PRUNE_SHARE),),
-            )
+            return True
 
     def get(self, job_id: str, now: float | None = None) -> dict[str, Any] | None:
         """The job's record as /jobs/<id> shows it, or None (unknown or expired)."""
@@ -285,7 +279,7 @@ class ResultStore:
             return None
         now = time.time() if now is None else now
         try:
-            found = self._reader.call(_read, job_id, now - self.ttl)
+            found = self._reader.call(_read, job_id, now)
         except sqlite3.Error as exc:
             self._throttle.error("read", "result store %s: cannot read (%s)",
                                  self.path, exc)  # fmt: skip
@@ -309,6 +303,7 @@ def _connect(path: str, writer: bool = False) -> sqlite3.Connection:
         # commit is an append (synced at checkpoints, not per commit).
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         db.executescript(SCHEMA)
         if writer:  # on the event loop: it must never wait, nor sync
             db.execute(f"PRAGMA busy_timeout={round(BUSY_TIMEOUT * 1000)}")
@@ -372,33 +367,48 @@ class _Connection:
         self.db = None
 
 
-def _expire(db: sqlite3.Connection, horizon: float) -> None:
-    """Delete the records finished before `horizon`: those written first.
+def _busy(exc: sqlite3.Error) -> bool:
+    """Another connection writes now (SQLITE_BUSY, SQLITE_LOCKED): try again."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
 
-    A binary search over the rowids (the order written) for the first record
-    at or after `horizon`; a record written late (by up to a write) may go
-    that much early or late, and a lookup checks the time itself.
+
+def _prune_expired(db: sqlite3.Connection, now: float) -> int:
+    """Delete the expired among the oldest PRUNE_CHUNK rows; how many went.
+
+    Rows are in the order written: the expired are at the front, except where
+    a process with a longer STATUS_TTL wrote between them (kept, and looked
+    at again next time; the size bound still holds).
     """
+    return db.execute(
+        "DELETE FROM results WHERE rowid IN (SELECT rowid FROM results "
+        "ORDER BY rowid LIMIT ?) AND expires_at < ?",
+        (PRUNE_CHUNK, now),
+    ).rowcount
+
+
+def _prune_oldest(db: sqlite3.Connection, size: int) -> int:
+    """If the pages in use exceed `size`: delete the oldest tenth of the rows
+    (at most PRUNE_CHUNK); how many went."""
+    page = db.execute("PRAGMA page_size").fetchone()[0]
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    if (pages - free) * page <= size:
+        return 0
     low, high = db.execute("SELECT min(rowid), max(rowid) FROM results").fetchone()
     if low is None:
-        return
-    high += 1
-    while low < high:
-        middle = (low + high) // 2
-        rowid, finished = db.execute(
-            "SELECT rowid, finished_at FROM results WHERE rowid >= ? "
-            "ORDER BY rowid LIMIT 1",
-            (middle,),
-        ).fetchone()
-        if finished < horizon:
-            low = rowid + 1
-        else:
-            high = middle
-    db.execute("DELETE FROM results WHERE rowid < ?", (low,))
+        return 0
+    share = min(PRUNE_CHUNK, max(1, (high - low + 1) // 10))  # rowids: no count(*)
+    return db.execute(
+        "DELETE FROM results WHERE rowid IN "
+        "(SELECT rowid FROM results ORDER BY rowid LIMIT ?)",
+        (share,),
+    ).rowcount
 
 
-def _read(db: sqlite3.Connection, job_id: str, horizon: float) -> tuple | None:
-    return db.execute(SELECT, (job_id, horizon)).fetchone()  # type: ignore[no-any-return]
+def _read(db: sqlite3.Connection, job_id: str, now: float) -> tuple | None:
+    return db.execute(SELECT, (job_id, now)).fetchone()  # type: ignore[no-any-return]
 
 
 def _count(db: sqlite3.Connection) -> int:
@@ -458,8 +468,11 @@ class Keeper:
 
     def withdraw(self, job: Envelope) -> None:
         """The cancel could not be journaled: its provisional record goes."""
-        with self._turn:
-            self.store.withdraw(job.id)
+        for _ in range(CANCEL_TRIES):
+            with self._turn:
+                if self.store.withdraw(job.id):
+                    return
+            gevent.sleep(KEEP_EVERY)
 
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
@@ -476,7 +489,7 @@ class Keeper:
                 kept = False
             if time.monotonic() - checkpointed >= PRUNE_EVERY:
                 checkpointed = time.monotonic()
-                self.store.checkpoint()  # in the pool: it syncs
+                self.store.prune()  # in the pool: deletes in chunks, syncs
             # What finishes meanwhile goes in the next write: a write per ACKS
             # message cost a quarter of the web's CPU under load; this costs
             # ACKs that much later (a kill -9 may replay a job finished in that

@@ -32,7 +32,7 @@ from greenpipe.admission import KEY_RULE, check_key
 from greenpipe.config import WebSettings
 from greenpipe.errors import BadJob, Unavailable
 from greenpipe.httpserver import BodyTimeout
-from greenpipe.jobs import Envelope, Status, issued_at
+from greenpipe.jobs import Envelope, Status, issued_at, made_by_a_web
 from greenpipe.results import store_path
 
 log = logging.getLogger(__name__)
@@ -409,7 +409,9 @@ def _unknown(pipe: Any, job_id: str) -> Response:
     settings = pipe.settings
     ttl = settings.status_ttl
     made = issued_at(job_id)
-    if made is not None and made < time.time() - ttl:
+    # A web's own id only: a scheduler's job is unknown here until it finished
+    # (the store), however long it waited or ran: 404, never "gone for good".
+    if made is not None and made < time.time() - ttl and made_by_a_web(job_id):
         return json_error(
             410,
             "expired",
@@ -425,8 +427,9 @@ def _unknown(pipe: Any, job_id: str) -> Response:
         "only: RESULT_STORE is off, so a restart forgets them"
     )
     elsewhere = (
-        "" if pipe.owns(job_id) else ", or still running where another process "
-        "(a scheduler) pushed it: the store shows a job once it finished"
+        "" if pipe.owns(job_id) else ", or still waiting or running where "
+        "another process (a scheduler) pushed it: the store shows a job once "
+        "it finished"
     )  # fmt: skip
     return json_error(
         404,

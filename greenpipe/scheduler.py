@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = "scheduler.lock"
 STATE_FILE = "schedule-state.json"
+SCHEDULED = "s"  # before the prefix of the ids of the jobs a scheduler pushes
 RETRY_S = 1.0  # after a push refused (no worker, the journal), look again
 STOP_PUSH_S = 1.0  # a push in progress at SIGTERM gets this long to finish
 
@@ -316,6 +317,10 @@ def run(settings: ScheduleSettings) -> int:
         state.load()
         # REUSE_PORT or DASHBOARD in an environment shared with the webs: unused.
         pipe = Pipe(replace(settings, reuse_port=False, dashboard=False))
+        # Its ids say a scheduler made them: a web sharing the result store
+        # answers one it does not know 404 (found once finished), never 410.
+        admission = pipe.dispatcher.admission
+        admission.prefix = SCHEDULED + admission.prefix
         pipe.name = f"scheduler pid {os.getpid()}"
         pipe.start()
 

@@ -83,11 +83,10 @@ def test_records_past_the_ttl_are_not_answered_and_go(opened):
     store = opened(60, 1 << 20)
     now = time.time()
     store.write([("old", _record(finished=now - 61)), ("new", _record())])
-    store._pruned = 0.0  # the once-a-second look, now: a second write
-    store.write([("newer", _record())])
+    store.prune()  # the keeper's, once a second
     assert store.get("old") is None, "past STATUS_TTL: not answered"
     assert store.get("new")["status"] == "done"
-    assert store.count() == 2, "and deleted at a write"
+    assert store.count() == 1, "and deleted when pruned"
 
 
 @pytest.mark.inprocess
@@ -97,7 +96,7 @@ def test_the_file_stays_within_its_size_the_oldest_going_first(opened):
     for batch in range(40):  # 40 x 10 records of 4 KiB: 1.6 MB offered
         store.write([(f"j{batch}-{i}", _record(payload=b'"' + b"x" * 4096 + b'"'))
                      for i in range(10)])  # fmt: skip
-        store._pruned = 0.0  # each write looks (once a second, else)
+        store.prune()  # the keeper's, once a second
     db = sqlite3.connect(store.path)
     pages, free, page = (db.execute(f"PRAGMA {p}").fetchone()[0]
                          for p in ("page_count", "freelist_count", "page_size"))  # fmt: skip
@@ -497,3 +496,91 @@ def test_lookups_do_not_wait_for_a_write_held_up_by_another_process(tmp_path):
         _until(lambda: d.stored(job.id) is not None, "then the record written")
     finally:
         d.close()
+
+
+# -- the second careful reader's review ---------------------------------------------
+
+
+@pytest.mark.inprocess
+def test_pruning_runs_in_the_pool_in_short_transactions_never_in_a_write(
+    opened, monkeypatch
+):
+    """Review 2, finding 1: expiry and the size bound ran inside the keeper's
+    write, on the event loop: 300,000 expired rows froze the process 1.6 s.
+    Now a write only inserts; pruning runs in the pool, PRUNE_CHUNK rows a
+    transaction (another process's write, or ours, waits that long at most)."""
+    import threading
+
+    monkeypatch.setattr(results, "PRUNE_CHUNK", 50)
+    store = opened(60, 1 << 30)
+    old = time.time() - 120
+    store.write([(f"old{i}", _record(finished=old)) for i in range(500)])
+    store.write([("new", _record())])
+    assert store.count() == 501, "a write deletes nothing"
+    deleted, threads = [], set()
+    real = results._prune_expired
+
+    def watched(db, now):
+        threads.add(threading.get_ident())
+        deleted.append(real(db, now))
+        return deleted[-1]
+
+    monkeypatch.setattr(results, "_prune_expired", watched)
+    store.prune()
+    assert store.count() == 1 and store.get("new") is not None
+    assert max(deleted) <= 50 and sum(deleted) == 500, deleted
+    assert threading.get_ident() not in threads, "in the pool, not on the loop"
+
+
+@pytest.mark.inprocess
+def test_a_cancel_waits_out_another_processs_write(tmp_path):
+    """Review 2, finding 2: a cancel gave up after 100 ms of another process's
+    write (a prune) and answered 503. Now it tries while the other writes,
+    and answers once the store takes its record."""
+    d = _web(tmp_path, credit=1)
+    try:
+        first = d.submit(Envelope.new(b"", b"", b"", b"", b"{}", name=b"a"))
+        d.flush()  # takes the one credit: the next job stays queued
+        job = d.submit(Envelope.new(b"", b"", b"", b"", b"{}", name=b"a"))
+        other = _lock_store(tmp_path)
+        busy = d.results.busy
+        cancel = gevent.spawn(d.cancel, job.id)
+        _until(lambda: d.results.busy > busy, "the cancel's record refused once")
+        other.execute("ROLLBACK")  # the other process's write ends
+        other.close()
+        assert cancel.get(timeout=10)["status"] == "cancelled"
+        assert first.id  # sent, untouched
+    finally:
+        d.close()
+
+
+@pytest.mark.inprocess
+def test_processes_sharing_the_file_keep_each_records_for_its_own_ttl(tmp_path):
+    """Review 2, finding 4: a scheduler (STATUS_TTL 300) sharing a web's file
+    (3600) deleted the web's records at 300 s: the smallest TTL won."""
+    path = str(tmp_path / "shared.sqlite3")
+    web, scheduler = ResultStore(path, 3600, 1 << 20), ResultStore(path, 300, 1 << 20)
+    web.open()
+    scheduler.open()
+    try:
+        long_ago = time.time() - 400
+        web.write([("web-job", _record(finished=long_ago))])
+        scheduler.write([("its-job", _record(finished=long_ago))])
+        scheduler.prune()
+        assert web.get("web-job") is not None, "kept for the web's hour"
+        assert scheduler.get("its-job") is None, "the scheduler's own: past 300 s"
+    finally:
+        web.close()
+        scheduler.close()
+
+
+@pytest.mark.inprocess
+def test_only_a_webs_old_id_is_said_to_have_expired():
+    """Review 2, finding 3: a scheduler's job, waiting or running longer than
+    STATUS_TTL, was answered 410 (gone for good) and then 200 once finished."""
+    from greenpipe.jobs import made_by_a_web
+
+    old = f"{int(time.time()) - 3600:08x}{'0' * 32}"
+    assert made_by_a_web(f"0123abcd-{old}")
+    assert not made_by_a_web(f"s0123abcd-{old}"), "a scheduler's: 404 until found"
+    assert not made_by_a_web(f"inline1a2b-{old}")

@@ -444,6 +444,10 @@ def test_a_web_sharing_the_schedulers_result_store_answers_its_jobs(
     scheduler.expect(TICK.pattern, timeout=10, times=2)
     assert scheduler.stop() == 0, scheduler.tail()
     ids = set().union(*_ticks(scheduler).values())
+    assert all(job_id.startswith("s") for job_id in ids), "a scheduler's ids"
+    old = f"{next(iter(ids))[:10]}{int(time.time()) - 3600:08x}{'0' * 32}"
+    status, _, answer = web.get(f"/jobs/{old}")
+    assert status == 404 and "a scheduler" in answer["detail"], (status, answer)
     for job_id in ids:
         status, _, record = web.get(f"/jobs/{job_id}")
         assert status == 200 and record["status"] == "done", (job_id, status, record)
