@@ -7,7 +7,7 @@ The public names, importable from ``greenpipe`` directly:
 - `Pipe`: the core, without Flask (``Pipe(workers=[...]).push(...)``)
 - `Handlers`: the worker's registry of handlers by job name
 - `Job`: what a handler receives; `Receipt`, `Outcome`, `Status`: what
-  ``push`` gives back
+  ``push`` gives back; `Resent`: what ``resend`` did
 - `serve`: run a Flask app with greenpipe as web.py does
 - `patch_all`: gevent's ``monkey.patch_all()``, cheaper to start (its plugin
   lookups read once), for a program's first statement
@@ -36,6 +36,7 @@ _WHERE = {
     "Job": "greenpipe.jobs",
     "Outcome": "greenpipe.jobs",
     "Status": "greenpipe.jobs",
+    "Resent": "greenpipe.resend",
     "serve": "greenpipe.serving",
     "patch_all": "greenpipe.boot",
     "Retry": "greenpipe.handling",
@@ -64,6 +65,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from greenpipe.handling import Cancelled, JobTimeout, Retry  # noqa: F401
     from greenpipe.jobs import Job, Outcome, Status  # noqa: F401
     from greenpipe.pipe import Pipe, Receipt  # noqa: F401
+    from greenpipe.resend import Resent  # noqa: F401
     from greenpipe.routes import json_errors  # noqa: F401
     from greenpipe.serving import serve  # noqa: F401
 

@@ -1,4 +1,5 @@
-"""greenpipe's command line: ``greenpipe web``, ``worker``, ``schedule`` and ``keys``.
+"""greenpipe's command line: ``greenpipe web``, ``worker``, ``schedule``, ``jobs``
+and ``keys``.
 
 The same programs as web.py and server.py, with the same flags and settings,
 for an installed greenpipe (``pip install .``): ``greenpipe worker --port 4444``,
@@ -19,7 +20,7 @@ from typing import Any  # noqa: E402
 from greenpipe import __version__, config, entry, serving, worker  # noqa: E402
 from greenpipe.errors import ConfigError  # noqa: E402
 
-USAGE = """usage: greenpipe {web,worker,schedule,keys} [--help] [flags]
+USAGE = """usage: greenpipe {web,worker,schedule,jobs,keys} [--help] [flags]
        greenpipe --version
 
 commands:
@@ -28,6 +29,8 @@ commands:
   worker         run jobs from the webs that connect (as port=4444 python server.py)
   schedule       push the periodic jobs of --handler once per tick (one per set
                  of workers; its own journal, .greenpipe-schedule)
+  jobs           list the failed and dead jobs a running web keeps, and
+                 re-send them (each at most once): jobs failed, jobs resend
   keys DIR NAME  write a CURVE keypair: DIR/NAME.key, DIR/NAME.key_secret (0600)
 
 greenpipe COMMAND --help lists a command's flags and settings.
@@ -47,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         load = functools.partial(scheduler.load_schedule, prog="greenpipe schedule")
         return entry.main(load, scheduler.run, args)
+    if command == "jobs":
+        from greenpipe.jobscli import main as jobs_main
+
+        return jobs_main(args)
     if command == "keys":
         from greenpipe.curve import keys_main
 
@@ -58,8 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(f"greenpipe {__version__}\n")
         return 0
     sys.stderr.write(
-        USAGE + "\ngreenpipe: expected 'web', 'worker', 'schedule' or 'keys', got "
-        f"{command!r}\n"
+        USAGE + "\ngreenpipe: expected 'web', 'worker', 'schedule', 'jobs' or "
+        f"'keys', got {command!r}\n"
     )
     return 2
 

@@ -1,9 +1,17 @@
-"""The dead-letter file: jobs the web gave up on, one JSON object per line.
+"""The dead-letter file: jobs that failed for good, one JSON object per line.
 
-A re-send (the dashboard's button) is marked in the same file, by a line
-``{"resent": <dead id>, "as": <job id>}`` appended in one write: the first
-such line for a dead letter names its one re-sent job, whichever of the web
-processes sharing the file is asked, then or later.
+Each record's ``status`` says which: ``dead`` (given up on: retries spent,
+MAX_DELIVERIES deliveries, a retry refused, no worker runs its name, or a
+web stopping with it owed and no journal) or ``failed`` (its handler failed
+and it had no retry policy). A record carries the request, so the job can be
+re-sent. Records written before greenpipe kept failures have no ``status``:
+they are dead.
+
+A re-send (the dashboard's button, ``pipe.resend``, ``greenpipe jobs
+resend``) is marked in the same file, by a line ``{"resent": <dead id>,
+"as": <job id>}`` appended in one write: the first such line for a dead
+letter names its one re-sent job, whichever of the web processes sharing the
+file is asked, then or later.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from greenpipe.jobs import Envelope
@@ -38,11 +46,16 @@ class DeadLetters:
         self.path = path
         self.count = 0
 
-    def write(self, job: Envelope, reason: str, worker: str) -> None:
-        self.count += 1
+    def write(
+        self, job: Envelope, reason: str, worker: str, status: str = "dead"
+    ) -> None:
+        """Keep `job` (``status`` dead, or failed: its handler failed, no policy)."""
+        if status == "dead":
+            self.count += 1  # /stats dead_lettered; a failure is counted as failed
         record = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "id": job.id,
+            "status": status,
             "attempts": job.attempt,
             "last_worker": worker,
             "reason": reason,
@@ -70,7 +83,10 @@ class DeadLetters:
                 line,
             )
             return
-        log.warning("job %s dead-lettered to %s: %s", job.id, self.path, reason)
+        if status == "dead":
+            log.warning("job %s dead-lettered to %s: %s", job.id, self.path, reason)
+        else:  # the worker logged the error; one line per failure is enough
+            log.debug("job %s failed; kept in %s", job.id, self.path)
 
     def at_stop(self, queued: Iterable[Envelope], links: Iterable[Link]) -> int:
         """A web stopping without a journal: write each job it still owes, once.
@@ -90,11 +106,12 @@ class DeadLetters:
         return count
 
     def tail(self, count: int, scan: int = 64 << 10) -> list[dict]:
-        """The last `count` records (newest first), without their bodies.
+        """The last `count` dead ones (newest first), without their bodies.
 
         Reads at most the file's last `scan` bytes: cheap enough for a page
         that asks once a second. A record re-sent (marked within that window)
-        says ``resent_as``: the job it was re-sent as.
+        says ``resent_as``: the job it was re-sent as. Failures kept are left
+        out: the page lists them among its recent failures (`kept` has both).
         """
         try:
             with open(self.path, "rb") as file:
@@ -110,7 +127,11 @@ class DeadLetters:
                 record = json.loads(line)
             except ValueError:  # the first, cut line of the window, or damage
                 continue
-            if isinstance(record, dict) and not claims.read(record):
+            if (
+                isinstance(record, dict)
+                and not claims.read(record)
+                and record.get("status", "dead") == "dead"
+            ):
                 record.pop("body", None)
                 record.pop("body_base64", None)
                 out.append(record)
@@ -133,28 +154,101 @@ class DeadLetters:
         claim is withdrawn). One append, then a read: processes sharing the
         file agree on the first line. Raises OSError if it cannot be written.
         """
-        self._append({"resent": dead_id, "as": job_id, "pid": os.getpid()})
+        self._append([{"resent": dead_id, "as": job_id, "pid": os.getpid()}])
         first = self.resent_as(dead_id)
         if first != job_id:
             self.withdraw(dead_id, job_id)
         return first or job_id
 
+    def claim_many(self, pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+        """`claim` for each (dead id, job id), in one append and one read.
+
+        Returns each dead id's job: its job id where the claim is the first
+        standing one, else the earlier claim's (this one withdrawn). Raises
+        OSError if the claims cannot be written.
+        """
+        pid = os.getpid()
+        self._append([{"resent": dead, "as": job, "pid": pid} for dead, job in pairs])
+        claims = self.read()[1]
+        firsts = {dead: claims.first(dead) or job for dead, job in pairs}
+        lost = [(dead, job) for dead, job in pairs if firsts[dead] != job]
+        if lost:
+            self.withdraw_many(lost)
+        return firsts
+
     def withdraw(self, dead_id: str, job_id: str) -> None:
         """The re-send claimed as `job_id` did not happen (a 503): strike it."""
-        try:
-            self._append({"withdrawn": dead_id, "as": job_id})
-        except OSError as exc:
-            log.error("cannot strike the re-send of %s as %s from %s (%s): the "
-                      "dead letter reads as re-sent; re-send it by hand",
-                      dead_id, job_id, self.path, exc)  # fmt: skip
+        self.withdraw_many([(dead_id, job_id)])
 
-    def _append(self, record: dict) -> None:
-        line = (json.dumps(record) + "\n").encode()
+    def withdraw_many(self, pairs: Sequence[tuple[str, str]]) -> None:
+        try:
+            self._append([{"withdrawn": dead, "as": job} for dead, job in pairs])
+        except OSError as exc:
+            log.error("cannot strike the re-send of %s from %s (%s): each reads "
+                      "as re-sent; re-send them again with again=True",
+                      ", ".join(f"{d} as {j}" for d, j in pairs[:10]), self.path,
+                      exc)  # fmt: skip
+
+    def _append(self, records: list[dict]) -> None:
+        """Append `records` in one write: appends of processes never interleave."""
+        data = "".join(json.dumps(record) + "\n" for record in records).encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)  # one write: appends of processes never interleave
+            view = memoryview(data)
+            while view:  # a short write (a full disk) leaves the rest: finish it
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
+
+    def read(self) -> tuple[dict[str, dict], _Claims]:
+        """Every job kept (id -> its last record, in file order) and the marks.
+
+        The whole file, bodies included: for a re-send or a listing, not for
+        a page polling once a second (`tail`).
+        """
+        records: dict[str, dict] = {}
+        claims = _Claims()
+        try:
+            with open(self.path, "rb") as file:
+                for line in file:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:  # a line cut by a crash, or damage
+                        continue
+                    if isinstance(record, dict) and not claims.read(record):
+                        job_id = str(record.get("id"))
+                        records.pop(job_id, None)  # the last record stands
+                        record.setdefault("status", "dead")
+                        records[job_id] = record
+        except FileNotFoundError:
+            pass
+        return records, claims
+
+    def kept(self, name: str | None = None, status: str | None = None) -> list[dict]:
+        """The jobs kept (oldest first), without bodies, by name and status.
+
+        A forwarded request's name is its path (``/jobs``), as in its status.
+        Each says ``resent_as`` once re-sent: the job it was re-sent as.
+        Raises OSError if the file exists and cannot be read.
+        """
+        records, claims = self.read()
+        out = []
+        for job_id, record in records.items():
+            if name is not None and job_name(record) != name:
+                continue
+            if status is not None and record["status"] != status:
+                continue
+            body = record.pop("body", None)
+            encoded = record.pop("body_base64", None)
+            record["body_bytes"] = (
+                len(body.encode()) if body is not None
+                else len(base64.b64decode(encoded or ""))
+            )  # fmt: skip
+            resent = claims.first(job_id)
+            if resent:
+                record["resent_as"] = resent
+            out.append(record)
+        return out
 
     def _claims(self, dead_id: str) -> _Claims:
         claims = _Claims()
@@ -192,21 +286,29 @@ class DeadLetters:
                             record = parsed
         except OSError:
             return None
-        if record is None:
-            return None
-        if "body_base64" in record:
-            body = base64.b64decode(record["body_base64"])
-        else:
-            body = record.get("body", "").encode("utf-8")
-        return Envelope(
-            "",
-            record["method"].encode("ascii"),
-            record["path"].encode("utf-8"),
-            record["query"].encode("latin-1"),
-            record["content_type"].encode("latin-1"),
-            body,
-            name=record.get("name", "").encode("utf-8"),
-        )
+        return None if record is None else envelope(record)
+
+
+def job_name(record: dict) -> str:
+    """A kept job's name: as pushed, or a forwarded request's path (as its status)."""
+    return str(record.get("name") or record.get("path") or "")
+
+
+def envelope(record: dict) -> Envelope:
+    """A kept record's request as a new job (no id yet), to submit again."""
+    if "body_base64" in record:
+        body = base64.b64decode(record["body_base64"])
+    else:
+        body = record.get("body", "").encode("utf-8")
+    return Envelope(
+        "",
+        record["method"].encode("ascii"),
+        record["path"].encode("utf-8"),
+        record["query"].encode("latin-1"),
+        record["content_type"].encode("latin-1"),
+        body,
+        name=record.get("name", "").encode("utf-8"),
+    )
 
 
 class _Claims:

@@ -37,6 +37,7 @@ from greenpipe.journal.slots import Identity
 from greenpipe.link import Event, Happened, Inbox, Link
 from greenpipe.queues import Queues
 from greenpipe.recovery import Recovery
+from greenpipe.resend import Resender, Resent
 from greenpipe.results import Keeper, ResultStore, store_path
 from greenpipe.settlement import Settlement
 from greenpipe.throttle import Throttle
@@ -77,6 +78,12 @@ class Dispatcher:
                            link_factory)  # fmt: skip
         self.finished = FinishedJobs(settings.status_keep, settings.status_ttl, clock)
         self.dead_letters = DeadLetters(settings.dead_letter)
+        self.resender = Resender(
+            self.dead_letters,
+            self._take_again,
+            lambda: self.admission.new_id(),
+            settings.resend_again_after,
+        )
         keys = IdempotencyKeys(settings.idempotency_ttl)
         self.journal: Journal | None = None
         if settings.journal_dir != "off":
@@ -218,36 +225,34 @@ class Dispatcher:
         """Submit a dead-lettered job again, from the dead-letter file, as a new job.
 
         Once per dead letter, whichever process sharing the file is asked and
-        whenever: the re-send is claimed in the file first (`DeadLetters.claim`),
-        and a dead letter claimed already answers its job, creating none (a
-        double click, or a click on another process's page, sends once).
-        Raises KeyError if the file has no such job, `Unavailable` as `submit`
-        (the claim struck), or if the file cannot be written (nothing sent).
+        whenever (`greenpipe.resend`): a dead letter re-sent already answers
+        its job, creating none (a double click, or a click on another
+        process's page, sends once). Raises KeyError if the file has no such
+        job, `Unavailable` as `submit` (the claim struck), or if the file
+        cannot be written (nothing sent).
         """
         found = self.dead_letters.find(job_id)
         if found is None:
             raise KeyError(job_id)
-        first = self.dead_letters.resent_as(job_id)
-        if first is not None:
-            return found.named(first)
-        new_id = self.admission.new_id()
-        try:
-            first = self.dead_letters.claim(job_id, new_id)
-        except OSError as exc:
-            raise Unavailable(
-                f"cannot mark dead letter {job_id} re-sent in "
-                f"{self.dead_letters.path} ({exc}); nothing was sent"
-            ) from None
-        if first != new_id:  # another process (or click) was first
-            return found.named(first)
-        try:
-            job = self.admission.take(found, "", self._draining, job_id=new_id)
-        except Unavailable:
-            self.dead_letters.withdraw(job_id, new_id)
-            raise
-        self.books.redriven += 1
-        log.warning("dead letter %s re-sent as job %s", job_id, job.id)
-        return job
+        done = self.resend([job_id])
+        if job_id in done.refused:
+            raise Unavailable(f"dead letter {job_id}: {done.refused[job_id]}")
+        return found.named(done.sent.get(job_id) or done.already[job_id])
+
+    def resend(
+        self,
+        ids: Sequence[str] = (),
+        name: str | None = None,
+        again: bool = False,
+        known: Callable[[str], bool] | None = None,
+    ) -> Resent:
+        """`Resender.resend` on this process's admission (see `Pipe.resend`)."""
+        done = self.resender.resend(ids, name, again, known)
+        self.books.redriven += len(done.sent)
+        return done
+
+    def _take_again(self, job: Envelope, job_id: str) -> Envelope:
+        return self.admission.take(job, "", self._draining, job_id=job_id)
 
     # -- the request path -----------------------------------------------------------
 

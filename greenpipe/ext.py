@@ -21,9 +21,12 @@ from greenpipe import routes
 from greenpipe.config import WebSettings, extension_environ, load_web
 from greenpipe.dashboard import dashboard_blueprint
 from greenpipe.errors import BadJob, ConfigError, Unavailable
+from greenpipe.failedroutes import failed_blueprint
 from greenpipe.handling import in_app_context
 from greenpipe.jobs import Handler, Outcome
-from greenpipe.pipe import MISSING, InlinePipe, Pipe, Receipt, load_handlers
+from greenpipe.pipe import InlinePipe, Pipe, Receipt, load_handlers
+from greenpipe.pushargs import MISSING
+from greenpipe.resend import Resent
 from greenpipe.turns import took_turn
 from greenpipe.values import flag
 
@@ -274,6 +277,8 @@ class Greenpipe:
             app.register_blueprint(operator, url_prefix=prefix)
             board = dashboard_blueprint(self.pipe_for, lambda: public)
             app.register_blueprint(board, url_prefix=prefix)
+            kept = failed_blueprint(self.pipe_for, lambda: public)
+            app.register_blueprint(kept, url_prefix=prefix)
 
     def public_ops_routes(self, app: Flask | None = None) -> bool:
         """Whether /stats, /metrics and /dashboard answer on the app's own port
@@ -369,6 +374,19 @@ class Greenpipe:
     def status(self, job_id: str) -> dict[str, Any] | None:
         """What became of a job: queued, in_flight, done, failed, dead, or None."""
         return self.pipe.status(job_id)
+
+    def failed_jobs(
+        self, name: str | None = None, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The failed and dead jobs kept to re-send: see `Pipe.failed_jobs`."""
+        return self.pipe.failed_jobs(name, status)
+
+    def resend(
+        self, *ids: str, name: str | None = None, every: bool = False,
+        again: bool = False,
+    ) -> Resent:  # fmt: skip
+        """Send kept jobs again, each at most once: see `Pipe.resend`."""
+        return self.pipe.resend(*ids, name=name, every=every, again=again)
 
     def start(self, app: Flask | None = None) -> Pipe:
         """Start the pipe now (else the first request does) and return it."""

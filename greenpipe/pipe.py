@@ -6,10 +6,8 @@ process, for tests of views without workers (``GREENPIPE_INLINE``).
 
 from __future__ import annotations
 
-import json as jsonlib
 import logging
 import os
-import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -32,9 +30,10 @@ from greenpipe.handling import NO_POLICY, run_handler
 from greenpipe.history import History
 from greenpipe.jobs import Envelope, Job, Outcome, Status, new_job_id
 from greenpipe.patching import check_pipe_start
+from greenpipe.pushargs import MISSING, check_wait, not_before, outcome_payload, payload
+from greenpipe.resend import Resent, chosen_ids
 from greenpipe.siblings import Question, Siblings
 
-MISSING: Any = object()
 # Every Pipe, so that a forked child knows none of them runs in it (the links
 # and greenlets stayed in the parent: pyzmq#1330). Checked by fork hook, not by
 # calling getpid() on every request.
@@ -59,100 +58,11 @@ class Receipt:
     name: str
 
 
-def _payload(
-    name: str, json: Any, body: bytes | str | None, content_type: str | None
-) -> tuple[bytes, bytes, bytes]:
-    """(name, body, content type) as bytes, or ValueError naming what is wrong."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"push: the job name must be a non-empty str, got {name!r}")
-    raw_name = name.encode("utf-8")
-    if len(raw_name) > 255:
-        raise ValueError(
-            f"push: the job name is {len(raw_name)} bytes of UTF-8; at most 255"
-        )
-    if json is not MISSING and body is not None:
-        raise ValueError("push: give json=... or body=..., not both")
-    if json is not MISSING:
-        try:
-            raw = jsonlib.dumps(json).encode()
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"push: json= is not JSON-serialisable ({exc})") from None
-        kind = content_type or "application/json"
-    else:
-        raw = body.encode("utf-8") if isinstance(body, str) else (body or b"")
-        if content_type:
-            kind = content_type
-        elif isinstance(body, str):
-            kind = "text/plain; charset=utf-8"
-        else:
-            kind = "application/octet-stream" if raw else ""
-    return raw_name, raw, kind.encode("latin-1")
-
-
 _INLINE = {
     protocol.OK: Status.DONE,
     protocol.FAILED: Status.FAILED,
     protocol.CANCELLED: Status.CANCELLED,
 }
-
-
-def not_before(delay: Any, at: Any, horizon: float) -> float:
-    """The wall time a delayed job waits for (0: none), or `BadJob` naming why.
-
-    `delay` in seconds, or `at` an aware datetime; at most `horizon` seconds
-    ahead (MAX_DELAY). A delay of 0, or a time already past, is no delay.
-    """
-    if delay is not None and at is not None:
-        raise BadJob("push: give delay=... or at=..., not both")
-    now = time.time()
-    if at is not None:
-        if not isinstance(at, datetime) or at.tzinfo is None:
-            raise BadJob(
-                f"push: at={at!r} is not an aware datetime; give e.g. "
-                "datetime.now(timezone.utc) + timedelta(minutes=5)"
-            )
-        due = at.timestamp()  # exactly: a handler may compare against it
-        _check_horizon(due - now, horizon)
-        return due if due > now else 0.0
-    if delay is None:
-        return 0.0
-    if (
-        isinstance(delay, bool)
-        or not isinstance(delay, int | float)
-        or not (0 <= delay < float("inf"))
-    ):
-        raise BadJob(f"push: delay={delay!r} is not a number of seconds >= 0")
-    _check_horizon(delay, horizon)
-    return now + delay if delay > 0 else 0.0
-
-
-def _check_horizon(delay: float, horizon: float) -> None:
-    if delay > horizon:
-        raise BadJob(
-            f"push: a delay of {delay:.0f} s is over MAX_DELAY ({horizon:g} s); "
-            "push it nearer its time, or raise MAX_DELAY"
-        )
-
-
-def _check_wait(wait: Any) -> float:
-    """`wait` as seconds, or ValueError: a negative or non-number wait is a bug."""
-    if (
-        isinstance(wait, bool)
-        or not isinstance(wait, int | float)
-        or not (0 <= wait < float("inf"))
-    ):
-        raise ValueError(
-            f"push: wait must be a number of seconds >= 0, got {wait!r}; "
-            "0 (the default) returns a Receipt at once"
-        )
-    return float(wait)
-
-
-def _outcome_payload(found: dict[str, Any]) -> bytes:
-    """A finished job's result or error (its status), as an `Outcome`'s payload."""
-    if "result" in found:
-        return jsonlib.dumps(found["result"]).encode()
-    return str(found.get("error") or found.get("reason") or "").encode()
 
 
 class Pipe:
@@ -301,8 +211,8 @@ class Pipe:
         same `idempotency_key` within IDEMPOTENCY_TTL returns the first job's
         id and creates no second job.
         """
-        wait = _check_wait(wait)
-        raw_name, raw, kind = _payload(name, json, body, content_type)
+        wait = check_wait(wait)
+        raw_name, raw, kind = payload(name, json, body, content_type)
         self._check_size(raw)
         if idempotency_key:
             try:
@@ -323,7 +233,7 @@ class Pipe:
         wait: float = 0,
     ) -> Receipt | Outcome:
         """A request-shaped job (as web.py makes of each request), named by its path."""
-        wait = _check_wait(wait)
+        wait = check_wait(wait)
         self._check_size(body)
         # The path is text, and a name: UTF-8, as READY announces names and
         # as a request's raw path arrives (latin-1 here cut "/résumé" wrong).
@@ -360,7 +270,7 @@ class Pipe:
             status = Status(found["status"])
             if not (status.finished or status.waiting):
                 return None  # queued or in flight: nothing to say yet
-            return Outcome(found.get("worker", ""), status, _outcome_payload(found),
+            return Outcome(found.get("worker", ""), status, outcome_payload(found),
                            job.id)  # fmt: skip
         return self.dispatcher.outcome(job, timeout)
 
@@ -391,6 +301,48 @@ class Pipe:
         if not self.started:
             self.start()
         return self.dispatcher.redrive(job_id)
+
+    def failed_jobs(
+        self, name: str | None = None, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The jobs kept in DEAD_LETTER (oldest first), without their bodies.
+
+        Each has ``status`` ``failed`` (its handler failed; no retry policy) or
+        ``dead`` (given up on: ``reason``), its ``name``, ``errors``, ``runs``,
+        ``time``, ``body_bytes``, and ``resent_as`` once re-sent. Filtered by
+        job `name` and by `status`. Read from the file: any process sharing
+        it answers the same. Raises OSError if the file cannot be read.
+        """
+        return self.dispatcher.dead_letters.kept(name, status)
+
+    def resend(
+        self,
+        *ids: str,
+        name: str | None = None,
+        every: bool = False,
+        again: bool = False,
+    ) -> Resent:
+        """Send kept jobs (`failed_jobs`) again, each as a new job, at most once.
+
+        By id, or all named `name`, or ``every=True``. A job re-sent before,
+        by any process sharing the file, is not sent again: it is in
+        ``already`` with the job it was sent as. ``again=True`` re-sends those
+        whose job never ran (a web killed between the mark and the journal
+        write; see `greenpipe.resend`); it needs the result store. Raises
+        ValueError if nothing is chosen, OSError if the file cannot be read.
+        """
+        chosen = chosen_ids(ids)
+        if (bool(chosen), name is not None, every).count(True) != 1:
+            raise ValueError(
+                "resend: give one of job ids, name=, or every=True (every kept "
+                f"job); got ids={chosen[:3]!r}, name={name!r}, every={every!r}"
+            )
+        if not self.started:
+            self.start()
+        known = None
+        if self.dispatcher.keeper is not None:
+            known = lambda job_id: self.status(job_id) is not None  # noqa: E731
+        return self.dispatcher.resend(chosen, name, again, known)
 
     @property
     def name(self) -> str:
@@ -573,6 +525,20 @@ class InlinePipe(Pipe):
 
     def dead_letters(self, count: int) -> list[dict[str, Any]]:
         return []
+
+    def failed_jobs(
+        self, name: str | None = None, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        return []  # nothing is kept inline: a failure is its status alone
+
+    def resend(
+        self,
+        *ids: str,
+        name: str | None = None,
+        every: bool = False,
+        again: bool = False,
+    ) -> Resent:
+        return Resent(unknown=chosen_ids(ids))
 
     @property
     def dead_letter_file(self) -> str:

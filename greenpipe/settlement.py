@@ -126,7 +126,8 @@ class Settlement:
     ) -> list[tuple[Envelope, Status, bytes]]:
         """The jobs a result finishes; those whose handler asked for a retry wait.
 
-        A failure after retries is the job's last: dead-lettered with its errors.
+        A failure after retries is the job's last: dead-lettered with its errors;
+        a failure with no retry policy is kept there too, as ``failed``.
         """
         finished, held = [], []
         for job, status, payload in results:
@@ -151,6 +152,10 @@ class Settlement:
                 note = f"its handler failed {job.retries + 1} times (retries spent)"
                 self.dead_letters.write(job, note, link.name)
                 status = Status.DEAD
+            elif status is Status.FAILED:  # no retry policy: kept, re-sendable
+                job.errors = [*job.errors, payload.decode("utf-8", "replace")]
+                note = "its handler failed (it had no retry policy)"
+                self.dead_letters.write(job, note, link.name, Status.FAILED)
             if status is Status.CANCELLED:
                 self.books.cancelled += 1
             finished.append((job, status, payload))

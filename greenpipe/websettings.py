@@ -64,7 +64,15 @@ class PipeSettings:
         "are delivered again); MAX_ATTEMPTS is its old name",
     )
     dead_letter: str = setting(
-        "dead-letter.jsonl", values.path, "file for jobs given up on"
+        "dead-letter.jsonl",
+        values.path,
+        "file for jobs that failed for good (failed or dead), to re-send",
+    )
+    resend_again_after: float = setting(
+        30.0,
+        values.seconds,
+        "seconds after which a re-send whose job nothing knows is taken as never "
+        "sent (a web killed mid-way): resend --again sends it",
     )
     status_keep: int = setting(
         10_000, values.positive_int, "finished jobs whose status GET /jobs/<id> keeps"

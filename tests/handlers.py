@@ -10,6 +10,7 @@ The JSON body steers the work:
     {"block": 3}                    blocks the worker's event loop for 3 s
     {"block_first": 3}              the same, on attempt 1 only
     {"fail": "text"}                raises RuntimeError("text")
+    {"fail_unless": "/a/path"}      raises RuntimeError until that file exists
     {"result": ...}                 returned as the result
 
 GREENPIPE_SLEEP=0.2 in a worker's environment makes every job sleep that long
@@ -52,6 +53,8 @@ def record(job: Job):
     write_record(job)
     if steer.get("fail"):
         raise RuntimeError(steer["fail"])
+    if steer.get("fail_unless") and not os.path.exists(steer["fail_unless"]):
+        raise RuntimeError(f"{steer['fail_unless']} does not exist yet")
     return steer.get("result")
 
 

@@ -17,7 +17,7 @@ from greenpipe.config import load_web
 from greenpipe.jobs import issued_at
 from tests.support import PYTHON, ROOT, Proc, Web
 
-OPERATOR = ("/stats", "/metrics", "/dashboard", "/dashboard/data")
+OPERATOR = ("/stats", "/metrics", "/dashboard", "/dashboard/data", "/failed")
 
 
 def _id_bits(ids: list[str]) -> None:
@@ -72,6 +72,9 @@ def test_a_user_app_serves_no_operator_route_by_default_but_its_jobs():
     resend = client.post(f"/dashboard/dead/{ids[0]}/resend",
                          headers={"X-Greenpipe-Action": "resend"})  # fmt: skip
     assert resend.status_code == 404
+    resend = client.post("/failed/resend", json={"every": True},
+                         headers={"X-Greenpipe-Action": "resend"})  # fmt: skip
+    assert resend.status_code == 404, "the kept jobs' re-send is the operator's"
     assert client.get(f"/jobs/{ids[0]}").get_json()["result"] == {"charged": 5}
     assert client.get("/healthz").status_code == 200
     cancel = client.delete(f"/jobs/{ids[0]}", headers={"X-Greenpipe-Action": "cancel"})
@@ -83,6 +86,7 @@ def test_operator_routes_are_opt_in_on_a_user_app():
     client = _user_app(GREENPIPE_OPS_ROUTES=True).test_client()
     assert client.get("/stats").status_code == 200
     assert client.get("/metrics").status_code == 200
+    assert client.get("/failed").get_json()["jobs"] == [], "inline: none kept"
 
 
 USER_APP = """

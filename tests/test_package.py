@@ -67,4 +67,6 @@ def test_greenpipe_without_a_command_says_what_it_takes():
     done = subprocess.run([PYTHON, "-m", "greenpipe", "serve"], cwd=ROOT,
                           capture_output=True, text=True, timeout=30)  # fmt: skip
     assert done.returncode == 2
-    assert "expected 'web', 'worker', 'schedule' or 'keys', got 'serve'" in done.stderr
+    assert "expected 'web', 'worker', 'schedule', 'jobs' or 'keys', got 'serve'" in (
+        done.stderr
+    )

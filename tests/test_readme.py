@@ -420,6 +420,52 @@ def run_routing(block: Block, request: pytest.FixtureRequest) -> None:
             proc.stop(timeout=8)
 
 
+def run_failed_jobs(block: Block, request: pytest.FixtureRequest) -> None:
+    """billing.py and its six lines: a charge fails and is kept, is listed,
+    and once the card is fixed is re-sent and runs; the printed lines are the
+    documented ones."""
+    need("curl", "curl")
+    if block.argument in _ran:
+        pytest.skip(f"{block.where}: run with the first block of its section")
+    _ran.add(block.argument)
+    tmp: Path = request.getfixturevalue("tmp_path")
+    shell = Shell(tmp)
+    code, commands = (
+        b for b in BLOCKS if b.kind == "run" and b.argument == "failed-jobs"
+    )
+    (tmp / "billing.py").write_text(code.text)
+    worker_line, web_line, curl, listing, touch, resend = commands.commands()
+    procs = [shell.start(worker_line, "worker")]
+    try:
+        procs[0].expect(r"listening on tcp://", timeout=20)
+        procs.append(shell.start(web_line, "web", shell.web_defaults()))
+        healthy(shell.port(4567), "python web.py --workers 127.0.0.1:4444")
+        job_id = json.loads(shell.run(curl, timeout=20))["id"]
+        poll_until(lambda: call(shell.port(4567), "GET", f"/jobs/{job_id}")[1],
+                   lambda r: r.get("status") == "failed", 20,
+                   f"job {job_id} failed (card declined)")  # fmt: skip
+        listed = shell.run(listing, timeout=30)
+        shell.run(touch)
+        resent = shell.run(resend, timeout=30)
+        new_id = resent.split()[3]
+        poll_until(lambda: call(shell.port(4567), "GET", f"/jobs/{new_id}")[1],
+                   lambda r: r.get("result") == {"charged": 42}, 20,
+                   f"the re-sent job {new_id} charged")  # fmt: skip
+    finally:
+        for proc in reversed(procs):
+            proc.stop(timeout=8)
+    printed = next(b for b in BLOCKS if b.kind == "output" and "1 kept in" in b.text)
+    expected = printed.text.strip().splitlines()
+    got = (listed + resent).strip().splitlines()
+    assert len(got) == len(expected), got
+    masked = [re.sub(r"\S*-[0-9a-f]{40}", "<id>", line) for line in got]
+    masked = [re.sub(r"^\S+T\S+\+0000", "2026-12-05T10:12:03+0000", line)
+              for line in masked]  # fmt: skip
+    masked[0] = re.sub(r"in \S*dead-letter.jsonl", "in dead-letter.jsonl", masked[0])
+    masked[-2] = masked[-2].replace("as <id>", "as <new id>")
+    assert masked == expected, f"printed:\n{(listed + resent)}"
+
+
 RECIPES: dict[str, Callable[[Block, pytest.FixtureRequest], None]] = {
     "original": run_original,
     "curls": run_curls,
@@ -434,6 +480,7 @@ RECIPES: dict[str, Callable[[Block, pytest.FixtureRequest], None]] = {
     "config-error": run_config_error,
     "periodic": run_periodic,
     "routing": run_routing,
+    "failed-jobs": run_failed_jobs,
 }
 _ran: set[str] = set()  # recipes that cover several blocks run once
 _completed: set[str] = set()  # commands run to their end already

@@ -1,0 +1,323 @@
+"""Failed jobs kept and re-sent (issue 33): the dead-letter file keeps a job
+whose handler failed with no retry policy (``failed``) beside those given up
+on (``dead``); ``pipe.resend``, ``POST /failed/resend`` and ``greenpipe jobs
+resend`` send each again at most once, whichever process is asked, however
+often, and across a web killed in the middle.
+
+The claims and their interleavings are explored in process (a seeded model);
+the CLI, the HTTP routes and a kill -9 during a bulk re-send run real processes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import threading
+from collections import Counter
+from pathlib import Path
+
+import gevent
+import pytest
+
+from greenpipe import protocol
+from greenpipe.deadletter import DeadLetters
+from greenpipe.errors import Unavailable
+from greenpipe.jobs import Envelope, new_job_id
+from greenpipe.resend import Resender
+from greenpipe.testing import PYTHON, poll_until
+from tests.support import handled_ids
+from tests.test_core import Clock, hear, make, ready
+
+SEEDS_FAST = range(20)
+SEEDS_THOROUGH = range(20, 320)
+
+
+def _dead(
+    path: Path, count: int, name: str = "charge", status: str = "dead"
+) -> list[str]:
+    """`count` jobs kept in `path`, each with its own id in its body."""
+    letters, ids = DeadLetters(str(path)), []
+    for n in range(count):
+        job = Envelope.new(b"POST", b"/jobs", b"", b"application/json",
+                           json.dumps({"n": n, "of": name}).encode(), name=name.encode())  # fmt: skip
+        job.named(new_job_id("feedface-"))
+        letters.write(job, "lost", "", status)
+        ids.append(job.id)
+    return ids
+
+
+# -- the file ------------------------------------------------------------------------
+
+
+@pytest.mark.inprocess
+def test_kept_lists_failed_and_dead_by_name_and_status_without_bodies(tmp_path):
+    path = tmp_path / "dead.jsonl"
+    dead = _dead(path, 2, "charge")
+    failed = _dead(path, 3, "resize", "failed")
+    letters = DeadLetters(str(path))
+    assert [r["id"] for r in letters.kept()] == dead + failed, "oldest first"
+    assert [r["id"] for r in letters.kept(name="resize")] == failed
+    assert [r["id"] for r in letters.kept(status="dead")] == dead
+    assert all("body" not in r and r["body_bytes"] > 10 for r in letters.kept())
+    assert letters.count == 0, "a new DeadLetters counts what it writes"
+    assert [r["id"] for r in letters.tail(10)] == dead[::-1], (
+        "the page's list stays the dead ones; failures are its own list"
+    )
+    assert letters.claim_many([(dead[0], "x-1"), (failed[0], "x-2")]) == {
+        dead[0]: "x-1", failed[0]: "x-2"}  # fmt: skip
+    assert letters.claim_many([(dead[0], "x-3")]) == {dead[0]: "x-1"}, "first stands"
+    assert letters.kept()[0]["resent_as"] == "x-1"
+    letters.withdraw(dead[0], "x-1")
+    assert letters.resent_as(dead[0]) is None, "struck, and x-3 withdrew itself"
+
+
+@pytest.mark.inprocess
+def test_a_failure_with_no_policy_is_kept_as_failed_and_resent_from_python(
+    tmp_path,
+):
+    """Before: a failing job with no retry policy was kept nowhere; its body
+    went at STATUS_TTL or the next restart and nothing could run it again."""
+    d = make(Clock(), workers="127.0.0.1:1", dead_letter=tmp_path / "dead.jsonl")
+    link = d.links[0]
+    ready(d, link)
+    job = d.submit(Envelope.new(b"POST", b"/jobs", b"", b"", b'{"sku": 7}',
+                                name=b"charge"))  # fmt: skip
+    d.flush()
+    hear(d, link, protocol.encode_acks([], [protocol.encode_result(
+        job.id.encode(), protocol.FAILED, b"RuntimeError: card declined")]))  # fmt: skip
+    assert d.status(job.id)["status"] == "failed", "its status is unchanged"
+    (kept,) = d.dead_letters.kept()
+    assert (kept["id"], kept["status"], kept["name"]) == (job.id, "failed", "charge")
+    assert kept["errors"] == ["RuntimeError: card declined"], kept
+    assert d.stats()["dead_lettered"] == 0, "a failure is counted as failed, not dead"
+    done = d.resend([job.id])
+    (new_id,) = done.sent.values()
+    assert d.queues.status(new_id) or any(new_id.encode() in x.jobs for x in d.links)
+    assert d.resend([job.id]).already == {job.id: new_id}, "a second asks makes none"
+    assert d.stats()["redriven"] == 1
+    d.close()
+
+
+# -- the model: claims under interleavings and crashes ------------------------------
+
+
+class _Web:
+    """One web process as the re-send sees it: its takes commit to `journal`
+    after a few switches, or never, once it has crashed."""
+
+    def __init__(self, n: int, path: Path, journal: dict, rng: random.Random,
+                 refusals: float = 0.05) -> None:  # fmt: skip
+        self.n, self.journal, self.rng, self.crashed = n, journal, rng, False
+        self.refusals = refusals
+        self.resender = Resender(DeadLetters(str(path)), self.take,
+                                 lambda: new_job_id(f"{n:08x}-"), -2.0)  # fmt: skip
+
+    def take(self, job: Envelope, job_id: str) -> Envelope:
+        for _ in range(self.rng.randrange(4)):
+            gevent.sleep(0)
+        if self.crashed:
+            gevent.sleep(3600)  # killed: its journal write never happens
+        if self.rng.random() < self.refusals:
+            raise Unavailable("MAX_PENDING reached")
+        self.journal[job_id] = job.body.decode()  # which letter it came from
+        return job.named(job_id)
+
+
+def _one_run(seed: int, tmp_path: Path) -> None:
+    rng = random.Random(seed)
+    path = tmp_path / f"dead-{seed}.jsonl"
+    ids = _dead(path, rng.randrange(5, 260), rng.choice(["a", "b"]))
+    ids += _dead(path, rng.randrange(1, 30), "c", "failed")
+    journal: dict[str, str] = {}
+    webs = [_Web(n, path, journal, rng) for n in range(rng.randrange(1, 4))]
+    asks = []
+    for web in webs:
+        for _ in range(rng.randrange(1, 4)):
+            pick = rng.random()
+            if pick < 0.4:
+                asks.append((web, rng.sample(ids, rng.randrange(1, len(ids))), None))
+            elif pick < 0.7:
+                asks.append((web, (), rng.choice(["a", "b", "c"])))
+            else:
+                asks.append((web, (), None))  # every one
+    running = [(web, gevent.spawn(web.resender.resend, chosen, name))
+               for web, chosen, name in asks]  # fmt: skip
+    victim = rng.choice([*webs, None])
+    if victim is not None:  # kill -9 after some switches: claims written, takes not
+        for _ in range(rng.randrange(1, 30)):
+            gevent.sleep(0)
+        victim.crashed = True
+    alive = [g for web, g in running if web is not victim]
+    gevent.joinall(alive, timeout=30, raise_error=True)
+    assert all(g.ready() for g in alive), f"seed {seed}: a re-send never finished"
+    gevent.killall([g for _, g in running])
+    letters = DeadLetters(str(path))
+    claims = letters.read()[1]
+    for g in alive:
+        for dead, job_id in {**g.value.sent, **g.value.already}.items():
+            # What it answered stands, or was a concurrent claim then refused
+            # and struck (a later ask re-sends: the documented limit).
+            first = claims.first(dead)
+            assert first == job_id or (dead, job_id) in claims._withdrawn, (
+                f"seed {seed}: {dead} answered {job_id}, not {first}"
+            )
+        for job_id in g.value.sent.values():
+            assert journal.get(job_id) is not None, f"seed {seed}: sent, not taken"
+    twice = [n for n, count in Counter(journal.values()).items() if count > 1]
+    assert not twice, f"seed {seed}: dead letters {twice[:5]} made two jobs"
+    # The web restarted: `again` re-sends each claim whose job never ran.
+    survivor = _Web(99, path, journal, random.Random(seed), refusals=0.0)
+    done = survivor.resender.resend(again=True, known=journal.__contains__)
+    assert not done.refused and not done.unknown, f"seed {seed}: {done}"
+    standing = {r["id"]: r.get("resent_as") for r in letters.kept()}
+    missing = [d for d, j in standing.items() if j not in journal]
+    assert not missing, f"seed {seed}: {len(missing)} never re-sent: {missing[:3]}"
+    # A job struck by `again` never reached the journal: every job made is a
+    # letter's standing one, so no letter ran twice.
+    extra = set(journal) - set(standing.values())
+    assert not extra, f"seed {seed}: jobs made but not standing: {sorted(extra)[:3]}"
+    assert len(journal) == len(standing), f"seed {seed}: one job per letter"
+
+
+@pytest.mark.inprocess
+@pytest.mark.parametrize("seed", SEEDS_FAST)
+def test_resends_interleaved_with_a_crash_make_one_job_per_letter(seed, tmp_path):
+    """Several processes re-send overlapping choices at once, one is killed
+    between its claims and its takes, a take is refused now and then; then
+    ``again``: every letter has exactly one job, none two."""
+    _one_run(seed, tmp_path)
+
+
+@pytest.mark.thorough
+@pytest.mark.parametrize("seed", SEEDS_THOROUGH)
+def test_resends_interleaved_with_a_crash_more_seeds(seed, tmp_path):
+    _one_run(seed, tmp_path)
+
+
+@pytest.mark.inprocess
+def test_again_leaves_a_claim_that_may_still_be_submitted(tmp_path):
+    """A claim younger than RESEND_AGAIN_AFTER may be a take in progress on
+    another process: ``again`` must not strike it (that would make two)."""
+    path = tmp_path / "dead.jsonl"
+    (dead,) = _dead(path, 1)
+    letters = DeadLetters(str(path))
+    letters.claim(dead, new_job_id("feedface-"))  # a take now in progress elsewhere
+    resender = Resender(letters, lambda job, job_id: job.named(job_id),
+                        lambda: new_job_id("feedface-"), 30.0)  # fmt: skip
+    done = resender.resend(again=True, known=lambda job_id: False)
+    assert not done.sent and dead in done.already, done
+    with pytest.raises(ValueError, match="result store"):
+        resender.resend(again=True, known=None)
+
+
+# -- real processes -------------------------------------------------------------------
+
+
+def _jobs(web, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "-m", "greenpipe", "jobs", "--web", f"http://127.0.0.1:{web.port}",
+         *args], capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_a_failed_job_is_listed_and_rerun_from_the_cli_once(
+    start_worker, start_web, record_dir, tmp_path
+):
+    """The issue: a no-policy failure re-run from the CLI; a second re-send,
+    on another web process, makes no second job."""
+    flag = tmp_path / "card-fixed"
+    web = start_web([start_worker()], web_processes=2, ops_port=0)
+    failing = [web.post("/jobs", {"fail_unless": str(flag), "n": n})[2]["id"]
+               for n in range(3)]  # fmt: skip
+    fine = web.post("/jobs", {"result": 1})[2]["id"]
+    for job_id in failing:
+        poll_until(lambda j=job_id: web.get(f"/jobs/{j}")[2].get("status"),
+                   "failed".__eq__, 20, f"job {job_id} failed")  # fmt: skip
+    listed = _jobs(web, "failed")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("3 kept in "), listed.stdout
+    for job_id in failing:
+        assert f"failed  {job_id}  /jobs" in listed.stdout, listed.stdout
+    assert "does not exist yet" in listed.stdout and fine not in listed.stdout
+    flag.touch()
+    resent = _jobs(web, "resend", "--name", "/jobs")
+    assert resent.returncode == 0, resent.stdout + resent.stderr
+    assert "3 re-sent, 0 already" in resent.stdout, resent.stdout
+    made = [line.split()[-1] for line in resent.stdout.splitlines()
+            if line.startswith("re-sent ")]  # fmt: skip
+    again = _jobs(web, "resend", *failing)
+    assert "0 re-sent, 3 already" in again.stdout, again.stdout
+    assert sorted(line.split()[-3] for line in again.stdout.splitlines()
+                  if line.startswith("already")) == sorted(made)  # fmt: skip
+    for job_id in made:
+        poll_until(lambda j=job_id: web.get(f"/jobs/{j}")[2].get("status"),
+                   "done".__eq__, 20, f"the re-sent job {job_id} done")  # fmt: skip
+    assert sum(handled_ids(record_dir)[j] for j in made) == 3
+    as_json = json.loads(_jobs(web, "failed", "--json").stdout)
+    assert {j["resent_as"] for j in as_json["jobs"]} == set(made)
+
+
+def test_the_routes_refuse_what_they_cannot_do_saying_what_to_send(
+    start_worker, start_web
+):
+    web = start_web([start_worker()])
+    action = {"X-Greenpipe-Action": "resend"}
+    code, _, body = web.post("/failed/resend", {"every": True})
+    assert code == 403 and "X-Greenpipe-Action" in body["detail"], body
+    for sent, words in [({"ids": "abc"}, "list of job ids"),
+                        ({"name": "a", "every": True}, "one of"),
+                        ({}, "one of"), ({"evry": True}, "'evry'"),
+                        ({"again": "yes"}, "true or false")]:  # fmt: skip
+        code, _, body = web.post("/failed/resend", sent, headers=action)
+        assert code == 400 and words in body["detail"], (sent, body)
+    code, _, body = web.get("/failed?status=lost")
+    assert code == 400 and "failed, dead" in body["detail"], body
+    code, _, body = web.post("/failed/resend", {"ids": ["nope"]}, headers=action)
+    assert code == 200 and body["unknown"] == ["nope"], body
+    gone = _jobs(web, "resend")
+    assert gone.returncode == 2 and "--name NAME or --all" in gone.stderr
+    web.proc.signal(signal.SIGTERM)
+    assert web.proc.wait_exit(10) == 0
+    down = _jobs(web, "failed")
+    assert down.returncode == 2 and "cannot reach the web" in down.stderr, down.stderr
+
+
+def test_a_bulk_resend_of_1000_under_kill_9_runs_each_once_more_never_twice(
+    start_worker, start_web, record_dir, tmp_path
+):
+    """The issue's test: 1,000 dead letters re-sent at once, the web killed -9
+    in the middle, restarted; ``resend --all`` and then ``--again`` finish the
+    job. Every letter ends with one job that ran; no other job was made."""
+    path = tmp_path / "dead-letter.jsonl"
+    dead = _dead(path, 1000)
+    worker = start_worker()
+    web = start_web([worker], resend_again_after=1)
+    bulk = threading.Thread(target=_jobs, args=(web, "resend", "--all"), daemon=True)
+    bulk.start()
+    poll_until(lambda: path.read_text().count('"resent"'), lambda n: n >= 300, 30,
+               "300 of the re-sends claimed")  # fmt: skip
+    web.proc.signal(signal.SIGKILL)
+    web.proc.wait_exit(5)
+    bulk.join(30)
+    web = start_web([worker], resend_again_after=1)
+    rest = _jobs(web, "resend", "--all")
+    assert rest.returncode == 0, rest.stdout[-2000:] + rest.stderr
+    web.wait_settled(60)
+
+    def again() -> str:
+        return _jobs(web, "resend", "--all", "--again").stdout.splitlines()[-1]
+
+    # Claims the kill stranded are taken once RESEND_AGAIN_AFTER (1 s) passed.
+    poll_until(again, lambda last: last.startswith("0 re-sent, 1000 already"), 30,
+               "every letter's job known (strays re-sent with --again)")  # fmt: skip
+    web.wait_settled(60)
+    kept = DeadLetters(str(path)).kept()
+    standing = {r["id"]: r.get("resent_as") for r in kept}
+    assert set(standing) == set(dead) and None not in standing.values()
+    handled = handled_ids(record_dir)
+    never = [d for d, j in standing.items() if handled[j] == 0]
+    assert not never, f"{len(never)} letters whose job never ran: {never[:3]}"
+    extra = set(handled) - set(standing.values())
+    assert not extra, f"{len(extra)} jobs made beside the standing ones: twice"
