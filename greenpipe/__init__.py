@@ -7,7 +7,7 @@ The public names, importable from ``greenpipe`` directly:
 - `Pipe`: the core, without Flask (``Pipe(workers=[...]).push(...)``)
 - `Handlers`: the worker's registry of handlers by job name
 - `Job`: what a handler receives; `Receipt`, `Outcome`, `Status`: what
-  ``push`` gives back; `Resent`: what ``resend`` did
+  ``push`` gives back; `Resent`, `Purged`: what ``resend`` and ``purge`` did
 - `serve`: run a Flask app with greenpipe as web.py does
 - `patch_all`: gevent's ``monkey.patch_all()``, cheaper to start (its plugin
   lookups read once), for a program's first statement
@@ -37,6 +37,7 @@ _WHERE = {
     "Outcome": "greenpipe.jobs",
     "Status": "greenpipe.jobs",
     "Resent": "greenpipe.resend",
+    "Purged": "greenpipe.purge",
     "serve": "greenpipe.serving",
     "patch_all": "greenpipe.boot",
     "Retry": "greenpipe.handling",
@@ -65,6 +66,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from greenpipe.handling import Cancelled, JobTimeout, Retry  # noqa: F401
     from greenpipe.jobs import Job, Outcome, Status  # noqa: F401
     from greenpipe.pipe import Pipe, Receipt  # noqa: F401
+    from greenpipe.purge import Purged  # noqa: F401
     from greenpipe.resend import Resent  # noqa: F401
     from greenpipe.routes import json_errors  # noqa: F401
     from greenpipe.serving import serve  # noqa: F401

@@ -53,3 +53,41 @@ def job_status(
         if job is not None:
             return unfinished(job, Status.IN_FLIGHT, link.name)
     return queues.status(job_id) or settlement.status(job_id) or finished.get(job_id)
+
+
+STATES = ("queued", "scheduled", "retrying", "in_flight")
+
+
+def held_jobs(
+    links: Sequence[Link],
+    queues: Queues,
+    settlement: Settlement,
+    status: str | None = None,
+    name: str | None = None,
+) -> list[dict]:
+    """Every job this process holds and has not finished, as its status answers
+    it: queued (in the order they go), scheduled and retrying (by time), then
+    in flight (by worker); filtered by `status` (one of `STATES`) and `name`
+    (a forwarded request's is its path). One pass over what the web holds."""
+    if status is not None and status not in STATES:
+        raise ValueError(
+            f"status {status!r} is not one of {', '.join(STATES)}; a finished "
+            "job is looked up by id (GET /jobs/<id>), a failed one in the kept "
+            "jobs (GET /failed)"
+        )
+    out = []
+    raw = None if name is None else name.encode("utf-8")
+    for job, state in queues.held():
+        if (status is None or state.value == status) and (
+            raw is None or (job.name or job.path) == raw
+        ):
+            out.append(unfinished(job, state))
+    if status in (None, "in_flight"):
+        for link in links:
+            for job in link.jobs.values():
+                if raw is None or (job.name or job.path) == raw:
+                    out.append(unfinished(job, Status.IN_FLIGHT, link.name))
+        for job, _ in settlement.holding.values():  # a retry being journaled
+            if raw is None or (job.name or job.path) == raw:
+                out.append(unfinished(job, Status.IN_FLIGHT))
+    return out

@@ -455,6 +455,11 @@ class Dispatcher:
         return answers.job_status(job_id, self.links, self.queues, self.settlement,
                                   self.finished)  # fmt: skip
 
+    def held(self, status: str | None = None, name: str | None = None) -> list[dict]:
+        """The jobs this process holds, not finished: `answers.held_jobs`."""
+        return answers.held_jobs(self.links, self.queues, self.settlement, status,
+                                 name)  # fmt: skip
+
     def stored(self, job_id: str) -> dict | None:
         """A job's record in the result store: one that finished before a
         restart, or in another process sharing the file; None if none."""

@@ -21,10 +21,12 @@ from greenpipe import routes
 from greenpipe.config import WebSettings, extension_environ, load_web
 from greenpipe.dashboard import dashboard_blueprint
 from greenpipe.errors import BadJob, ConfigError, Unavailable
-from greenpipe.failedroutes import failed_blueprint
 from greenpipe.handling import in_app_context
+from greenpipe.inline import InlinePipe, load_handlers
+from greenpipe.jobroutes import jobs_blueprint
 from greenpipe.jobs import Handler, Outcome
-from greenpipe.pipe import InlinePipe, Pipe, Receipt, load_handlers
+from greenpipe.pipe import Pipe, Receipt
+from greenpipe.purge import Purged
 from greenpipe.pushargs import MISSING
 from greenpipe.resend import Resent
 from greenpipe.turns import took_turn
@@ -277,8 +279,8 @@ class Greenpipe:
             app.register_blueprint(operator, url_prefix=prefix)
             board = dashboard_blueprint(self.pipe_for, lambda: public)
             app.register_blueprint(board, url_prefix=prefix)
-            kept = failed_blueprint(self.pipe_for, lambda: public)
-            app.register_blueprint(kept, url_prefix=prefix)
+            many = jobs_blueprint(self.pipe_for, lambda: public)
+            app.register_blueprint(many, url_prefix=prefix)
 
     def public_ops_routes(self, app: Flask | None = None) -> bool:
         """Whether /stats, /metrics and /dashboard answer on the app's own port
@@ -387,6 +389,18 @@ class Greenpipe:
     ) -> Resent:  # fmt: skip
         """Send kept jobs again, each at most once: see `Pipe.resend`."""
         return self.pipe.resend(*ids, name=name, every=every, again=again)
+
+    def jobs(
+        self, status: str | None = None, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The jobs this process holds, not finished: see `Pipe.jobs`."""
+        return self.pipe.jobs(status, name)
+
+    def purge(
+        self, name: str | None = None, *, every: bool = False, in_flight: bool = False
+    ) -> Purged:
+        """Cancel a backlog by name: see `Pipe.purge`."""
+        return self.pipe.purge(name, every=every, in_flight=in_flight)
 
     def start(self, app: Flask | None = None) -> Pipe:
         """Start the pipe now (else the first request does) and return it."""

@@ -1,13 +1,16 @@
-"""``greenpipe jobs``: list the failed and dead jobs a web keeps, and re-send them.
+"""``greenpipe jobs``: the failed and dead jobs a web keeps, and its backlog.
 
-It asks a running web over HTTP (`greenpipe.failedroutes`), on the port
-where its operator's routes answer: web.py's own port, or OPS_PORT for an
-app that keeps them off its public port. Any process of a web answers for
-all (they share the dead-letter file). The standard library only: no gevent,
-no sockets of greenpipe's.
+It asks a running web over HTTP (`greenpipe.jobroutes`), on the port where
+its operator's routes answer: web.py's own port, or OPS_PORT for an app that
+keeps them off its public port. For the kept jobs any process of a web
+answers for all (they share the dead-letter file); the backlog is each
+process's own (ask each OPS_PORT). The standard library only: no gevent, no
+sockets of greenpipe's.
 
     greenpipe jobs failed [--name N] [--status failed|dead] [--json]
     greenpipe jobs resend ID [ID ...] | --name N | --all [--again]
+    greenpipe jobs list [--status queued|scheduled|retrying|in_flight] [--name N]
+    greenpipe jobs purge --name N | --all [--in-flight]
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ TIMEOUT = 60.0  # s: a re-send of thousands submits them all before answering
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="greenpipe jobs",
-        description="List the failed and dead jobs a web keeps (DEAD_LETTER), "
-        "and send them again, each at most once.",
+        description="List the failed and dead jobs a web keeps (DEAD_LETTER) "
+        "and send them again, each at most once; list a web process's backlog "
+        "and cancel it by name.",
     )
     p.add_argument(
         "--web",
@@ -54,6 +58,21 @@ def parser() -> argparse.ArgumentParser:
         help="also re-send those marked re-sent whose job never ran (a web "
         "killed mid-way); needs the result store",
     )
+    held = sub.add_parser("list", help="the jobs a web process holds, not finished")
+    held.add_argument(
+        "--status", choices=("queued", "scheduled", "retrying", "in_flight")
+    )
+    held.add_argument("--name", help="only jobs with this name")
+    held.add_argument("--limit", type=int, default=1000, help="the first N")
+    held.add_argument("--json", action="store_true", help="print the JSON")
+    purge = sub.add_parser(
+        "purge", help="cancel a web process's waiting jobs of a name (or all)"
+    )
+    purge.add_argument("--name", help="every waiting job with this name")
+    purge.add_argument("--all", action="store_true", help="every waiting job")
+    purge.add_argument(
+        "--in-flight", action="store_true", help="running ones too (interrupted)"
+    )
     return p
 
 
@@ -62,6 +81,10 @@ def main(argv: Sequence[str]) -> int:
     try:
         if args.command == "failed":
             return _failed(args)
+        if args.command == "list":
+            return _list(args)
+        if args.command == "purge":
+            return _purge(args)
         return _resend(args)
     except _Failed as exc:
         sys.stderr.write(f"greenpipe jobs: {exc}\n")
@@ -72,15 +95,23 @@ class _Failed(Exception):
     pass
 
 
-def _failed(args: argparse.Namespace) -> int:
+def _fetch(args: argparse.Namespace, path: str) -> dict[str, Any] | None:
+    """GET `path` with the listing's filters; None once ``--json`` printed it."""
     query = {"limit": str(args.limit)}
     if args.name is not None:
         query["name"] = args.name
     if args.status:
         query["status"] = args.status
-    _, answer = _call(args.web, "GET", "/failed?" + urllib.parse.urlencode(query))
+    _, answer = _call(args.web, "GET", f"{path}?{urllib.parse.urlencode(query)}")
     if args.json:
         sys.stdout.write(json.dumps(answer, indent=2) + "\n")
+        return None
+    return answer
+
+
+def _failed(args: argparse.Namespace) -> int:
+    answer = _fetch(args, "/failed")
+    if answer is None:
         return 0
     jobs = answer["jobs"]
     sys.stdout.write(
@@ -99,6 +130,47 @@ def _failed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list(args: argparse.Namespace) -> int:
+    answer = _fetch(args, "/backlog")
+    if answer is None:
+        return 0
+    jobs = answer["jobs"]
+    sys.stdout.write(
+        f"{answer['total']} held by web process {answer['pid']}"
+        + (f" (the first {len(jobs)} shown)" if len(jobs) < answer["total"] else "")
+        + "\n"
+    )
+    for job in jobs:
+        when = job.get("due_at") or job.get("next_at")
+        extra = f"  at {when}" if when else ""
+        if job.get("worker"):
+            extra += f"  on {job['worker']}"
+        sys.stdout.write(f"{job['status']:<9}  {job['id']}  {job['name']}{extra}\n")
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    if (args.name is not None) == args.all:
+        raise _Failed(
+            "purge: give --name NAME or --all (one of them); `greenpipe jobs "
+            "list` shows what a web holds"
+        )
+    body: dict[str, Any] = {"in_flight": args.in_flight}
+    if args.all:
+        body["every"] = True
+    else:
+        body["name"] = args.name
+    status, answer = _call(args.web, "POST", "/backlog/purge", body, "purge")
+    for job_id, why in answer["refused"].items():
+        sys.stdout.write(f"NOT cancelled {job_id}: {why}\n")
+    sys.stdout.write(
+        f"{len(answer['cancelled'])} cancelled, {len(answer['cancelling'])} "
+        f"cancelling, {len(answer['finished'])} finished before, "
+        f"{len(answer['refused'])} refused\n"
+    )
+    return 1 if answer["refused"] or status >= 400 else 0
+
+
 def _resend(args: argparse.Namespace) -> int:
     chosen = (bool(args.ids), args.name is not None, args.all).count(True)
     if chosen != 1:
@@ -113,7 +185,7 @@ def _resend(args: argparse.Namespace) -> int:
         body["name"] = args.name
     else:
         body["every"] = True
-    status, answer = _call(args.web, "POST", "/failed/resend", body)
+    status, answer = _call(args.web, "POST", "/failed/resend", body, "resend")
     for dead, job in answer["sent"].items():
         sys.stdout.write(f"re-sent {dead} as {job}\n")
     for dead, job in answer["already"].items():
@@ -130,14 +202,18 @@ def _resend(args: argparse.Namespace) -> int:
 
 
 def _call(
-    web: str, method: str, path: str, body: dict | None = None
+    web: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    action: str = "",
 ) -> tuple[int, dict[str, Any]]:
     url = web.rstrip("/") + path
     headers = {"Accept": "application/json"}
     data = None
     if body is not None:
         data = json.dumps(body).encode()
-        headers |= {"Content-Type": "application/json", "X-Greenpipe-Action": "resend"}
+        headers |= {"Content-Type": "application/json", "X-Greenpipe-Action": action}
     request = urllib.request.Request(url, data, headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
@@ -148,8 +224,13 @@ def _call(
             answer = json.loads(raw)
         except ValueError:
             raise _Failed(f"{method} {url}: {exc.code} {raw[:200]!r}") from None
-        if exc.code == 503 and "sent" in answer:
-            return exc.code, answer  # nothing re-sent: the lines say why
+        if exc.code == 503 and "refused" in answer:
+            return exc.code, answer  # nothing done: the lines say why
+        if exc.code == 421:
+            raise _Failed(
+                f"{method} {url}: 421 {answer.get('detail')}; give one process's "
+                "OPS_PORT as --web"
+            ) from None
         if exc.code == 404 and "detail" in answer:
             raise _Failed(
                 f"{method} {url}: 404 {answer['detail']} (is --web the port where "

@@ -1,7 +1,7 @@
 """The public core: `Pipe` feeds the workers from any gevent program, no Flask needed.
 
-`InlinePipe` has the same face and runs each job at once in the calling
-process, for tests of views without workers (``GREENPIPE_INLINE``).
+`greenpipe.inline.InlinePipe` has the same face and runs each job at once in
+the calling process, for tests of views without workers (``GREENPIPE_INLINE``).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,18 +18,16 @@ import gevent
 import gevent.pool
 import zmq.green as zmq
 
-from greenpipe import books as books_module
-from greenpipe import config, protocol
+from greenpipe import config
 from greenpipe.admission import check_key
-from greenpipe.books import Books, Snapshot
+from greenpipe.books import Snapshot
 from greenpipe.config import PipeSettings
 from greenpipe.dispatcher import Dispatcher
-from greenpipe.errors import BadJob, ConfigError, TooLarge, Unavailable
-from greenpipe.finished import FinishedJobs
-from greenpipe.handling import NO_POLICY, run_handler
+from greenpipe.errors import BadJob, TooLarge
 from greenpipe.history import History
-from greenpipe.jobs import Envelope, Job, Outcome, Status, new_job_id
+from greenpipe.jobs import Envelope, Outcome, Status
 from greenpipe.patching import check_pipe_start
+from greenpipe.purge import WAITING, Purged, purge
 from greenpipe.pushargs import MISSING, check_wait, not_before, outcome_payload, payload
 from greenpipe.resend import Resent, chosen_ids
 from greenpipe.siblings import Question, Siblings
@@ -56,13 +54,6 @@ class Receipt:
 
     id: str
     name: str
-
-
-_INLINE = {
-    protocol.OK: Status.DONE,
-    protocol.FAILED: Status.FAILED,
-    protocol.CANCELLED: Status.CANCELLED,
-}
 
 
 class Pipe:
@@ -344,6 +335,37 @@ class Pipe:
             known = lambda job_id: self.status(job_id) is not None  # noqa: E731
         return self.dispatcher.resend(chosen, name, again, known)
 
+    def jobs(
+        self, status: str | None = None, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The jobs this process holds and has not finished, as `status` answers
+        each: ``queued`` (in the order they go), ``scheduled`` and ``retrying``
+        (by time), ``in_flight``; filtered by `status` and job `name`.
+
+        This process's only: with several on one port, ask each (OPS_PORT).
+        ValueError for a status not among those four.
+        """
+        return self.dispatcher.held(status, name)
+
+    def purge(
+        self, name: str | None = None, *, every: bool = False, in_flight: bool = False
+    ) -> Purged:
+        """Cancel this process's backlog of jobs named `name` (or ``every=True``):
+        each queued, scheduled or retrying one, as `cancel` does (journaled
+        first: a restart never runs it); running ones too with `in_flight`.
+        Other names are untouched. Returns a `Purged`; ValueError if neither
+        or both of `name` and `every` are given.
+        """
+        if (name is not None) == every:
+            raise ValueError(
+                f"purge: give a job name, or every=True (every job); got "
+                f"name={name!r}, every={every!r}"
+            )
+        if not self.started:
+            self.start()
+        statuses = WAITING + (("in_flight",) if in_flight else ())
+        return purge(self.dispatcher.held(None, name), self.dispatcher.cancel, statuses)
+
     @property
     def name(self) -> str:
         """This web as the workers' logs name it (set it before `start`)."""
@@ -398,164 +420,3 @@ class Pipe:
 
     def stats(self) -> dict[str, Any]:
         return self.dispatcher.stats()
-
-
-class InlinePipe(Pipe):
-    """A Pipe that runs each job at once, in the calling greenlet, with `handler`.
-
-    No worker, no socket: for testing views with Flask's test client. The
-    handler runs as a worker runs it (`greenpipe.handling`: JOB_TIMEOUT, the
-    result as JSON, the error text cut), and the outcome is recorded, so
-    ``status(id)`` answers as it would with workers.
-    """
-
-    def __init__(
-        self, handler: Callable[[Job], Any] | None, settings: PipeSettings | None = None
-    ) -> None:
-        self.settings = settings or config.load_web([], {}, {})
-        self.handler = handler
-        self.history = None  # no dashboard: nothing flows
-        self.siblings = None
-        self.started = True
-        self.finished = FinishedJobs(
-            self.settings.status_keep, self.settings.status_ttl
-        )
-        self.books = Books()
-        self._exposition = None
-        self._prefix = f"inline{os.getpid():x}-"
-        self._name = "inline"
-
-    def start(self) -> None:
-        pass
-
-    def wait_ready(self, timeout: float) -> bool:
-        return True
-
-    def drain(self, timeout: float | None = None) -> int:
-        return 0
-
-    def close(self, timeout: float | None = None) -> int:
-        return 0  # every job ran at once
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @name.setter
-    def name(self, value: str) -> None:
-        self._name = value
-
-    def workers(self) -> list[str]:
-        return []
-
-    def _check_name(self, job: Envelope) -> None:
-        """A name the registry does not run is refused, as a web refuses one
-        no worker runs (a 503), not accepted and then failed: a test sees what
-        production does."""
-        from greenpipe.worker.peers import announced  # what a worker's READY says
-
-        serves = announced(self.handler)
-        if not serves.runs(job.name or job.path):
-            wanted = (job.name or job.path).decode("utf-8", "replace")
-            listed = ", ".join(repr(n.decode()) for n in sorted(serves.names))
-            listed = listed or "no names"
-            raise Unavailable(
-                f"no worker runs jobs named {wanted!r}: the inline registry runs "
-                f"{listed}, and has no default handler. Check the job's name, or "
-                f"give inline mode a registry with @handlers.job({wanted!r})",
-                retry_after=5,
-            )
-
-    def submit(self, job: Envelope, key: str = "") -> Envelope:
-        if self.handler is None:
-            raise ConfigError(
-                "GREENPIPE_INLINE is on but no handlers were given: "
-                "Greenpipe(app, handlers=...) or app.config['GREENPIPE_HANDLERS'] "
-                "= 'package.module:handlers'"
-            )
-        self._check_name(job)
-        job.named(new_job_id(self._prefix))  # as a web's: unguessable
-        policy = getattr(self.handler, "policy", lambda name: NO_POLICY)(
-            job.name.decode() or job.path.decode("utf-8", "replace")
-        )
-        timeout = policy.timeout or self.settings.job_timeout  # the handler's wins
-        code = protocol.RETRY
-        while code == protocol.RETRY:  # retries run at once: no backoff inline
-            job.attempt += 1
-            seen = Job(job.key, job.attempt, job.method.decode(),
-                       job.path.decode("utf-8", "surrogateescape"),
-                       job.query.decode("latin-1"),
-                       job.content_type.decode("latin-1"), job.body, timeout,
-                       wants_reply=job.reply is not None, name=job.name.decode(),
-                       retries=job.retries)  # fmt: skip
-            seen.worker = "inline"
-            code, payload = run_handler(self.handler, seen, "inline", policy, True)
-            if code == protocol.RETRY:
-                job.retries += 1
-                self.books.retried += 1
-        status = _INLINE[code]
-        if status is Status.FAILED and job.retries:
-            status = Status.DEAD  # as a web would: its retries spent
-        self.books.accepted += 1
-        if status is not Status.DONE:
-            self.books.failure(job.id, "inline", payload)
-        self.books.acked += 1
-        self.finished.add(job.id, status, "inline", job.attempt, payload,
-                          retries=job.retries, name=job.name or job.path)  # fmt: skip
-        job.resolve("inline", status, payload)
-        return job
-
-    def cancel(self, job_id: str) -> dict[str, Any] | None:
-        return self.finished.get(job_id)  # inline, every job has finished
-
-    def outcome(self, job: Envelope, timeout: float) -> Outcome | None:
-        return job.reply.get(block=False) if job.reply is not None else None
-
-    def status(self, job_id: str) -> dict[str, Any] | None:
-        return self.finished.get(job_id)
-
-    def owns(self, job_id: str) -> bool:
-        return job_id.startswith(self._prefix)
-
-    def health(self) -> tuple[bool, dict[str, Any]]:
-        return True, {"status": "ok", "inline": True}
-
-    def redrive(self, job_id: str) -> Envelope:
-        raise KeyError(job_id)  # nothing is dead-lettered inline
-
-    def dead_letters(self, count: int) -> list[dict[str, Any]]:
-        return []
-
-    def failed_jobs(
-        self, name: str | None = None, status: str | None = None
-    ) -> list[dict[str, Any]]:
-        return []  # nothing is kept inline: a failure is its status alone
-
-    def resend(
-        self,
-        *ids: str,
-        name: str | None = None,
-        every: bool = False,
-        again: bool = False,
-    ) -> Resent:
-        return Resent(unknown=chosen_ids(ids))
-
-    @property
-    def dead_letter_file(self) -> str:
-        return ""
-
-    def snapshot(self) -> Snapshot:
-        return books_module.take(self._name, self.books, [], 0.0)
-
-    def stats(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "inline": True, "accepted": self.books.accepted,
-                "failed": self.books.failed, "acked": self.books.acked}  # fmt: skip
-
-
-def load_handlers(spec: str | None, given: Any) -> Callable[[Job], Any] | None:
-    """The handlers for inline mode: given, or imported from a spec string."""
-    if given is not None or not spec:
-        return given  # type: ignore[no-any-return]
-    from greenpipe.worker import load_handler
-
-    return load_handler(spec)

@@ -12,7 +12,7 @@ or a cancel is rare, a map kept per job is not free.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from greenpipe.jobs import Envelope, Status, unfinished
@@ -87,6 +87,14 @@ class Queues:
         if not job.retries:  # pushed with a delay, never ran
             return unfinished(job, Status.SCHEDULED)
         return unfinished(job, Status.RETRYING)
+
+    def held(self) -> Iterator[tuple[Envelope, Status]]:
+        """Every job held here and what it waits for, the next to go first."""
+        for queue in (self.retry, *self.lanes.values(), self.fresh):
+            for job in queue:
+                yield job, Status.QUEUED
+        for job in sorted(self.later, key=lambda job: job.not_before):
+            yield job, (Status.RETRYING if job.retries else Status.SCHEDULED)
 
     def take_all(self) -> list[Envelope]:
         """Empty every queue (a web stopping without a journal); what they held."""

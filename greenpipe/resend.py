@@ -145,7 +145,7 @@ class Resender:
         except Unavailable:  # a sibling cannot answer: it may hold it
             return False
 
-    def _chunk(self, records: list[dict], done: Resent) -> None:
+    def _chunk(self, records: list[dict[str, Any]], done: Resent) -> None:
         pairs = [(str(record["id"]), self._new_id()) for record in records]
         try:
             firsts = self.dead_letters.claim_many(pairs)
@@ -161,7 +161,7 @@ class Resender:
                 done.already[dead] = firsts[dead]
         refused: list[tuple[str, str]] = []
 
-        def take(item: tuple[dict, str, str]) -> None:
+        def take(item: tuple[dict[str, Any], str, str]) -> None:
             record, dead, job_id = item
             try:
                 self._take(envelope(record), job_id)

@@ -466,6 +466,24 @@ def run_failed_jobs(block: Block, request: pytest.FixtureRequest) -> None:
     assert masked == expected, f"printed:\n{(listed + resent)}"
 
 
+def run_backlog(block: Block, request: pytest.FixtureRequest) -> None:
+    """The three lines against the quick start's web: a job scheduled ten
+    minutes ahead is listed, then purged by its name; what they print is
+    what the paragraph after them says."""
+    need("curl", "curl")
+    shell: Shell = request.getfixturevalue("shell")
+    request.getfixturevalue("original")
+    curl, listing, purging = block.commands()
+    job_id = json.loads(shell.run(curl, timeout=20))["id"]
+    listed = shell.run(listing, timeout=30).splitlines()
+    assert re.fullmatch(r"1 held by web process \d+", listed[0]), listed
+    assert re.fullmatch(rf"scheduled  {job_id}  /  at \d+\.?\d*", listed[1]), listed
+    purged = shell.run(purging, timeout=30).strip()
+    assert purged == "1 cancelled, 0 cancelling, 0 finished before, 0 refused", purged
+    answer = call(shell.port(4567), "GET", f"/jobs/{job_id}")[1]
+    assert answer["status"] == "cancelled", answer
+
+
 RECIPES: dict[str, Callable[[Block, pytest.FixtureRequest], None]] = {
     "original": run_original,
     "curls": run_curls,
@@ -481,6 +499,7 @@ RECIPES: dict[str, Callable[[Block, pytest.FixtureRequest], None]] = {
     "periodic": run_periodic,
     "routing": run_routing,
     "failed-jobs": run_failed_jobs,
+    "backlog": run_backlog,
 }
 _ran: set[str] = set()  # recipes that cover several blocks run once
 _completed: set[str] = set()  # commands run to their end already

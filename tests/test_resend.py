@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -255,6 +256,9 @@ def test_a_failed_job_is_listed_and_rerun_from_the_cli_once(
         poll_until(lambda j=job_id: web.get(f"/jobs/{j}")[2].get("status"),
                    "done".__eq__, 20, f"the re-sent job {job_id} done")  # fmt: skip
     assert sum(handled_ids(record_dir)[j] for j in made) == 3
+    shared = _jobs(web, "list")
+    assert shared.returncode == 2 and "421" in shared.stderr, shared.stderr
+    assert "OPS_PORT as --web" in shared.stderr, "the backlog is each process's own"
     as_json = json.loads(_jobs(web, "failed", "--json").stdout)
     assert {j["resent_as"] for j in as_json["jobs"]} == set(made)
 
@@ -276,6 +280,17 @@ def test_the_routes_refuse_what_they_cannot_do_saying_what_to_send(
     assert code == 400 and "failed, dead" in body["detail"], body
     code, _, body = web.post("/failed/resend", {"ids": ["nope"]}, headers=action)
     assert code == 200 and body["unknown"] == ["nope"], body
+    code, _, body = web.post("/backlog/purge", {"every": True})
+    assert code == 403 and "X-Greenpipe-Action: purge" in body["detail"], body
+    purge = {"X-Greenpipe-Action": "purge"}
+    for sent, words in [({}, "a job name, or every=True"),
+                        ({"name": 3}, "a string"), ({"all": True}, "'all'")]:  # fmt: skip
+        code, _, body = web.post("/backlog/purge", sent, headers=purge)
+        assert code == 400 and words in body["detail"], (sent, body)
+    code, _, body = web.get("/backlog?status=done")
+    assert code == 400 and "GET /jobs/<id>" in body["detail"], body
+    code, _, body = web.post("/backlog/purge", {"name": "x"}, headers=purge)
+    assert code == 200 and body["cancelled"] == [], body
     gone = _jobs(web, "resend")
     assert gone.returncode == 2 and "--name NAME or --all" in gone.stderr
     web.proc.signal(signal.SIGTERM)
@@ -321,3 +336,96 @@ def test_a_bulk_resend_of_1000_under_kill_9_runs_each_once_more_never_twice(
     assert not never, f"{len(never)} letters whose job never ran: {never[:3]}"
     extra = set(handled) - set(standing.values())
     assert not extra, f"{len(extra)} jobs made beside the standing ones: twice"
+
+
+# -- the backlog: listing and purging by name ---------------------------------------
+
+
+@pytest.mark.inprocess
+def test_the_backlog_lists_by_status_and_name_and_a_purge_cancels_one_name(tmp_path):
+    d = make(Clock(), workers="127.0.0.1:1", journal_dir=tmp_path / "journal")
+    d.start()
+    link = d.links[0]
+    ready(d, link, credit=1)
+
+    def push(name: bytes, delay: float = 0.0) -> Envelope:
+        job = Envelope.new(b"POST", b"/jobs", b"", b"", b"{}", name=name)
+        job.not_before = time.time() + delay if delay else 0.0
+        return d.submit(job)
+
+    running = push(b"a")
+    queued = [push(b"a"), push(b"b"), push(b"a")]
+    later = [push(b"b", 600), push(b"a", 60)]
+    d.flush()
+    held = d.held()
+    assert [(j["id"], j["status"]) for j in held] == [
+        *((j.id, "queued") for j in queued),
+        (later[1].id, "scheduled"),
+        (later[0].id, "scheduled"),
+        (running.id, "in_flight"),
+    ], "the next to go first: queued in order, then by time, then running"
+    assert [j["id"] for j in d.held(name="b")] == [queued[1].id, later[0].id]
+    assert [j["id"] for j in d.held("scheduled", "a")] == [later[1].id]
+    with pytest.raises(ValueError, match="not one of queued, scheduled"):
+        d.held("done")
+    from greenpipe.purge import WAITING, purge
+
+    done = purge(d.held(name="a"), d.cancel, WAITING)
+    assert sorted(done.cancelled) == sorted([queued[0].id, queued[2].id, later[1].id])
+    assert not done.refused and not done.cancelling
+    assert [j["name"] for j in d.held()] == ["b", "b", "a"], "b untouched, a's running"
+    assert d.status(running.id)["status"] == "in_flight"
+    d.close()
+    again = make(Clock(), workers="127.0.0.1:1", journal_dir=tmp_path / "journal")
+    again.start()
+    try:
+        names = sorted((j["name"], j["status"]) for j in again.held())
+        assert names == [("a", "queued"), ("b", "queued"), ("b", "scheduled")], (
+            "a restart replays what was owed: the running a, both b; no purged a"
+        )
+    finally:
+        again.close()
+
+
+def test_a_purge_by_name_under_load_leaves_the_other_names_untouched(
+    start_worker, start_web
+):
+    """The issue: a purge by name under load leaves the other names untouched.
+    web.py names a job by its path: GET / makes "/" jobs, POST /jobs "/jobs"."""
+    worker = start_worker(env={"GREENPIPE_SLEEP": "0.02"}, concurrency=2)
+    web = start_web([worker])
+    delay = {"Greenpipe-Delay": "120"}
+    kept = [web.get("/", headers=delay)[2]["id"] for _ in range(50)]
+    purged = [web.post("/jobs", {}, headers=delay)[2]["id"] for _ in range(50)]
+    stop = threading.Event()
+    pushed: list[tuple[str, str]] = []
+
+    def load() -> None:  # both names, while the purge runs
+        while not stop.is_set():
+            pushed.append(("/", web.get("/")[2]["id"]))
+            pushed.append(("/jobs", web.post("/jobs", {})[2]["id"]))
+
+    pusher = threading.Thread(target=load, daemon=True)
+    pusher.start()
+    poll_until(lambda: len(pushed), lambda n: n >= 100, 20, "100 pushed under load")
+    listed = _jobs(web, "list", "--name", "/jobs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    before = json.loads(listed.stdout)["jobs"]
+    assert {j["id"] for j in before} >= set(purged), "the scheduled ones are listed"
+    out = _jobs(web, "purge", "--name", "/jobs")
+    stop.set()
+    pusher.join(10)
+    assert out.returncode == 0 and " 0 refused" in out.stdout, out.stdout + out.stderr
+    for job_id in purged:
+        status = web.get(f"/jobs/{job_id}")[2]["status"]
+        assert status == "cancelled", f"scheduled /jobs job {job_id}: {status}"
+    for job_id in kept:
+        status = web.get(f"/jobs/{job_id}")[2]["status"]
+        assert status == "scheduled", f"/ job {job_id} touched: {status}"
+    for job_id in [i for name, i in pushed if name == "/"]:
+        poll_until(lambda j=job_id: web.get(f"/jobs/{j}")[2]["status"],
+                   "done".__eq__, 30, f"/ job {job_id} done")  # fmt: skip
+    for job in before:  # waiting when listed: cancelled, or it went out first
+        poll_until(lambda j=job["id"]: web.get(f"/jobs/{j}")[2]["status"],
+                   lambda s: s in ("cancelled", "done"), 30,
+                   f"/jobs job {job['id']} cancelled or done")  # fmt: skip
