@@ -10,6 +10,9 @@
   over loopback; CPU of this process (all threads) per job, from submit to
   acknowledgement, no HTTP; then with RESULT_STORE=off, then on again (the
   result store's cost, with the drift between the two runs with it on);
+- books: `Books.settled` per acknowledged job (µs), with the figures by job
+  name that /metrics labels (issue 33), back to back with the same loop
+  without them (best of 5 rounds each, alternated);
 - routing: choosing a worker for each queued job (`Routes.plan`), µs per
   job, back to back with the choice as it was before routing by name: a
   uniform fleet of plain handlers (the fast path), of one `Handlers`
@@ -127,6 +130,46 @@ def dispatcher(count: int, store: str = "journal") -> dict[str, float]:
     return {"cpu_us_per_job": cpu / count * 1e6, "jobs_per_s": count / wall}
 
 
+def books(count: int, rounds: int = 5) -> dict[str, float]:
+    from bisect import bisect_left
+
+    from greenpipe.books import LATENCY_BUCKETS, Books
+    from greenpipe.jobs import Envelope
+
+    jobs = [Envelope.new(b"", b"", b"", b"", b"", name=b"resize") for _ in range(32)]
+    for job in jobs:
+        job.accepted_at = 0.0
+
+    def without(into: Books, done: list, now: float) -> None:  # before the names
+        counts, bounds, waited = into.latency_counts, LATENCY_BUCKETS, 0.0
+        for job in done:
+            took = now - job.accepted_at
+            waited += took
+            counts[bisect_left(bounds, took)] += 1
+        into.latency_sum += waited
+        into.acked += len(done)
+
+    batches = max(1, count // len(jobs))
+    best = {"with_names": float("inf"), "without": float("inf")}
+    for _ in range(rounds):
+        for label in best:
+            into = Books()
+            start = time.perf_counter()
+            if label == "with_names":
+                for _ in range(batches):
+                    into.settled(jobs, (), 0, "w", 0.003)
+            else:
+                for _ in range(batches):
+                    without(into, jobs, 0.003)
+            took = (time.perf_counter() - start) / (batches * len(jobs)) * 1e6
+            best[label] = min(best[label], took)
+    return {
+        "with_names_us": round(best["with_names"], 3),
+        "without_us": round(best["without"], 3),
+        "ratio": round(best["with_names"] / best["without"], 2),
+    }
+
+
 def routing(count: int, rounds: int = 7) -> dict[str, float]:
     """µs per job to plan a flush of `count` queued jobs over 3 links with credit."""
     import statistics
@@ -239,6 +282,7 @@ def main() -> int:
         # again, so a drift of the machine shows as the two "on" apart.
         "dispatcher_result_store_off": dispatcher(100_000 // scale, "off"),
         "dispatcher_again": dispatcher(100_000 // scale),
+        "books": books(320_000 // scale),
         "routing": routing(100_000 // scale),
         "worker_jobs_per_s": {
             "batch_32": worker(200_000 // scale, 32),

@@ -27,6 +27,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ERROR_CHARS = 200  # of a failure's error text kept for the dashboard
 RECENT_FAILURES = 20
 RETRIED = "(retried) "  # starts a recent failure whose job waits for a retry
+NAMES_KEPT = 1000  # job names with figures of their own; later ones count as ""
 REJECT_REASONS = ("barrier", "no_worker", "max_pending", "max_scheduled", "stopping",
                   "journal", "no_handler")  # fmt: skip
 
@@ -43,13 +44,16 @@ class Books:
         self.retried = 0  # runs that failed and were held for a retry
         self.cancelled = 0  # jobs cancelled (pipe.cancel, DELETE /jobs/<id>)
         self.rejected_by: dict[str, int] = {}  # 503s by reason (REJECT_REASONS)
-        # (time, id, worker, error): the latest failures, for the dashboard.
-        self.recent_failures: deque[tuple[float, str, str, str]] = deque(
+        # (time, job id, worker, error, job name): the latest, for the dashboard.
+        self.recent_failures: deque[tuple[float, str, str, str, str]] = deque(
             maxlen=RECENT_FAILURES
         )
         # Accepted -> acknowledged, seconds: a count per bucket (+Inf last), sum.
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
+        # The same by job name: per-bucket counts, then the sum, then failures.
+        # /metrics labels the names the workers announce (greenpipe.metrics).
+        self.by_name: dict[bytes, list[float]] = {}
 
     def reject(self, reason: str) -> None:
         self.rejected += 1
@@ -65,32 +69,56 @@ class Books:
     ) -> None:
         """One ACKS message's jobs: acknowledged, their latency, their failures."""
         counts, bounds, waited = self.latency_counts, LATENCY_BUCKETS, 0.0
+        by_name = self.by_name
         for job in done:
             took = now - job.accepted_at
             waited += took
-            counts[bisect_left(bounds, took)] += 1
+            bucket = bisect_left(bounds, took)
+            counts[bucket] += 1
+            named = by_name.get(job.name or job.path) or self._named(job)
+            named[bucket] += 1
+            named[-2] += took
         for job, status, payload in results:
             took = now - job.accepted_at
             waited += took
-            counts[bisect_left(bounds, took)] += 1
+            bucket = bisect_left(bounds, took)
+            counts[bucket] += 1
+            named = by_name.get(job.name or job.path) or self._named(job)
+            named[bucket] += 1
+            named[-2] += took
             if status is Status.FAILED:
-                self.failure(job.id, worker, payload)
+                named[-1] += 1
+                self.failure(job.id, worker, payload, job.name or job.path)
         self.latency_sum += waited
         self.stray_acks += stray
         self.acked += len(done) + len(results)
 
-    def failure(self, job_id: str, worker: str, payload: bytes) -> None:
+    def _named(self, job: Envelope) -> list[float]:
+        """A new name's figures; past NAMES_KEPT names, the shared ones of ""."""
+        name = job.name or job.path
+        if len(self.by_name) >= NAMES_KEPT:
+            name = b""
+            if name in self.by_name:
+                return self.by_name[name]
+        figures = self.by_name[name] = [0] * (len(LATENCY_BUCKETS) + 1) + [0.0, 0]
+        return figures
+
+    def failure(self, job_id: str, worker: str, payload: bytes, name: bytes) -> None:
         self.failed += 1
         error = payload[:ERROR_CHARS].decode("utf-8", "replace")
-        self.recent_failures.append((time.time(), job_id, worker, error))
+        self.recent_failures.append(
+            (time.time(), job_id, worker, error, name.decode("utf-8", "replace"))
+        )
 
-    def retrying(self, job_id: str, worker: str, error: bytes) -> None:
+    def retrying(self, job_id: str, worker: str, error: bytes, name: bytes) -> None:
         """A run that failed and waits for its retry: a recent failure, so marked.
 
         Counted in `retried` (by the caller, per batch), not in `failed`.
         """
         text = RETRIED + error[:ERROR_CHARS].decode("utf-8", "replace")
-        self.recent_failures.append((time.time(), job_id, worker, text))
+        self.recent_failures.append(
+            (time.time(), job_id, worker, text, name.decode("utf-8", "replace"))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +161,12 @@ class Snapshot:
     barrier: bool
     latency_counts: tuple[int, ...]
     latency_sum: float
+    by_name: dict[str, tuple[float, ...]]  # job name -> its bucket counts, sum, failed
     workers: list[WorkerView]
     journal: dict[str, Any]
-    recent_failures: list[tuple[float, str, str, str]] = field(default_factory=list)
+    recent_failures: list[tuple[float, str, str, str, str]] = field(
+        default_factory=list
+    )
     pid: int = field(default_factory=os.getpid)
 
     def stats(self) -> dict[str, Any]:
@@ -238,6 +269,10 @@ def take(
         barrier=barrier,
         latency_counts=tuple(books.latency_counts),
         latency_sum=books.latency_sum,
+        by_name={
+            name.decode("utf-8", "replace"): tuple(figures)
+            for name, figures in books.by_name.items()
+        },  # fmt: skip
         workers=workers,
         journal=journal if journal is not None else {"mode": "off"},
         recent_failures=list(books.recent_failures),

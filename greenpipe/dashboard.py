@@ -87,8 +87,8 @@ def page_data(pipe: Any, history: History, since: float) -> dict[str, Any]:
         "credit": s.credit,
         "workers": workers,
         "failures": [
-            {"time": t, "id": job_id, "worker": worker, "error": error}
-            for t, job_id, worker, error in reversed(s.recent_failures)
+            {"time": t, "id": job_id, "name": name, "worker": worker, "error": error}
+            for t, job_id, worker, error, name in reversed(s.recent_failures)
         ],
         "dead_letters": pipe.dead_letters(RECENT),
         "dead_letter_file": pipe.dead_letter_file,

@@ -17,6 +17,7 @@ file is asked, then or later.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -71,16 +72,14 @@ class DeadLetters:
             record["body"] = job.body.decode("utf-8")
         except UnicodeDecodeError:
             record["body_base64"] = base64.b64encode(job.body).decode("ascii")
-        line = json.dumps(record) + "\n"
         try:
-            with open(self.path, "a", encoding="utf-8") as file:
-                file.write(line)
+            self._append([record])
         except OSError as exc:
             log.error(
                 "cannot write dead letter to %s (%s); the record: %s",
                 self.path,
                 exc,
-                line,
+                json.dumps(record),
             )
             return
         if status == "dead":
@@ -106,12 +105,11 @@ class DeadLetters:
         return count
 
     def tail(self, count: int, scan: int = 64 << 10) -> list[dict]:
-        """The last `count` dead ones (newest first), without their bodies.
+        """The last `count` kept (newest first), without their bodies.
 
         Reads at most the file's last `scan` bytes: cheap enough for a page
         that asks once a second. A record re-sent (marked within that window)
-        says ``resent_as``: the job it was re-sent as. Failures kept are left
-        out: the page lists them among its recent failures (`kept` has both).
+        says ``resent_as``: the job it was re-sent as.
         """
         try:
             with open(self.path, "rb") as file:
@@ -127,11 +125,9 @@ class DeadLetters:
                 record = json.loads(line)
             except ValueError:  # the first, cut line of the window, or damage
                 continue
-            if (
-                isinstance(record, dict)
-                and not claims.read(record)
-                and record.get("status", "dead") == "dead"
-            ):
+            if isinstance(record, dict) and not claims.read(record):
+                record.setdefault("status", "dead")
+                record["name"] = job_name(record)
                 record.pop("body", None)
                 record.pop("body_base64", None)
                 out.append(record)
@@ -160,21 +156,41 @@ class DeadLetters:
             self.withdraw(dead_id, job_id)
         return first or job_id
 
-    def claim_many(self, pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    def claim_many(
+        self, pairs: Sequence[tuple[str, str]], scan: Scan | None = None
+    ) -> dict[str, str]:
         """`claim` for each (dead id, job id), in one append and one read.
 
         Returns each dead id's job: its job id where the claim is the first
-        standing one, else the earlier claim's (this one withdrawn). Raises
-        OSError if the claims cannot be written.
+        standing one, else the earlier claim's (this one withdrawn). `scan`:
+        the file as read so far, read on from where it ended (not again from
+        the start). Raises OSError if the claims cannot be written (each
+        struck, as far as the disk lets).
         """
         pid = os.getpid()
-        self._append([{"resent": dead, "as": job, "pid": pid} for dead, job in pairs])
-        claims = self.read()[1]
-        firsts = {dead: claims.first(dead) or job for dead, job in pairs}
+        try:
+            self._append([{"resent": d, "as": j, "pid": pid} for d, j in pairs])
+        except OSError:
+            self.withdraw_many(pairs)  # a short write may have left some standing
+            raise
+        if scan is None:
+            scan = self.scan()
+        else:
+            scan.more()
+        firsts = {dead: scan.claims.first(dead) or job for dead, job in pairs}
         lost = [(dead, job) for dead, job in pairs if firsts[dead] != job]
         if lost:
             self.withdraw_many(lost)
         return firsts
+
+    def confirm_many(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Each (dead id, job id) was submitted (journaled): `again` leaves it."""
+        try:
+            self._append([{"sent": dead, "as": job} for dead, job in pairs])
+        except OSError as exc:
+            log.error("cannot mark %d re-sends as submitted in %s (%s); resend "
+                      "--again asks the webs and the result store about them",
+                      len(pairs), self.path, exc)  # fmt: skip
 
     def withdraw(self, dead_id: str, job_id: str) -> None:
         """The re-send claimed as `job_id` did not happen (a 503): strike it."""
@@ -190,39 +206,40 @@ class DeadLetters:
                       exc)  # fmt: skip
 
     def _append(self, records: list[dict]) -> None:
-        """Append `records` in one write: appends of processes never interleave."""
+        """Append `records` in one write: appends of processes never interleave.
+
+        A line left cut by an earlier failed write is ended first (else this
+        record would be glued to it and read as damage); a write cut short
+        (a full disk) ends its own cut line if it can, then raises OSError.
+        """
         data = "".join(json.dumps(record) + "\n" for record in records).encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data
             view = memoryview(data)
-            while view:  # a short write (a full disk) leaves the rest: finish it
-                view = view[os.write(fd, view) :]
+            try:
+                while view:  # a short write leaves the rest: finish it
+                    view = view[os.write(fd, view) :]
+            except OSError:
+                if len(view) < len(data):  # part written: end its line
+                    with contextlib.suppress(OSError):
+                        os.write(fd, b"\n")
+                raise
         finally:
             os.close(fd)
 
-    def read(self) -> tuple[dict[str, dict], _Claims]:
-        """Every job kept (id -> its last record, in file order) and the marks.
+    def scan(self) -> Scan:
+        """The whole file read: every job kept and the marks (see `Scan`)."""
+        scan = Scan(self.path)
+        scan.more()
+        return scan
 
-        The whole file, bodies included: for a re-send or a listing, not for
-        a page polling once a second (`tail`).
-        """
-        records: dict[str, dict] = {}
-        claims = _Claims()
-        try:
-            with open(self.path, "rb") as file:
-                for line in file:
-                    try:
-                        record = json.loads(line)
-                    except ValueError:  # a line cut by a crash, or damage
-                        continue
-                    if isinstance(record, dict) and not claims.read(record):
-                        job_id = str(record.get("id"))
-                        records.pop(job_id, None)  # the last record stands
-                        record.setdefault("status", "dead")
-                        records[job_id] = record
-        except FileNotFoundError:
-            pass
-        return records, claims
+    def read(self) -> tuple[dict[str, dict], _Claims]:
+        """Every job kept (id -> its last record, in file order) and the marks."""
+        scan = self.scan()
+        return scan.records, scan.claims
 
     def kept(self, name: str | None = None, status: str | None = None) -> list[dict]:
         """The jobs kept (oldest first), without bodies, by name and status.
@@ -234,6 +251,7 @@ class DeadLetters:
         records, claims = self.read()
         out = []
         for job_id, record in records.items():
+            record = dict(record, name=job_name(record))
             if name is not None and job_name(record) != name:
                 continue
             if status is not None and record["status"] != status:
@@ -311,12 +329,49 @@ def envelope(record: dict) -> Envelope:
     )
 
 
+class Scan:
+    """The dead-letter file as read so far: its records and marks, and where
+    the reading stopped, so that it reads on (`more`) after an append.
+
+    The whole file, bodies included: for a re-send or a listing, not for a
+    page polling once a second (`DeadLetters.tail`). Raises OSError if the
+    file exists and cannot be read.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.records: dict[str, dict] = {}  # job id -> its last record
+        self.claims = _Claims()
+        self.offset = 0
+
+    def more(self) -> None:
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(self.offset)
+                data = file.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1  # a line being written is read next time
+        self.offset += end
+        for line in data[:end].splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut by a crash, or damage
+                continue
+            if isinstance(record, dict) and not self.claims.read(record):
+                job_id = str(record.get("id"))
+                self.records.pop(job_id, None)  # the last record stands
+                record.setdefault("status", "dead")
+                self.records[job_id] = record
+
+
 class _Claims:
     """Re-send marks read in file order: per dead letter, the claims standing."""
 
     def __init__(self) -> None:
         self._claims: dict[str, list[str]] = {}
         self._withdrawn: set[tuple[str, str]] = set()
+        self.sent: set[tuple[str, str]] = set()  # (dead id, job id) journaled
 
     def read(self, record: dict) -> bool:
         """Note `record` if it is a mark; False if it is a dead letter."""
@@ -327,6 +382,9 @@ class _Claims:
             return True
         if "withdrawn" in record:
             self._withdrawn.add((str(record["withdrawn"]), str(record.get("as"))))
+            return True
+        if "sent" in record:
+            self.sent.add((str(record["sent"]), str(record.get("as"))))
             return True
         return False
 

@@ -83,6 +83,8 @@ class Dispatcher:
             self._take_again,
             lambda: self.admission.new_id(),
             settings.resend_again_after,
+            settings.status_ttl,
+            lambda: self.barrier_met,
         )
         keys = IdempotencyKeys(settings.idempotency_ttl)
         self.journal: Journal | None = None

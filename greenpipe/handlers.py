@@ -256,17 +256,12 @@ def log_job(job: Job) -> None:
     The worker's log names its port; silence this with LOG_LEVEL=WARNING, or use
     ``greenpipe.handlers:noop``.
     """
-    log.info(
-        "%s: job %s attempt %d: %s %s%s%s (%d bytes)",
-        job.worker,
-        job.id,
-        job.attempt,
-        job.method,
-        job.path,
-        "?" if job.query else "",
-        job.query,
-        len(job.body),
-    )
+    if job.method:  # a forwarded request: named by its path
+        what = f"{job.method} {job.path}{'?' if job.query else ''}{job.query}"
+    else:  # pushed by name
+        what = job.name
+    log.info("%s: job %s attempt %d: %s (%d bytes)", job.worker, job.id,
+             job.attempt, what, len(job.body))  # fmt: skip
 
 
 def noop(job: Job) -> None:

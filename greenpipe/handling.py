@@ -148,7 +148,7 @@ def run_handler(
         payload = b"" if result is None else json.dumps(result).encode()
         return protocol.OK, payload
     except Cancelled:
-        log.warning("%s: job %s cancelled while it ran", where, job.id)
+        log.warning("%s: job %s %s cancelled while it ran", where, job.id, job.name)
         return protocol.CANCELLED, b"cancelled while it ran"
     except JobTimeout as exc:
         limit = "its handler's timeout=" if policy.timeout else "JOB_TIMEOUT"
@@ -174,18 +174,18 @@ def _failed(
         retry = retryable and job.retries < budget
     if not retry:
         if isinstance(exc, JobTimeout):
-            log.error("%s: job %s: %s", where, job.id, error.decode())
+            log.error("%s: job %s %s: %s", where, job.id, job.name, error.decode())
         else:
-            log.error("%s: job %s failed", where, job.id, exc_info=exc)
+            log.error("%s: job %s %s failed", where, job.id, job.name, exc_info=exc)
         return protocol.FAILED, error
     after = exc.after if isinstance(exc, Retry) else None
     delay = policy.delay(job.retries) if after is None else after
     # A failure's traceback once per run, retried or not; a Retry asked for or
     # a time-out has none worth reading.
     trace = None if isinstance(exc, Retry | JobTimeout) else exc
-    log.warning("%s: job %s: %s; retry %d of %d in %.3g s", where, job.id,
-                error.decode("utf-8", "replace"), job.retries + 1, budget,
-                delay, exc_info=trace)  # fmt: skip
+    log.warning("%s: job %s %s: %s; retry %d of %d in %.3g s", where, job.id,
+                job.name, error.decode("utf-8", "replace"), job.retries + 1,
+                budget, delay, exc_info=trace)  # fmt: skip
     return protocol.RETRY, protocol.retry_payload(delay, error)
 
 

@@ -129,7 +129,7 @@ class InlinePipe(Pipe):
             status = Status.DEAD  # as a web would: its retries spent
         self.books.accepted += 1
         if status is not Status.DONE:
-            self.books.failure(job.id, "inline", payload)
+            self.books.failure(job.id, "inline", payload, job.name or job.path)
         self.books.acked += 1
         self.finished.add(job.id, status, "inline", job.attempt, payload,
                           retries=job.retries, name=job.name or job.path)  # fmt: skip

@@ -24,6 +24,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from greenpipe.errors import Unavailable
+from greenpipe.journal.files import offload
 from greenpipe.routes import (
     action_refused,
     json_error,
@@ -47,6 +48,9 @@ def jobs_blueprint(
     @bp.get("/failed")
     def listing() -> Response:
         pipe = source()
+        odd = _unknown_args({"name", "status", "limit"})
+        if odd is not None:
+            return odd
         status = request.args.get("status") or None
         if status is not None and status not in STATUSES:
             return json_error(
@@ -57,12 +61,12 @@ def jobs_blueprint(
         limit = _limit()
         if isinstance(limit, Response):
             return limit
-        try:
-            jobs = pipe.failed_jobs(request.args.get("name"), status)
+        try:  # in the pool: a big file parses for long
+            jobs = _pooled(pipe.failed_jobs, request.args.get("name"), status)
         except OSError as exc:
             return _unreadable(pipe, exc)
         return json_response(200, {
-            "file": pipe.dead_letter_file,
+            "file": os.path.abspath(pipe.dead_letter_file),
             "total": len(jobs),
             "jobs": jobs[-limit:],  # the newest, oldest first
         })  # fmt: skip
@@ -84,7 +88,7 @@ def jobs_blueprint(
         except Unavailable as exc:
             return unavailable(exc)
         answer = done.as_dict()
-        if done.refused and not (done.sent or done.already):
+        if done.refused and not done.sent:
             return json_response(503, {
                 "error": "service unavailable",
                 "detail": "nothing was re-sent: " + next(iter(done.refused.values())),
@@ -95,7 +99,7 @@ def jobs_blueprint(
     @bp.get("/backlog")
     def backlog() -> Response:
         pipe = source()
-        refused = shared_port(pipe)
+        refused = shared_port(pipe) or _unknown_args({"name", "status", "limit"})
         if refused is not None:
             return refused
         limit = _limit()
@@ -140,9 +144,37 @@ def jobs_blueprint(
     return bp
 
 
+def _unknown_args(known: set[str]) -> Response | None:
+    """400 naming a query parameter the route does not read (a typo filters
+    nothing, silently, otherwise)."""
+    odd = sorted(set(request.args) - known)
+    if not odd:
+        return None
+    return json_error(
+        400, "unknown parameter",
+        f"{request.path} reads no {', '.join(map(repr, odd))}; its parameters "
+        f"are {', '.join(sorted(known))}",
+    )  # fmt: skip
+
+
+def _pooled(function: Callable[..., Any], *args: Any) -> Any:
+    """`function(*args)` in gevent's thread pool; its OSError raised here."""
+
+    def run() -> tuple[Any, OSError | None]:
+        try:
+            return function(*args), None
+        except OSError as exc:  # a value: raised in the pool, gevent prints it
+            return None, exc
+
+    value, error = offload(run)
+    if error is not None:
+        raise error
+    return value
+
+
 def _limit() -> int | Response:
     text = request.args.get("limit", str(LIMIT))
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         return json_error(
             400, "bad limit",
             f"limit={text!r} is not a whole number >= 1; the default is {LIMIT}",

@@ -26,7 +26,11 @@ from collections.abc import Sequence
 from typing import Any
 
 DEFAULT_WEB = "http://127.0.0.1:4567"
-TIMEOUT = 60.0  # s: a re-send of thousands submits them all before answering
+TIMEOUT = 300.0  # s: a re-send of thousands submits them all before answering
+WEB_HELP = (
+    "the web's URL where its operator's routes answer (web.py's port, or "
+    "OPS_PORT); env GREENPIPE_WEB; default " + DEFAULT_WEB
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,18 +41,22 @@ def parser() -> argparse.ArgumentParser:
         "and cancel it by name.",
     )
     p.add_argument(
-        "--web",
-        default=os.environ.get("GREENPIPE_WEB", DEFAULT_WEB),
-        help="the web's URL where its operator's routes answer (web.py's port, "
-        "or OPS_PORT); env GREENPIPE_WEB; default %(default)s",
+        "--web", default=os.environ.get("GREENPIPE_WEB", DEFAULT_WEB), help=WEB_HELP
     )
+    # --web after the command too (greenpipe jobs failed --web URL)
+    web = argparse.ArgumentParser(add_help=False)
+    web.add_argument("--web", default=argparse.SUPPRESS, help=WEB_HELP)
     sub = p.add_subparsers(dest="command", required=True)
-    failed = sub.add_parser("failed", help="list the kept jobs, oldest first")
+    failed = sub.add_parser(
+        "failed", parents=[web], help="list the kept jobs, oldest first"
+    )
     failed.add_argument("--name", help="only jobs with this name")
     failed.add_argument("--status", choices=("failed", "dead"), help="only these")
     failed.add_argument("--limit", type=int, default=1000, help="the newest N")
     failed.add_argument("--json", action="store_true", help="print the JSON")
-    resend = sub.add_parser("resend", help="send kept jobs again, each once")
+    resend = sub.add_parser(
+        "resend", parents=[web], help="send kept jobs again, each once"
+    )
     resend.add_argument("ids", nargs="*", metavar="ID", help="kept jobs' ids")
     resend.add_argument("--name", help="every kept job with this name")
     resend.add_argument("--all", action="store_true", help="every kept job")
@@ -58,7 +66,9 @@ def parser() -> argparse.ArgumentParser:
         help="also re-send those marked re-sent whose job never ran (a web "
         "killed mid-way); needs the result store",
     )
-    held = sub.add_parser("list", help="the jobs a web process holds, not finished")
+    held = sub.add_parser(
+        "list", parents=[web], help="the jobs a web process holds, not finished"
+    )
     held.add_argument(
         "--status", choices=("queued", "scheduled", "retrying", "in_flight")
     )
@@ -66,7 +76,9 @@ def parser() -> argparse.ArgumentParser:
     held.add_argument("--limit", type=int, default=1000, help="the first N")
     held.add_argument("--json", action="store_true", help="print the JSON")
     purge = sub.add_parser(
-        "purge", help="cancel a web process's waiting jobs of a name (or all)"
+        "purge",
+        parents=[web],
+        help="cancel a web process's waiting jobs of a name (or all)",
     )
     purge.add_argument("--name", help="every waiting job with this name")
     purge.add_argument("--all", action="store_true", help="every waiting job")
@@ -78,6 +90,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
+    if "://" not in args.web:  # 127.0.0.1:4567, as a user types it
+        args.web = "http://" + args.web
     try:
         if args.command == "failed":
             return _failed(args)
@@ -89,6 +103,9 @@ def main(argv: Sequence[str]) -> int:
     except _Failed as exc:
         sys.stderr.write(f"greenpipe jobs: {exc}\n")
         return 2
+    except BrokenPipeError:  # | head: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 class _Failed(Exception):
@@ -192,13 +209,18 @@ def _resend(args: argparse.Namespace) -> int:
         sys.stdout.write(f"already re-sent {dead} as {job} (nothing new)\n")
     for dead, why in answer["refused"].items():
         sys.stdout.write(f"NOT re-sent {dead}: {why}\n")
+    for dead, why in answer.get("in_doubt", {}).items():
+        sys.stdout.write(f"IN DOUBT {dead}: {why}\n")
     for dead in answer["unknown"]:
         sys.stdout.write(f"unknown {dead}: not in the dead-letter file\n")
     sys.stdout.write(
         f"{len(answer['sent'])} re-sent, {len(answer['already'])} already, "
-        f"{len(answer['refused'])} refused, {len(answer['unknown'])} unknown\n"
+        f"{len(answer['refused'])} refused, {len(answer['unknown'])} unknown"
+        + (f", {len(answer['in_doubt'])} in doubt" if answer.get("in_doubt") else "")
+        + "\n"
     )
-    return 1 if answer["refused"] or answer["unknown"] or status >= 400 else 0
+    unsettled = answer["refused"] or answer["unknown"] or answer.get("in_doubt")
+    return 1 if unsettled or status >= 400 else 0
 
 
 def _call(
@@ -239,8 +261,17 @@ def _call(
         raise _Failed(
             f"{method} {url}: {exc.code} {answer.get('error')}: {answer.get('detail')}"
         ) from None
+    except TimeoutError:
+        raise _Failed(
+            f"{method} {url}: no answer within {TIMEOUT:g} s; the web may still be "
+            "working on it: list again to see what was done"
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, TimeoutError):
+            raise _Failed(f"{method} {url}: no answer within {TIMEOUT:g} s; the "
+                          "web may still be working on it: list again to see what "
+                          "was done") from None  # fmt: skip
         raise _Failed(
             f"cannot reach the web at {web} ({reason}); is it running? give its "
             "URL with --web or GREENPIPE_WEB"

@@ -27,6 +27,8 @@ from greenpipe.books import LATENCY_BUCKETS, REJECT_REASONS, Snapshot
 from greenpipe.link import LinkState
 
 WS = ["worker", "state"]
+OWN_LABELS = 20  # names no worker announced (a default handler's) labelled as such
+OTHER = "other"  # the label of the names past those
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -62,7 +64,7 @@ class Collector(_Collector):
             ("dead_lettered", s.dead_lettered, "Jobs given up on."),
             ("pushed", s.pushed, "Jobs handed to plain PULL workers."),
             ("replayed", s.replayed, "Jobs replayed from the journal at start."),
-            ("redriven", s.redriven, "Dead letters re-sent from the dashboard."),
+            ("redriven", s.redriven, "Kept jobs re-sent (dashboard, resend)."),
             ("retried", s.retried, "Runs that failed and were held for a retry."),
             ("cancelled", s.cancelled, "Jobs cancelled."),
         ):
@@ -87,8 +89,42 @@ class Collector(_Collector):
         counts = _buckets(LATENCY_BUCKETS, s.latency_counts)
         latency.add_metric([], counts, s.latency_sum)
         yield latency
+        yield from self._by_name(s)
         yield from self._workers(s)
         yield from self._journal(s.journal)
+
+    def _by_name(self, s: Snapshot) -> Iterator:
+        """The ack latency and failures by job name (label ``job``), bounded:
+        the names the workers announce, then the first `OWN_LABELS` others
+        (a default handler's), the rest under "other"."""
+        announced = {name for w in s.workers for name in w.report["serves"]["names"]}
+        width = len(LATENCY_BUCKETS) + 1
+        merged: dict[str, list[float]] = {}
+        others = 0
+        for name, figures in s.by_name.items():
+            if name and name not in announced and name != OTHER:
+                others += 1
+            own = name in announced or (name and others <= OWN_LABELS)
+            label = name if own else OTHER
+            into = merged.setdefault(label, [0.0] * (width + 2))
+            for i, value in enumerate(figures):
+                into[i] += value
+        latency = HistogramMetricFamily(
+            "greenpipe_job_ack_by_name_seconds",
+            "Time from acceptance to acknowledgement, by job name.",
+            labels=["job"],
+        )
+        failed = CounterMetricFamily(
+            "greenpipe_jobs_failed_by_name",
+            "Jobs whose handler raised or timed out, by job name.",
+            labels=["job"],
+        )
+        for label, figures in merged.items():
+            counts = [int(c) for c in figures[:width]]
+            latency.add_metric([label], _buckets(LATENCY_BUCKETS, counts), figures[-2])
+            failed.add_metric([label], figures[-1])
+        yield latency
+        yield failed
 
     def _workers(self, s: Snapshot) -> Iterator:
         state = GaugeMetricFamily(

@@ -131,7 +131,8 @@ def run(settings: WebSettings, app: Flask | None = None) -> int:
     )
     if ops is not None:
         log.info(
-            "web: pid %d's own /metrics, /stats, /healthz, /dashboard: http://%s:%d",
+            "web: pid %d's own /metrics, /stats, /healthz, /dashboard, /backlog, "
+            "/failed: http://%s:%d",
             os.getpid(), settings.host, ops.server_port,
         )  # fmt: skip
     # The operator's routes answer on OPS_PORT, and on the app's port if opted in.

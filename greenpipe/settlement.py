@@ -142,7 +142,7 @@ class Settlement:
                     finished.append((job, status, payload))
                     continue
                 next_run(job, delay, error.decode("utf-8", "replace"))
-                self.books.retrying(job.id, link.name, error)  # the dashboard's
+                self.books.retrying(job.id, link.name, error, job.name or job.path)
                 held.append(job)
                 continue
             if status is Status.RETRYING:  # cancelled meanwhile: no retry

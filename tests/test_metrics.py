@@ -74,3 +74,44 @@ def test_promtool_accepts_the_metrics(start_worker, start_web):
 def test_metrics_can_be_turned_off(start_worker, start_web):
     web = start_web([start_worker()], metrics="no")
     assert web.get("/metrics")[0] == 404
+
+
+@pytest.mark.inprocess
+def test_figures_by_job_name_are_labelled_for_the_names_workers_run_only():
+    """Issue 33: the ack latency and failures by job name, with a label per
+    name the workers announce; a default handler's names get theirs up to
+    OWN_LABELS, the rest are "other" (a name from user input cannot grow
+    /metrics without bound)."""
+    from greenpipe import metrics
+    from greenpipe.books import NAMES_KEPT, Books, take
+    from greenpipe.jobs import Envelope, Status
+
+    books = Books()
+    jobs = []
+    names = [b"resize", b"mail"] + [b"u%d" % n for n in range(metrics.OWN_LABELS + 5)]
+    for name in names:
+        job = Envelope.new(b"", b"", b"", b"", b"", name=name)
+        job.accepted_at = 0.0
+        jobs.append(job)
+    books.settled(jobs[:1], [(jobs[1], Status.FAILED, b"E: boom")], 0, "w", 0.004)
+    books.settled(jobs[2:], [], 0, "w", 2.0)
+
+    snapshot = take("web", books, [], 0.0)
+    # A worker that announced resize and mail in its READY (greenpipe.routing).
+    worker = type("W", (), {"report": {"serves": {"names": ["resize", "mail"]}}})()
+    snapshot = snapshot.__class__(**{**{f: getattr(snapshot, f) for f in
+                                        snapshot.__dataclass_fields__},
+                                     "workers": [worker]})  # fmt: skip
+    families = {
+        f.name: f for f in metrics.Collector(lambda: snapshot)._by_name(snapshot)
+    }
+    latency = families["greenpipe_job_ack_by_name_seconds"]
+    counts = {s.labels["job"]: s.value for s in latency.samples
+              if s.name.endswith("_count")}  # fmt: skip
+    assert counts["resize"] == 1 and counts["mail"] == 1, counts
+    own = [n for n in counts if n.startswith("u")]
+    assert len(own) == metrics.OWN_LABELS and counts["other"] == 5, counts
+    failed = {s.labels["job"]: s.value for s in
+              families["greenpipe_jobs_failed_by_name"].samples}  # fmt: skip
+    assert failed["mail"] == 1 and failed["resize"] == 0, failed
+    assert len(books.by_name) <= NAMES_KEPT

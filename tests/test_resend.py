@@ -11,6 +11,7 @@ the CLI, the HTTP routes and a kill -9 during a bulk re-send run real processes.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -63,8 +64,8 @@ def test_kept_lists_failed_and_dead_by_name_and_status_without_bodies(tmp_path):
     assert [r["id"] for r in letters.kept(status="dead")] == dead
     assert all("body" not in r and r["body_bytes"] > 10 for r in letters.kept())
     assert letters.count == 0, "a new DeadLetters counts what it writes"
-    assert [r["id"] for r in letters.tail(10)] == dead[::-1], (
-        "the page's list stays the dead ones; failures are its own list"
+    assert [r["id"] for r in letters.tail(10)] == (dead + failed)[::-1], (
+        "the page lists both, newest first, each with its re-send button"
     )
     assert letters.claim_many([(dead[0], "x-1"), (failed[0], "x-2")]) == {
         dead[0]: "x-1", failed[0]: "x-2"}  # fmt: skip
@@ -197,20 +198,148 @@ def test_resends_interleaved_with_a_crash_more_seeds(seed, tmp_path):
     _one_run(seed, tmp_path)
 
 
+def _resender(letters: DeadLetters, made: list | None = None, **options) -> Resender:
+    def take(job: Envelope, job_id: str) -> Envelope:
+        if made is not None:
+            made.append(job_id)
+        return job.named(job_id)
+
+    return Resender(letters, take, lambda: new_job_id("feedface-"), **options)
+
+
+def _old_id(seconds: float) -> str:
+    """A web's job id made `seconds` ago (ids carry their second)."""
+    fresh = new_job_id("feedface-")
+    head, tail = fresh.split("-")
+    return f"{head}-{int(time.time() - seconds):08x}{tail[8:]}"
+
+
 @pytest.mark.inprocess
-def test_again_leaves_a_claim_that_may_still_be_submitted(tmp_path):
-    """A claim younger than RESEND_AGAIN_AFTER may be a take in progress on
-    another process: ``again`` must not strike it (that would make two)."""
+def test_again_judges_a_mark_by_its_confirmation_its_age_and_the_store(tmp_path):
+    """Review (both readers): ``again`` re-sent jobs that had run, once their
+    record expired (STATUS_TTL), and struck a re-send still being submitted.
+    Now a submitted re-send is confirmed in the file and never struck; an
+    unconfirmed one is struck only between RESEND_AGAIN_AFTER and
+    STATUS_TTL, and is said to be in doubt otherwise."""
     path = tmp_path / "dead.jsonl"
-    (dead,) = _dead(path, 1)
+    confirmed, young, expired, lost, known = _dead(path, 5)
     letters = DeadLetters(str(path))
-    letters.claim(dead, new_job_id("feedface-"))  # a take now in progress elsewhere
-    resender = Resender(letters, lambda job, job_id: job.named(job_id),
-                        lambda: new_job_id("feedface-"), 30.0)  # fmt: skip
-    done = resender.resend(again=True, known=lambda job_id: False)
-    assert not done.sent and dead in done.already, done
+    ran = _old_id(400)
+    letters.claim_many([(confirmed, ran)])
+    letters.confirm_many([(confirmed, ran)])
+    letters.claim_many([(young, _old_id(5)), (expired, _old_id(400)),
+                        (lost, _old_id(60)), (known, _old_id(60))])  # fmt: skip
+    made: list[str] = []
+    resender = _resender(letters, made, again_after=30.0, status_ttl=300.0)
+    done = resender.resend(again=True, known=lambda job_id: job_id in made + [
+        letters.resent_as(known)])  # fmt: skip
+    assert set(done.sent) == {lost}, done
+    assert set(done.already) == {confirmed, known}, "journaled, or found: left"
+    assert "RESEND_AGAIN_AFTER" in done.in_doubt[young], done.in_doubt
+    assert "STATUS_TTL" in done.in_doubt[expired], done.in_doubt
+    assert letters.read()[1].sent >= {(lost, done.sent[lost])}, "its new one confirmed"
     with pytest.raises(ValueError, match="result store"):
         resender.resend(again=True, known=None)
+    # Without again, the same marks are all answered as they stand.
+    plain = resender.resend()
+    assert not plain.sent and not plain.in_doubt and len(plain.already) == 5
+
+
+@pytest.mark.inprocess
+def test_no_mark_is_written_before_the_barrier(tmp_path):
+    """Review: a re-send marked, then waiting READY_TIMEOUT for the barrier,
+    was struck by ``again`` elsewhere and both ran. Now nothing is marked
+    until the barrier is met: the answer is refused, the file unchanged."""
+    path = tmp_path / "dead.jsonl"
+    (dead,) = _dead(path, 1)
+    before = path.read_bytes()
+    made: list[str] = []
+    done = _resender(DeadLetters(str(path)), made, ready=lambda: False).resend([dead])
+    assert "barrier" in done.refused[dead] and not made, done
+    assert path.read_bytes() == before, "nothing marked"
+
+
+@pytest.mark.inprocess
+def test_a_damaged_record_is_refused_unmarked_and_the_rest_are_sent(tmp_path):
+    """Review: a record without its request made the whole bulk re-send a 500
+    after sending the rest, its mark standing for a job that never existed."""
+    path = tmp_path / "dead.jsonl"
+    good = _dead(path, 3)
+    with path.open("a") as file:
+        file.write(json.dumps({"id": "odd-1", "status": "failed", "name": "x"}) + "\n")
+        file.write(json.dumps({"id": "odd-2", "method": "GET", "path": "/",
+                               "query": "", "content_type": "",
+                               "body_base64": "abc"}) + "\n")  # fmt: skip
+    made: list[str] = []
+    letters = DeadLetters(str(path))
+    done = _resender(letters, made).resend()
+    assert set(done.sent) == set(good) and len(made) == 3, done
+    assert "damaged" in done.refused["odd-1"] and "method" in done.refused["odd-1"]
+    assert "damaged" in done.refused["odd-2"], done.refused
+    assert letters.resent_as("odd-1") is None, "a damaged record is not marked"
+
+
+@pytest.mark.inprocess
+def test_a_write_cut_short_leaves_no_mark_standing_and_loses_no_record(
+    tmp_path, monkeypatch
+):
+    """Review: a full disk cut a write of marks; the re-send said "nothing
+    sent" but left marks standing, and the next failed job's record was glued
+    to the cut line and lost."""
+    import errno
+
+    from greenpipe import deadletter
+
+    path = tmp_path / "dead.jsonl"
+    dead = _dead(path, 10)
+    real = os.write
+    budget = {"bytes": 300}  # the disk fills 300 bytes into the marks
+
+    def short(fd: int, data) -> int:
+        if budget["bytes"] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = real(fd, bytes(data[: budget["bytes"]]))
+        budget["bytes"] -= n
+        return n
+
+    monkeypatch.setattr(deadletter.os, "write", short)
+    letters = DeadLetters(str(path))
+    made: list[str] = []
+    done = _resender(letters, made).resend()
+    assert not made and len(done.refused) == 10, done
+    assert "some marks may stand" in done.refused[dead[0]], done.refused[dead[0]]
+    monkeypatch.setattr(deadletter.os, "write", real)  # the disk has room again
+    (later,) = _dead(path, 1, "charge", "failed")
+    assert [r["id"] for r in letters.kept()][-1] == later, "the next record is kept"
+    standing = [d for d in dead if letters.resent_as(d)]
+    assert standing, "the marks written before the disk filled stand (unconfirmed)"
+    again = _resender(letters, made, again_after=-2.0).resend(
+        again=True, known=made.__contains__
+    )
+    assert len(again.sent) == 11 and len(made) == 11, again
+
+
+@pytest.mark.inprocess
+def test_a_bulk_resend_reads_the_file_about_once(tmp_path, monkeypatch):
+    """Review: each chunk of 100 marks read the whole file again: 15,000
+    letters (65 MB) held the web's loop for up to a second, 88 s in all."""
+    from greenpipe import deadletter
+
+    path = tmp_path / "dead.jsonl"
+    _dead(path, 1000)
+    read = {"bytes": 0}
+    real_more = deadletter.Scan.more
+
+    def counting(scan) -> None:
+        before = scan.offset
+        real_more(scan)
+        read["bytes"] += scan.offset - before
+
+    monkeypatch.setattr(deadletter.Scan, "more", counting)
+    done = _resender(DeadLetters(str(path))).resend()
+    assert len(done.sent) == 1000
+    size = path.stat().st_size
+    assert read["bytes"] <= size, f"read {read['bytes']} bytes of a {size}-byte file"
 
 
 # -- real processes -------------------------------------------------------------------
@@ -261,6 +390,18 @@ def test_a_failed_job_is_listed_and_rerun_from_the_cli_once(
     assert "OPS_PORT as --web" in shared.stderr, "the backlog is each process's own"
     as_json = json.loads(_jobs(web, "failed", "--json").stdout)
     assert {j["resent_as"] for j in as_json["jobs"]} == set(made)
+    assert {j["name"] for j in as_json["jobs"]} == {"/jobs"}, "named as listed"
+    assert as_json["file"] == str(tmp_path / "dead-letter.jsonl"), as_json["file"]
+    # As a user types it: --web after the command, without http://.
+    typed = subprocess.run([PYTHON, "-m", "greenpipe", "jobs", "failed", "--web",
+                            f"127.0.0.1:{web.port}"], capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+    assert typed.returncode == 0 and "3 kept in" in typed.stdout, typed.stderr
+    piped = subprocess.run(
+        f"{PYTHON} -m greenpipe jobs --web http://127.0.0.1:{web.port} failed | head -1",
+        shell=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "Traceback" not in piped.stderr and piped.stdout.startswith("3 kept")
 
 
 def test_the_routes_refuse_what_they_cannot_do_saying_what_to_send(
@@ -278,6 +419,10 @@ def test_the_routes_refuse_what_they_cannot_do_saying_what_to_send(
         assert code == 400 and words in body["detail"], (sent, body)
     code, _, body = web.get("/failed?status=lost")
     assert code == 400 and "failed, dead" in body["detail"], body
+    code, _, body = web.get("/failed?limit=%C2%B2")  # "²".isdigit() is True
+    assert code == 400 and "whole number" in body["detail"], body
+    code, _, body = web.get("/failed?nme=x")
+    assert code == 400 and "'nme'" in body["detail"], "a typo filters nothing"
     code, _, body = web.post("/failed/resend", {"ids": ["nope"]}, headers=action)
     assert code == 200 and body["unknown"] == ["nope"], body
     code, _, body = web.post("/backlog/purge", {"every": True})
@@ -297,6 +442,27 @@ def test_the_routes_refuse_what_they_cannot_do_saying_what_to_send(
     assert web.proc.wait_exit(10) == 0
     down = _jobs(web, "failed")
     assert down.returncode == 2 and "cannot reach the web" in down.stderr, down.stderr
+
+
+def test_again_never_resends_a_job_that_ran_once_its_record_expired(
+    start_worker, start_web, record_dir, tmp_path
+):
+    """The review's blocker: a re-sent job ran; once its record expired
+    (STATUS_TTL) ``resend --all --again`` sent it again, a second charge.
+    Now a submitted re-send is confirmed in the file and ``again`` leaves it."""
+    web = start_web([start_worker()], status_ttl=1, resend_again_after=0.5)
+    failed = web.post("/jobs", {"fail_unless": str(tmp_path / "fixed")})[2]["id"]
+    poll_until(lambda: web.get(f"/jobs/{failed}")[2].get("status"), "failed".__eq__,
+               20, f"job {failed} failed")  # fmt: skip
+    (tmp_path / "fixed").touch()
+    first = _jobs(web, "resend", "--all")
+    (made,) = [line.split()[-1] for line in first.stdout.splitlines()
+               if line.startswith("re-sent ")]  # fmt: skip
+    poll_until(lambda: web.get(f"/jobs/{made}")[0], (410).__eq__, 20,
+               f"the re-sent job {made}'s record expired (410)")  # fmt: skip
+    again = _jobs(web, "resend", "--all", "--again")
+    assert "0 re-sent, 1 already" in again.stdout, again.stdout + again.stderr
+    assert handled_ids(record_dir)[made] == 1 and len(handled_ids(record_dir)) == 2
 
 
 def test_a_bulk_resend_of_1000_under_kill_9_runs_each_once_more_never_twice(

@@ -109,7 +109,8 @@ function showFailures(d) {
   body.textContent = "";
   for (const f of d.failures) {
     const row = body.insertRow();
-    cell(row, clock(f.time)); cell(row, f.id); cell(row, f.worker); cell(row, f.error, "error");
+    cell(row, clock(f.time)); cell(row, f.id); cell(row, f.name, "name").title = f.name;
+    cell(row, f.worker); cell(row, f.error, "error");
   }
 }
 
@@ -136,7 +137,9 @@ function showDead(d) {
   for (const r of d.dead_letters) {
     const row = body.insertRow();
     row.dataset.job = r.id;
-    cell(row, when(r.time)).title = r.time; cell(row, r.id); cell(row, r.reason, "error");
+    cell(row, when(r.time)).title = r.time; cell(row, r.id);
+    cell(row, r.name || r.path, "name").title = r.name || r.path;
+    cell(row, r.reason, "error");
     cell(row, r.attempts);
     const old = done.get(r.id);
     if (old) { row.insertCell().appendChild(old); continue; }

@@ -98,8 +98,8 @@ class Pool:
         self.active[me] = (deadline, job)
         try:
             if me in self.cancelled:  # a CANCEL came before this greenlet ran
-                log.warning("%s: job %s cancelled before it started", job.worker,
-                            job.id)  # fmt: skip
+                log.warning("%s: job %s %s cancelled before it started",
+                            job.worker, job.id, job.name)  # fmt: skip
                 status, payload = protocol.CANCELLED, b"cancelled before it started"
             else:
                 status, payload = run_handler(self.handler, job, job.worker, policy)
