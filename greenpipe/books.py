@@ -89,6 +89,8 @@ class Books:
             if status is Status.FAILED:
                 named[-1] += 1
                 self.failure(job.id, worker, payload, job.name or job.path)
+            elif status is Status.DEAD:  # its last retry failed
+                named[-1] += 1
         self.latency_sum += waited
         self.stray_acks += stray
         self.acked += len(done) + len(results)

@@ -177,11 +177,17 @@ class DeadLetters:
             scan = self.scan()
         else:
             scan.more()
-        firsts = {dead: scan.claims.first(dead) or job for dead, job in pairs}
+        firsts = {dead: scan.claims.first(dead) for dead, _ in pairs}
+        if None in firsts.values():  # not even our own mark read back
+            self.withdraw_many(pairs)
+            raise OSError(
+                f"the marks just written to {self.path} were not read back (the "
+                "file was moved or replaced meanwhile?)"
+            )
         lost = [(dead, job) for dead, job in pairs if firsts[dead] != job]
         if lost:
             self.withdraw_many(lost)
-        return firsts
+        return firsts  # type: ignore[return-value]  # no None: checked above
 
     def confirm_many(self, pairs: Sequence[tuple[str, str]]) -> None:
         """Each (dead id, job id) was submitted (journaled): `again` leaves it."""
@@ -343,10 +349,17 @@ class Scan:
         self.records: dict[str, dict] = {}  # job id -> its last record
         self.claims = _Claims()
         self.offset = 0
+        self.inode = -1
 
     def more(self) -> None:
+        """Read on from where the last read stopped; a file replaced since
+        (moved aside, a new one made) or shorter is read from its start."""
         try:
             with open(self.path, "rb") as file:
+                facts = os.fstat(file.fileno())
+                if facts.st_ino != self.inode or facts.st_size < self.offset:
+                    self.records, self.claims, self.offset = {}, _Claims(), 0
+                    self.inode = facts.st_ino
                 file.seek(self.offset)
                 data = file.read()
         except FileNotFoundError:

@@ -183,7 +183,9 @@ def _purge(args: argparse.Namespace) -> int:
     sys.stdout.write(
         f"{len(answer['cancelled'])} cancelled, {len(answer['cancelling'])} "
         f"cancelling, {len(answer['finished'])} finished before, "
-        f"{len(answer['refused'])} refused\n"
+        f"{len(answer['refused'])} refused"
+        + (f", {len(answer['started'])} started meanwhile" if answer["started"] else "")
+        + "\n"
     )
     return 1 if answer["refused"] or status >= 400 else 0
 

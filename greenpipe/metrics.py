@@ -28,7 +28,7 @@ from greenpipe.link import LinkState
 
 WS = ["worker", "state"]
 OWN_LABELS = 20  # names no worker announced (a default handler's) labelled as such
-OTHER = "other"  # the label of the names past those
+OTHER = ""  # the names past those: job="" (a job's name is never empty)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -53,6 +53,7 @@ class Collector(_Collector):
 
     def __init__(self, source: Callable[[], Snapshot]) -> None:
         self.source = source
+        self._labelled: set[str] = set()  # job names with a label of their own
 
     def collect(self) -> Iterator:
         s = self.source()
@@ -98,14 +99,15 @@ class Collector(_Collector):
         the names the workers announce, then the first `OWN_LABELS` others
         (a default handler's), the rest under "other"."""
         announced = {name for w in s.workers for name in w.report["serves"]["names"]}
+        labelled = self._labelled  # once a name has its label, it keeps it
         width = len(LATENCY_BUCKETS) + 1
         merged: dict[str, list[float]] = {}
-        others = 0
         for name, figures in s.by_name.items():
-            if name and name not in announced and name != OTHER:
-                others += 1
-            own = name in announced or (name and others <= OWN_LABELS)
-            label = name if own else OTHER
+            if name and name not in labelled:
+                others = len(labelled - announced)
+                if name in announced or others < OWN_LABELS:
+                    labelled.add(name)
+            label = name if name in labelled else OTHER
             into = merged.setdefault(label, [0.0] * (width + 2))
             for i, value in enumerate(figures):
                 into[i] += value
@@ -116,7 +118,7 @@ class Collector(_Collector):
         )
         failed = CounterMetricFamily(
             "greenpipe_jobs_failed_by_name",
-            "Jobs whose handler raised or timed out, by job name.",
+            "Jobs whose handler raised or timed out on their last run, by job name.",
             labels=["job"],
         )
         for label, figures in merged.items():

@@ -364,7 +364,8 @@ class Pipe:
         if not self.started:
             self.start()
         statuses = WAITING + (("in_flight",) if in_flight else ())
-        return purge(self.dispatcher.held(None, name), self.dispatcher.cancel, statuses)
+        d = self.dispatcher
+        return purge(d.held(None, name), d.cancel, statuses, d.status)
 
     @property
     def name(self) -> str:

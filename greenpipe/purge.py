@@ -15,6 +15,7 @@ from typing import Any
 import gevent.pool
 
 from greenpipe.errors import Unavailable
+from greenpipe.jobs import Status
 
 WAITING = ("queued", "scheduled", "retrying")  # a backlog: not running yet
 CANCELLERS = 50
@@ -25,13 +26,15 @@ class Purged:
     """What a purge did, by job id.
 
     ``cancelled``: will never run. ``cancelling``: running on a worker, its
-    handler interrupted (only when ``in_flight`` was asked). ``finished``:
-    finished before its cancel (nothing changed). ``refused``: not cancelled,
-    and why (a ``503``'s reason; purge again).
+    handler interrupted (only when ``in_flight`` was asked). ``started``: it
+    went to a worker while the purge ran, and runs (``in_flight`` not
+    asked). ``finished``: finished before its cancel (nothing changed).
+    ``refused``: not cancelled, and why (a ``503``'s reason; purge again).
     """
 
     cancelled: list[str] = field(default_factory=list)
     cancelling: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
 
@@ -39,6 +42,7 @@ class Purged:
         return {
             "cancelled": self.cancelled,
             "cancelling": self.cancelling,
+            "started": self.started,
             "finished": self.finished,
             "refused": self.refused,
         }
@@ -48,11 +52,25 @@ def purge(
     held: list[dict[str, Any]],
     cancel: Callable[[str], dict[str, Any] | None],
     statuses: Sequence[str],
+    status: Callable[[str], dict[str, Any] | None],
 ) -> Purged:
-    """Cancel each job of `held` (status answers) whose status is in `statuses`."""
+    """Cancel each job of `held` (status answers) whose status is in `statuses`.
+
+    Each is looked at again (`status`) just before its cancel, with no switch
+    between: the cancels before it waited for their records, and meanwhile a
+    queued job may have gone to a worker (not to be interrupted unless
+    ``in_flight`` is in `statuses`).
+    """
     done = Purged()
 
     def one(job_id: str) -> None:
+        now = status(job_id)
+        if now is None or Status(now["status"]).finished:
+            done.finished.append(job_id)
+            return
+        if now["status"] not in statuses:
+            done.started.append(job_id)
+            return
         try:
             after = cancel(job_id)
         except Unavailable as exc:

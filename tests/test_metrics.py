@@ -110,7 +110,7 @@ def test_figures_by_job_name_are_labelled_for_the_names_workers_run_only():
               if s.name.endswith("_count")}  # fmt: skip
     assert counts["resize"] == 1 and counts["mail"] == 1, counts
     own = [n for n in counts if n.startswith("u")]
-    assert len(own) == metrics.OWN_LABELS and counts["other"] == 5, counts
+    assert len(own) == metrics.OWN_LABELS and counts[""] == 5, counts
     failed = {s.labels["job"]: s.value for s in
               families["greenpipe_jobs_failed_by_name"].samples}  # fmt: skip
     assert failed["mail"] == 1 and failed["resize"] == 0, failed

@@ -27,10 +27,11 @@ from greenpipe import protocol
 from greenpipe.deadletter import DeadLetters
 from greenpipe.errors import Unavailable
 from greenpipe.jobs import Envelope, new_job_id
+from greenpipe.purge import WAITING, purge
 from greenpipe.resend import Resender
 from greenpipe.testing import PYTHON, poll_until
 from tests.support import handled_ids
-from tests.test_core import Clock, hear, make, ready
+from tests.test_core import Clock, ack, hear, make, ready
 
 SEEDS_FAST = range(20)
 SEEDS_THOROUGH = range(20, 320)
@@ -534,9 +535,7 @@ def test_the_backlog_lists_by_status_and_name_and_a_purge_cancels_one_name(tmp_p
     assert [j["id"] for j in d.held("scheduled", "a")] == [later[1].id]
     with pytest.raises(ValueError, match="not one of queued, scheduled"):
         d.held("done")
-    from greenpipe.purge import WAITING, purge
-
-    done = purge(d.held(name="a"), d.cancel, WAITING)
+    done = purge(d.held(name="a"), d.cancel, WAITING, d.status)
     assert sorted(done.cancelled) == sorted([queued[0].id, queued[2].id, later[1].id])
     assert not done.refused and not done.cancelling
     assert [j["name"] for j in d.held()] == ["b", "b", "a"], "b untouched, a's running"
@@ -595,3 +594,128 @@ def test_a_purge_by_name_under_load_leaves_the_other_names_untouched(
         poll_until(lambda j=job["id"]: web.get(f"/jobs/{j}")[2]["status"],
                    lambda s: s in ("cancelled", "done"), 30,
                    f"/jobs job {job['id']} cancelled or done")  # fmt: skip
+
+
+# -- the second careful reader's review ---------------------------------------------
+
+
+def _push(d, name: bytes, delay: float = 0.0) -> Envelope:
+    job = Envelope.new(b"POST", b"/jobs", b"", b"", b"{}", name=name)
+    job.not_before = time.time() + delay if delay else 0.0
+    return d.submit(job)
+
+
+@pytest.mark.inprocess
+def test_a_purge_leaves_a_job_that_started_during_it_running(tmp_path):
+    """The second review: a job queued in the purge's snapshot and sent to a
+    worker while the purge's first cancels waited for their records (an ack
+    freed credit) was interrupted there, though in_flight was not asked."""
+    d = make(Clock(), workers="127.0.0.1:1", journal_dir=tmp_path / "journal")
+    d.start()
+    link = d.links[0]
+    ready(d, link, credit=1)
+    running = _push(d, b"a")
+    for _ in range(60):
+        _push(d, b"a")
+    d.flush()
+    assert link.jobs.get(running.key) is running
+    snapshot = d.held(name="a")
+    assert sum(j["status"] == "queued" for j in snapshot) == 60
+
+    def worker_acks():  # the running job finishes while the purge runs
+        gevent.sleep(0)
+        ack(d, link, running.id)
+
+    acker = gevent.spawn(worker_acks)
+    done = purge(snapshot, d.cancel, WAITING, d.status)  # as pipe.purge(name="a")
+    acker.join()
+    cancels = [m for m in link.sent_messages if m[0] == protocol.CANCEL]
+    d.close()
+    assert not done.cancelling and not cancels, (
+        f"purge without in_flight interrupted {done.cancelling} on the worker"
+    )
+    assert len(done.started) == 1 and len(done.cancelled) == 59, done
+
+
+@pytest.mark.inprocess
+def test_a_job_named_other_keeps_its_own_figures():
+    """The second review: an announced job named "other" shared its label with
+    the names past OWN_LABELS. They go under job="" now (no name is empty)."""
+    from greenpipe import metrics
+    from greenpipe.books import Books, take
+    from greenpipe.jobs import Envelope, Status
+
+    books = Books()
+
+    def job(name):
+        j = Envelope.new(b"", b"", b"", b"", b"", name=name)
+        j.accepted_at = 0.0
+        return j
+
+    books.settled([job(b"other")], [], 0, "w", 0.004)  # the real "other": 1 ok
+    strangers = [job(b"u%d" % n) for n in range(metrics.OWN_LABELS + 3)]
+    books.settled([], [(j, Status.FAILED, b"E") for j in strangers], 0, "w", 2.0)
+    snapshot = take("web", books, [], 0.0)
+    worker = type("W", (), {"report": {"serves": {"names": ["other"]}}})()
+    snapshot = snapshot.__class__(
+        **{
+            **{f: getattr(snapshot, f) for f in snapshot.__dataclass_fields__},
+            "workers": [worker],
+        }
+    )
+    fams = {f.name: f for f in metrics.Collector(lambda: snapshot)._by_name(snapshot)}
+    failed = {
+        s.labels["job"]: s.value for s in fams["greenpipe_jobs_failed_by_name"].samples
+    }
+    count = {
+        s.labels["job"]: s.value
+        for s in fams["greenpipe_job_ack_by_name_seconds"].samples
+        if s.name.endswith("_count")
+    }
+    assert failed["other"] == 0 and count["other"] == 1, (failed, count)
+    assert failed[""] == 3, "the three past OWN_LABELS, grouped"
+
+
+@pytest.mark.inprocess
+def test_two_resends_across_a_move_aside_make_one_job(tmp_path):
+    """The second review: the file moved aside between two processes' reads
+    and their marks; each read on from its old offset in the new, shorter
+    file, read no mark, took its own as first: two jobs. A replaced file is
+    read from its start now, and a mark not read back refuses."""
+    import os
+
+    from greenpipe.deadletter import DeadLetters
+    from greenpipe.jobs import new_job_id
+    from greenpipe.resend import Resender
+
+    path = str(tmp_path / "dead.jsonl")
+    letter = Envelope.new(b"POST", b"/jobs", b"", b"", b"{}", name=b"charge")
+    letter.named(new_job_id("web-"))
+    DeadLetters(path).write(letter, "boom", "w", "failed")
+    arrived, taken = [], []
+
+    def ready(who):
+        def check():
+            arrived.append(who)
+            while len(arrived) < 2:  # both have read the file
+                gevent.sleep(0.001)
+            if who == "A":
+                os.rename(path, path + ".aside")  # the operator moves it aside
+            while not os.path.exists(path + ".aside"):
+                gevent.sleep(0.001)
+            return True
+
+        return check
+
+    def resender(who):
+        return Resender(
+            DeadLetters(path),
+            lambda job, i: taken.append((who, i)),
+            lambda: new_job_id(who + "-"),
+            ready=ready(who),
+        )
+
+    a = gevent.spawn(resender("A").resend, [letter.id])
+    b = gevent.spawn(resender("B").resend, [letter.id])
+    gevent.joinall([a, b], raise_error=True)
+    assert len(taken) == 1, f"one dead letter, {len(taken)} jobs: {taken}"
