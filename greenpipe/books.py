@@ -39,7 +39,7 @@ class Books:
         self.accepted = self.acked = self.failed = self.resent = self.rejected = 0
         self.stray_acks = self.malformed = 0
         self.added = self.removed = 0  # workers added and removed live (SIGHUP)
-        self.redriven = 0  # dead letters re-sent (the dashboard's button)
+        self.redriven = 0  # kept jobs re-sent (Resender.redriven, read at a snapshot)
         self.replayed = 0  # jobs replayed from the journal at start
         self.retried = 0  # runs that failed and were held for a retry
         self.cancelled = 0  # jobs cancelled (pipe.cancel, DELETE /jobs/<id>)

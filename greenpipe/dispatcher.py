@@ -28,7 +28,7 @@ from greenpipe.admission import Admission, IdempotencyKeys
 from greenpipe.books import LATENCY_BUCKETS, Books, Snapshot
 from greenpipe.config import Endpoint, PipeSettings
 from greenpipe.deadletter import DeadLetters
-from greenpipe.errors import LinkError, Unavailable
+from greenpipe.errors import LinkError
 from greenpipe.finished import FinishedJobs
 from greenpipe.fleet import Fleet, LinkFactory
 from greenpipe.jobs import Envelope, Outcome, Status
@@ -37,7 +37,7 @@ from greenpipe.journal.slots import Identity
 from greenpipe.link import Event, Happened, Inbox, Link
 from greenpipe.queues import Queues
 from greenpipe.recovery import Recovery
-from greenpipe.resend import Resender, Resent
+from greenpipe.resend import Resender
 from greenpipe.results import Keeper, ResultStore, store_path
 from greenpipe.settlement import Settlement
 from greenpipe.throttle import Throttle
@@ -78,9 +78,11 @@ class Dispatcher:
                            link_factory)  # fmt: skip
         self.finished = FinishedJobs(settings.status_keep, settings.status_ttl, clock)
         self.dead_letters = DeadLetters(settings.dead_letter)
-        self.resender = Resender(
+        self.resender = Resender(  # kept jobs re-sent: pipe.resend, the dashboard
             self.dead_letters,
-            self._take_again,
+            lambda job, job_id: self.admission.take(
+                job, "", self._draining, job_id=job_id
+            ),  # fmt: skip
             lambda: self.admission.new_id(),
             settings.resend_again_after,
             settings.status_ttl,
@@ -222,39 +224,6 @@ class Dispatcher:
         self.books.removed += len(removed)
         self._wake.set()
         return added, removed
-
-    def redrive(self, job_id: str) -> Envelope:
-        """Submit a dead-lettered job again, from the dead-letter file, as a new job.
-
-        Once per dead letter, whichever process sharing the file is asked and
-        whenever (`greenpipe.resend`): a dead letter re-sent already answers
-        its job, creating none (a double click, or a click on another
-        process's page, sends once). Raises KeyError if the file has no such
-        job, `Unavailable` as `submit` (the claim struck), or if the file
-        cannot be written (nothing sent).
-        """
-        found = self.dead_letters.find(job_id)
-        if found is None:
-            raise KeyError(job_id)
-        done = self.resend([job_id])
-        if job_id in done.refused:
-            raise Unavailable(f"dead letter {job_id}: {done.refused[job_id]}")
-        return found.named(done.sent.get(job_id) or done.already[job_id])
-
-    def resend(
-        self,
-        ids: Sequence[str] = (),
-        name: str | None = None,
-        again: bool = False,
-        known: Callable[[str], bool] | None = None,
-    ) -> Resent:
-        """`Resender.resend` on this process's admission (see `Pipe.resend`)."""
-        done = self.resender.resend(ids, name, again, known)
-        self.books.redriven += len(done.sent)
-        return done
-
-    def _take_again(self, job: Envelope, job_id: str) -> Envelope:
-        return self.admission.take(job, "", self._draining, job_id=job_id)
 
     # -- the request path -----------------------------------------------------------
 
@@ -502,6 +471,7 @@ class Dispatcher:
 
     def snapshot(self) -> Snapshot:
         """Every figure of this process now: /stats, /metrics and the dashboard's."""
+        self.books.redriven = self.resender.redriven  # counted where it happens
         return books_module.take(
             self.name,
             self.books,

@@ -291,7 +291,9 @@ class Pipe:
         """
         if not self.started:
             self.start()
-        return self.dispatcher.redrive(job_id)
+        return Envelope.new(b"", b"", b"", b"", b"").named(
+            self.dispatcher.resender.redrive(job_id)
+        )
 
     def failed_jobs(
         self, name: str | None = None, status: str | None = None
@@ -333,7 +335,7 @@ class Pipe:
         known = None
         if self.dispatcher.keeper is not None:
             known = lambda job_id: self.status(job_id) is not None  # noqa: E731
-        return self.dispatcher.resend(chosen, name, again, known)
+        return self.dispatcher.resender.resend(chosen, name, again, known)
 
     def jobs(
         self, status: str | None = None, name: str | None = None

@@ -81,12 +81,25 @@ class Resender:
         status_ttl: float = 300.0,
         ready: Callable[[], bool] = lambda: True,
     ) -> None:
+        self.redriven = 0  # kept jobs re-sent by this process (/stats)
         self.dead_letters = dead_letters
         self._take = take
         self._new_id = new_id
         self._ready = ready
         self.again_after = again_after
         self.status_ttl = status_ttl
+
+    def redrive(self, job_id: str) -> str:
+        """One kept job again (the dashboard's button): the job it was re-sent
+        as, now or before, by any process sharing the file. Raises KeyError if
+        the file has no such job, `Unavailable` if it was refused (nothing sent).
+        """
+        done = self.resend([job_id])
+        if job_id in done.unknown:
+            raise KeyError(job_id)
+        if job_id in done.refused:
+            raise Unavailable(f"dead letter {job_id}: {done.refused[job_id]}")
+        return done.sent.get(job_id) or done.already[job_id]
 
     def resend(
         self,
@@ -251,6 +264,7 @@ class Resender:
         if refused:
             self.dead_letters.withdraw_many(refused)
         if sent:
+            self.redriven += len(sent)
             self.dead_letters.confirm_many(sent)
             log.info("re-sent %d kept jobs from %s", len(sent), self.dead_letters.path)
 

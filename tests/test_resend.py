@@ -95,10 +95,12 @@ def test_a_failure_with_no_policy_is_kept_as_failed_and_resent_from_python(
     assert (kept["id"], kept["status"], kept["name"]) == (job.id, "failed", "charge")
     assert kept["errors"] == ["RuntimeError: card declined"], kept
     assert d.stats()["dead_lettered"] == 0, "a failure is counted as failed, not dead"
-    done = d.resend([job.id])
+    done = d.resender.resend([job.id])
     (new_id,) = done.sent.values()
     assert d.queues.status(new_id) or any(new_id.encode() in x.jobs for x in d.links)
-    assert d.resend([job.id]).already == {job.id: new_id}, "a second asks makes none"
+    assert d.resender.resend([job.id]).already == {job.id: new_id}, (
+        "a second asks makes none"
+    )
     assert d.stats()["redriven"] == 1
     d.close()
 
@@ -119,9 +121,9 @@ class _Web:
 
     def take(self, job: Envelope, job_id: str) -> Envelope:
         for _ in range(self.rng.randrange(4)):
-            gevent.sleep(0)
+            gevent.sleep(0)  # sleep-ok: a scripted switch of the model
         if self.crashed:
-            gevent.sleep(3600)  # killed: its journal write never happens
+            gevent.sleep(3600)  # sleep-ok: killed, its journal write never happens
         if self.rng.random() < self.refusals:
             raise Unavailable("MAX_PENDING reached")
         self.journal[job_id] = job.body.decode()  # which letter it came from
@@ -150,7 +152,7 @@ def _one_run(seed: int, tmp_path: Path) -> None:
     victim = rng.choice([*webs, None])
     if victim is not None:  # kill -9 after some switches: claims written, takes not
         for _ in range(rng.randrange(1, 30)):
-            gevent.sleep(0)
+            gevent.sleep(0)  # sleep-ok: a scripted switch of the model
         victim.crashed = True
     alive = [g for web, g in running if web is not victim]
     gevent.joinall(alive, timeout=30, raise_error=True)
@@ -623,7 +625,7 @@ def test_a_purge_leaves_a_job_that_started_during_it_running(tmp_path):
     assert sum(j["status"] == "queued" for j in snapshot) == 60
 
     def worker_acks():  # the running job finishes while the purge runs
-        gevent.sleep(0)
+        gevent.sleep(0)  # sleep-ok: lets the purge start first
         ack(d, link, running.id)
 
     acker = gevent.spawn(worker_acks)
@@ -698,11 +700,15 @@ def test_two_resends_across_a_move_aside_make_one_job(tmp_path):
         def check():
             arrived.append(who)
             while len(arrived) < 2:  # both have read the file
-                gevent.sleep(0.001)
+                gevent.sleep(
+                    0.001
+                )  # sleep-ok: a polling wait in a scripted interleaving
             if who == "A":
                 os.rename(path, path + ".aside")  # the operator moves it aside
             while not os.path.exists(path + ".aside"):
-                gevent.sleep(0.001)
+                gevent.sleep(
+                    0.001
+                )  # sleep-ok: a polling wait in a scripted interleaving
             return True
 
         return check
