@@ -19,7 +19,9 @@
   registry (a name lookup per job) and a mixed fleet (a cursor per name);
 - worker: one server.py process driven by a plain DEALER at full speed,
   batches of 32 and of 1: jobs per second it receives, handles and
-  acknowledges (target: 25,000 no-op jobs/s).
+  acknowledges (target: 25,000 no-op jobs/s);
+- worker_progress: the same, batches of 32, with a handler reporting
+  progress ten times per job (`Job.progress`), against the no-op handler.
 """
 
 from gevent import monkey
@@ -74,10 +76,12 @@ def frames(count: int) -> dict[str, float]:
     }
 
 
-def _worker(*flags: str) -> tuple[subprocess.Popen, str]:
+def _worker(
+    *flags: str, handler: str = "greenpipe.handlers:noop"
+) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "server.py"), "--port", "0", "--handler",
-         "greenpipe.handlers:noop", *flags],
+         handler, *flags],
         stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )  # fmt: skip
     for line in proc.stderr:
@@ -235,10 +239,10 @@ def routing(count: int, rounds: int = 7) -> dict[str, float]:
     return {f"{name}_us": statistics.median(values) for name, values in runs.items()}
 
 
-def worker(count: int, batch: int) -> float:
+def worker(count: int, batch: int, handler: str = "greenpipe.handlers:noop") -> float:
     import zmq  # a plain client: the worker, not the driver, must be the bottleneck
 
-    proc, endpoint = _worker("--concurrency", "200")
+    proc, endpoint = _worker("--concurrency", "200", handler=handler)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.connect(endpoint)
@@ -267,6 +271,16 @@ def worker(count: int, batch: int) -> float:
     return rate
 
 
+def progress(count: int, rounds: int = 3) -> dict[str, float]:
+    """Jobs/s of one worker whose handler reports progress ten times per job
+    (`Job.progress`), alternated with the no-op handler, best of `rounds`."""
+    reporting, plain, reports = "bench.progress_handlers:reporting", 0.0, 0.0
+    for _ in range(rounds):
+        plain = max(plain, worker(count, 32))
+        reports = max(reports, worker(count, 32, reporting))
+    return {"noop": plain, "ten_reports": reports, "ratio": reports / plain}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.micro", description=__doc__.splitlines()[0]
@@ -288,6 +302,7 @@ def main() -> int:
             "batch_32": worker(200_000 // scale, 32),
             "batch_1": worker(50_000 // scale, 1),
         },
+        "worker_progress": progress(100_000 // scale),
     }
     print(json.dumps(results))
     return 0

@@ -58,6 +58,15 @@ def job_status(
 STATES = ("queued", "scheduled", "retrying", "in_flight")
 
 
+def reporting(links: Sequence[Link], limit: int) -> list[dict]:
+    """The jobs running now whose handler reported progress, the latest
+    report first, at most `limit` (the dashboard's "Running, with progress")."""
+    found = [(job.progress.at, job, link.name) for link in links
+             for job in link.jobs.values() if job.progress is not None]  # fmt: skip
+    found.sort(key=lambda item: item[0], reverse=True)
+    return [unfinished(job, Status.IN_FLIGHT, at) for _, job, at in found[:limit]]
+
+
 def held_jobs(
     links: Sequence[Link],
     queues: Queues,

@@ -90,6 +90,7 @@ def page_data(pipe: Any, history: History, since: float) -> dict[str, Any]:
             {"time": t, "id": job_id, "name": name, "worker": worker, "error": error}
             for t, job_id, worker, error, name in reversed(s.recent_failures)
         ],
+        "running": pipe.running(RECENT),
         "dead_letters": pipe.dead_letters(RECENT),
         "dead_letter_file": pipe.dead_letter_file,
         "samples": history.since(since),

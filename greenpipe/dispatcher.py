@@ -431,6 +431,10 @@ class Dispatcher:
         return answers.held_jobs(self.links, self.queues, self.settlement, status,
                                  name)  # fmt: skip
 
+    def reporting(self, limit: int) -> list[dict]:
+        """Running jobs with a progress report: `answers.reporting`."""
+        return answers.reporting(self.links, limit)
+
     def stored(self, job_id: str) -> dict | None:
         """A job's record in the result store: one that finished before a
         restart, or in another process sharing the file; None if none."""

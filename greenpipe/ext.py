@@ -396,6 +396,10 @@ class Greenpipe:
         """The jobs this process holds, not finished: see `Pipe.jobs`."""
         return self.pipe.jobs(status, name)
 
+    def running(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Running jobs with a progress report: see `Pipe.running`."""
+        return self.pipe.running(limit)
+
     def purge(
         self, name: str | None = None, *, every: bool = False, in_flight: bool = False
     ) -> Purged:

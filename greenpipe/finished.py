@@ -8,12 +8,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from greenpipe.jobs import Status
+from greenpipe.jobs import Progress, Status
 
 MAX_KEPT_RESULT = 64 * 1024  # bytes of a result kept for status lookups
 
-# status, worker, attempt, payload, finished (the clock's), retries, name
-Record = tuple[Status, str, int, bytes, float, int, bytes]
+# status, worker, attempt, payload, finished (the clock's), retries, name,
+# the last progress report (or None)
+Record = tuple[Status, str, int, bytes, float, int, bytes, Progress | None]
 
 
 class FinishedJobs:
@@ -45,15 +46,17 @@ class FinishedJobs:
         now: float | None = None,
         retries: int = 0,
         name: bytes = b"",
+        progress: Progress | None = None,
     ) -> None:
         """Keep one job's outcome; `now` (the clock's) saves a clock call per job.
 
         `retries`: handler retries before the last run (the job ran one more).
         `name`: the job's name (a forwarded request's: its path).
+        `progress`: its handler's last report, if it made one.
         """
         outcomes = self._outcomes
         record = (status, worker, attempt, payload, now or self._clock(), retries,
-                  name)  # fmt: skip
+                  name, progress)  # fmt: skip
         outcomes[job_id] = record
         if self.fresh is not None:
             self.fresh.append((job_id, record))
@@ -93,10 +96,10 @@ class FinishedJobs:
         found = self._outcomes.get(job_id)
         if found is None:
             return None
-        status, worker, attempt, payload, finished, retries, name = found
+        status, worker, attempt, payload, finished, retries, name, progress = found
         finished += time.time() - self._clock()  # monotonic -> wall clock
         return report(job_id, status, worker, attempt, payload, finished, retries,
-                      name)  # fmt: skip
+                      name, progress)  # fmt: skip
 
     def _expire(self) -> None:
         horizon = self._clock() - self.ttl
@@ -117,6 +120,7 @@ def report(
     finished: float,
     retries: int,
     name: bytes,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """A finished job's answer to GET /jobs/<id> (`finished`: Unix seconds)."""
     answer: dict[str, Any] = {
@@ -128,6 +132,8 @@ def report(
         "runs": retries + 1,  # the handler ran this many times (retries)
         "finished_at": round(finished, 3),
     }
+    if progress is not None:  # its handler's last report
+        answer["progress"] = progress.answer()
     if status is Status.DONE:
         if len(payload) > MAX_KEPT_RESULT:
             answer["result_not_kept"] = f"{len(payload)} bytes; over 64 KiB"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from greenpipe.config import PipeSettings
 from greenpipe.errors import ConfigError, Unavailable
 from greenpipe.finished import FinishedJobs
 from greenpipe.handling import NO_POLICY, run_handler
-from greenpipe.jobs import Envelope, Job, Outcome, Status, new_job_id
+from greenpipe.jobs import Envelope, Job, Outcome, Progress, Status, new_job_id
 from greenpipe.pipe import Pipe
 from greenpipe.purge import Purged
 from greenpipe.resend import Resent, chosen_ids
@@ -121,6 +122,9 @@ class InlinePipe(Pipe):
                        retries=job.retries)  # fmt: skip
             seen.worker = "inline"
             code, payload = run_handler(self.handler, seen, "inline", policy, True)
+            if seen.reported is not None:  # kept with the record, as a web would
+                done, total, note = seen.reported
+                job.progress = Progress(done, total or None, note, time.time())
             if code == protocol.RETRY:
                 job.retries += 1
                 self.books.retried += 1
@@ -132,7 +136,8 @@ class InlinePipe(Pipe):
             self.books.failure(job.id, "inline", payload, job.name or job.path)
         self.books.acked += 1
         self.finished.add(job.id, status, "inline", job.attempt, payload,
-                          retries=job.retries, name=job.name or job.path)  # fmt: skip
+                          retries=job.retries, name=job.name or job.path,
+                          progress=job.progress)  # fmt: skip
         job.resolve("inline", status, payload)
         return job
 
@@ -175,6 +180,9 @@ class InlinePipe(Pipe):
         self, status: str | None = None, name: str | None = None
     ) -> list[dict[str, Any]]:
         return []  # each job ran at once
+
+    def running(self, limit: int = 20) -> list[dict[str, Any]]:
+        return []  # each job ran at once: its last report is in its record
 
     def purge(
         self, name: str | None = None, *, every: bool = False, in_flight: bool = False

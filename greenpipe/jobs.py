@@ -5,6 +5,7 @@ and what became of it (`Outcome`, `Status`). The bottom of the import graph.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ WANTS_REPLY = 0x01  # job flag: someone waits for the result (Prefer: wait)
 ID_BYTES = 16  # random bytes in a job id, after its prefix and time (128 bits)
 _HEX = "0123456789abcdef"
 ID_TIME = 8  # hex digits of the second a job id was made (Unix time, 32 bits)
+MAX_NOTE = 200  # bytes of UTF-8 a progress note keeps (longer ones are cut)
 
 
 def new_job_id(prefix: str) -> str:
@@ -85,6 +87,65 @@ FINISHED = frozenset({Status.DONE, Status.FAILED, Status.DEAD, Status.CANCELLED,
 WAITING = frozenset({Status.SCHEDULED, Status.RETRYING})
 
 
+class Progress(NamedTuple):
+    """How far a running job says it is: ``job.progress(done, total, note)``.
+
+    `at` is the Unix second the web heard it (the worker's report, carried by
+    its next heartbeat). `total` is None when the handler gave none.
+    """
+
+    done: float
+    total: float | None
+    note: str
+    at: float
+
+    def answer(self) -> dict[str, Any]:
+        """As GET /jobs/<id> and the dashboard show it."""
+        return {"done": _number(self.done), "total": _number(self.total),
+                "note": self.note, "at": round(self.at, 3)}  # fmt: skip
+
+
+def _number(value: float | None) -> float | int | None:
+    """3 rather than 3.0 in an answer: a count given as an int reads as one."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+_NUMBER = (int, float)
+_FAR = float("inf")
+
+
+def check_progress(done: Any, total: Any, note: Any) -> tuple[float, float, str]:
+    """`job.progress` arguments as the worker keeps them: (done, total, note),
+    total 0 for none, the note cut to MAX_NOTE bytes of UTF-8 on a character
+    boundary (and made encodable).
+
+    Raises TypeError or ValueError naming the offending value: a handler's
+    mistake is its own, raised where it called. A short ASCII note and plain
+    numbers take the first line (a handler may report in a tight loop).
+    """
+    if (type(done) in _NUMBER and 0 <= done < _FAR and type(note) is str
+            and (total is None or (type(total) in _NUMBER and 0 < total < _FAR))
+            and len(note) <= MAX_NOTE and note.isascii()):  # fmt: skip
+        return done, total or 0, note
+    for what, value in (("done", done), ("total", total)):
+        if value is None and what == "total":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(
+                f"job.progress({what}={value!r}): give a number "
+                f"(how many steps are {what if what == 'done' else 'there in all'})"
+            )
+        if not math.isfinite(value) or value < 0 or (what == "total" and not value):
+            bound = "> 0 (or None: unknown)" if what == "total" else ">= 0"
+            raise ValueError(f"job.progress({what}={value!r}): must be {bound}")
+    if not isinstance(note, str):
+        raise TypeError(f"job.progress(note={note!r}): give a str, e.g. 'page 3'")
+    raw = note.encode("utf-8", "replace")[:MAX_NOTE]
+    return float(done), float(total or 0), raw.decode("utf-8", "ignore")
+
+
 class Outcome(NamedTuple):
     """What became of a job someone waits for (``push(..., wait=N)``, Prefer: wait)."""
 
@@ -114,7 +175,7 @@ class Envelope:
     __slots__ = ("key", "id", "attempt", "method", "path", "query", "content_type",
                  "body", "flags", "sent_at", "reply", "name", "segment",
                  "accepted_at", "suspect", "retries", "deliveries", "not_before",
-                 "errors", "cancelling")  # fmt: skip
+                 "errors", "cancelling", "progress")  # fmt: skip
 
     def __init__(
         self,
@@ -138,6 +199,7 @@ class Envelope:
         self.not_before = 0.0  # wall time it waits for (a retry's backoff); 0: none
         self.errors: Sequence[str] = ()  # why its runs failed, the last few
         self.cancelling = False  # cancelled while a worker runs it
+        self.progress: Progress | None = None  # its run's last report, if any
         # Taken back from a worker lost without a goodbye: it may be what killed
         # it, so it travels alone (greenpipe.rotation).
         self.suspect = False
@@ -194,11 +256,12 @@ class Job:
     again, after a retry or after the web re-sent it from a lost worker.
     ``retries`` is how many handler retries came before this run (0 at
     first). ``timeout`` is its time limit in seconds (0: none).
+    ``progress(done, total, note)`` reports how far it is (`GET /jobs/<id>`).
     """
 
     __slots__ = ("id", "attempt", "method", "path", "query", "content_type", "body",
                  "timeout", "wants_reply", "raw_id", "worker", "name",
-                 "retries")  # fmt: skip
+                 "retries", "reported", "_sink")  # fmt: skip
 
     def __init__(
         self,
@@ -227,6 +290,37 @@ class Job:
         self.timeout = timeout  # seconds; 0 means no limit
         self.wants_reply = wants_reply
         self.worker = ""  # set by the worker that runs it, e.g. "worker :4444"
+        # The last ``progress`` report, as the wire carries it (or None), and
+        # where the worker collects reports for its next heartbeat.
+        self.reported: tuple[float, float, str] | None = None
+        self._sink: dict[bytes, tuple[float, float, str]] | None = None
+
+    def progress(self, done: float, total: float | None = None, note: str = "") -> None:
+        """Say how far this job is: `done` of `total` steps (None: unknown),
+        with a short `note` (cut to 200 bytes), e.g. ``job.progress(3, 10,
+        "page 3")``.
+
+        Cheap to call often: only the last report before each heartbeat
+        (HEARTBEAT, 0.5 s) travels to the web, which shows it in
+        ``GET /jobs/<id>`` and the dashboard while the job runs, and keeps the
+        last one in the job's record once it ends. Bad values raise TypeError
+        or ValueError here, in the handler.
+        """
+        if (type(done) in _NUMBER and 0 <= done < _FAR and type(note) is str
+                and (total is None or (type(total) in _NUMBER and 0 < total < _FAR))
+                and len(note) <= MAX_NOTE and note.isascii()):  # fmt: skip
+            report = (done, total or 0, note)  # check_progress's first line, inline
+        else:
+            report = check_progress(done, total, note)
+        self.reported = report
+        if self._sink is not None:
+            self._sink[self.raw_id] = report
+
+    def report_to(self, sink: dict[bytes, tuple[float, float, str]] | None) -> None:
+        """Where `progress` leaves its reports (the worker's, per web); None
+        once the run ended, so a late call from a lingering greenlet is kept
+        on the job alone."""
+        self._sink = sink
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -262,6 +356,8 @@ def unfinished(job: Envelope, status: Status, worker: str = "") -> dict[str, Any
         return answer
     if worker:
         answer["worker"] = worker
+    if job.progress is not None:
+        answer["progress"] = job.progress.answer()
     answer["attempt"] = job.attempt
     if status is Status.RETRYING:
         answer["runs"] = job.retries

@@ -162,6 +162,9 @@ def _list(args: argparse.Namespace) -> int:
         extra = f"  at {when}" if when else ""
         if job.get("worker"):
             extra += f"  on {job['worker']}"
+        if job.get("progress"):  # the handler's last report (job.progress)
+            done, total = job["progress"]["done"], job["progress"]["total"]
+            extra += f"  {done} of {total}" if total else f"  {done} done"
         sys.stdout.write(f"{job['status']:<9}  {job['id']}  {job['name']}{extra}\n")
     return 0
 

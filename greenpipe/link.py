@@ -21,6 +21,7 @@ workers in any language.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from itertools import islice
 
@@ -33,7 +34,7 @@ from greenpipe.curve import Keypair
 from greenpipe.errors import LinkError, ProtocolError
 from greenpipe.handshake import HANDSHAKE_FAILED, handshake_failure
 from greenpipe.inbox import Inbox, Unread
-from greenpipe.jobs import Envelope, Status
+from greenpipe.jobs import Envelope, Progress, Status
 from greenpipe.linkevents import (
     CONNECTING,
     FULL,
@@ -144,6 +145,8 @@ class Link:
             if len(frames) > 1:
                 try:
                     self.figures = protocol.decode_heartbeat(frames)
+                    if len(frames) == 3:
+                        self._progress(protocol.decode_progress(frames[2]))
                 except ProtocolError as exc:
                     return [Event(Happened.MALFORMED, str(exc))]
             return []
@@ -164,6 +167,16 @@ class Link:
                 return [Event(Happened.LEAVING, len(self.jobs))]
             return [Event(Happened.REFUSED, reason or "no reason given")]
         return [Event(Happened.MALFORMED, f"unknown message kind {kind[:8]!r}")]
+
+    def _progress(self, reports: list[tuple[bytes, float, float | None, str]]) -> None:
+        """Keep each report on its job, if this worker holds it: a report for a
+        job taken back or settled meanwhile is old news, and one for a job it
+        was never sent is not its to give."""
+        at, jobs = time.time(), self.jobs
+        for key, done, total, note in reports:
+            job = jobs.get(key)
+            if job is not None:
+                job.progress = Progress(done, total, note, at)
 
     def _acks(self, frames: list[bytes]) -> list[Event]:
         """Settle the jobs an ACKS message reports done: one event for all of them.
@@ -348,6 +361,7 @@ class Link:
         records = []
         for job in jobs:
             job.sent_at = now
+            job.progress = None  # a new run reports afresh
             records.append(
                 protocol.encode_job(
                     job.key,

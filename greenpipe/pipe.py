@@ -349,6 +349,12 @@ class Pipe:
         """
         return self.dispatcher.held(status, name)
 
+    def running(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The jobs running now whose handler reported progress
+        (``job.progress``), as `status` answers each, the latest report first,
+        at most `limit`. This process's only, as `jobs`."""
+        return self.dispatcher.reporting(limit)
+
     def purge(
         self, name: str | None = None, *, every: bool = False, in_flight: bool = False
     ) -> Purged:

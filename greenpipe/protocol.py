@@ -1,4 +1,4 @@
-"""The greenpipe wire protocol (version 6) between web.py and server.py.
+"""The greenpipe wire protocol (version 7) between web.py and server.py.
 
 Every message starts with a one-byte kind. The web's DEALER sends web kinds;
 the worker's ROUTER sees them behind the connection's routing id and answers on
@@ -11,7 +11,7 @@ frame may be garbage. They raise `ProtocolError`; nothing here opens a socket.
                                                    the handlers' time limits,
                                                    the job names it runs
     JOBS   jobs (one frame)             ACKS       ids done, [result, result, ...]
-    PING   credit seq applied           HEARTBEAT  [figures]
+    PING   credit seq applied           HEARTBEAT  [figures, [progress]]
     DONE   (nothing more will follow)   BYE        [reason]
     CANCEL ids (one frame)              CREDIT     change, seq
 
@@ -20,6 +20,12 @@ registry and whether a default handler takes the others (a plain callable
 HANDLER takes every name). The web sends a job only to workers that run its
 name (`greenpipe.routing`); a HELLO or READY of another version is refused,
 naming both versions.
+
+A HEARTBEAT may carry the progress its handlers reported since the last one
+(``job.progress``): the last report per job, so a handler calling it in a
+tight loop costs no message. A worker sends it early, just before an ACKS
+that ends a job whose last report has not gone yet: the web keeps that
+report with the job's record.
 
 A result says OK (the handler's JSON), FAILED (the error), RETRY (the
 handler's policy asks to run it again after a delay: the web holds it until
@@ -44,14 +50,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from greenpipe.errors import ProtocolError
-from greenpipe.jobs import WANTS_REPLY, Job
+from greenpipe.jobs import MAX_NOTE, WANTS_REPLY, Job
 
+# 7: HEARTBEAT's 3rd frame: the handlers' progress reports;
 # 6: READY's 5th frame: the job names the worker runs, and its default handler;
 # 5: a RETRY's delay in 64-bit ms (32 bits stopped at 49.7 days, below MAX_DELAY),
 #    READY's 4th frame: the time limits the worker's handlers declare;
 # 4: retries (RETRY results, a job's retries), CANCEL, overrunning handlers;
 # 3: shared credit (CREDIT, PING seq); 2: a job carries its name.
-VERSION = 6
+VERSION = 7
 
 # web -> worker
 HELLO = b"\x01"  # a web asks to send jobs; answered by READY (or BYE with a reason)
@@ -382,11 +389,46 @@ def encode_heartbeat(
     ]
 
 
+# A progress report: id length, done, total (0: none), note length; then the
+# id and the note (UTF-8, at most MAX_NOTE bytes).
+_PROGRESS = struct.Struct("!BddB")
+
+
+def encode_progress(reports: Mapping[bytes, tuple[float, float, str]]) -> bytes:
+    """HEARTBEAT's progress frame: each job's last report (`Job.progress`,
+    whose notes are within MAX_NOTE bytes of UTF-8 already)."""
+    pack, parts = _PROGRESS.pack, []
+    for raw_id, (done, total, note) in reports.items():
+        raw = note.encode()
+        parts += (pack(len(raw_id), done, total, len(raw)), raw_id, raw)
+    return b"".join(parts)
+
+
+def decode_progress(frame: bytes) -> list[tuple[bytes, float, float | None, str]]:
+    """(job id, done, total or None, note) for each report in the frame."""
+    reports, at, size = [], 0, _PROGRESS.size
+    while at < len(frame):
+        if len(frame) - at < size:
+            raise ProtocolError(f"progress report cut short at byte {at}")
+        n_id, done, total, n_note = _PROGRESS.unpack_from(frame, at)
+        end = at + size + n_id + n_note
+        if not n_id or end > len(frame) or n_note > MAX_NOTE:
+            raise ProtocolError(f"progress report at byte {at} is malformed")
+        if not (math.isfinite(done) and math.isfinite(total)) or done < 0 or total < 0:
+            raise ProtocolError(f"progress report at byte {at}: {done} of {total}")
+        raw_id = frame[at + size : at + size + n_id]
+        note = _text(frame[at + size + n_id : end])
+        reports.append((raw_id, done, total or None, note))
+        at = end
+    return reports
+
+
 def decode_heartbeat(frames: Sequence[bytes]) -> Figures | None:
-    """The worker's `Figures`, None for a bare heartbeat."""
+    """The worker's `Figures`, None for a bare heartbeat (its progress frame,
+    if any, is `decode_progress`'s)."""
     if len(frames) == 1:
         return None
-    if len(frames) != 2 or len(frames[1]) != _FIGURES.size:
+    if len(frames) > 3 or len(frames[1]) != _FIGURES.size:
         raise ProtocolError(f"HEARTBEAT figures must be one {_FIGURES.size}-byte frame")
     handled, failed, refused, overrunning, run_sum, *counts = _FIGURES.unpack(frames[1])
     return Figures(handled, failed, refused, overrunning, run_sum, tuple(counts))

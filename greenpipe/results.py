@@ -34,7 +34,7 @@ from gevent.monkey import get_original
 
 from greenpipe.errors import ConfigError
 from greenpipe.finished import MAX_KEPT_RESULT, FinishedJobs, Record, report
-from greenpipe.jobs import Envelope, Status
+from greenpipe.jobs import Envelope, Progress, Status
 from greenpipe.journal.files import offload
 from greenpipe.throttle import Throttle
 
@@ -77,6 +77,11 @@ SELECT = "SELECT finished_at, record FROM results WHERE id = ? AND expires_at >=
 # status, attempt, retries, the payload's whole size, the name's and the
 # worker's lengths; then the name, the worker and the payload (as kept).
 _HEAD = struct.Struct(">BIIIHH")
+# Flag on the status byte: a progress report follows the head (done, total,
+# 0 for none, when the web heard it, the note's length; then the note). A
+# record written before progress existed has no flag, and reads as before.
+HAS_PROGRESS = 0x80
+_PROGRESS = struct.Struct(">dddB")
 _STATUSES = tuple(Status)
 _STATUS_CODE = {status: code for code, status in enumerate(_STATUSES)}
 
@@ -93,25 +98,39 @@ def store_path(setting: str, journal_dir: str) -> str:
 def _pack(record: Record, worker: bytes) -> bytes:
     """A record's `record` column: a result over 64 KiB is not kept (its size
     is), an error or a reason is cut to 64 KiB."""
-    status, _, attempt, payload, _, retries, name = record
+    status, _, attempt, payload, _, retries, name, progress = record
     size = len(payload)
     if size > MAX_KEPT_RESULT:
         payload = b"" if status is Status.DONE else payload[:MAX_KEPT_RESULT]
-    head = _HEAD.pack(_STATUS_CODE[status], attempt, max(retries, 0), size,
+    code = _STATUS_CODE[status]
+    if progress is None:
+        head = _HEAD.pack(code, attempt, max(retries, 0), size, len(name), len(worker))
+        return b"".join((head, name, worker, payload))
+    head = _HEAD.pack(code | HAS_PROGRESS, attempt, max(retries, 0), size,
                       len(name), len(worker))  # fmt: skip
-    return b"".join((head, name, worker, payload))
+    note = progress.note.encode()
+    reported = _PROGRESS.pack(progress.done, progress.total or 0.0, progress.at,
+                              len(note))  # fmt: skip
+    return b"".join((head, reported, note, name, worker, payload))
 
 
 def _unpack(job_id: str, finished: float, packed: bytes) -> dict[str, Any]:
     """A row as /jobs/<id> answers it."""
     code, attempt, retries, size, name_size, worker_size = _HEAD.unpack_from(packed)
-    at = _HEAD.size
+    at, progress = _HEAD.size, None
+    if code & HAS_PROGRESS:
+        code &= ~HAS_PROGRESS
+        done, total, heard, note_size = _PROGRESS.unpack_from(packed, at)
+        at += _PROGRESS.size
+        note = packed[at : at + note_size].decode("utf-8", "replace")
+        progress = Progress(done, total or None, note, heard)
+        at += note_size
     name = packed[at : at + name_size]
     worker = packed[at + name_size : at + name_size + worker_size]
     payload = packed[at + name_size + worker_size :]
     status = _STATUSES[code]
     answer = report(job_id, status, worker.decode("utf-8", "replace"), attempt,
-                    payload, finished, retries, name)  # fmt: skip
+                    payload, finished, retries, name, progress)  # fmt: skip
     if status is Status.DONE and size > len(payload):  # over MAX_KEPT_RESULT
         answer["result_not_kept"] = f"{size} bytes; over 64 KiB"
     return answer
@@ -455,7 +474,7 @@ class Keeper:
             b"before the web restarted)" if running else b"cancelled"
         )  # fmt: skip
         record = (Status.CANCELLED, running, job.attempt, reason, time.time(),
-                  max(job.retries, 0), job.name or job.path)  # fmt: skip
+                  max(job.retries, 0), job.name or job.path, job.progress)  # fmt: skip
         for _ in range(CANCEL_TRIES):  # another process's write: a moment
             with self._turn:  # after any write under way: a final record wins
                 busy = self.store.busy

@@ -97,7 +97,7 @@ class Settlement:
         fresh = self.finished.fresh  # a ResultStore's, or None
         for job in done:
             record = (Status.DONE, worker, job.attempt, b"", now, job.retries,
-                      job.name or job.path)  # fmt: skip
+                      job.name or job.path, job.progress)  # fmt: skip
             store[job.id] = record
             if fresh is not None:
                 fresh.append((job.id, record))
@@ -107,7 +107,7 @@ class Settlement:
             results = self._results(link, results)
             for job, status, payload in results:
                 record = (status, worker, job.attempt, payload, now, job.retries,
-                          job.name or job.path)  # fmt: skip
+                          job.name or job.path, job.progress)  # fmt: skip
                 store[job.id] = record
                 if fresh is not None:
                     fresh.append((job.id, record))
@@ -394,7 +394,8 @@ class Settlement:
             before = job.retries if retries < -1 else retries
             self.finished.add(job.id, Status.CANCELLED, worker, job.attempt,
                               reason.encode(), retries=before,
-                              name=job.name or job.path)  # fmt: skip
+                              name=job.name or job.path,
+                              progress=job.progress)  # fmt: skip
             job.resolve(worker, Status.CANCELLED, reason.encode())
         self.books.cancelled += len(jobs)
         if self._ack is not None:  # journaled already (a cancel), or an ACK
@@ -456,7 +457,8 @@ class Settlement:
     ) -> None:
         """`job` is done with: keep its outcome for status lookups, wake a waiter."""
         self.finished.add(job.id, status, worker, job.attempt, payload,
-                          retries=job.retries, name=job.name or job.path)  # fmt: skip
+                          retries=job.retries, name=job.name or job.path,
+                          progress=job.progress)  # fmt: skip
         if self._ack is not None:  # no longer owed
             self._ack((job,))
         job.resolve(worker, status, payload)

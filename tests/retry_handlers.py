@@ -87,6 +87,29 @@ def long(job: Job) -> None:
         raise
 
 
+@handlers.job("steps")
+def steps(job: Job) -> dict:
+    """Reports step i of `n`, then waits for the test's go file for it (the
+    test releases each step once it saw it in GET /jobs/<id>)."""
+    n = job.json()["n"]
+    folder = os.environ["GREENPIPE_RECORD_DIR"]
+    for i in range(1, n + 1):
+        job.progress(i, n, f"step {i}")
+        go = os.path.join(folder, f"{job.id}.go{i}")
+        while not os.path.exists(go):
+            gevent.sleep(0.01)  # sleep-ok: the handler's work (waiting to be let on)
+    return {"steps": n}
+
+
+@handlers.job("burst")
+def burst(job: Job) -> None:
+    """Reports `n` steps as fast as it can, then ends at once: its last
+    report must still reach the web before its acknowledgement."""
+    n = job.json()["n"]
+    for i in range(1, n + 1):
+        job.progress(i, n, f"item {i}")
+
+
 app = Flask(__name__)
 pipe = Greenpipe(app, ops_routes=True)  # the tests read /stats on its port
 json_errors(app)

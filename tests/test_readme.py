@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -420,10 +421,14 @@ def run_routing(block: Block, request: pytest.FixtureRequest) -> None:
             proc.stop(timeout=8)
 
 
-def run_failed_jobs(block: Block, request: pytest.FixtureRequest) -> None:
-    """billing.py and its six lines: a charge fails and is kept, is listed,
-    and once the card is fixed is re-sent and runs; the printed lines are the
-    documented ones."""
+@contextmanager
+def _handlers_worker_and_web(
+    block: Block, request: pytest.FixtureRequest, module: str
+) -> Iterator[tuple[Shell, list[str]]]:
+    """A section of a code block (saved as `module`) and its commands, the
+    first two a worker running it and web.py: both started and ready, then
+    (the shell, the remaining command lines); both stopped at the end. Runs
+    once per section, with its first block."""
     need("curl", "curl")
     if block.argument in _ran:
         pytest.skip(f"{block.where}: run with the first block of its section")
@@ -431,15 +436,27 @@ def run_failed_jobs(block: Block, request: pytest.FixtureRequest) -> None:
     tmp: Path = request.getfixturevalue("tmp_path")
     shell = Shell(tmp)
     code, commands = (
-        b for b in BLOCKS if b.kind == "run" and b.argument == "failed-jobs"
+        b for b in BLOCKS if b.kind == "run" and b.argument == block.argument
     )
-    (tmp / "billing.py").write_text(code.text)
-    worker_line, web_line, curl, listing, touch, resend = commands.commands()
+    (tmp / module).write_text(code.text)
+    worker_line, web_line, *lines = commands.commands()
     procs = [shell.start(worker_line, "worker")]
     try:
         procs[0].expect(r"listening on tcp://", timeout=20)
         procs.append(shell.start(web_line, "web", shell.web_defaults()))
         healthy(shell.port(4567), "python web.py --workers 127.0.0.1:4444")
+        yield shell, lines
+    finally:
+        for proc in reversed(procs):
+            proc.stop(timeout=8)
+
+
+def run_failed_jobs(block: Block, request: pytest.FixtureRequest) -> None:
+    """billing.py and its six lines: a charge fails and is kept, is listed,
+    and once the card is fixed is re-sent and runs; the printed lines are the
+    documented ones."""
+    with _handlers_worker_and_web(block, request, "billing.py") as (shell, lines):
+        curl, listing, touch, resend = lines
         job_id = json.loads(shell.run(curl, timeout=20))["id"]
         poll_until(lambda: call(shell.port(4567), "GET", f"/jobs/{job_id}")[1],
                    lambda r: r.get("status") == "failed", 20,
@@ -451,9 +468,6 @@ def run_failed_jobs(block: Block, request: pytest.FixtureRequest) -> None:
         poll_until(lambda: call(shell.port(4567), "GET", f"/jobs/{new_id}")[1],
                    lambda r: r.get("result") == {"charged": 42}, 20,
                    f"the re-sent job {new_id} charged")  # fmt: skip
-    finally:
-        for proc in reversed(procs):
-            proc.stop(timeout=8)
     printed = next(b for b in BLOCKS if b.kind == "output" and "1 kept in" in b.text)
     expected = printed.text.strip().splitlines()
     got = (listed + resent).strip().splitlines()
@@ -484,6 +498,33 @@ def run_backlog(block: Block, request: pytest.FixtureRequest) -> None:
     assert answer["status"] == "cancelled", answer
 
 
+def run_progress(block: Block, request: pytest.FixtureRequest) -> None:
+    """rows.py and its four lines: the job's report seen while it runs, in
+    the fields the documented answer has, and its last one kept once done."""
+    with _handlers_worker_and_web(block, request, "rows.py") as (shell, lines):
+        curl, asking = lines
+        job_id = json.loads(shell.run(curl, timeout=20))["id"]
+        line = asking.replace("<id>", job_id)
+        running = poll_until(lambda: json.loads(shell.run(line, timeout=20)),
+                             lambda r: "progress" in r, 20,
+                             f"a progress report in GET /jobs/{job_id}")  # fmt: skip
+        documented = next(b for b in BLOCKS if b.kind == "output"
+                          and '"status": "in_flight"' in b.text)  # fmt: skip
+        shown = json.loads(documented.text)
+        assert list(running) == list(shown), running
+        assert list(running["progress"]) == list(shown["progress"]), running
+        assert running["name"] == shown["name"] and running["progress"]["total"] == 10
+        assert running["worker"] == shown["worker"].replace(
+            "4444", str(shell.port(4444))
+        )
+        assert running["progress"]["note"] == f"row {running['progress']['done']}"
+        done = poll_until(lambda: json.loads(shell.run(line, timeout=20)),
+                          lambda r: r.get("status") == "done", 20, "the import done")  # fmt: skip
+    assert done["result"] == {"imported": 10}, done
+    last = {k: done["progress"][k] for k in ("done", "total", "note")}
+    assert last == {"done": 10, "total": 10, "note": "row 10"}, done
+
+
 RECIPES: dict[str, Callable[[Block, pytest.FixtureRequest], None]] = {
     "original": run_original,
     "curls": run_curls,
@@ -500,6 +541,7 @@ RECIPES: dict[str, Callable[[Block, pytest.FixtureRequest], None]] = {
     "routing": run_routing,
     "failed-jobs": run_failed_jobs,
     "backlog": run_backlog,
+    "progress": run_progress,
 }
 _ran: set[str] = set()  # recipes that cover several blocks run once
 _completed: set[str] = set()  # commands run to their end already

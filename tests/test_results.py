@@ -23,7 +23,7 @@ import pytest
 from greenpipe import protocol, results
 from greenpipe.errors import ConfigError, Unavailable
 from greenpipe.finished import FinishedJobs
-from greenpipe.jobs import Envelope, Status, issued_at, new_job_id
+from greenpipe.jobs import Envelope, Progress, Status, issued_at, new_job_id
 from greenpipe.journal import Journal
 from greenpipe.results import FILE_NAME, ResultStore, store_path
 from tests.support import Load, poll_until
@@ -32,8 +32,10 @@ from tests.test_core import Clock, hear, make, ready
 # -- the store on its own ------------------------------------------------------------
 
 
-def _record(status=Status.DONE, payload=b'{"n": 1}', finished=None, name=b"ship"):
-    return (status, "w1", 1, payload, finished or time.time(), 0, name)
+def _record(
+    status=Status.DONE, payload=b'{"n": 1}', finished=None, name=b"ship", progress=None
+):
+    return (status, "w1", 1, payload, finished or time.time(), 0, name, progress)
 
 
 @pytest.mark.inprocess
@@ -48,15 +50,39 @@ def test_a_record_written_is_answered_by_another_connection_as_memory_would(tmp_
         memory.add("a-2", Status.FAILED, "w1", 2, b"RuntimeError: boom", retries=1)
         memory.fresh = []
         memory.add("a-1", Status.DONE, "w1", 1, b'{"n": 1}', name=b"ship")
-        memory.add("a-2", Status.FAILED, "w1", 2, b"RuntimeError: boom", retries=1)
+        memory.add(
+            "a-2",
+            Status.FAILED,
+            "w1",
+            2,
+            b"RuntimeError: boom",
+            retries=1,
+            progress=Progress(7, 10, "page 7 \u00e9", 1_700_000_000.25),
+        )
+        memory.add(
+            "a-3",
+            Status.CANCELLED,
+            "w1",
+            1,
+            b"cancelled",
+            progress=Progress(2.5, None, "", 1_700_000_001.0),
+        )
         writer.write(*memory.take_fresh())
-        for job_id in ("a-1", "a-2"):
+        for job_id in ("a-1", "a-2", "a-3"):
             stored, kept = reader.get(job_id), memory.get(job_id)
             assert stored is not None and kept is not None
             assert abs(stored.pop("finished_at") - kept.pop("finished_at")) < 0.01
             assert stored == kept, "the store answers what memory answered"
-        assert reader.get("a-3") is None
-        assert reader.count() == 2 and writer.written == 2
+        assert reader.get("a-2")["progress"] == {
+            "done": 7,
+            "total": 10,
+            "note": "page 7 \u00e9",
+            "at": 1_700_000_000.25,
+        }
+        assert reader.get("a-3")["progress"]["total"] is None
+        assert "progress" not in reader.get("a-1")
+        assert reader.get("a-4") is None
+        assert reader.count() == 3 and writer.written == 3
     finally:
         writer.close()
         reader.close()

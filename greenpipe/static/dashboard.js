@@ -114,6 +114,31 @@ function showFailures(d) {
   }
 }
 
+// "3 of 10" with a bar (or "3" alone when the handler gave no total).
+function progressCell(row, p) {
+  const td = row.insertCell();
+  td.className = "bar";
+  if (p.total) {
+    const bar = document.createElement("progress");
+    bar.max = p.total; bar.value = Math.min(p.done, p.total);
+    td.appendChild(bar);
+  }
+  td.appendChild(document.createTextNode(p.total ? ` ${p.done} of ${p.total}` : String(p.done)));
+}
+
+function showRunning(d) {
+  const body = $("running").tBodies[0];
+  body.textContent = "";
+  for (const j of d.running || []) {
+    const row = body.insertRow();
+    row.dataset.job = j.id;
+    cell(row, j.id); cell(row, j.name, "name").title = j.name; cell(row, j.worker);
+    progressCell(row, j.progress);
+    cell(row, j.progress.note, "error");
+    cell(row, clock(j.progress.at));
+  }
+}
+
 async function resend(id, button) {
   button.disabled = true;
   try {
@@ -162,7 +187,7 @@ async function poll() {
     if (d.samples.length) since = d.samples[d.samples.length - 1].t;
     const names = d.workers.map(w => w.endpoint);
     if (!charts || names.join() !== workerNames.join()) buildCharts(names);
-    showStrip(d); showWorkers(d); showFailures(d); showDead(d); draw();
+    showStrip(d); showWorkers(d); showRunning(d); showFailures(d); showDead(d); draw();
     $("status").textContent = "";
     document.body.dataset.updates = String(++updates);
     document.body.dataset.lastUpdate = String(d.time);

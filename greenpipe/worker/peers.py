@@ -37,7 +37,8 @@ def announced(handler: Any) -> protocol.Serves:
 class Peer:
     """A web connected to this worker, known by the routing id of its connection."""
 
-    __slots__ = ("name", "heartbeat", "last_seen", "done", "ok", "results", "account")
+    __slots__ = ("name", "heartbeat", "last_seen", "done", "ok", "results", "account",
+                 "progress", "progress_due")  # fmt: skip
 
     def __init__(self, name: str, heartbeat: float, account: Account) -> None:
         self.account = account  # its share of this worker's capacity
@@ -47,6 +48,9 @@ class Peer:
         self.done = False  # the web said DONE: nothing more will come from it
         self.ok: list[bytes] = []  # ids of jobs done, not yet acknowledged
         self.results: list[bytes] = []  # failures and awaited results, encoded
+        # Its jobs' last progress reports, for the next heartbeat (`Job.progress`)
+        self.progress: dict[bytes, tuple[float, float, str]] = {}
+        self.progress_due = False  # a job ended with its last report unsent
 
     def answer(self, raw_id: bytes, status: int, payload: bytes) -> None:
         """Keep a run's outcome for the next ACKS to this web."""

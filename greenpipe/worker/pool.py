@@ -83,6 +83,7 @@ class Pool:
             self._slot.wait()
         self.busy += 1
         self.idle.clear()
+        job.report_to(peer.progress)  # its progress goes to its web's heartbeats
         runner = gevent.spawn_raw(self._run, peer, job)  # runs at the next switch
         self.running.setdefault(job.raw_id, []).append(runner)
 
@@ -113,6 +114,9 @@ class Pool:
         """A run's greenlet is done with its job: free its slot and its credit."""
         del self.active[me]
         self.cancelled.discard(me)
+        job.report_to(None)
+        if job.raw_id in peer.progress:  # its last report goes before its ACK
+            peer.progress_due = True
         runners = self.running[job.raw_id]
         runners.remove(me)
         if not runners:

@@ -278,23 +278,39 @@ class Worker:
                 self.shares.unsent(account, change)
 
     def _flush(self) -> None:
+        beat = None
         for ident, peer in list(self.peers.by_ident.items()):
             answers = peer.take()
             if answers is not None:
+                if peer.progress_due:  # the heartbeat brought forward: a job's
+                    beat = beat or self._figures()  # last report before its ACK
+                    self._send_beat(ident, peer, beat)
                 if not self._send(ident, protocol.encode_acks(*answers)):
                     peer.put_back(*answers)  # full: next time
 
-    def _beat(self, now: float) -> None:
+    def _figures(self) -> list[bytes]:
         pool = self.pool
-        beat = protocol.encode_heartbeat(pool.handled, pool.failed, self.refused,
+        return protocol.encode_heartbeat(pool.handled, pool.failed, self.refused,
                                          pool.run_sum, pool.run_counts,
                                          pool.overrunning)  # fmt: skip
+
+    def _beat(self, now: float) -> None:
+        beat = self._figures()
         for ident, peer in list(self.peers.by_ident.items()):
             if peer.silent(now):
                 log.info("%s: %s went silent; forgetting it", self.name, peer.name)
                 self._forget(ident)
             else:
-                self._send(ident, beat)
+                self._send_beat(ident, peer, beat)
+
+    def _send_beat(self, ident: bytes, peer: Peer, beat: list[bytes]) -> None:
+        """A heartbeat to one web, with its jobs' progress reports if any (the
+        last of each since the previous one; kept for the next if unsent)."""
+        if not peer.progress:
+            self._send(ident, beat)
+        elif self._send(ident, [*beat, protocol.encode_progress(peer.progress)]):
+            peer.progress.clear()
+            peer.progress_due = False
 
     def _send(self, ident: bytes, frames: list[bytes]) -> bool:
         """Send to one web without waiting; False if its queue is full."""
