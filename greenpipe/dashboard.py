@@ -13,11 +13,13 @@ per open tab and passes any proxy. Opening the page shows the last five
 minutes at once, since the samples are the web's, not the page's.
 
 No job body is shown: failures carry the handler's error text (cut to
-200 characters), dead letters their reason. The only write is re-sending a
-dead-lettered job; it asks for a custom header, which a cross-site form or
-image cannot send (a browser would need a CORS preflight this web never grants),
-and makes one job per dead letter whichever process is asked (the claim is
-marked in the dead-letter file: `greenpipe.deadletter`).
+200 characters), dead letters their reason. The writes are re-sending one
+kept job (here) and, from the page's "Act on many", re-sending kept jobs or
+cancelling a backlog by name (`greenpipe.jobroutes`, as ``greenpipe jobs``
+calls them). Each asks for a custom header, which a cross-site form or
+image cannot send (a browser would need a CORS preflight this web never
+grants); a re-send makes one job per kept job whichever process is asked
+(the claim is marked in the dead-letter file: `greenpipe.deadletter`).
 """
 
 from __future__ import annotations

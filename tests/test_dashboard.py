@@ -226,3 +226,64 @@ def test_the_page_shows_workers_ready_then_one_not_ready(start_worker, start_web
     rows = _rows(dom)
     assert rows[f"tcp://127.0.0.1:{workers[1].port}"] != "ready", rows
     assert re.search(r'id="ready">2<', dom)
+
+
+@pytest.mark.skipif(
+    chromium() is None,
+    reason="chromium is not installed (apt-get install chromium); the routes the "
+    "buttons call are tested in tests/test_resend.py",
+)
+def test_the_page_re_sends_kept_jobs_and_cancels_a_backlog_by_name(
+    start_worker, start_web, tmp_path
+):
+    """Issue 33: the dashboard acts on many, as `greenpipe jobs` does: typed
+    in the page, clicked, answered beside the button; the jobs re-run once."""
+    from tests.browser import Page
+
+    flag = tmp_path / "card-fixed"
+    web = start_web([start_worker()])
+    failing = [web.post("/jobs", {"fail_unless": str(flag)})[2]["id"] for _ in range(3)]
+    for job_id in failing:
+        poll_until(lambda j=job_id: web.get(f"/jobs/{j}")[2].get("status"),
+                   "failed".__eq__, 20, f"job {job_id} failed")  # fmt: skip
+    later = [web.post("/jobs", {}, headers={"Greenpipe-Delay": "600"})[2]["id"]
+             for _ in range(4)]  # fmt: skip
+    flag.touch()
+    with Page(f"http://127.0.0.1:{web.port}/dashboard") as page:
+        page.wait_for("document.body.dataset.updates >= 1", "the page's first poll")
+        page.run(
+            "document.querySelector('#resend-many input[name=name]').value = '/nope'"
+        )
+        page.run("document.querySelector('#resend-many button').click()")
+        said = page.wait_for(
+            "document.querySelector('#resend-many output').dataset.status",
+            "an answer to re-sending a name nothing has",
+        )
+        assert said == "200", said
+        said = page.run("document.querySelector('#resend-many output').textContent")
+        assert said == "0 re-sent, 0 already, 0 refused, 0 in doubt", said
+        page.run(
+            "document.querySelector('#resend-many input[name=name]').value = '/jobs'"
+        )
+        page.run(
+            "document.querySelector('#resend-many output').removeAttribute('data-status')"
+        )
+        page.run("document.querySelector('#resend-many button').click()")
+        page.wait_for("document.querySelector('#resend-many output').dataset.status",
+                      "the re-send's answer")  # fmt: skip
+        text = page.run("document.querySelector('#resend-many output').textContent")
+        assert text.startswith("3 re-sent, 0 already"), text
+        page.run("document.querySelector('#purge-many input[name=name]').value = '*'")
+        page.run("document.querySelector('#purge-many button').click()")
+        page.wait_for("document.querySelector('#purge-many output').dataset.status",
+                      "the purge's answer")  # fmt: skip
+        text = page.run("document.querySelector('#purge-many output').textContent")
+        assert text.startswith("4 cancelled, 0 cancelling"), text
+    for job_id in later:
+        assert web.get(f"/jobs/{job_id}")[2]["status"] == "cancelled"
+    kept = web.get("/failed")[2]["jobs"]
+    new_ids = {job["resent_as"] for job in kept}
+    assert len(new_ids) == 3, kept
+    for new_id in new_ids:
+        poll_until(lambda j=new_id: web.get(f"/jobs/{j}")[2].get("status"),
+                   "done".__eq__, 20, f"the re-sent job {new_id} done")  # fmt: skip

@@ -177,6 +177,48 @@ function showDead(d) {
   }
 }
 
+// "Act on many": re-send kept jobs, or cancel a backlog, by name ("*": every
+// one). The same routes as `greenpipe jobs resend` and `purge`, behind the
+// same action header; the answer's counts are said next to the button.
+function count(x) { return Array.isArray(x) ? x.length : Object.keys(x || {}).length; }
+const ACTIONS = {
+  "resend-many": { path: "failed/resend", action: "resend", said: a =>
+    `${count(a.sent)} re-sent, ${count(a.already)} already, ${count(a.refused)} refused, ` +
+    `${count(a.in_doubt)} in doubt` },
+  "purge-many": { path: "backlog/purge", action: "purge", said: a =>
+    `${count(a.cancelled)} cancelled, ${count(a.cancelling)} cancelling, ` +
+    `${count(a.started)} started meanwhile, ${count(a.finished)} finished before, ` +
+    `${count(a.refused)} refused` },
+};
+
+async function act(form) {
+  const { path, action, said } = ACTIONS[form.id];
+  const out = form.querySelector("output");
+  const name = form.elements.name.value.trim();
+  const body = name === "*" ? { every: true } : { name };
+  if (form.elements.in_flight) body.in_flight = form.elements.in_flight.checked;
+  form.querySelector("button").disabled = true;
+  out.textContent = "…";
+  try {
+    const r = await fetch(path, {
+      method: "POST", body: JSON.stringify(body),
+      headers: { "Content-Type": "application/json", "X-Greenpipe-Action": action },
+    });
+    const a = await r.json();
+    out.textContent = (r.ok ? "" : `${r.status}: ${a.detail}; `) +
+      ("sent" in a || "cancelled" in a ? said(a) : "");  // a 400 has no counts
+    out.dataset.status = String(r.status);
+  } catch (e) {
+    out.textContent = "failed: " + e;
+  } finally {
+    form.querySelector("button").disabled = false;
+  }
+}
+
+for (const id of Object.keys(ACTIONS)) {
+  $(id).addEventListener("submit", e => { e.preventDefault(); act(e.target); });
+}
+
 async function poll() {
   try {
     const r = await fetch(`dashboard/data?since=${since}`, { cache: "no-store" });
