@@ -18,6 +18,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -170,6 +171,44 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def ports_in_a_row(count: int = 2) -> int:
+    """A port P such that P .. P + count - 1 are free now, below the range the
+    OS hands out for bind(0) and outgoing connections (WEB_PROCESSES' OPS_PORT
+    and the ports after it, bound later, some again after a restart).
+
+    A port picked by bind(0) is in that range: a client's connection, or
+    another test's free_port(), can take P + 1 (or P, between a process's
+    death and its replacement) before the web binds it. Below it, only
+    another caller of this function can, and it picks at random.
+    """
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(100):
+        base = rng.randrange(10_000, low - count)
+        held = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+        return base
+    raise AssertionError(f"no {count} free ports in a row below {low} in 100 tries")
+
+
+def _ephemeral_low() -> int:
+    """The lowest port of the OS's ephemeral range (Linux's; 32768 elsewhere)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as file:
+            return max(int(file.read().split()[0]), 10_100)
+    except (OSError, ValueError, IndexError):
+        return 32_768
 
 
 class Web:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
-from greenpipe.testing import Proc, Web, entry, flags
+from greenpipe.testing import Proc, Web, entry, flags, ports_in_a_row
 from tests.support import handled_ids, poll_until
 
 
@@ -90,27 +89,13 @@ def test_gunicorns_reload_leaves_no_waiting_job_behind(
     _all_run(record_dir, ids + busy, due + 10, "every job run after the reload")
 
 
-def _ports_in_a_row() -> int:
-    """A port P such that P and P + 1 are free now (each process's OPS_PORT)."""
-    for _ in range(50):
-        with socket.socket() as first, socket.socket() as second:
-            first.bind(("127.0.0.1", 0))
-            base = first.getsockname()[1]
-            try:
-                second.bind(("127.0.0.1", base + 1))
-            except OSError:
-                continue
-            return base
-    raise AssertionError("no two free ports in a row in 50 tries")
-
-
 def test_after_kill_9_every_process_answers_and_cancels_the_dead_ones_jobs(
     start_worker, start_web, record_dir
 ):
     """Issue 30 #4: the sibling answered 404 for a replayed job, and refused its
     cancel; the job then ran at its time."""
     delay = 10.0
-    ops = _ports_in_a_row()
+    ops = ports_in_a_row(2)  # each process's OPS_PORT, re-bound after the kill
     web = start_web([start_worker()], web_processes=2, ops_port=ops)
     first, second = Web(web.proc, ops), Web(web.proc, ops + 1)
     code, _, body = first.post("/jobs", {"n": 1},

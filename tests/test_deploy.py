@@ -21,9 +21,10 @@ from collections import Counter
 
 import pytest
 
+from greenpipe import testing
 from greenpipe.httpserver import BETWEEN_REQUESTS_S
 from greenpipe.testing import Proc, entry, flags
-from tests.support import PYTHON, ROOT, free_port, handled_ids, poll_until
+from tests.support import PYTHON, ROOT, handled_ids, poll_until
 
 CLIENTS = 30
 
@@ -267,7 +268,7 @@ def test_a_process_that_dies_at_start_is_restarted_with_backoff_and_says_why(
 def ports_in_a_row() -> tuple[int, socket.socket]:
     """A free port P and a socket listening on P + 1 (without SO_REUSEPORT)."""
     for _ in range(50):
-        base = free_port()
+        base = testing.ports_in_a_row(2)  # outside the OS's ephemeral range
         taken = socket.socket()
         try:
             taken.bind(("127.0.0.1", base + 1))
