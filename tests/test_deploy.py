@@ -130,9 +130,11 @@ def test_sigterm_under_keep_alive_load_answers_only_202_or_json_503(
     if processes > 1:
         # Each process has its own listening socket (SO_REUSEPORT): a connection
         # the kernel queued to one in the instant it closes is reset, as under
-        # gunicorn below (seen once, 1 of ~4,000, on a machine at load 8). That
-        # race stays; anything more is a regression.
-        assert counts.get("closed", 0) <= 2, counts
+        # gunicorn below (1 of ~4,000 at load 8; 3 in a loaded suite run). That
+        # race stays, at most once per client, as each reconnects when its
+        # keep-alive connection is closed at the stop; a web resetting
+        # connections mid-request would show thousands.
+        assert counts.get("closed", 0) <= CLIENTS, counts
         counts.pop("closed", None)
     assert_a_clean_stop(clients, record_dir)
 

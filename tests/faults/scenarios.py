@@ -306,6 +306,7 @@ def all_slow(scale: Scale) -> Outcome:
         p99 = rejected[int(len(rejected) * 0.99) - 1]
         outcome.extra = {
             "503s": len(rejected),
+            "p50_503_s": rejected[len(rejected) // 2],
             "p99_503_s": p99,
             "max_503_s": rejected[-1],
         }
