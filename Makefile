@@ -29,7 +29,7 @@ test: $(STAMP)  ## the whole suite: unit tests and real processes, in parallel
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not thorough" $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## the in-process tier, a contributor's first command (seconds)
-	$(BIN)/python -m pytest -n 2 --dist worksteal -m "inprocess and not thorough" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist worksteal -m "inprocess and not thorough and not slow" $(PYTEST_ARGS)
 
 # More seeds of the in-process models (crash points, the job lifecycle): each
 # explores schedules the tests above do not; about a minute. CI runs it.

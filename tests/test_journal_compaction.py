@@ -184,6 +184,7 @@ def test_the_roll_floor_falls_once_the_waiting_jobs_are_gone(tmp_path, monkeypat
     )
 
 
+@pytest.mark.slow  # 3 MB through a disk syncing 1 MB/s: 8 s; make test runs it
 def test_a_big_carry_is_spread_over_groups_so_none_is_refused_for_good(tmp_path,
                                                                    monkeypatch):  # fmt: skip
     """All the waiting jobs are carried in the one group that rolls, written and
