@@ -47,6 +47,8 @@ test-without-tools: $(STAMP)
 	  tests/test_bench.py::test_locust_stats_without_percentiles_are_reported_not_fatal \
 	  tests/test_metrics.py::test_promtool_accepts_the_metrics \
 	  tests/test_dashboard.py::test_the_page_shows_workers_ready_then_one_not_ready \
+	  tests/test_dashboard.py::test_the_page_re_sends_kept_jobs_and_cancels_a_backlog_by_name \
+	  tests/test_progress.py::test_the_dashboard_lists_a_running_job_with_its_report \
 	  tests/test_dashboard_layout.py::test_no_element_overflows_its_column_at_1300_and_1024_px \
 	  tests/test_hosts.py::test_workers_on_three_hosts_with_curve
 
