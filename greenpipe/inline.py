@@ -122,7 +122,8 @@ class InlinePipe(Pipe):
                        retries=job.retries)  # fmt: skip
             seen.worker = "inline"
             code, payload = run_handler(self.handler, seen, "inline", policy, True)
-            if seen.reported is not None:  # kept with the record, as a web would
+            job.progress = None  # each run reports afresh, as on a web
+            if seen.reported is not None:  # kept with the record
                 done, total, note = seen.reported
                 job.progress = Progress(done, total or None, note, time.time())
             if code == protocol.RETRY:

@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
+from numbers import Real
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
@@ -113,7 +115,9 @@ def _number(value: float | None) -> float | int | None:
 
 
 _NUMBER = (int, float)
-_FAR = float("inf")
+# The largest double: an int past it (10**400) passes `< inf` but cannot be
+# packed; the first line refuses it, the slow path says why.
+_FAR = sys.float_info.max
 
 
 def check_progress(done: Any, total: Any, note: Any) -> tuple[float, float, str]:
@@ -125,25 +129,41 @@ def check_progress(done: Any, total: Any, note: Any) -> tuple[float, float, str]
     mistake is its own, raised where it called. A short ASCII note and plain
     numbers take the first line (a handler may report in a tight loop).
     """
-    if (type(done) in _NUMBER and 0 <= done < _FAR and type(note) is str
-            and (total is None or (type(total) in _NUMBER and 0 < total < _FAR))
+    if (type(done) in _NUMBER and 0 <= done <= _FAR and type(note) is str
+            and (total is None or (type(total) in _NUMBER and 0 < total <= _FAR))
             and len(note) <= MAX_NOTE and note.isascii()):  # fmt: skip
         return done, total or 0, note
+    numbers = []
     for what, value in (("done", done), ("total", total)):
         if value is None and what == "total":
+            numbers.append(0.0)
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, Real):
             raise TypeError(
                 f"job.progress({what}={value!r}): give a number "
                 f"(how many steps are {what if what == 'done' else 'there in all'})"
             )
-        if not math.isfinite(value) or value < 0 or (what == "total" and not value):
+        try:  # a NumPy int or float32 too: what travels is a double
+            number = float(value)
+        except (OverflowError, ValueError):
+            number = math.inf
+        if not math.isfinite(number) or number < 0 or (what == "total" and not number):
             bound = "> 0 (or None: unknown)" if what == "total" else ">= 0"
-            raise ValueError(f"job.progress({what}={value!r}): must be {bound}")
+            raise ValueError(
+                f"job.progress({what}={_short(value)}): must be {bound} and finite "
+                "(a double)"
+            )
+        numbers.append(number)
     if not isinstance(note, str):
         raise TypeError(f"job.progress(note={note!r}): give a str, e.g. 'page 3'")
     raw = note.encode("utf-8", "replace")[:MAX_NOTE]
-    return float(done), float(total or 0), raw.decode("utf-8", "ignore")
+    return numbers[0], numbers[1], raw.decode("utf-8", "ignore")
+
+
+def _short(value: Any) -> str:
+    """A value as an error shows it: a 400-digit int cut to its first digits."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
 
 
 class Outcome(NamedTuple):
@@ -306,8 +326,8 @@ class Job:
         last one in the job's record once it ends. Bad values raise TypeError
         or ValueError here, in the handler.
         """
-        if (type(done) in _NUMBER and 0 <= done < _FAR and type(note) is str
-                and (total is None or (type(total) in _NUMBER and 0 < total < _FAR))
+        if (type(done) in _NUMBER and 0 <= done <= _FAR and type(note) is str
+                and (total is None or (type(total) in _NUMBER and 0 < total <= _FAR))
                 and len(note) <= MAX_NOTE and note.isascii()):  # fmt: skip
             report = (done, total or 0, note)  # check_progress's first line, inline
         else:

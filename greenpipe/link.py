@@ -347,6 +347,8 @@ class Link:
         """
         jobs = list(self.jobs.values())
         self.jobs.clear()
+        for job in jobs:
+            job.progress = None  # that run's report: its next run reports afresh
         self.suspects = 0
         self.state = CONNECTING if graceful else LOST
         self.reset()

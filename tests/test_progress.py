@@ -241,6 +241,8 @@ def test_the_web_shows_a_report_of_the_worker_holding_the_job_and_keeps_the_last
         if link is not other_holder:
             hear(d, link, [protocol.HEARTBEAT])
     d.tick()
+    waiting = d.status(second.id)  # taken back: the lost run's report goes too
+    assert waiting["status"] != "in_flight" and "progress" not in waiting, waiting
     d.flush()
     assert second.attempt == 2 and "progress" not in d.status(second.id)
 
@@ -353,3 +355,127 @@ def test_the_dashboard_lists_a_running_job_with_its_report(
         (record_dir / f"{job_id}.go{i}").touch()
     poll_until(lambda: web.get("/dashboard/data")[2], lambda d: not d["running"],
                10, "the finished job gone from the running table")  # fmt: skip
+
+
+# -- the careful reader's review: what the worker keeps always encodes ------------
+
+
+class _Count(int):
+    """An int subclass (as NumPy's are not): accepted, reported as a number."""
+
+
+@pytest.mark.inprocess
+@pytest.mark.parametrize("seed", range(5))
+def test_any_value_is_refused_where_called_or_kept_in_a_form_that_encodes(seed):
+    """Review: 10**400 passed the check (0 <= x < inf) and crashed the
+    worker's send loop at its next heartbeat. Whatever a handler passes,
+    `progress` raises TypeError/ValueError, or what it keeps packs and reads
+    back as the same numbers."""
+    from decimal import Decimal
+    from fractions import Fraction
+
+    rng = random.Random(seed)
+    pool = [0, 1, 3, -1, 10**400, -(10**400), 2**1023, 2**1024, 0.5, -0.0, 1e308,
+            float("inf"), float("nan"), True, None, "3", b"3", Fraction(1, 3),
+            Decimal("2.5"), _Count(7), 1j, [], 10**20]  # fmt: skip
+    notes = ["", "page 3", "é" * 300, "\ud800", "x" * 500, "a\nb\x00", 5, None]
+    for _ in range(300):
+        done, total = rng.choice(pool), rng.choice(pool)
+        note = rng.choice(notes)
+        job = _job()
+        sink: dict = {}
+        job.report_to(sink)
+        try:
+            job.progress(done, total, note)
+        except (TypeError, ValueError) as exc:
+            assert "job.progress(" in str(exc) and len(str(exc)) < 300, exc
+            assert not sink, "refused: nothing kept"
+            continue
+        frame = protocol.encode_progress(sink)
+        [(_, got_done, got_total, got_note)] = protocol.decode_progress(frame)
+        assert got_done == float(done), (done, got_done)
+        assert got_total == (float(total) if total else None), (total, got_total)
+        assert len(got_note.encode()) <= MAX_NOTE
+
+
+@pytest.mark.inprocess
+def test_a_refused_report_fails_its_own_job_and_no_other():
+    """Review #1: the other job was acknowledged twice, the big one ended dead."""
+    import gevent
+
+    from greenpipe import Handlers
+    from greenpipe.config import WorkerSettings
+    from greenpipe.worker import Worker
+    from tests.support import ScriptedWeb, job_record
+
+    handlers = Handlers()
+
+    @handlers.job("big")
+    def big(job):
+        job.progress(10**400, 10)
+
+    @handlers.job("plain")
+    def plain(job):
+        job.progress(1, 1)
+
+    worker = Worker(WorkerSettings(port=0), handlers)
+    sent: list[list[bytes]] = []
+    worker._send = lambda ident, frames: sent.append(frames) or True  # type: ignore
+    web = ScriptedWeb(worker)
+    web.jobs(job_record(b"j-big", "big"), job_record(b"j-plain", "plain"))
+    assert worker.pool.idle.wait(5)
+    gevent.sleep(0)  # sleep-ok: the runs' greenlets end
+    worker._flush()
+    worker._beat(0.0)
+    acks = [f for f in sent if f[0] == protocol.ACKS]
+    assert len(acks) == 1 and acks[0][1] == b"j-plain", acks
+    [(raw_id, status, payload)] = [protocol.decode_result(f) for f in acks[0][2:]]
+    assert raw_id == b"j-big" and status == protocol.FAILED
+    assert b"done=10000000000000000000..." in payload, payload
+
+
+@pytest.mark.inprocess
+def test_a_report_that_cannot_be_encoded_costs_the_reports_not_the_acks(caplog):
+    """Belt and braces: should anything unpackable reach the worker's reports
+    (a bug in the check), the heartbeat and the ACKS still go."""
+    from greenpipe.config import WorkerSettings
+    from greenpipe.worker import Worker
+    from tests.support import ScriptedWeb
+
+    worker = Worker(WorkerSettings(port=0), lambda job: None)
+    sent: list[list[bytes]] = []
+    worker._send = lambda ident, frames: sent.append(frames) or True  # type: ignore
+    web = ScriptedWeb(worker)
+    web.peer.progress[b"j-1"] = (10**400, 0, "")
+    web.peer.progress_due = True
+    web.peer.ok.append(b"j-1")
+    worker._flush()
+    assert [f[0] for f in sent[1:]] == [protocol.HEARTBEAT, protocol.ACKS], sent
+    assert len(sent[1]) == 2, "the heartbeat went, without the reports"
+    assert sent[2][1] == b"j-1" and not web.peer.progress
+    assert "progress reports dropped" in caplog.text
+
+
+@pytest.mark.inprocess
+def test_inline_a_later_run_without_a_report_keeps_none():
+    """Review #2: inline mode kept the failed first run's report."""
+    from flask import Flask
+
+    from greenpipe import Greenpipe, Handlers
+
+    handlers = Handlers()
+
+    @handlers.job("twice", retries=2, backoff=0.01)
+    def twice(job):
+        if job.attempt == 1:
+            job.progress(7, 10, "first run")
+            raise RuntimeError("flaky")
+        return {"ok": True}
+
+    app = Flask(__name__)
+    app.testing = True
+    pipe = Greenpipe(app, handlers=handlers)
+    with app.app_context():
+        status = pipe.status(pipe.push("twice", json={}).id)
+    assert status["status"] == "done" and status["runs"] == 2
+    assert "progress" not in status, status

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import struct
 import time
 from collections.abc import Callable
 
@@ -280,11 +281,11 @@ class Worker:
     def _flush(self) -> None:
         beat = None
         for ident, peer in list(self.peers.by_ident.items()):
+            if peer.progress_due and (peer.ok or peer.results):
+                beat = beat or self._figures()  # the heartbeat brought forward:
+                self._send_beat(ident, peer, beat)  # a job's last report first
             answers = peer.take()
             if answers is not None:
-                if peer.progress_due:  # the heartbeat brought forward: a job's
-                    beat = beat or self._figures()  # last report before its ACK
-                    self._send_beat(ident, peer, beat)
                 if not self._send(ident, protocol.encode_acks(*answers)):
                     peer.put_back(*answers)  # full: next time
 
@@ -308,7 +309,18 @@ class Worker:
         last of each since the previous one; kept for the next if unsent)."""
         if not peer.progress:
             self._send(ident, beat)
-        elif self._send(ident, [*beat, protocol.encode_progress(peer.progress)]):
+            return
+        try:
+            reports = protocol.encode_progress(peer.progress)
+        except (struct.error, ValueError, OverflowError):  # Job.progress checks:
+            # a bug there must cost the reports, never the heartbeat or the ACKS
+            self._throttle.exception("progress", "%s: progress reports dropped",
+                                     self.name)  # fmt: skip
+            peer.progress.clear()
+            peer.progress_due = False
+            self._send(ident, beat)
+            return
+        if self._send(ident, [*beat, reports]):
             peer.progress.clear()
             peer.progress_due = False
 
