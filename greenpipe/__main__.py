@@ -29,8 +29,9 @@ commands:
   worker         run jobs from the webs that connect (as port=4444 python server.py)
   schedule       push the periodic jobs of --handler once per tick (one per set
                  of workers; its own journal, .greenpipe-schedule)
-  jobs           list the failed and dead jobs a running web keeps, and
-                 re-send them (each at most once): jobs failed, jobs resend
+  jobs           act on many jobs of a running web: jobs failed, jobs resend
+                 (the failed and dead it keeps, each re-sent at most once);
+                 jobs list, jobs purge (a process's backlog, with progress)
   keys DIR NAME  write a CURVE keypair: DIR/NAME.key, DIR/NAME.key_secret (0600)
 
 greenpipe COMMAND --help lists a command's flags and settings.

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from enum import StrEnum
 from numbers import Real
 from typing import Any, NamedTuple
@@ -138,7 +139,7 @@ def check_progress(done: Any, total: Any, note: Any) -> tuple[float, float, str]
         if value is None and what == "total":
             numbers.append(0.0)
             continue
-        if isinstance(value, bool) or not isinstance(value, Real):
+        if isinstance(value, bool) or not isinstance(value, Real | Decimal):
             raise TypeError(
                 f"job.progress({what}={value!r}): give a number "
                 f"(how many steps are {what if what == 'done' else 'there in all'})"

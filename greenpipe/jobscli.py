@@ -165,6 +165,8 @@ def _list(args: argparse.Namespace) -> int:
         if job.get("progress"):  # the handler's last report (job.progress)
             done, total = job["progress"]["done"], job["progress"]["total"]
             extra += f"  {done} of {total}" if total else f"  {done} done"
+            if job["progress"]["note"]:
+                extra += f"  {json.dumps(job['progress']['note'], ensure_ascii=False)}"
         sys.stdout.write(f"{job['status']:<9}  {job['id']}  {job['name']}{extra}\n")
     return 0
 

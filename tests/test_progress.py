@@ -346,7 +346,7 @@ def test_the_dashboard_lists_a_running_job_with_its_report(
 
     listed = _jobs(web, "list")
     assert f"in_flight  {job_id}  steps  on " in listed.stdout, listed.stdout
-    assert listed.stdout.rstrip().endswith("2 of 4"), listed.stdout
+    assert listed.stdout.rstrip().endswith('  2 of 4  "step 2"'), listed.stdout
     if chromium() is not None:  # the page itself (the data above runs anyway)
         dom = render(f"http://127.0.0.1:{web.port}/dashboard")
         found = re.search(rf'<tr data-job="{job_id}">(.*?)</tr>', dom)
