@@ -45,14 +45,17 @@ def test_food_delivery_orders_are_transient_a_dead_desk_loses_them(
 ):
     """Plain PUSH/PULL is at most once: kill the producer and what it queued is gone.
 
-    Orders are padded so that the kernel's socket buffers fill up and orders
-    wait in the producer's ZeroMQ queue, which dies with it.
+    Orders are padded (100 KB) so that the kernel's socket buffers fill up
+    and orders wait in the producer's ZeroMQ queue, which dies with it.
+    Loopback's buffers take tens of MB here (tcp_rmem's max is 32 MiB): at
+    20 KB an order all 3000 fit in them, and a kill once lost nothing (what
+    the kernel holds, a dead process's sockets still deliver).
     """
     desk = f"tcp://127.0.0.1:{free_port()}"
     pushed, delivered = tmp_path / "pushed", tmp_path / "delivered"
     producer = Proc("desk", [PYTHON, "-m", "examples.food_delivery.producer", "--bind", desk,
                     "--orders", "3000", "--consumers", "2", "--hwm", "20",
-                    "--note-bytes", "20000",
+                    "--note-bytes", "100000",
                     "--ledger", str(pushed)])  # fmt: skip
     couriers = [
         Proc(f"courier{i}", [PYTHON, "-m", "examples.food_delivery.consumer", "--name",
