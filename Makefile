@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast test-thorough test-without-tools bench loadtest scenario screenshot lint clean
+.PHONY: run test test-fast test-bench test-thorough test-without-tools bench loadtest scenario screenshot lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,10 @@ run: $(STAMP)  ## web on :4567 + workers on :4444-4446, via honcho (Procfile)
 TEST_WORKERS ?= 4
 
 test: $(STAMP)  ## the whole suite: unit tests and real processes, in parallel
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not thorough" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not thorough and not bench" $(PYTEST_ARGS)
+
+test-bench: $(STAMP)  ## the benchmarks' smoke runs: every section of python -m bench works (CI runs it)
+	$(BIN)/python -m pytest -n 2 --dist worksteal -m bench $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## the in-process tier, a contributor's first command (seconds)
 	$(BIN)/python -m pytest -n 2 --dist worksteal -m "inprocess and not thorough and not slow" $(PYTEST_ARGS)

@@ -50,11 +50,14 @@ def _bench_quick(
 
 # The smoke run in four parts, so that they run side by side under xdist
 # (one part after another they took about 115 s on the 2-core machine).
+# Marked `bench`: `make test-bench` runs them (CI too), not `make test`: they
+# check that the benchmarks run, and took 4.5 of the full run's 14 CPU minutes.
 # Figures are not asserted: on a busy machine a 2 s Locust run can count
 # nothing, and a ratio to a system that counted nothing is printed "-".
 RATIO = r"([\d.]+|-)"
 
 
+@pytest.mark.bench
 def test_bench_quick_throughput_and_paired_without_optional_tools(tmp_path):
     out = _bench_quick(tmp_path, "macro,paired", hide_tools=True)
     assert re.search(
@@ -71,6 +74,7 @@ def test_bench_quick_throughput_and_paired_without_optional_tools(tmp_path):
     assert "## Paired: greenpipe against the ceiling" in out, out
 
 
+@pytest.mark.bench
 def test_bench_quick_journal_and_observability(tmp_path):
     out = _bench_quick(tmp_path, "journal,observe", systems="greenpipe")
     assert "## Journal" in out and "## Observability" in out, out
@@ -78,6 +82,7 @@ def test_bench_quick_journal_and_observability(tmp_path):
                      rf"to bare {RATIO}, to metrics and dashboard off {RATIO}", out), out  # fmt: skip
 
 
+@pytest.mark.bench
 def test_bench_quick_curve_and_scale(tmp_path):
     out = _bench_quick(tmp_path, "curve,scale", systems="greenpipe")
     assert "## CURVE" in out and "## Several web processes" in out, out
@@ -87,6 +92,7 @@ def test_bench_quick_curve_and_scale(tmp_path):
     assert re.search(r"gunicorn -k gevent -w 2: [\d,]+ req/s, ratio to bare", out), out
 
 
+@pytest.mark.bench
 def test_bench_quick_retries_hot_path_latency_memory(tmp_path):
     out = _bench_quick(
         tmp_path, "retries,micro,latency,memory", systems="greenpipe", hide_tools=True
@@ -98,6 +104,7 @@ def test_bench_quick_retries_hot_path_latency_memory(tmp_path):
     assert "bytes per job in flight: needs wrk" in out
 
 
+@pytest.mark.bench
 def test_bench_delayed_quick_reports_lateness_memory_and_cost(tmp_path):
     result = subprocess.run([PYTHON, "-m", "bench.delayed", "--quick"], cwd=ROOT,
                             capture_output=True, text=True, timeout=200)  # fmt: skip
