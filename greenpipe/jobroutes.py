@@ -44,6 +44,13 @@ def jobs_blueprint(
     """The kept jobs (list, re-send) and the backlog (list, purge)."""
     bp = Blueprint("greenpipe_jobs", __name__)
     bp.before_request(operator_only(public))
+    _kept_routes(bp, source)
+    _backlog_routes(bp, source)
+    return bp
+
+
+def _kept_routes(bp: Blueprint, source: Callable[[], Any]) -> None:
+    """GET /failed, POST /failed/resend: every process's, from the shared file."""
 
     @bp.get("/failed")
     def listing() -> Response:
@@ -96,6 +103,10 @@ def jobs_blueprint(
             }, {"Retry-After": "1"})  # fmt: skip
         return json_response(200, answer)
 
+
+def _backlog_routes(bp: Blueprint, source: Callable[[], Any]) -> None:
+    """GET /backlog, POST /backlog/purge: this process's own (421 if shared)."""
+
     @bp.get("/backlog")
     def backlog() -> Response:
         pipe = source()
@@ -140,8 +151,6 @@ def jobs_blueprint(
                 **answer,
             }, {"Retry-After": "1"})  # fmt: skip
         return json_response(200, answer)
-
-    return bp
 
 
 def _unknown_args(known: set[str]) -> Response | None:
