@@ -45,11 +45,12 @@ def test_food_delivery_orders_are_transient_a_dead_desk_loses_them(
 ):
     """Plain PUSH/PULL is at most once: kill the producer and what it queued is gone.
 
-    Orders are padded (100 KB) so that the kernel's socket buffers fill up
-    and orders wait in the producer's ZeroMQ queue, which dies with it.
-    Loopback's buffers take tens of MB here (tcp_rmem's max is 32 MiB): at
-    20 KB an order all 3000 fit in them, and a kill once lost nothing (what
-    the kernel holds, a dead process's sockets still deliver).
+    Orders are padded (100 KB) and the couriers paused, so that the kernel's
+    socket buffers fill up and orders wait in the producer's ZeroMQ queue,
+    which dies with it. Loopback's buffers take tens of MB here (tcp_rmem's
+    max is 32 MiB): at 20 KB an order all 3000 fit in them, and a kill with
+    the couriers still reading once lost nothing (what the kernel holds, a
+    dead process's sockets still deliver).
     """
     desk = f"tcp://127.0.0.1:{free_port()}"
     pushed, delivered = tmp_path / "pushed", tmp_path / "delivered"
@@ -69,8 +70,17 @@ def test_food_delivery_orders_are_transient_a_dead_desk_loses_them(
         30,
         "50 orders delivered",
     )
+    # The couriers stopped, the desk fills the socket buffers, then its own
+    # ZeroMQ queues (HWM 20 a courier), and blocks: only then does a kill
+    # lose orders for certain (what the kernel holds still arrives).
+    for courier in couriers:
+        courier.signal(signal.SIGSTOP)
+    poll_until(lambda: len(pushed.read_text().split()), _unchanged_for(1.5), 60,
+               "the desk blocked, its queues full (its ledger still)")  # fmt: skip
     producer.signal(signal.SIGKILL)
     producer.wait_exit(10)
+    for courier in couriers:
+        courier.signal(signal.SIGCONT)
     in_ledger = len(pushed.read_text().split())
     # The couriers finish what reached them, then wait for more that never comes.
     settled = poll_until(
