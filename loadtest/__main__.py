@@ -15,7 +15,10 @@ The check counts all traffic the web saw meanwhile: run it alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from greenpipe.testing import free_port
+from greenpipe.testing import ports_in_a_row
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -133,8 +136,11 @@ def run_locust(args: argparse.Namespace, summary_path: str) -> int:
         # Locust's master listened on 5557 for every run: a second run on the
         # machine failed to bind, and its workers joined the first run's
         # master (309 counted for -n 301). Its workers are forked before the
-        # master binds, so the port is picked here and given to both.
-        port = str(free_port())
+        # master binds, so the port is picked here and given to both: below
+        # the OS's ephemeral range, where no outgoing connection takes it
+        # before the master binds (a port from bind(0) was taken once, the
+        # master died, and its workers waited for it until killed).
+        port = str(ports_in_a_row(1))
         argv += ["--processes", str(args.processes), "--master-bind-host",
                  "127.0.0.1", "--master-bind-port", port, "--master-host",
                  "127.0.0.1", "--master-port", port]  # fmt: skip
@@ -142,7 +148,14 @@ def run_locust(args: argparse.Namespace, summary_path: str) -> int:
         argv += ["--html", args.html]
     if not args.verbose:  # Locust's own tables (logged at INFO) give way to ours
         argv.append("--skip-log-setup")
-    return subprocess.run(argv, stdout=sys.stderr).returncode
+    # In a process group of its own: should its master die (a port taken),
+    # its forked workers would wait for it for ever; they go with the group.
+    locust = subprocess.Popen(argv, stdout=sys.stderr, start_new_session=True)
+    try:
+        return locust.wait()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(locust.pid, signal.SIGTERM)  # ours: the group we started
 
 
 def wait_for_acks(base: str, before: dict, grace: float) -> tuple[dict, float]:
