@@ -167,10 +167,11 @@ class Proc:
 
 
 def free_port() -> int:
-    """A port nothing listens on now (for a process that must be told it in advance)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on now (for a process that must be told it in
+    advance), below the OS's ephemeral range: see `ports_in_a_row`. One from
+    bind(0) could be taken by any outgoing connection before the process
+    bound it (seen for OPS_PORT and Locust's master port)."""
+    return ports_in_a_row(1)
 
 
 def ports_in_a_row(count: int = 2) -> int:
