@@ -124,16 +124,12 @@ _FAR = sys.float_info.max
 def check_progress(done: Any, total: Any, note: Any) -> tuple[float, float, str]:
     """`job.progress` arguments as the worker keeps them: (done, total, note),
     total 0 for none, the note cut to MAX_NOTE bytes of UTF-8 on a character
-    boundary (and made encodable).
+    boundary (and made encodable). The careful path: `Job.progress` takes
+    plain numbers and a short ASCII note without calling it.
 
     Raises TypeError or ValueError naming the offending value: a handler's
-    mistake is its own, raised where it called. A short ASCII note and plain
-    numbers take the first line (a handler may report in a tight loop).
+    mistake is its own, raised where it called.
     """
-    if (type(done) in _NUMBER and 0 <= done <= _FAR and type(note) is str
-            and (total is None or (type(total) in _NUMBER and 0 < total <= _FAR))
-            and len(note) <= MAX_NOTE and note.isascii()):  # fmt: skip
-        return done, total or 0, note
     numbers = []
     for what, value in (("done", done), ("total", total)):
         if value is None and what == "total":
@@ -330,7 +326,7 @@ class Job:
         if (type(done) in _NUMBER and 0 <= done <= _FAR and type(note) is str
                 and (total is None or (type(total) in _NUMBER and 0 < total <= _FAR))
                 and len(note) <= MAX_NOTE and note.isascii()):  # fmt: skip
-            report = (done, total or 0, note)  # check_progress's first line, inline
+            report = (done, total or 0, note)  # plain values: a handler's loop
         else:
             report = check_progress(done, total, note)
         self.reported = report

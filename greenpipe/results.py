@@ -102,16 +102,14 @@ def _pack(record: Record, worker: bytes) -> bytes:
     size = len(payload)
     if size > MAX_KEPT_RESULT:
         payload = b"" if status is Status.DONE else payload[:MAX_KEPT_RESULT]
-    code = _STATUS_CODE[status]
-    if progress is None:
-        head = _HEAD.pack(code, attempt, max(retries, 0), size, len(name), len(worker))
-        return b"".join((head, name, worker, payload))
-    head = _HEAD.pack(code | HAS_PROGRESS, attempt, max(retries, 0), size,
-                      len(name), len(worker))  # fmt: skip
-    note = progress.note.encode()
-    reported = _PROGRESS.pack(progress.done, progress.total or 0.0, progress.at,
-                              len(note))  # fmt: skip
-    return b"".join((head, reported, note, name, worker, payload))
+    code, reported = _STATUS_CODE[status], b""
+    if progress is not None:
+        code |= HAS_PROGRESS
+        note = progress.note.encode()
+        reported = _PROGRESS.pack(progress.done, progress.total or 0.0, progress.at,
+                                  len(note)) + note  # fmt: skip
+    head = _HEAD.pack(code, attempt, max(retries, 0), size, len(name), len(worker))
+    return b"".join((head, reported, name, worker, payload))
 
 
 def _unpack(job_id: str, finished: float, packed: bytes) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from greenpipe.testing import ports_in_a_row
+from greenpipe.testing import free_port
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -140,7 +140,7 @@ def run_locust(args: argparse.Namespace, summary_path: str) -> int:
         # the OS's ephemeral range, where no outgoing connection takes it
         # before the master binds (a port from bind(0) was taken once, the
         # master died, and its workers waited for it until killed).
-        port = str(ports_in_a_row(1))
+        port = str(free_port())
         argv += ["--processes", str(args.processes), "--master-bind-host",
                  "127.0.0.1", "--master-bind-port", port, "--master-host",
                  "127.0.0.1", "--master-port", port]  # fmt: skip

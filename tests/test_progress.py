@@ -96,9 +96,10 @@ def test_progress_frames_round_trip_and_garbage_is_refused():
         if rng.random() < 0.5:
             junk = frame[: rng.randrange(len(frame) + 1)] + junk
         try:
-            protocol.decode_progress(junk)
+            decoded = protocol.decode_progress(junk)
         except ProtocolError:
-            pass
+            continue
+        assert all(len(raw_id) and done >= 0 for raw_id, done, _, _ in decoded)
     negative = struct.pack("!BddB", 1, -1.0, 2.0, 0) + b"x"
     with pytest.raises(ProtocolError, match="-1.0 of 2.0"):
         protocol.decode_progress(negative)

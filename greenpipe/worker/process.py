@@ -307,21 +307,16 @@ class Worker:
     def _send_beat(self, ident: bytes, peer: Peer, beat: list[bytes]) -> None:
         """A heartbeat to one web, with its jobs' progress reports if any (the
         last of each since the previous one; kept for the next if unsent)."""
-        if not peer.progress:
-            self._send(ident, beat)
-            return
-        try:
-            reports = protocol.encode_progress(peer.progress)
-        except (struct.error, ValueError, OverflowError):  # Job.progress checks:
-            # a bug there must cost the reports, never the heartbeat or the ACKS
-            self._throttle.exception("progress", "%s: progress reports dropped",
-                                     self.name)  # fmt: skip
-            peer.progress.clear()
-            peer.progress_due = False
-            self._send(ident, beat)
-            return
-        if self._send(ident, [*beat, reports]):
-            peer.progress.clear()
+        frames = beat
+        if peer.progress:
+            try:
+                frames = [*beat, protocol.encode_progress(peer.progress)]
+            except (struct.error, ValueError, OverflowError):  # Job.progress
+                # checks: a bug there costs the reports, never the heartbeat
+                self._throttle.exception("progress", "%s: progress reports dropped",
+                                         self.name)  # fmt: skip
+        if self._send(ident, frames) or frames is beat:
+            peer.progress.clear()  # sent, or dropped: kept only for a full queue
             peer.progress_due = False
 
     def _send(self, ident: bytes, frames: list[bytes]) -> bool:
