@@ -145,6 +145,10 @@ def test_no_element_overflows_its_column_at_1300_and_1024_px(
     poll_until(lambda: web.get("/dashboard/data")[2],
                lambda d: len(d["failures"]) == 6 and len(d["dead_letters"]) == 10,
                10, "6 failures, and 10 kept (6 failed, 4 dead)")  # fmt: skip
+    # The time axis has ticks once the history has two samples to span (one a
+    # second): rendered sooner, on a fast machine, the chart had none to read.
+    poll_until(lambda: web.get("/dashboard/data")[2], lambda d: len(d["samples"]) >= 2,
+               10, "two samples in the dashboard's history")  # fmt: skip
     url = f"http://127.0.0.1:{proxy(web.port)}/dashboard"
     shots = os.environ.get("GREENPIPE_LAYOUT_SHOTS")
     for width in (1300, 1024):
@@ -161,4 +165,4 @@ def test_no_element_overflows_its_column_at_1300_and_1024_px(
             f"at {width} px: overflowing {layout['problems']}; time-axis ticks "
             f"in fractions of a second {fractions}"
         )
-        assert ticks, f"no time-axis ticks read at {width} px: {ticks}"
+        assert ticks, f"no time-axis ticks read at {width} px: {layout}"
