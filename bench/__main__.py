@@ -447,7 +447,9 @@ def micro(quick: bool) -> list[str]:
         f"{routing['before_us']:.2f} µs; a fleet of plain handlers "
         f"{routing['uniform_plain_us']:.2f} µs, of one registry "
         f"{routing['uniform_registry_us']:.2f} µs, mixed names "
-        f"{routing['mixed_us']:.2f} µs",
+        f"{routing['mixed_us']:.2f} µs; with queues, every worker on both "
+        f"{routing['uniform_queues_us']:.2f} µs, a worker per queue "
+        f"{routing['split_queues_us']:.2f} µs",
     ]
 
 

@@ -17,6 +17,9 @@
   job, back to back with the choice as it was before routing by name: a
   uniform fleet of plain handlers (the fast path), of one `Handlers`
   registry (a name lookup per job) and a mixed fleet (a cursor per name);
+  with queues (issue 32, part 3), half the jobs in `reports`: every worker
+  on both queues (the fast path, a queue lookup per job) and one worker per
+  queue and one on both (a cursor per name and queue);
 - worker: one server.py process driven by a plain DEALER at full speed,
   batches of 32 and of 1: jobs per second it receives, handles and
   acknowledges (target: 25,000 no-op jobs/s);
@@ -193,8 +196,20 @@ def routing(count: int, rounds: int = 7) -> dict[str, float]:
     }  # fmt: skip
     jobs = [Envelope.new(b"", b"", b"", b"", b"", name=name).named(f"j-{i}")
             for i, name in enumerate([b"welcome_email", b"ship_order"] * (count // 2))]  # fmt: skip
+    reports = frozenset({b"reports"})
+    queued = {
+        "uniform_queues": [protocol.Serves(frozenset(), True, reports | {b"default"})] * 3,
+        "split_queues": [protocol.EVERYTHING, protocol.Serves(frozenset(), True, reports),
+                         protocol.Serves(frozenset(), True, reports | {b"default"})],
+    }  # fmt: skip
+    in_queues = [Envelope.new(b"", b"", b"", b"", b"", name=b"report").named(f"q-{i}")
+                 for i in range(count)]  # fmt: skip
+    for job in in_queues[::2]:
+        job.queue = b"reports"
 
-    def setup(serves: list[protocol.Serves]) -> tuple[list[Link], Routes, Queues]:
+    def setup(
+        serves: list[protocol.Serves], queued_jobs: list[Envelope] = jobs
+    ) -> tuple[list[Link], Routes, Queues]:
         links = [Link(i, parse_endpoint(f"127.0.0.1:{i + 1}"), None, None)
                  for i in range(3)]  # fmt: skip
         for link, announced in zip(links, serves, strict=True):
@@ -203,7 +218,7 @@ def routing(count: int, rounds: int = 7) -> dict[str, float]:
         routes = Routes(links)
         routes.update()
         queues = Queues(time.monotonic)
-        queues.fresh.extend(jobs)
+        queues.fresh.extend(queued_jobs)
         return links, routes, queues
 
     def before(serves: list[protocol.Serves]) -> float:  # the loop before routing
@@ -217,21 +232,25 @@ def routing(count: int, rounds: int = 7) -> dict[str, float]:
             link.assign(queue.popleft())
         return time.perf_counter() - started
 
-    def planned(serves: list[protocol.Serves]) -> float:
-        links, routes, queues = setup(serves)
+    def planned(
+        serves: list[protocol.Serves], queued_jobs: list[Envelope] = jobs
+    ) -> float:
+        links, routes, queues = setup(serves, queued_jobs)
         started = time.perf_counter()
         for link, job in routes.plan(queues):
             link.assign(job)
         return time.perf_counter() - started
 
     runs: dict[str, list[float]] = {"before": []}
-    for name in fleets:
+    for name in [*fleets, *queued]:
         runs[name] = []
     for index in range(rounds):  # back to back, the order alternating
         order = [("before", lambda: before(fleets["uniform_plain"]))]
         order += [
             (name, lambda s=serves: planned(s)) for name, serves in fleets.items()
         ]
+        order += [(name, lambda s=serves: planned(s, in_queues))
+                  for name, serves in queued.items()]  # fmt: skip
         if index % 2:
             order.reverse()
         for name, run in order:

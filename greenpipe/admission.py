@@ -148,10 +148,10 @@ class Admission:
         # waiting); before the barrier the names are known only after it.
         named = self.fleet.barrier.is_set()
         if named:
-            self.check_name(job.name or job.path)
+            self.check_name(job)
         self.check(self.queues.pending(), draining, bool(job.not_before))
         if not named:
-            self.check_name(job.name or job.path)
+            self.check_name(job)
         job.named(job_id or self.new_id())
         job.accepted_at = self._clock()
         if self._commit is None:
@@ -217,14 +217,15 @@ class Admission:
         """True if `job_id` was made by this process (whatever became of it)."""
         return job_id.startswith(self.prefix)
 
-    def check_name(self, name: bytes) -> None:
-        """Raise `Unavailable` (a 503) if no worker this web knows runs `name`.
+    def check_name(self, job: Envelope) -> None:
+        """Raise `Unavailable` (a 503) if no worker this web knows runs `job`'s
+        name from its queue.
 
         After the barrier (`check` waits for it): a worker announces its
-        names in READY (greenpipe.routing).
+        names and queues in READY (greenpipe.routing).
         """
         try:
-            self.fleet.routes.check(name)
+            self.fleet.routes.check(job.name or job.path, job.queue)
         except Unavailable:
             self.books.reject("no_handler")
             raise

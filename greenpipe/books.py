@@ -154,6 +154,7 @@ class Snapshot:
     workers_removed: int
     dead_lettered: int
     pending: int
+    pending_by_queue: dict[str, int]
     in_flight: int
     waiting: int  # held until a time: retries waiting out their backoff
     retried: int
@@ -177,6 +178,7 @@ class Snapshot:
             "pid": self.pid,
             "accepted": self.accepted,
             "pending": self.pending,
+            "pending_by_queue": self.pending_by_queue,
             "in_flight": self.in_flight,
             "waiting": self.waiting,
             "acked": self.acked,
@@ -231,6 +233,7 @@ def take(
     now: float,
     *,
     pending: int = 0,
+    pending_by_queue: dict[str, int] | None = None,
     waiting: int = 0,
     barrier: bool = True,
     dead_lettered: int = 0,
@@ -262,6 +265,7 @@ def take(
         workers_removed=books.removed,
         dead_lettered=dead_lettered,
         pending=pending,
+        pending_by_queue=pending_by_queue or {"default": pending},
         waiting=waiting,
         retried=books.retried,
         cancelled=books.cancelled,

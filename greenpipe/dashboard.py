@@ -85,6 +85,7 @@ def page_data(pipe: Any, history: History, since: float) -> dict[str, Any]:
         "dead_lettered": s.dead_lettered,
         "redriven": s.redriven,
         "pending": s.pending,
+        "pending_by_queue": s.pending_by_queue,
         "in_flight": s.in_flight,
         "credit": s.credit,
         "workers": workers,

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from greenpipe.jobs import Envelope
+from greenpipe.jobs import DEFAULT_QUEUE, Envelope, queue_name
 
 if TYPE_CHECKING:
     from greenpipe.link import Link
@@ -68,6 +68,8 @@ class DeadLetters:
             "query": job.query.decode("latin-1"),
             "content_type": job.content_type.decode("latin-1"),
         }
+        if job.queue != DEFAULT_QUEUE:  # a re-send goes to the same queue
+            record["queue"] = job.queue.decode("ascii")
         try:
             record["body"] = job.body.decode("utf-8")
         except UnicodeDecodeError:
@@ -324,7 +326,7 @@ def envelope(record: dict) -> Envelope:
         body = base64.b64decode(record["body_base64"])
     else:
         body = record.get("body", "").encode("utf-8")
-    return Envelope(
+    job = Envelope(
         "",
         record["method"].encode("ascii"),
         record["path"].encode("utf-8"),
@@ -333,6 +335,9 @@ def envelope(record: dict) -> Envelope:
         body,
         name=record.get("name", "").encode("utf-8"),
     )
+    if "queue" in record:  # a hand-edited file: a bad name is a clear error
+        job.queue = queue_name(record["queue"])
+    return job
 
 
 class Scan:

@@ -287,7 +287,7 @@ class Dispatcher:
             self._send(link, jobs)
         if routes.orphans:  # a name no worker runs any more: given up on, with why
             orphans, routes.orphans = routes.orphans, []
-            self.settlement.orphaned(orphans, routes.runs_now())
+            self.settlement.orphaned(orphans, routes.orphan_note)
 
     def _send(self, link: Link, jobs: list[Envelope]) -> None:
         sent = 0
@@ -482,6 +482,7 @@ class Dispatcher:
             self.links,
             self._clock(),
             pending=self.pending(),
+            pending_by_queue=self.queues.by_queue(self.fleet.routes.queues),
             waiting=len(self.later),
             barrier=self.barrier_met,
             dead_lettered=self.dead_letters.count,

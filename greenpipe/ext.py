@@ -352,6 +352,7 @@ class Greenpipe:
         idempotency_key: str = "",
         delay: float | None = None,
         at: datetime | None = None,
+        queue: str = "default",
     ) -> Receipt | Outcome:
         """Hand one job named `name` to a worker: see `Pipe.push`.
 
@@ -367,6 +368,7 @@ class Greenpipe:
             idempotency_key=idempotency_key,
             delay=delay,
             at=at,
+            queue=queue,
         )
 
     def cancel(self, job_id: str) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,18 @@ ID_BYTES = 16  # random bytes in a job id, after its prefix and time (128 bits)
 _HEX = "0123456789abcdef"
 ID_TIME = 8  # hex digits of the second a job id was made (Unix time, 32 bits)
 MAX_NOTE = 200  # bytes of UTF-8 a progress note keeps (longer ones are cut)
+DEFAULT_QUEUE = b"default"  # the queue of a job pushed without one
+QUEUE_RULE = "1-64 characters of A-Z a-z 0-9 _ . -"
+_QUEUE = re.compile(rb"[A-Za-z0-9_.-]{1,64}")
+
+
+def queue_name(value: object) -> bytes:
+    """A queue's name as jobs and READY carry it, or ValueError naming the value."""
+    if isinstance(value, str):
+        raw = value.encode("utf-8", "surrogatepass")
+        if _QUEUE.fullmatch(raw):
+            return raw
+    raise ValueError(f"queue {value!r} is not {QUEUE_RULE}; e.g. 'reports'")
 
 
 def new_job_id(prefix: str) -> str:
@@ -192,7 +205,7 @@ class Envelope:
     __slots__ = ("key", "id", "attempt", "method", "path", "query", "content_type",
                  "body", "flags", "sent_at", "reply", "name", "segment",
                  "accepted_at", "suspect", "retries", "deliveries", "not_before",
-                 "errors", "cancelling", "progress")  # fmt: skip
+                 "errors", "cancelling", "progress", "queue")  # fmt: skip
 
     def __init__(
         self,
@@ -217,6 +230,7 @@ class Envelope:
         self.errors: Sequence[str] = ()  # why its runs failed, the last few
         self.cancelling = False  # cancelled while a worker runs it
         self.progress: Progress | None = None  # its run's last report, if any
+        self.queue = DEFAULT_QUEUE  # only workers listening on it take it
         # Taken back from a worker lost without a goodbye: it may be what killed
         # it, so it travels alone (greenpipe.rotation).
         self.suspect = False
@@ -368,6 +382,8 @@ def unfinished(job: Envelope, status: Status, worker: str = "") -> dict[str, Any
         "name": (job.name or job.path).decode("utf-8", "replace"),
         "status": status.value,
     }
+    if job.queue != DEFAULT_QUEUE:
+        answer["queue"] = job.queue.decode("ascii")
     if status is Status.SCHEDULED:
         answer["due_at"] = round(job.not_before, 3)
         return answer

@@ -79,6 +79,14 @@ class Collector(_Collector):
             rejected.add_metric([reason], s.rejected_by.get(reason, 0))
         yield rejected
         yield _gauge("jobs_pending", "Jobs accepted, waiting for a worker.", s.pending)
+        by_queue = GaugeMetricFamily(
+            "greenpipe_jobs_pending_by_queue",
+            "Jobs accepted, waiting for a worker, by queue.",
+            labels=["queue"],
+        )
+        for queue, count in s.pending_by_queue.items():
+            by_queue.add_metric([queue], count)
+        yield by_queue
         yield _gauge("jobs_in_flight", "Jobs sent, not yet acknowledged.", s.in_flight)
         yield _gauge(
             "jobs_waiting", "Jobs held until a time (retries' backoff).", s.waiting

@@ -25,7 +25,7 @@ from greenpipe.config import PipeSettings
 from greenpipe.dispatcher import Dispatcher
 from greenpipe.errors import BadJob, TooLarge
 from greenpipe.history import History
-from greenpipe.jobs import Envelope, Outcome, Status
+from greenpipe.jobs import Envelope, Outcome, Status, queue_name
 from greenpipe.patching import check_pipe_start
 from greenpipe.purge import WAITING, Purged, purge
 from greenpipe.pushargs import MISSING, check_wait, not_before, outcome_payload, payload
@@ -184,8 +184,13 @@ class Pipe:
         idempotency_key: str = "",
         delay: float | None = None,
         at: datetime | None = None,
+        queue: str = "default",
     ) -> Receipt | Outcome:
         """Hand one job named `name` to a worker; its handler gets ``job.json()``.
+
+        It goes only to workers listening on `queue` (their QUEUES) that run
+        `name`; no such worker known to the web: `Unavailable`, naming what
+        the workers run; a queue name that breaks the rule: `BadJob`.
 
         With `delay` (seconds) or `at` (an aware datetime), one of them, the
         job waits in the web (journaled: a restart keeps it) and goes out at
@@ -212,6 +217,7 @@ class Pipe:
                 raise BadJob(f"push: {exc}") from None
         job = Envelope.new(b"", b"", b"", kind, raw, wait=wait > 0, name=raw_name)
         job.not_before = not_before(delay, at, self.settings.max_delay)
+        job.queue = _queue(queue)
         return self._answer(self.submit(job, idempotency_key), name, wait)
 
     def forward(
@@ -222,15 +228,18 @@ class Pipe:
         content_type: str = "",
         body: bytes = b"",
         wait: float = 0,
+        queue: str = "default",
     ) -> Receipt | Outcome:
         """A request-shaped job (as web.py makes of each request), named by its path."""
         wait = check_wait(wait)
+        raw_queue = _queue(queue)
         self._check_size(body)
         # The path is text, and a name: UTF-8, as READY announces names and
         # as a request's raw path arrives (latin-1 here cut "/résumé" wrong).
         job = Envelope.new(method.encode("ascii"), path.encode("utf-8"),
                            query.encode("latin-1"), content_type.encode("latin-1"),
                            body, wait=wait > 0)  # fmt: skip
+        job.queue = raw_queue
         return self._answer(self.submit(job), path, wait)
 
     def _check_size(self, raw: bytes) -> None:
@@ -429,3 +438,11 @@ class Pipe:
 
     def stats(self) -> dict[str, Any]:
         return self.dispatcher.stats()
+
+
+def _queue(queue: str) -> bytes:
+    """push's `queue` as jobs carry it, or `BadJob` naming it."""
+    try:
+        return queue_name(queue)
+    except ValueError as exc:
+        raise BadJob(f"push: {exc}") from None

@@ -1,4 +1,4 @@
-"""The greenpipe wire protocol (version 7) between web.py and server.py.
+"""The greenpipe wire protocol (version 8) between web.py and server.py.
 
 Every message starts with a one-byte kind. The web's DEALER sends web kinds;
 the worker's ROUTER sees them behind the connection's routing id and answers on
@@ -16,10 +16,11 @@ frame may be garbage. They raise `ProtocolError`; nothing here opens a socket.
     CANCEL ids (one frame)              CREDIT     change, seq
 
 READY's last frame says what the worker can run: the names of its `Handlers`
-registry and whether a default handler takes the others (a plain callable
-HANDLER takes every name). The web sends a job only to workers that run its
-name (`greenpipe.routing`); a HELLO or READY of another version is refused,
-naming both versions.
+registry, whether a default handler takes the others (a plain callable
+HANDLER takes every name), and the queues it takes jobs from (QUEUES; left
+out when that is the default queue alone). The web sends a job only to
+workers that run its name and listen on its queue (`greenpipe.routing`); a
+HELLO or READY of another version is refused, naming both versions.
 
 A HEARTBEAT may carry the progress its handlers reported since the last one
 (``job.progress``): the last report per job, so a handler calling it in a
@@ -50,15 +51,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from greenpipe.errors import ProtocolError
-from greenpipe.jobs import MAX_NOTE, WANTS_REPLY, Job
+from greenpipe.jobs import DEFAULT_QUEUE, MAX_NOTE, WANTS_REPLY, Job
 
+# 8: READY's names frame may list the worker's queues (SERVES_QUEUES);
 # 7: HEARTBEAT's 3rd frame: the handlers' progress reports;
 # 6: READY's 5th frame: the job names the worker runs, and its default handler;
 # 5: a RETRY's delay in 64-bit ms (32 bits stopped at 49.7 days, below MAX_DELAY),
 #    READY's 4th frame: the time limits the worker's handlers declare;
 # 4: retries (RETRY results, a job's retries), CANCEL, overrunning handlers;
 # 3: shared credit (CREDIT, PING seq); 2: a job carries its name.
-VERSION = 7
+VERSION = 8
 
 # web -> worker
 HELLO = b"\x01"  # a web asks to send jobs; answered by READY (or BYE with a reason)
@@ -85,8 +87,10 @@ CANCELLED = 3  # interrupted by CANCEL; payload says so
 _HELLO = struct.Struct("!BI")  # version, heartbeat interval in ms
 _READY = struct.Struct("!BIII")  # version, credit, largest frame, credit seq
 _LIMIT = struct.Struct("!Bd")  # a READY limit: job name length, seconds; the name
-# READY's names frame: one byte of flags, then each name as a length byte + UTF-8.
+# READY's names frame: one byte of flags, [with SERVES_QUEUES: a count byte and
+# that many queue names], then each job name; each name a length byte + UTF-8.
 SERVES_DEFAULT = 0x01  # flag: a default handler runs the names not listed
+SERVES_QUEUES = 0x02  # flag: the queues follow (else the default queue alone)
 # flags, attempt, retries so far, time limit in ms (0: none), then the lengths
 # of id, name, method, path, query, content type and body, which follow in that
 # order. An empty name means "the path": a forwarded request is named by its path.
@@ -144,19 +148,25 @@ def encode_ready(
             encode_serves(serves or EVERYTHING)]  # fmt: skip
 
 
+DEFAULT_QUEUES = frozenset((DEFAULT_QUEUE,))
+
+
 class Serves(NamedTuple):
-    """What a worker runs, as its READY says: job names, and a default handler."""
+    """What a worker runs, as its READY says: job names, a default handler, and
+    the queues it takes jobs from."""
 
     names: frozenset[bytes]  # UTF-8, as jobs carry them (a path for a request)
     default: bool  # a default handler (or a plain callable) runs every other name
+    queues: frozenset[bytes] = DEFAULT_QUEUES  # a job of another queue never comes
 
-    def runs(self, name: bytes) -> bool:
-        return self.default or name in self.names
+    def runs(self, name: bytes, queue: bytes = DEFAULT_QUEUE) -> bool:
+        return queue in self.queues and (self.default or name in self.names)
 
     def describe(self) -> dict[str, Any]:
-        """As /stats shows it: the names, sorted, and the default."""
+        """As /stats shows it: the names, sorted, the default, the queues."""
         names = sorted(_text(name) for name in self.names)
-        return {"names": names, "default": self.default}
+        queues = sorted(_text(queue) for queue in self.queues)
+        return {"names": names, "default": self.default, "queues": queues}
 
 
 EVERYTHING = Serves(frozenset(), True)  # a plain handler: every name
@@ -164,25 +174,46 @@ EVERYTHING = Serves(frozenset(), True)  # a plain handler: every name
 
 def encode_serves(serves: Serves) -> bytes:
     """READY's names frame (a name over MAX_JOB_NAME bytes never reaches a worker)."""
-    out = [bytes([SERVES_DEFAULT if serves.default else 0])]
+    flags = SERVES_DEFAULT if serves.default else 0
+    out = [b""]
+    if serves.queues != DEFAULT_QUEUES:
+        flags |= SERVES_QUEUES
+        out.append(bytes([len(serves.queues)]))
+        out.extend(bytes([len(queue)]) + queue for queue in sorted(serves.queues))
+    out[0] = bytes([flags])
     for name in sorted(serves.names):
         if len(name) <= MAX_JOB_NAME:
             out.append(bytes([len(name)]) + name)
     return b"".join(out)
 
 
-def decode_serves(frames: Sequence[bytes]) -> Serves:
-    """The job names a READY (of this version) says the worker runs."""
-    if len(frames) != 5 or not frames[4]:
-        raise ProtocolError("READY needs a 5th frame: the job names the worker runs")
-    frame, names, offset = frames[4], set(), 1
-    while offset < len(frame):
+def _names(frame: bytes, offset: int, count: int | None) -> tuple[set[bytes], int]:
+    """`count` length-prefixed names from `offset` (None: to the end), and the end."""
+    names: set[bytes] = set()
+    while offset < len(frame) and (count is None or len(names) < count):
         end = offset + 1 + frame[offset]
         if end > len(frame):
-            raise ProtocolError(f"READY job names cut short at byte {offset}")
+            raise ProtocolError(f"READY names cut short at byte {offset}")
         names.add(frame[offset + 1 : end])
         offset = end
-    return Serves(frozenset(names), bool(frame[0] & SERVES_DEFAULT))
+    if count is not None and len(names) != count:
+        raise ProtocolError(f"READY says {count} queues but lists {len(names)}")
+    return names, offset
+
+
+def decode_serves(frames: Sequence[bytes]) -> Serves:
+    """The job names and queues a READY (of this version) says the worker runs."""
+    if len(frames) != 5 or not frames[4]:
+        raise ProtocolError("READY needs a 5th frame: the job names the worker runs")
+    frame = frames[4]
+    queues, offset = DEFAULT_QUEUES, 1
+    if frame[0] & SERVES_QUEUES:
+        if len(frame) < 2 or not frame[1]:
+            raise ProtocolError("READY says it lists queues but lists none")
+        listed, offset = _names(frame, 2, frame[1])
+        queues = frozenset(listed)
+    names, _ = _names(frame, offset, None)
+    return Serves(frozenset(names), bool(frame[0] & SERVES_DEFAULT), queues)
 
 
 def decode_ready(frames: Sequence[bytes]) -> tuple[int, int, int, str, int]:

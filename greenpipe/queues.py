@@ -2,9 +2,9 @@
 
 `fresh` holds jobs accepted and never sent (and those a worker gave back
 when it left in good order, at its head); `retry` holds suspects taken back
-from a lost worker (they travel alone); `lanes` hold, by job name, jobs of
-either kind whose workers were all full while others were not (routing by
-name: `greenpipe.routing`); `later` holds jobs waiting for a time (a
+from a lost worker (they travel alone); `lanes` hold, by job name and queue,
+jobs of either kind whose workers were all full while others were not
+(routing: `greenpipe.routing`); `later` holds jobs waiting for a time (a
 delayed push, a retry's backoff). Lookups by id scan them: a status lookup
 or a cancel is rare, a map kept per job is not free.
 """
@@ -25,8 +25,9 @@ class Queues:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.fresh: deque[Envelope] = deque()  # accepted, never sent
         self.retry: deque[Envelope] = deque()  # taken back from a lost worker
-        # (suspect, job name) -> its jobs, oldest first, whose workers were full
-        self.lanes: dict[tuple[bool, bytes], deque[Envelope]] = {}
+        # (suspect, job name, queue) -> its jobs, oldest first, whose workers
+        # were full
+        self.lanes: dict[tuple[bool, bytes, bytes], deque[Envelope]] = {}
         self.later = Later(clock)  # waiting for a time
 
     def add(self, jobs: Iterable[Envelope]) -> None:
@@ -41,6 +42,15 @@ class Queues:
     def pending(self) -> int:
         """Jobs waiting for a worker now (not those waiting for a time)."""
         return len(self.fresh) + len(self.retry) + self.in_lanes()
+
+    def by_queue(self, listened: Iterable[bytes] = ()) -> dict[str, int]:
+        """Jobs waiting for a worker now, by queue (those in `listened` even
+        at 0): bounded by the queues workers listen on and jobs were pushed to."""
+        counts = dict.fromkeys(listened, 0)
+        for queue in (self.fresh, self.retry, *self.lanes.values()):
+            for job in queue:
+                counts[job.queue] = counts.get(job.queue, 0) + 1
+        return {queue.decode("ascii"): n for queue, n in sorted(counts.items())}
 
     def in_lanes(self) -> int:
         """Jobs waiting in a name's lane: its workers full or lost."""

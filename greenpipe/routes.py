@@ -32,7 +32,14 @@ from greenpipe.admission import KEY_RULE, check_key
 from greenpipe.config import WebSettings
 from greenpipe.errors import BadJob, Unavailable
 from greenpipe.httpserver import BodyTimeout
-from greenpipe.jobs import Envelope, Status, issued_at, made_by_a_web
+from greenpipe.jobs import (
+    QUEUE_RULE,
+    Envelope,
+    Status,
+    issued_at,
+    made_by_a_web,
+    queue_name,
+)
 from greenpipe.results import store_path
 
 log = logging.getLogger(__name__)
@@ -100,6 +107,18 @@ def parse_delay(header: str, horizon: float) -> float:
             "header to run the job now"
         )
     return time.time() + seconds if seconds > 0 else 0.0
+
+
+def parse_queue(header: str) -> bytes:
+    """``Greenpipe-Queue: NAME``: the queue a forwarded request goes to, or 400."""
+    try:
+        return queue_name(header.strip())
+    except ValueError:
+        raise BadRequest(
+            f"Greenpipe-Queue: {header[:80]!r} is not a queue name ({QUEUE_RULE}); "
+            "send e.g. 'Greenpipe-Queue: reports', or no header for the default "
+            "queue"
+        ) from None
 
 
 def idempotency_key(header: str | None) -> str:
@@ -233,6 +252,9 @@ def forwarding_blueprint(
         delay = environ.get("HTTP_GREENPIPE_DELAY")
         if delay is not None:
             job.not_before = parse_delay(delay, limits.max_delay)
+        queue = environ.get("HTTP_GREENPIPE_QUEUE")
+        if queue is not None:
+            job.queue = parse_queue(queue)
         due = job.not_before
         job = pipe.submit(job, key)
         if not wait or due > time.time() + wait:

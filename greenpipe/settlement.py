@@ -211,17 +211,13 @@ class Settlement:
             return unfinished(holding[0], Status.IN_FLIGHT)
         return None
 
-    def orphaned(self, jobs: list[Envelope], runs_now: str) -> None:
-        """Jobs whose name the workers ran and no longer run (removed, or back
-        with another registry): dead-lettered, saying why, rather than waiting
-        for ever; the dead-letter file can re-send each once a worker runs it."""
+    def orphaned(self, jobs: list[Envelope], why: Callable[[Envelope], str]) -> None:
+        """Jobs whose name (or queue) the workers ran and no longer run
+        (removed, or back with another registry or QUEUES): dead-lettered,
+        saying `why`, rather than waiting for ever; the dead-letter file can
+        re-send each once a worker runs it."""
         for job in jobs:
-            name = (job.name or job.path).decode("utf-8", "replace")
-            note = (
-                f"no worker runs jobs named {name!r} any more (its workers were "
-                f"removed or now run other names; they run {runs_now}): re-send "
-                "it from the dead-letter file once a worker runs it"
-            )
+            note = why(job)
             log.warning("job %s: %s", job.id, note)
             job.errors = [*job.errors, note]
             self.dead_letters.write(job, note, "")

@@ -134,6 +134,24 @@ def handler(raw: str) -> str:
     return raw.strip()
 
 
+def queues(raw: str) -> str:
+    """QUEUES: comma-separated queue names, in the form jobs carry them."""
+    from greenpipe.jobs import QUEUE_RULE, queue_name
+
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    try:
+        for name in names:
+            queue_name(name)
+    except ValueError:
+        names = []
+    if not names or len(names) > 255:
+        raise ValueError(
+            f"1-255 queue names, comma-separated, each {QUEUE_RULE}; "
+            "e.g. default,reports"
+        )
+    return ",".join(dict.fromkeys(names))
+
+
 def choice(*options: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()

@@ -24,6 +24,9 @@ class WorkerSettings:
         values.handler,
         "package.module:NAME, a callable or a Handlers registry run per job",
     )
+    queues: str = setting(
+        "default", values.queues, "queues it takes jobs from, comma-separated"
+    )
     app: str = setting(
         "",
         values.optional_spec,

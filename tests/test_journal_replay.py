@@ -20,7 +20,13 @@ from greenpipe.journal import (
     encode_job,
     record,
 )
-from greenpipe.journal.segments import decode_later, encode_later
+from greenpipe.journal.segments import (
+    JOB_ON,
+    decode_job,
+    decode_later,
+    decode_segment,
+    encode_later,
+)
 from tests.journal_support import (
     make_jobs,
     make_named_jobs,
@@ -57,6 +63,30 @@ def test_jobs_not_acknowledged_are_replayed_whole(tmp_path):
     assert job.attempt == 1 and got["t-0002"].name == b""
     assert replay.keys["key-0"][0] == "t-0000"
     again.close()
+
+
+def test_a_jobs_queue_is_replayed_and_a_default_one_is_written_as_before(tmp_path):
+    """A job of a named queue is a JOB_ON record; one of the default queue
+    stays a JOB record, byte for byte as before queues (an older greenpipe
+    reads that journal)."""
+    first = Journal(str(tmp_path))
+    first.open()
+    jobs = make_named_jobs(3)
+    jobs[1].queue = b"reports"
+    first.append_jobs(jobs, [("", 0.0)] * 3)
+    first.close()
+    kinds = [kind for path in segment_paths(tmp_path)
+             for kind, _ in decode_segment(path.read_bytes())[0]]  # fmt: skip
+    assert kinds.count(JOB_ON) == 1 and kinds.count(JOB) == 2, kinds
+    default = record(JOB, encode_job(jobs[0]))
+    assert any(default in path.read_bytes() for path in segment_paths(tmp_path))
+    again = Journal(str(tmp_path))
+    got = {job.id: job for job in again.open().jobs}
+    assert [got[job.id].queue for job in jobs] == [b"default", b"reports", b"default"]
+    assert got[jobs[1].id].name == jobs[1].name and got[jobs[1].id].body == jobs[1].body
+    again.close()
+    with pytest.raises(IndexError, match="cut short"):
+        decode_job(JOB_ON, b"\x09rep")
 
 
 def test_an_acknowledged_replayed_job_is_not_replayed_again(tmp_path, monkeypatch):

@@ -99,6 +99,10 @@ def test_input_errors_are_still_value_errors_outside_a_request():
         with pytest.raises(ValueError, match="idempotency key") as bad:
             pipe.push("echo", json={}, idempotency_key="é")
         assert isinstance(bad.value, BadJob)
+        for queue in ("", "re ports", "x" * 65, "é", None):
+            with pytest.raises(BadJob, match=r"push: queue .* is not 1-64 characters"):
+                pipe.push("echo", json={}, queue=queue)  # type: ignore[arg-type]
+        assert pipe.push("echo", json={}, queue="reports").id, "inline: any queue"
 
 
 # -- item 2: a test that forgets TESTING ---------------------------------------------

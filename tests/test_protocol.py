@@ -102,7 +102,12 @@ def test_ready_says_the_names_a_worker_runs_and_its_default():
     assert protocol.decode_serves(plain) == protocol.EVERYTHING
     assert protocol.EVERYTHING.runs(b"anything") and serves.runs(b"/jobs")
     assert not serves.runs(b"ship_order")
-    assert serves.describe() == {"names": ["/jobs", "welcome_email"], "default": False}
+    assert serves.describe() == {
+        "names": ["/jobs", "welcome_email"],
+        "default": False,
+        "queues": ["default"],
+    }
+    assert protocol.encode_serves(serves)[0] == 0, "the default queue alone: no list"
     long = protocol.Serves(frozenset({b"x" * 256, b"ok"}), True)
     assert protocol.decode_serves(protocol.encode_ready(1, 1, "w", serves=long)) == (
         protocol.Serves(frozenset({b"ok"}), True)
@@ -111,6 +116,22 @@ def test_ready_says_the_names_a_worker_runs_and_its_default():
         protocol.decode_serves(frames[:4])  # a READY of protocol 5's shape
     with pytest.raises(ProtocolError, match="cut short"):
         protocol.decode_serves([*frames[:4], b"\x00\x09abc"])
+
+
+def test_ready_says_the_queues_a_worker_listens_on():
+    """QUEUES other than the default alone ride in READY's names frame."""
+    queues = frozenset({b"reports", b"default"})
+    serves = protocol.Serves(frozenset({b"render"}), True, queues)
+    frames = protocol.encode_ready(4, 1 << 20, "w", serves=serves)
+    assert protocol.decode_serves(frames) == serves
+    assert serves.runs(b"anything", b"reports") and serves.runs(b"render")
+    assert not serves.runs(b"render", b"mail"), "a queue it does not listen on"
+    only = protocol.Serves(frozenset(), True, frozenset({b"reports"}))
+    assert not only.runs(b"x"), "not listening on the default queue"
+    assert protocol.decode_serves(protocol.encode_ready(1, 1, "w", serves=only)) == only
+    for bad in (b"\x02", b"\x02\x00", b"\x02\x02\x01a", b"\x02\x01\x09ab"):
+        with pytest.raises(ProtocolError):
+            protocol.decode_serves([*frames[:4], bad])
 
 
 def test_a_worker_of_protocol_5_is_refused_naming_both_versions(caplog):

@@ -421,6 +421,34 @@ def run_routing(block: Block, request: pytest.FixtureRequest) -> None:
             proc.stop(timeout=8)
 
 
+def run_queues(block: Block, request: pytest.FixtureRequest) -> None:
+    """Two workers, one listening on reports, web.py and two curls: the report
+    runs on its worker only, the other job on the default one; a queue nobody
+    listens on is refused with the documented answer."""
+    need("curl", "curl")
+    shell = Shell(request.getfixturevalue("tmp_path"))
+    plain_line, reports_line, web_line, to_reports, to_default = block.commands()
+    procs = [shell.start(plain_line, "plain"), shell.start(reports_line, "reports")]
+    try:
+        for worker in procs:
+            worker.expect(r"listening on tcp://", timeout=20)
+        procs[1].expect(r"queues reports\)", timeout=5)
+        procs.append(shell.start(web_line, "web", shell.web_defaults()))
+        port = shell.port(4567)
+        healthy(port, "python web.py --port 4567")
+        report = json.loads(shell.run(to_reports, timeout=20))["id"]
+        other = json.loads(shell.run(to_default, timeout=20))["id"]
+        procs[1].expect(rf"job {report} attempt 1: POST /jobs", timeout=10)
+        procs[0].expect(rf"job {other} attempt 1: POST /jobs", timeout=10)
+        assert not procs[0].matches(report) and not procs[1].matches(other)
+        status, answer = call(port, "POST", "/jobs", {}, {"Greenpipe-Queue": "mail"})
+        documented = next(b for b in BLOCKS if "on queue 'mail'" in b.text)
+        assert status == 503 and answer == json.loads(documented.text), answer
+    finally:
+        for proc in reversed(procs):
+            proc.stop(timeout=8)
+
+
 @contextmanager
 def _handlers_worker_and_web(
     block: Block, request: pytest.FixtureRequest, module: str
@@ -539,6 +567,7 @@ RECIPES: dict[str, Callable[[Block, pytest.FixtureRequest], None]] = {
     "config-error": run_config_error,
     "periodic": run_periodic,
     "routing": run_routing,
+    "queues": run_queues,
     "failed-jobs": run_failed_jobs,
     "backlog": run_backlog,
     "progress": run_progress,

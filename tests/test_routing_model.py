@@ -1,21 +1,24 @@
-"""Routing by job name against a model (issue 32, part 2): seeded random fleets.
+"""Routing by job name and queue against a model (issue 32): seeded random fleets.
 
 A real `Dispatcher` with scripted links (tests/test_core.py) feeds fleets of
 1-5 workers, each announcing a random set of names, a default handler or
-not, and a random credit. Seeded schedules push jobs of random names, ack,
+not, the queues it listens on, and a random credit. Seeded schedules push
+jobs of random names to random queues, ack,
 lose workers (a disconnect: their jobs come back as suspects) and bring them
 back. After every flush the model checks: every job went to a link that
-runs its name; no job waits while a link that runs its name has credit for
-it (no head-of-line blocking across names; a suspect also needs a link
-holding no other suspect); first sends of a name keep its order; a push of
-a name nobody runs is refused at once, naming it; nothing is lost. With
-credit to spare, each name's jobs go round-robin over the links that run
-it, exactly (over all links at once in a uniform fleet, as without routing).
+runs its name from its queue; no job waits while such a link has credit for
+it (no head-of-line blocking across names or queues; a suspect also needs
+a link holding no other suspect); first sends of a name in a queue keep
+their order; a push nobody runs is refused at once, naming the name or the
+queue; nothing is lost. With credit to spare, each name's jobs in a queue go
+round-robin over the links that run them, exactly (over all links at once in
+a uniform fleet, as without routing).
 A failing seed prints its fleet and schedule.
 """
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -25,22 +28,27 @@ from greenpipe import protocol
 from greenpipe.config import parse_workers
 from greenpipe.dispatcher import Dispatcher
 from greenpipe.errors import Unavailable
-from greenpipe.jobs import Envelope
+from greenpipe.jobs import DEFAULT_QUEUE, Envelope
 from greenpipe.link import LOST, Link
-from greenpipe.protocol import Serves
+from greenpipe.protocol import DEFAULT_QUEUES, Serves
 from tests.test_core import Clock, ack, hear, make, notice
 
 pytestmark = pytest.mark.inprocess  # make test-fast
 
 NAMES = [b"a", b"b", b"c", b"d"]  # what workers may announce
 PUSHED = [*NAMES, b"e"]  # what clients push: "e" only a default handler runs
+QUEUES = [DEFAULT_QUEUE, b"q1", b"q2"]  # what workers listen on, clients push to
+EVERY_QUEUE = frozenset(QUEUES)
 
 
 def fleet(rng: random.Random) -> list[Serves]:
     serves = []
     for _ in range(rng.randint(1, 5)):
         names = frozenset(n for n in NAMES if rng.random() < 0.5)
-        serves.append(Serves(names, rng.random() < 0.2))
+        queues = DEFAULT_QUEUES
+        if rng.random() < 0.4:  # QUEUES of its own: one to all three
+            queues = frozenset(rng.sample(QUEUES, rng.randint(1, len(QUEUES))))
+        serves.append(Serves(names, rng.random() < 0.2, queues))
     return serves
 
 
@@ -59,13 +67,16 @@ def join(d: Dispatcher, link: Link, serves: Serves, credit: int) -> None:
     hear(d, link, frames)
 
 
-def push(d: Dispatcher, name: bytes) -> Envelope:
-    return d.submit(Envelope.new(b"", b"", b"", b"", b"{}", name=name))
+def push(d: Dispatcher, name: bytes, queue: bytes = DEFAULT_QUEUE) -> Envelope:
+    job = Envelope.new(b"", b"", b"", b"", b"{}", name=name)
+    job.queue = queue
+    return d.submit(job)
 
 
-def runnable(d: Dispatcher, name: bytes) -> bool:
-    """The model's rule: some worker ever READY announced it, or has a default."""
-    return any(link.serves.runs(name) for link in d.links if link.ever_ready)
+def runnable(d: Dispatcher, name: bytes, queue: bytes = DEFAULT_QUEUE) -> bool:
+    """The model's rule: some worker ever READY listens on the queue and
+    announced the name, or has a default handler."""
+    return any(link.serves.runs(name, queue) for link in d.links if link.ever_ready)
 
 
 def waiting(d: Dispatcher) -> list[tuple[Envelope, bool]]:
@@ -73,7 +84,7 @@ def waiting(d: Dispatcher) -> list[tuple[Envelope, bool]]:
     queues = d.queues
     held = [(job, True) for job in queues.retry]
     held += [(job, False) for job in queues.fresh]
-    for (suspect, _), lane in queues.lanes.items():
+    for (suspect, _, _), lane in queues.lanes.items():
         held += [(job, suspect) for job in lane]
     return held
 
@@ -82,19 +93,22 @@ def check(d: Dispatcher, story: list[str]) -> None:
     where = "\n  ".join(story[-30:])
     for link in d.links:
         for job in link.jobs.values():
-            assert link.serves.runs(job.name), (
-                f"job {job.name!r} on {link.name}, which runs {link.serves}:\n  {where}"
+            assert link.serves.runs(job.name, job.queue), (
+                f"job {job.name!r} of {job.queue!r} on {link.name}, which runs "
+                f"{link.serves}:\n  {where}"
             )
-    dropped = d.fleet.routes.dropped
+    dropped, gone = d.fleet.routes.dropped, d.fleet.routes.dropped_queues
     for job, suspect in waiting(d):
-        assert job.name not in dropped, (
-            f"job {job.name!r} waits, though no worker runs that name any more "
-            f"(dropped: {sorted(dropped)}): it waits for ever:\n  {where}"
+        assert job.name not in dropped and job.queue not in gone, (
+            f"job {job.name!r} of {job.queue!r} waits, though no worker runs that "
+            f"name or queue any more (dropped: {sorted(dropped)}, {sorted(gone)}): "
+            f"it waits for ever:\n  {where}"
         )
         for link in d.links:
             free = link.can_take() and not (suspect and link.suspects)
-            assert not (free and link.serves.runs(job.name)), (
-                f"job {job.name!r} (suspect {suspect}) waits while {link.name} "
+            assert not (free and link.serves.runs(job.name, job.queue)), (
+                f"job {job.name!r} of {job.queue!r} (suspect {suspect}) waits "
+                f"while {link.name} "
                 f"runs it and has credit ({len(link.jobs)} of {link.credit}):"
                 f"\n  {where}"
             )
@@ -126,30 +140,30 @@ def test_random_fleets_route_every_job_to_a_worker_that_runs_it(
     d = start(serves, credits)
     accepted: dict[str, Envelope] = {}
     order: dict[str, int] = {}  # job id -> its place in the push order
-    first_sent: dict[bytes, list[int]] = {}  # name -> push order of first sends
+    # (name, queue) -> push order of first sends
+    first_sent: dict[tuple[bytes, bytes], list[int]] = {}
     seen: dict[Link, int] = {}
     done = 0
     for _step in range(150):
         roll = rng.random()
         if roll < 0.45:
-            name = rng.choice(PUSHED)
+            name, queue = rng.choice(PUSHED), rng.choice(QUEUES)
+            said = f"{name.decode()!r}|{queue.decode()!r}"  # the name or queue
             if not d.fleet.any_ready():
-                said = (
-                    "no worker can take jobs now"
-                    if runnable(d, name)
-                    else repr(name.decode())
-                )  # a name nobody runs is said first (the likelier fix)
+                if runnable(d, name, queue):
+                    said = "no worker can take jobs now"
+                # a name nobody runs is said first (the likelier fix)
                 with pytest.raises(Unavailable, match=said):
-                    push(d, name)
-                story.append(f"push {name!r} refused: every worker lost")
-            elif runnable(d, name):
-                job = push(d, name)
+                    push(d, name, queue)
+                story.append(f"push {name!r} {queue!r} refused: every worker lost")
+            elif runnable(d, name, queue):
+                job = push(d, name, queue)
                 accepted[job.id], order[job.id] = job, len(order)
-                story.append(f"push {name!r} -> {job.id[-6:]}")
+                story.append(f"push {name!r} {queue!r} -> {job.id[-6:]}")
             else:
-                with pytest.raises(Unavailable, match=repr(name.decode())):
-                    push(d, name)
-                story.append(f"push {name!r} refused")
+                with pytest.raises(Unavailable, match=said):
+                    push(d, name, queue)
+                story.append(f"push {name!r} {queue!r} refused")
         elif roll < 0.8:
             link = rng.choice(d.links)
             ids = list(link.jobs)[: rng.randint(1, 3)]
@@ -175,7 +189,8 @@ def test_random_fleets_route_every_job_to_a_worker_that_runs_it(
             for job_id in sent_since(link, seen):
                 job = accepted[job_id]
                 if job.attempt == 1:
-                    first_sent.setdefault(job.name, []).append(order[job_id])
+                    route = (job.name, job.queue)
+                    first_sent.setdefault(route, []).append(order[job_id])
         check(d, story)
     for name, places in first_sent.items():
         assert places == sorted(places), f"{name!r} sent out of order: {story}"
@@ -187,7 +202,7 @@ def test_random_fleets_route_every_job_to_a_worker_that_runs_it(
             notice(d, link, zmq.EVENT_DISCONNECTED)
         if link.state is LOST:
             if redeploy:
-                serves[link.index] = Serves(frozenset(), True)
+                serves[link.index] = Serves(frozenset(), True, EVERY_QUEUE)
             join(d, link, serves[link.index], credits[link.index])
     for _ in range(10 * len(accepted) + 10):
         d.flush()
@@ -210,29 +225,30 @@ def test_with_credit_to_spare_each_name_goes_round_robin_exactly(seed: int) -> N
         if seed % 4 == 0:  # a uniform fleet: every worker the same names
             serves = [serves[0]] * len(serves)
         d = start(serves, [10_000] * len(serves))
-        names = [n for n in PUSHED if runnable(d, n)]
-        if names:
+        routes = [(n, q) for n in PUSHED for q in QUEUES if runnable(d, n, q)]
+        if routes:
             break
-    routes = d.fleet.routes
     pushed = []
     for _ in range(rng.randint(20, 200)):
-        pushed.append(push(d, rng.choice(names)))
+        pushed.append(push(d, *rng.choice(routes)))
         if rng.random() < 0.3:
             d.flush()
     d.flush()
     where = {job.key: link for link in d.links for job in link.jobs.values()}
-    cursors: dict[bytes | None, int] = {}
+    cursors: dict[tuple[bytes | None, bytes], int] = {}
+    known = d.fleet.routes.known
     for k, job in enumerate(pushed):
-        if routes.uniform:
+        if d.fleet.routes.uniform:
             expected = d.links[k % len(d.links)]
         else:
-            key = job.name if job.name in routes.known else None
-            eligible = [link for link in d.links if link.serves.runs(job.name)]
+            key = (job.name if job.name in known else None, job.queue)
+            eligible = [link for link in d.links
+                        if link.serves.runs(job.name, job.queue)]  # fmt: skip
             turn = cursors.get(key, 0)
             cursors[key] = turn + 1
             expected = eligible[turn % len(eligible)]
         assert where[job.key] is expected, (
-            f"seed {seed}, fleet {serves}: job {k} ({job.name!r}) went to "
+            f"seed {seed}, fleet {serves}: job {k} ({job.name!r} {job.queue!r}) went to "
             f"{where[job.key].name}, round-robin says {expected.name}"
         )
 
@@ -440,3 +456,88 @@ def test_jobs_given_back_or_resent_keep_their_place_beside_a_lane(
 
     assert order(mixed=True) == order(mixed=False), "a lane changed the order"
     assert order(mixed=True)[0] == "m1"
+
+
+# -- queues (issue 32, part 3) ----------------------------------------------
+
+
+def test_a_queue_goes_only_to_the_workers_listening_on_it() -> None:
+    """A: the default queue; B: reports only; C: both. Each queue's jobs
+    go round-robin over its own workers; a queue nobody listens on, or a
+    name its workers do not run, is refused naming what is wrong."""
+    reports = frozenset({b"reports"})
+    d = start([Serves(frozenset(), True),
+               Serves(frozenset({b"render"}), False, reports),
+               Serves(frozenset(), True, reports | DEFAULT_QUEUES)], [50] * 3)  # fmt: skip
+    a, b, c = d.links
+    plain = [push(d, b"mail") for _ in range(4)]
+    rendered = [push(d, b"render", b"reports") for _ in range(4)]
+    d.flush()
+    assert [job.key in a.jobs for job in plain] == [True, False, True, False]
+    assert [job.key in c.jobs for job in plain] == [False, True, False, True]
+    assert [job.key in b.jobs for job in rendered] == [True, False, True, False]
+    assert [job.key in c.jobs for job in rendered] == [False, True, False, True]
+    with pytest.raises(Unavailable, match="no worker listens on queue 'mail'") as no:
+        push(d, b"x", b"mail")
+    assert "'default', 'reports'" in str(no.value) and "QUEUES=mail" in str(no.value)
+    only = start([Serves(frozenset({b"render"}), False, reports),
+                  Serves(frozenset({b"mail"}), False)], [5, 5])  # fmt: skip
+    with pytest.raises(Unavailable, match="on queue 'reports' runs jobs named 'mail'"):
+        push(only, b"mail", b"reports")
+
+
+def test_a_replayed_job_of_a_queue_nobody_listens_on_waits_and_holds_none_back() -> (
+    None
+):
+    """A journal's job skips admission: in a uniform fleet (the fast path)
+    as in a mixed one, it waits for a worker of its queue, and the jobs
+    behind it go on."""
+    for serves in ([protocol.EVERYTHING] * 2,
+                   [protocol.EVERYTHING, Serves(frozenset({b"x"}), False)]):  # fmt: skip
+        d = start(serves, [5, 5])
+        replayed = Envelope.new(b"", b"", b"", b"", b"{}", name=b"x").named("r-1")
+        replayed.queue = b"reports"
+        d.queues.add([replayed])
+        behind = push(d, b"x")
+        d.flush()
+        assert behind.key in d.links[0].jobs and d.pending() == 1, serves
+        assert d.status("r-1")["queue"] == "reports"
+        d.reconfigure(parse_workers("127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"))
+        join(d, d.links[2], Serves(frozenset(), True, frozenset({b"reports"})), 5)
+        d.flush()
+        assert list(d.links[2].jobs) == [replayed.key] and d.pending() == 0
+
+
+def test_a_queue_no_worker_listens_on_any_more_is_given_up_on_saying_why() -> None:
+    d = make(Clock(), workers="127.0.0.1:1,127.0.0.1:2")
+    reports, mail = d.links
+    join(d, reports, Serves(frozenset(), True, frozenset({b"reports"})), 1)
+    join(d, mail, Serves(frozenset(), True), 1)
+    notice(d, reports, zmq.EVENT_DISCONNECTED)
+    stuck = push(d, b"render", b"reports")  # its worker may come back: it waits
+    d.flush()
+    assert d.pending() == 1
+    join(d, reports, Serves(frozenset(), True, frozenset({b"reports_v2"})), 1)
+    d.flush()
+    answer = d.status(stuck.id)
+    assert answer["status"] == "dead" and d.pending() == 0, answer
+    assert "no worker listens on queue 'reports' any more" in answer["reason"]
+    assert "'default', 'reports_v2'" in answer["reason"], answer
+
+
+def test_a_dead_letter_keeps_its_queue_and_a_resend_goes_back_to_it(tmp_path) -> None:
+    from greenpipe.deadletter import DeadLetters, envelope
+
+    dead = DeadLetters(str(tmp_path / "dead.jsonl"))
+    job = Envelope.new(b"", b"", b"", b"", b"{}", name=b"render").named("d-1")
+    job.queue = b"reports"
+    plain = Envelope.new(b"", b"", b"", b"", b"{}", name=b"mail").named("d-2")
+    dead.write(job, "lost", "")
+    dead.write(plain, "lost", "")
+    lines = [
+        json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()
+    ]
+    assert [line.get("queue") for line in lines] == ["reports", None]
+    assert [envelope(line).queue for line in lines] == [b"reports", DEFAULT_QUEUE]
+    with pytest.raises(ValueError, match="queue 're ports'"):
+        envelope({**lines[0], "queue": "re ports"})

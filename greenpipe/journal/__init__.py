@@ -20,6 +20,7 @@ See docs/design-notes.md ("Issue 29: the journal as a package").
 from greenpipe.errors import JournalError
 from greenpipe.journal.log import Journal
 from greenpipe.journal.replay import Replay
-from greenpipe.journal.segments import JOB, encode_job, record
+from greenpipe.journal.segments import JOB, encode_job, job_record, record
 
-__all__ = ["Journal", "JournalError", "Replay", "encode_job", "record", "JOB"]
+__all__ = ["Journal", "JournalError", "Replay", "encode_job", "job_record", "record",
+           "JOB"]  # fmt: skip

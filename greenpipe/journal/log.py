@@ -46,12 +46,11 @@ from greenpipe.journal.owed import Owed
 from greenpipe.journal.replay import Found, Keys, Reader, Replay, owed
 from greenpipe.journal.segments import (
     ACK,
-    JOB,
     LATER,
     SENT,
-    encode_job,
     encode_later,
     encode_sent,
+    job_record,
     record,
 )
 from greenpipe.journal.slots import Identity, Slots, segment_name
@@ -274,7 +273,7 @@ class Journal:
         """
         extra, records = records, []
         for entry in entries:
-            data = record(JOB, encode_job(entry.job, entry.key, entry.at))
+            data = job_record(entry.job, entry.key, entry.at)
             if entry.job.not_before or entry.job.retries:  # it waits: and until when
                 data += record(LATER, encode_later((entry.job,)))
             entry.size = len(data)

@@ -21,8 +21,7 @@ from greenpipe.journal.owed import Owed, Segment
 from greenpipe.journal.segments import (
     ACK,
     CANCEL,
-    JOB,
-    JOB_V1,
+    JOB_KINDS,
     KEY,
     KEYS_V1,
     LATER,
@@ -84,7 +83,7 @@ class Reader:
             path = os.path.join(folder, segment_name(number))
             segment = found.segments[number] = Segment(os.path.getsize(path))
             for kind, payload in self.read(path, replay):
-                if kind in (JOB, JOB_V1):
+                if kind in JOB_KINDS:
                     job, key, at = decode_job(kind, payload)
                     if key:
                         segment.keyed = True

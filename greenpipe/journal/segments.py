@@ -10,7 +10,7 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator
 
-from greenpipe.jobs import Envelope
+from greenpipe.jobs import DEFAULT_QUEUE, Envelope
 
 JOB_V1 = 1  # a job, the first layout (read, never written): key Latin-1, no time
 ACK = 2  # ids acknowledged (space-separated ASCII)
@@ -24,7 +24,11 @@ SENT = 7
 # "id@not_before@retries@attempt" of a job that waits (a retry's backoff): the
 # wall time it may run again, and how many runs it had.
 LATER = 8
-KINDS = frozenset((JOB_V1, ACK, KEYS_V1, JOB, CANCEL, KEY, SENT, LATER))
+# a job of a named queue (not the default one): u8 queue length, the queue,
+# then a JOB payload. A default-queue job stays a JOB: unchanged on disk.
+JOB_ON = 9
+KINDS = frozenset((JOB_V1, ACK, KEYS_V1, JOB, CANCEL, KEY, SENT, LATER, JOB_ON))
+JOB_KINDS = frozenset((JOB_V1, JOB, JOB_ON))
 
 _HEAD = struct.Struct("!IIB")  # length of type + payload, crc32, type
 # attempt, the key's wall time, then the lengths of id, name, method, path,
@@ -51,6 +55,14 @@ def encode_job(job: Envelope, key: str = "", at: float = 0.0) -> bytes:
     return _JOB.pack(job.attempt, at, *map(len, parts)) + b"".join(parts)
 
 
+def job_record(job: Envelope, key: str = "", at: float = 0.0) -> bytes:
+    """A job's whole record: JOB, or JOB_ON for a job of a named queue."""
+    payload = encode_job(job, key, at)
+    if job.queue == DEFAULT_QUEUE:
+        return record(JOB, payload)
+    return record(JOB_ON, bytes((len(job.queue),)) + job.queue + payload)
+
+
 def decode_job(kind: int, payload: bytes) -> tuple[Envelope, str, float]:
     """(job, key, key's wall time); a JOB_V1 key has no time: -1.0.
 
@@ -58,6 +70,14 @@ def decode_job(kind: int, payload: bytes) -> tuple[Envelope, str, float]:
     passed its checksum but is not a job (a bug, not a crash): the caller
     treats it as damage.
     """
+    if kind == JOB_ON:
+        end = 1 + payload[0]
+        queue = payload[1:end]
+        if len(queue) != payload[0] or not queue:
+            raise IndexError(f"job record's queue of {payload[0]} bytes is cut short")
+        job, key, at = decode_job(JOB, payload[end:])
+        job.queue = queue
+        return job, key, at
     if kind == JOB:
         attempt, at, *sizes = _JOB.unpack_from(payload)
         offset = _JOB.size

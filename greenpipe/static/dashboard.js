@@ -84,6 +84,10 @@ function showStrip(d) {
     text(key, d[key]);
   }
   text("pending", d.pending); text("in-flight", d.in_flight); text("credit", d.credit);
+  // By queue once there is more than the default one: "reports 12 · default 3".
+  const queues = Object.entries(d.pending_by_queue || {});
+  text("pending-by-queue", queues.length > 1 || (queues.length && queues[0][0] !== "default")
+    ? "(" + queues.map(([q, n]) => `${q} ${n}`).join(" · ") + ")" : "");
   text("waiting", d.waiting); text("retried", d.retried); text("cancelled", d.cancelled);
   text("rejected", d.rejected); text("dead-lettered", d.dead_lettered); text("redriven", d.redriven);
 }
@@ -101,7 +105,19 @@ function showWorkers(d) {
     cell(row, w.in_flight); cell(row, w.credit); cell(row, w.sent); cell(row, w.acked);
     cell(row, w.failed); cell(row, w.handled);
     cell(row, w.heartbeat_age);
+    cell(row, runs(w.serves), "name runs").title = runs(w.serves);
   }
+}
+
+// What a worker's READY said it runs: its queues (if not the default alone),
+// its job names, and "any name" for a default handler.
+function runs(serves) {
+  if (!serves) return "–";
+  const names = serves.default
+    ? [...serves.names, serves.names.length ? "any other name" : "any name"] : serves.names;
+  const what = names.length ? names.join(", ") : "nothing";
+  const queues = serves.queues || ["default"];
+  return queues.length === 1 && queues[0] === "default" ? what : `${queues.join(", ")}: ${what}`;
 }
 
 function showFailures(d) {

@@ -24,14 +24,15 @@ monotonic = time.monotonic
 MAX_PEERS = 256  # webs remembered at once; the stalest is forgotten first
 
 
-def announced(handler: Any) -> protocol.Serves:
+def announced(handler: Any, queues: str = "default") -> protocol.Serves:
     """What READY says `handler` runs: a `Handlers` registry's names and whether
-    it has a default; a plain callable runs every name."""
+    it has a default (a plain callable runs every name), from `queues` (QUEUES)."""
+    listened = frozenset(queue.encode() for queue in queues.split(","))
     names = getattr(handler, "names", None)
     if names is None or not hasattr(handler, "has_default"):
-        return protocol.EVERYTHING
+        return protocol.Serves(frozenset(), True, listened)
     raw = frozenset(name.encode() for name in names)
-    return protocol.Serves(raw, bool(handler.has_default))
+    return protocol.Serves(raw, bool(handler.has_default), listened)
 
 
 class Peer:

@@ -53,7 +53,7 @@ class Worker:
         limits: dict[str, float] = getattr(handler, "time_limits", {})
         # ... and the job names they run: the web routes only those here.
         self.peers = Peers(settings.concurrency, settings.max_frame, limits,
-                           announced(handler))  # fmt: skip
+                           announced(handler, settings.queues))  # fmt: skip
         self._wake = gevent.event.Event()  # acks to send
         self.pool = Pool(handler, settings, self.peers.shares, self._wake)
         self._peers_done = gevent.event.Event()  # every web said DONE
@@ -105,13 +105,15 @@ class Worker:
         if not self.router.bound:
             self.bind()
         greenlets = [gevent.spawn(self._receive), gevent.spawn(self._send_loop)]
+        queues = self.settings.queues
         log.info(
-            "%s: listening on %s (pid %d, concurrency %d, handler %s)",
+            "%s: listening on %s (pid %d, concurrency %d, handler %s%s)",
             self.name,
             self.endpoint,
             os.getpid(),
             self.settings.concurrency,
             self.settings.handler,
+            "" if queues == "default" else f", queues {queues}",
         )
         serves = self.peers.serves
         if not serves.names and not serves.default:  # READY will say: nothing
